@@ -1,0 +1,1 @@
+//! The `#[traced]` attribute (work in progress).

@@ -1,0 +1,72 @@
+//! Core serialisation of every thread of the process.
+//!
+//! x86 requires a thread that executes code another core modified to run a
+//! serialising instruction before it may rely on the new bytes (Intel SDM
+//! vol. 3, 8.1.3 "Handling Self- and Cross-Modifying Code"). The kernel
+//! sends an IPI that runs `sync_core()`; user space asks the kernel to do the
+//! same for it with `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE)`:
+//! on return, every other running thread of the process has executed a core
+//! serialising instruction, and every sleeping one will before it next runs
+//! user code. The calling thread needs nothing more: its own writes are
+//! self-modifying code, which the processor snoops, and it reaches any site
+//! only through a branch.
+//!
+//! There is no fallback. A kernel without SYNC_CORE (before 4.16) gets a
+//! clear error and no batch is applied: patching without core sync could let
+//! another core execute a stale mix of old and new bytes.
+
+use std::sync::OnceLock;
+
+const MEMBARRIER_CMD_QUERY: libc::c_int = 0;
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE: libc::c_int = 1 << 5;
+const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE: libc::c_int = 1 << 6;
+
+fn membarrier(cmd: libc::c_int) -> libc::c_long {
+    // SAFETY: membarrier takes (cmd, flags, cpu_id) and touches no memory of
+    // ours.
+    unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0, 0) }
+}
+
+/// Registers the process for SYNC_CORE membarriers, once. The error is kept
+/// so every later batch reports the same reason.
+pub(crate) fn register() -> Result<(), String> {
+    static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
+    REGISTERED
+        .get_or_init(|| {
+            let mask = membarrier(MEMBARRIER_CMD_QUERY);
+            if mask < 0 {
+                return Err(format!(
+                    "membarrier is not available ({})",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            let need = (MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE
+                | MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE)
+                as libc::c_long;
+            if mask & need != need {
+                return Err(format!(
+                    "membarrier lacks PRIVATE_EXPEDITED_SYNC_CORE (supported mask {mask:#x})"
+                ));
+            }
+            if membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE) != 0 {
+                return Err(format!(
+                    "membarrier REGISTER_PRIVATE_EXPEDITED_SYNC_CORE failed ({})",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            Ok(())
+        })
+        .clone()
+}
+
+/// Serialises every core running a thread of this process. Only called after
+/// a successful [`register`].
+pub(crate) fn sync_cores() {
+    let rc = membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE);
+    // It cannot fail once registered. If it did, neither going on (patching
+    // unsynchronised) nor unwinding (leaving int3s behind and a published
+    // batch about to be freed) is safe.
+    if rc != 0 {
+        crate::fatal("membarrier SYNC_CORE failed after registration");
+    }
+}

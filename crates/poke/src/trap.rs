@@ -1,0 +1,440 @@
+//! The one SIGTRAP handler that serves every site of every batch.
+//!
+//! # What the handler decides
+//!
+//! A thread that executes a site while a batch has parked `int3` on its first
+//! byte traps with RIP = site + 1. The handler looks `site` up in the active
+//! batch (sorted, binary search) and, if found, *emulates the new instruction
+//! of that entry*: exactly what is being written, nothing else (this is the
+//! point Linus makes in the LKML thread: the five bytes being written have
+//! exactly one meaning, so emulate that). For a call it pushes `site + 5` on
+//! the interrupted stack and sets RIP to the target; for a jmp it sets RIP to
+//! the target; for a NOP it sets RIP to `site + 5`.
+//!
+//! User space has one case the kernel does not: a thread can trap during a
+//! batch and only reach its handler after that batch is over (the signal is
+//! delivered when the thread next returns to user mode, which may be after
+//! it was descheduled). Then the site is in no active batch and its first
+//! byte is no longer `int3`; the handler sets RIP back to the site so the
+//! final instruction runs. To be sure such a trap is ours and not, say, a
+//! two-byte `int 3` of the program's, the site must be one the engine has
+//! ever patched (the *known* set).
+//!
+//! Anything else is not ours: it is passed to the handler the program had
+//! installed before us, honouring its flags, or gets the default action.
+//!
+//! # Publication and lifetime
+//!
+//! The batch being applied is published in [`ACTIVE`], with [`SEQ`] bumped
+//! on every publish and unpublish. A handler counts itself in [`IN_FLIGHT`]
+//! before it loads any pointer, and the patcher, after unpublishing, waits
+//! for `IN_FLIGHT` to reach zero before it frees or reuses anything a handler
+//! may read (the batch, an old known set, a chained-handler slot). Both sides
+//! use sequentially consistent operations, so either the handler sees the
+//! unpublished state or the patcher sees the handler in flight (the
+//! store-buffering pattern). The kernel does the same with a refcount on its
+//! `bp_desc` (`try_get_desc` / `atomic_cond_read_acquire`).
+//!
+//! The handler reads the site's byte between two loads of `SEQ` and retries
+//! if a batch was published or unpublished in between; otherwise it could
+//! read an `int3` written by a batch that began after it found no batch, and
+//! take it for a foreign breakpoint.
+//!
+//! # Async-signal safety
+//!
+//! The handler allocates nothing, takes no lock, cannot panic (no indexing,
+//! no arithmetic that can overflow in debug builds, no formatting), and
+//! preserves `errno`.
+
+use std::cell::UnsafeCell;
+use std::mem::MaybeUninit;
+use std::ptr;
+use std::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
+
+use crate::insn::INT3;
+
+/// How a handler emulates an entry's new instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Emulate {
+    Nop = 0,
+    Call = 1,
+    Jmp = 2,
+}
+
+/// One site of the active batch, as the handler sees it.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub(crate) struct Entry {
+    pub site: usize,
+    pub target: usize,
+    pub emulate: Emulate,
+    pub old: [u8; 5],
+    pub new: [u8; 5],
+}
+
+/// A sorted slice published to handlers: the active batch or the known set.
+#[repr(C)]
+pub(crate) struct Published<T> {
+    pub ptr: *const T,
+    pub len: usize,
+}
+
+impl<T> Published<T> {
+    /// # Safety
+    /// `self.ptr` must point to `self.len` initialised `T`s that stay alive
+    /// for the returned lifetime.
+    unsafe fn as_slice<'a>(&self) -> &'a [T] {
+        if self.len == 0 {
+            &[]
+        } else {
+            // SAFETY: guaranteed by the caller.
+            unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+        }
+    }
+}
+
+/// The batch being applied, or null.
+pub(crate) static ACTIVE: AtomicPtr<Published<Entry>> = AtomicPtr::new(ptr::null_mut());
+/// Bumped on every change of `ACTIVE`.
+pub(crate) static SEQ: AtomicU64 = AtomicU64::new(0);
+/// Handlers between their first and last load of published state.
+pub(crate) static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// Every site any batch has ever contained, sorted; or null.
+pub(crate) static KNOWN: AtomicPtr<Published<usize>> = AtomicPtr::new(ptr::null_mut());
+
+static EMULATED: AtomicU64 = AtomicU64::new(0);
+static REEXECUTED: AtomicU64 = AtomicU64::new(0);
+static CHAINED: AtomicU64 = AtomicU64::new(0);
+
+/// Counts of what the SIGTRAP handler did, since the process started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrapStats {
+    /// Traps on a site of the active batch, answered by emulating the
+    /// instruction being written.
+    pub emulated: u64,
+    /// Traps whose batch had ended before the handler ran; the site's final
+    /// instruction was re-executed.
+    pub reexecuted: u64,
+    /// Traps that were not ours, passed to the program's handler or the
+    /// default action.
+    pub chained: u64,
+}
+
+/// What the SIGTRAP handler has done so far in this process.
+pub fn trap_stats() -> TrapStats {
+    TrapStats {
+        emulated: EMULATED.load(Relaxed),
+        reexecuted: REEXECUTED.load(Relaxed),
+        chained: CHAINED.load(Relaxed),
+    }
+}
+
+/// Waits until no handler can still be reading state unpublished before the
+/// call. Spins briefly, then yields: a handler in flight is a few hundred
+/// instructions, but its thread may have been preempted.
+pub(crate) fn drain() {
+    let mut spins = 0u32;
+    while IN_FLIGHT.load(SeqCst) != 0 {
+        if spins < 100 {
+            std::hint::spin_loop();
+            spins += 1;
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The program's previous handler.
+//
+// Two slots and an index: the patcher writes the slot not in use, flips the
+// index, and the next write to that slot comes only after a drain, so no
+// handler reads a slot while it is being written.
+
+struct PrevSlots {
+    slots: UnsafeCell<[MaybeUninit<libc::sigaction>; 2]>,
+}
+
+// SAFETY: slots are written only under the batch lock, and only the slot
+// that no handler can be reading (see above); handlers only read.
+unsafe impl Sync for PrevSlots {}
+
+static PREV: PrevSlots = PrevSlots {
+    slots: UnsafeCell::new([MaybeUninit::zeroed(), MaybeUninit::zeroed()]),
+};
+/// Index of the slot holding the previous handler; `usize::MAX` before the
+/// first install.
+static PREV_INDEX: AtomicUsize = AtomicUsize::new(usize::MAX);
+/// Set once an `SA_RESETHAND` previous handler has been delivered to.
+static PREV_RESET: AtomicBool = AtomicBool::new(false);
+
+fn our_handler() -> usize {
+    on_sigtrap as *const () as usize
+}
+
+/// Installs our handler if it is not the current SIGTRAP disposition,
+/// remembering the current one to chain to. Called under the batch lock,
+/// before every batch, after a drain (so the spare slot is free).
+pub(crate) fn ensure_installed() -> std::io::Result<bool> {
+    let mut cur = MaybeUninit::<libc::sigaction>::zeroed();
+    // SAFETY: querying the disposition with a null new action changes
+    // nothing; `cur` is valid for writes.
+    let rc = unsafe { libc::sigaction(libc::SIGTRAP, ptr::null(), cur.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: sigaction succeeded and filled `cur`.
+    let cur = unsafe { cur.assume_init() };
+    if cur.sa_sigaction == our_handler() {
+        return Ok(false);
+    }
+    let spare = match PREV_INDEX.load(SeqCst) {
+        0 => 1,
+        _ => 0,
+    };
+    // SAFETY: the spare slot is not read by any handler: handlers read only
+    // the slot PREV_INDEX names, and every handler that read the index when
+    // it named the spare slot has finished (the caller drained).
+    unsafe { (*PREV.slots.get())[spare] = MaybeUninit::new(cur) };
+    PREV_RESET.store(false, SeqCst);
+    PREV_INDEX.store(spare, SeqCst);
+
+    let mut ours = MaybeUninit::<libc::sigaction>::zeroed();
+    let p = ours.as_mut_ptr();
+    // SAFETY: `ours` is a zeroed sigaction being filled in field by field;
+    // all-zero is a valid value for every field.
+    let ours = unsafe {
+        (*p).sa_sigaction = our_handler();
+        // SA_ONSTACK follows the program's choice, so a handler it expects
+        // on its alternate stack still runs there when we chain.
+        (*p).sa_flags =
+            libc::SA_SIGINFO | libc::SA_RESTART | (cur.sa_flags & libc::SA_ONSTACK);
+        libc::sigemptyset(&mut (*p).sa_mask);
+        ours.assume_init()
+    };
+    // SAFETY: installs a valid handler for SIGTRAP.
+    let rc = unsafe { libc::sigaction(libc::SIGTRAP, &ours, ptr::null_mut()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(true)
+}
+
+/// The interrupted instruction pointer and stack pointer.
+struct Regs {
+    gregs: *mut libc::greg_t,
+}
+
+impl Regs {
+    fn rip(&self) -> usize {
+        // SAFETY: `gregs` points at the ucontext's NGREG registers, and
+        // REG_RIP < NGREG.
+        unsafe { *self.gregs.add(libc::REG_RIP as usize) as usize }
+    }
+    fn set_rip(&self, v: usize) {
+        // SAFETY: as in `rip`; the kernel restores RIP from here on return.
+        unsafe { *self.gregs.add(libc::REG_RIP as usize) = v as libc::greg_t }
+    }
+    fn rsp(&self) -> usize {
+        // SAFETY: as in `rip`.
+        unsafe { *self.gregs.add(libc::REG_RSP as usize) as usize }
+    }
+    fn set_rsp(&self, v: usize) {
+        // SAFETY: as in `rip`.
+        unsafe { *self.gregs.add(libc::REG_RSP as usize) = v as libc::greg_t }
+    }
+}
+
+fn find_entry(entries: &[Entry], site: usize) -> Option<&Entry> {
+    entries
+        .binary_search_by(|e| e.site.cmp(&site))
+        .ok()
+        .and_then(|i| entries.get(i))
+}
+
+/// Emulates `e`'s new instruction for a thread stopped at `e.site + 1`.
+fn emulate(regs: &Regs, e: &Entry) {
+    let next = e.site.wrapping_add(5);
+    match e.emulate {
+        Emulate::Nop => regs.set_rip(next),
+        Emulate::Jmp => regs.set_rip(e.target),
+        Emulate::Call => {
+            let sp = regs.rsp().wrapping_sub(8);
+            // SAFETY: the thread is at the first instruction of a site, where
+            // a real `call` would push its return address at rsp-8; the
+            // kernel built our signal frame below the 128-byte red zone (or
+            // on the alternate stack), so this slot is free, mapped stack,
+            // exactly as the call instruction being emulated would use it.
+            unsafe { ptr::write(sp as *mut usize, next) };
+            regs.set_rsp(sp);
+            regs.set_rip(e.target);
+        }
+    }
+}
+
+/// What a handler found, decided while counted in flight.
+enum Verdict {
+    Emulated,
+    Reexecute,
+    Foreign(Option<libc::sigaction>),
+}
+
+fn decide(regs: &Regs, site: usize) -> Verdict {
+    IN_FLIGHT.fetch_add(1, SeqCst);
+    let byte = loop {
+        let seq = SEQ.load(SeqCst);
+        let active = ACTIVE.load(SeqCst);
+        if !active.is_null() {
+            // SAFETY: a published batch stays alive until the patcher has
+            // unpublished it and seen IN_FLIGHT at zero; we are counted.
+            let entries = unsafe { (*active).as_slice() };
+            if let Some(e) = find_entry(entries, site) {
+                emulate(regs, e);
+                IN_FLIGHT.fetch_sub(1, SeqCst);
+                return Verdict::Emulated;
+            }
+        }
+        fence(SeqCst);
+        // SAFETY: the thread just executed an int3 at `site`, so the byte is
+        // mapped text (a library cannot be unmapped under a thread that is
+        // executing it); text is only ever written a byte at a time with
+        // plain stores, and a volatile byte read cannot tear.
+        let byte = unsafe { ptr::read_volatile(site as *const u8) };
+        fence(SeqCst);
+        if SEQ.load(SeqCst) == seq {
+            break byte;
+        }
+    };
+    let known = KNOWN.load(SeqCst);
+    // SAFETY: as for ACTIVE, an old known set is freed only after a drain.
+    let is_known = !known.is_null()
+        && unsafe { (*known).as_slice() }.binary_search(&site).is_ok();
+    let verdict = if byte != INT3 && is_known {
+        Verdict::Reexecute
+    } else {
+        let idx = PREV_INDEX.load(SeqCst);
+        // SAFETY: the slot PREV_INDEX names is fully written before the
+        // index is stored, and not rewritten until after a drain.
+        let prev = unsafe { (*PREV.slots.get()).get(idx).map(|s| s.assume_init()) };
+        Verdict::Foreign(prev)
+    };
+    IN_FLIGHT.fetch_sub(1, SeqCst);
+    verdict
+}
+
+extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    // SAFETY: errno is thread-local; reading and restoring it is what every
+    // signal handler that may make system calls must do.
+    let errno = unsafe { *libc::__errno_location() };
+    // SAFETY: the kernel passes a valid siginfo and ucontext to an
+    // SA_SIGINFO handler.
+    let (code, gregs) = unsafe {
+        let ctx = uc as *mut libc::ucontext_t;
+        ((*info).si_code, (*ctx).uc_mcontext.gregs.as_mut_ptr())
+    };
+    let regs = Regs { gregs };
+    // `int3` reports SI_KERNEL; a kill(), tgkill() or a single-step trap
+    // reports something else and is never ours.
+    let verdict = if code == libc::SI_KERNEL {
+        decide(&regs, regs.rip().wrapping_sub(1))
+    } else {
+        IN_FLIGHT.fetch_add(1, SeqCst);
+        let idx = PREV_INDEX.load(SeqCst);
+        // SAFETY: as in `decide`.
+        let prev = unsafe { (*PREV.slots.get()).get(idx).map(|s| s.assume_init()) };
+        IN_FLIGHT.fetch_sub(1, SeqCst);
+        Verdict::Foreign(prev)
+    };
+    match verdict {
+        Verdict::Emulated => {
+            EMULATED.fetch_add(1, Relaxed);
+        }
+        Verdict::Reexecute => {
+            regs.set_rip(regs.rip().wrapping_sub(1));
+            REEXECUTED.fetch_add(1, Relaxed);
+        }
+        Verdict::Foreign(prev) => {
+            CHAINED.fetch_add(1, Relaxed);
+            // SAFETY: passes the kernel's own arguments on to the program's
+            // handler, which expects exactly these.
+            unsafe { chain(sig, info, uc, code, prev) };
+        }
+    }
+    // SAFETY: see above.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+/// Delivers a trap that is not ours the way it would have been delivered
+/// had we never been installed.
+///
+/// # Safety
+/// `info` and `uc` are the kernel's arguments to this invocation.
+unsafe fn chain(
+    sig: libc::c_int,
+    info: *mut libc::siginfo_t,
+    uc: *mut libc::c_void,
+    code: libc::c_int,
+    prev: Option<libc::sigaction>,
+) {
+    let handler = prev.map_or(libc::SIG_DFL, |p| p.sa_sigaction);
+    let oneshot = prev.is_some_and(|p| p.sa_flags & libc::SA_RESETHAND != 0);
+    let spent = oneshot && PREV_RESET.swap(true, SeqCst);
+    if handler == libc::SIG_IGN && code != libc::SI_KERNEL {
+        // An ignored asynchronous SIGTRAP is dropped. (A synchronous one from
+        // int3 cannot be ignored; the kernel would kill the process, below.)
+        return;
+    }
+    if handler == libc::SIG_DFL || handler == libc::SIG_IGN || spent {
+        // Default action: put SIG_DFL back and re-raise. SIGTRAP is blocked
+        // while we run, so it is delivered, and the process terminated with
+        // a core as it would have been, when this handler returns.
+        let mut dfl = MaybeUninit::<libc::sigaction>::zeroed();
+        // SAFETY: a zeroed sigaction is SIG_DFL with no flags and an empty
+        // mask; sigaction, gettid and tgkill are async-signal-safe.
+        unsafe {
+            (*dfl.as_mut_ptr()).sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(libc::SIGTRAP, dfl.as_ptr(), ptr::null_mut());
+            libc::syscall(
+                libc::SYS_tgkill,
+                libc::getpid(),
+                libc::syscall(libc::SYS_gettid),
+                libc::SIGTRAP,
+            );
+        }
+        return;
+    }
+    let Some(prev) = prev else { return };
+    // Run the program's handler under the mask it asked for: its sa_mask
+    // added, and SIGTRAP itself unblocked if it asked for SA_NODEFER.
+    let mut old = MaybeUninit::<libc::sigset_t>::zeroed();
+    let mut mask = prev.sa_mask;
+    // SAFETY: sigset operations on valid local sets; pthread_sigmask is
+    // async-signal-safe (it is sigprocmask for the calling thread).
+    unsafe {
+        if prev.sa_flags & libc::SA_NODEFER != 0 {
+            libc::pthread_sigmask(libc::SIG_BLOCK, &mask, old.as_mut_ptr());
+            let mut trap = MaybeUninit::<libc::sigset_t>::zeroed();
+            libc::sigemptyset(trap.as_mut_ptr());
+            libc::sigaddset(trap.as_mut_ptr(), libc::SIGTRAP);
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, trap.as_ptr(), ptr::null_mut());
+        } else {
+            libc::sigaddset(&mut mask, libc::SIGTRAP);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &mask, old.as_mut_ptr());
+        }
+    }
+    if prev.sa_flags & libc::SA_SIGINFO != 0 {
+        // SAFETY: with SA_SIGINFO the program registered a three-argument
+        // handler at this address.
+        let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+            unsafe { std::mem::transmute(handler) };
+        f(sig, info, uc);
+    } else {
+        // SAFETY: without SA_SIGINFO the program registered a one-argument
+        // handler at this address.
+        let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(handler) };
+        f(sig);
+    }
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old.as_ptr(), ptr::null_mut()) };
+}

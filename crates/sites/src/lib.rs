@@ -1,0 +1,1 @@
+//! Discovery of traceable sites and the function record table (work in progress).
