@@ -1,1 +1,33 @@
-fn main() {}
+//! livetrace's benchmarks. Each subcommand prints human-readable progress on
+//! stderr and machine-readable `RESULT key=value ...` lines on stdout.
+//!
+//! Times are wall-clock medians over interleaved rounds, with the baseline
+//! measured in the same process: the machines are shared and noisy.
+
+mod patch;
+mod stats;
+mod trap;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "livetrace benchmarks (RESULT lines on stdout)")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Batch patching of many sites while threads execute them.
+    Patch(patch::Args),
+    /// Cost of an emulated int3 hit against a bare int3 round trip.
+    Trap(trap::Args),
+}
+
+fn main() {
+    match Cli::parse().bench {
+        Bench::Patch(a) => patch::run(a),
+        Bench::Trap(a) => trap::run(a),
+    }
+}

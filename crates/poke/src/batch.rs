@@ -107,7 +107,9 @@ impl Batch {
 
     /// An empty batch with room for `n` sites.
     pub fn with_capacity(n: usize) -> Batch {
-        Batch { entries: Vec::with_capacity(n) }
+        Batch {
+            entries: Vec::with_capacity(n),
+        }
     }
 
     /// Sites queued.
@@ -150,7 +152,13 @@ impl Batch {
             Insn::Call(t) => (Emulate::Call, t),
             Insn::Jmp(t) => (Emulate::Jmp, t),
         };
-        self.entries.push(Entry { site, target, emulate, old, new: new_bytes });
+        self.entries.push(Entry {
+            site,
+            target,
+            emulate,
+            old,
+            new: new_bytes,
+        });
         Ok(())
     }
 
@@ -189,14 +197,22 @@ impl Batch {
         let syncs = self.poke(&mut hook);
         drop(text);
         retire_known(old_known);
-        Ok(Applied { sites: self.entries.len(), runs, syncs, elapsed: start.elapsed() })
+        Ok(Applied {
+            sites: self.entries.len(),
+            runs,
+            syncs,
+            elapsed: start.elapsed(),
+        })
     }
 
     /// The protocol proper (the kernel's `text_poke_bp_batch`). Nothing in
     /// here can fail: everything that could was checked before the first
     /// byte was written, so no batch is ever left half-applied.
     fn poke(&self, hook: &mut impl FnMut(Phase)) -> usize {
-        let desc = Published { ptr: self.entries.as_ptr(), len: self.entries.len() };
+        let desc = Published {
+            ptr: self.entries.as_ptr(),
+            len: self.entries.len(),
+        };
         // Publish before the first int3 is written: a thread that traps on
         // one must find the batch.
         trap::ACTIVE.store(&desc as *const _ as *mut _, SeqCst);
@@ -218,11 +234,10 @@ impl Batch {
         // changes (only the opcode does, e.g. call X <-> jmp X).
         if self.entries.iter().any(|e| e.old[1..] != e.new[1..]) {
             for e in &self.entries {
-                for i in 1..5 {
-                    // SAFETY: as above; these bytes are never executed while
-                    // the first byte is int3.
-                    unsafe { std::ptr::write_volatile((e.site + i) as *mut u8, e.new[i]) };
-                }
+                let tail = [e.new[1], e.new[2], e.new[3], e.new[4]];
+                // SAFETY: as above; these bytes are never executed while the
+                // first byte is int3, so how the store is split is invisible.
+                unsafe { std::ptr::write_volatile((e.site + 1) as *mut [u8; 4], tail) };
             }
             sync::sync_cores();
             syncs += 1;
@@ -251,6 +266,9 @@ impl Batch {
 fn validate(entries: &[Entry], maps: &Maps) -> Result<(), Error> {
     let mut bad = Vec::new();
     let mut prev: Option<&Entry> = None;
+    // Sites are sorted: remember the last text range found, so a batch of
+    // thousands of sites does a handful of map lookups, not one each.
+    let mut text = 0..0;
     for e in entries {
         let reason = match prev {
             Some(p) if p.site == e.site => Some(RejectReason::Duplicate),
@@ -258,7 +276,15 @@ fn validate(entries: &[Entry], maps: &Maps) -> Result<(), Error> {
             _ => None,
         };
         prev = Some(e);
-        let readable = maps.is_text(e.site, 5);
+        let readable = (text.start <= e.site && e.site.saturating_add(5) <= text.end) || {
+            match maps.text_range(e.site, 5) {
+                Some(r) => {
+                    text = r;
+                    true
+                }
+                None => false,
+            }
+        };
         let found = readable.then(|| read5(e.site));
         let reason = reason.or(match found {
             None => Some(RejectReason::NotText),
@@ -266,7 +292,12 @@ fn validate(entries: &[Entry], maps: &Maps) -> Result<(), Error> {
             Some(_) => None,
         });
         if let Some(reason) = reason {
-            bad.push(Rejection { site: e.site, expected: e.old, found, reason });
+            bad.push(Rejection {
+                site: e.site,
+                expected: e.old,
+                found,
+                reason,
+            });
         }
     }
     if bad.is_empty() {
@@ -278,13 +309,10 @@ fn validate(entries: &[Entry], maps: &Maps) -> Result<(), Error> {
 
 /// Reads five bytes of text already known to be mapped.
 fn read5(site: usize) -> [u8; 5] {
-    let mut b = [0u8; 5];
-    for (i, out) in b.iter_mut().enumerate() {
-        // SAFETY: the caller checked that [site, site+5) is mapped readable;
-        // volatile because other batches' writes are not Rust-visible.
-        *out = unsafe { std::ptr::read_volatile((site + i) as *const u8) };
-    }
-    b
+    // SAFETY: the caller checked that [site, site+5) is mapped readable.
+    // Volatile: text changes behind the compiler's back (other batches, run
+    // under the same lock, but also any other writer of code).
+    unsafe { std::ptr::read_volatile(site as *const [u8; 5]) }
 }
 
 /// Reads the five bytes at `site`, checking first that they are mapped
@@ -345,34 +373,26 @@ fn publish_known(entries: &[Entry]) -> Option<Box<KnownSet>> {
     } else {
         unsafe { &(*(cur as *const KnownSet)).sites }
     };
-    // Both sorted: one merge pass, allocating only when something is new.
-    let mut merged: Option<Vec<usize>> = None;
-    let (mut i, mut j) = (0, 0);
-    while j < entries.len() {
-        let s = entries[j].site;
-        while i < known.len() && known[i] < s {
-            if let Some(m) = merged.as_mut() {
-                m.push(known[i]);
-            }
-            i += 1;
-        }
-        if i < known.len() && known[i] == s {
-            if let Some(m) = merged.as_mut() {
-                m.push(s);
-            }
-            i += 1;
-        } else {
-            let m = merged.get_or_insert_with(|| {
-                let mut v = Vec::with_capacity(known.len() + entries.len() - j);
-                v.extend_from_slice(&known[..i]);
-                v
-            });
-            m.push(s);
-        }
-        j += 1;
+    // Both sorted. The common case, every site already known, is one tight
+    // merge pass that allocates nothing.
+    let mut i = 0;
+    let all_known = entries.iter().all(|e| {
+        i += known[i..].iter().take_while(|&&k| k < e.site).count();
+        known.get(i) == Some(&e.site)
+    });
+    if all_known {
+        return None;
     }
-    let mut merged = merged?;
-    merged.extend_from_slice(&known[i..]);
+    let mut merged = Vec::with_capacity(known.len() + entries.len());
+    let mut k = known.iter().copied().peekable();
+    for s in entries.iter().map(|e| e.site) {
+        while let Some(x) = k.next_if(|&x| x < s) {
+            merged.push(x);
+        }
+        k.next_if_eq(&s);
+        merged.push(s);
+    }
+    merged.extend(k);
     let new = Box::new(KnownSet::new(merged));
     let old = trap::KNOWN.swap(Box::into_raw(new) as *mut _, SeqCst);
     // SAFETY: `old` came from Box::into_raw in an earlier call (or is null).
@@ -397,6 +417,12 @@ struct KnownSet {
 
 impl KnownSet {
     fn new(sites: Vec<usize>) -> KnownSet {
-        KnownSet { header: Published { ptr: sites.as_ptr(), len: sites.len() }, sites }
+        KnownSet {
+            header: Published {
+                ptr: sites.as_ptr(),
+                len: sites.len(),
+            },
+            sites,
+        }
     }
 }

@@ -117,7 +117,11 @@ pub(crate) struct Hex5(pub [u8; 5]);
 impl fmt::Display for Hex5 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        write!(f, "{:02x} {:02x} {:02x} {:02x} {:02x}", b[0], b[1], b[2], b[3], b[4])
+        write!(
+            f,
+            "{:02x} {:02x} {:02x} {:02x} {:02x}",
+            b[0], b[1], b[2], b[3], b[4]
+        )
     }
 }
 
@@ -153,7 +157,13 @@ mod tests {
         assert!(Insn::Call(max).encode(site).is_ok());
         assert!(Insn::Call(min).encode(site).is_ok());
         let e = Insn::Call(max + 1).encode(site).unwrap_err();
-        assert_eq!(e, EncodeError { site, target: max + 1 });
+        assert_eq!(
+            e,
+            EncodeError {
+                site,
+                target: max + 1
+            }
+        );
         assert!(Insn::Jmp(min - 1).encode(site).is_err());
     }
 

@@ -67,19 +67,28 @@ impl Maps {
     /// Whether `[addr, addr+len)` is entirely mapped readable and executable,
     /// possibly across adjacent regions.
     pub fn is_text(&self, addr: usize, len: usize) -> bool {
+        self.text_range(addr, len).is_some()
+    }
+
+    /// The whole run of adjacent readable, executable regions containing
+    /// `[addr, addr+len)`, if the range lies entirely in one.
+    pub fn text_range(&self, addr: usize, len: usize) -> Option<std::ops::Range<usize>> {
         let want = libc::PROT_READ | libc::PROT_EXEC;
-        let end = match addr.checked_add(len) {
-            Some(e) => e,
-            None => return false,
-        };
-        let mut at = addr;
-        while at < end {
-            match self.find(at) {
-                Some(r) if r.prot & want == want => at = r.end,
-                _ => return false,
+        let end = addr.checked_add(len)?;
+        let mut i = self.regions.partition_point(|r| r.end <= addr);
+        let first = self
+            .regions
+            .get(i)
+            .filter(|r| r.start <= addr && r.prot & want == want)?;
+        let (start, mut upto) = (first.start, first.end);
+        while let Some(r) = self.regions.get(i + 1) {
+            if r.start != upto || r.prot & want != want {
+                break;
             }
+            upto = r.end;
+            i += 1;
         }
-        true
+        (end <= upto).then_some(start..upto)
     }
 }
 
@@ -117,7 +126,7 @@ mod tests {
     #[test]
     fn reads_own_maps() {
         let m = Maps::read().unwrap();
-        let f = reads_own_maps as usize;
+        let f = reads_own_maps as *const () as usize;
         assert!(m.is_text(f, 5));
     }
 }

@@ -37,13 +37,21 @@ impl Unlocked {
         for site in sites {
             let mut page = site & !(PAGE - 1);
             let last = (site + 4) & !(PAGE - 1);
+            // Most sites share their page with the previous one.
+            if runs.last().is_some_and(|r| r.start + r.len > last) {
+                continue;
+            }
             loop {
                 // Validation already checked that both ends are mapped text.
                 let prot = maps.find(page).map_or(0, |r| r.prot);
                 match runs.last_mut() {
                     Some(r) if r.start + r.len > page => {}
                     Some(r) if r.start + r.len == page && r.prot == prot => r.len += PAGE,
-                    _ => runs.push(Run { start: page, len: PAGE, prot }),
+                    _ => runs.push(Run {
+                        start: page,
+                        len: PAGE,
+                        prot,
+                    }),
                 }
                 if page == last {
                     break;
@@ -51,7 +59,9 @@ impl Unlocked {
                 page += PAGE;
             }
         }
-        let mut done = Unlocked { runs: Vec::with_capacity(runs.len()) };
+        let mut done = Unlocked {
+            runs: Vec::with_capacity(runs.len()),
+        };
         for run in runs {
             // SAFETY: the run covers whole pages that /proc/self/maps showed
             // mapped with `run.prot`; adding PROT_WRITE while keeping the

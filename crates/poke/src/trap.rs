@@ -208,8 +208,7 @@ pub(crate) fn ensure_installed() -> std::io::Result<bool> {
         (*p).sa_sigaction = our_handler();
         // SA_ONSTACK follows the program's choice, so a handler it expects
         // on its alternate stack still runs there when we chain.
-        (*p).sa_flags =
-            libc::SA_SIGINFO | libc::SA_RESTART | (cur.sa_flags & libc::SA_ONSTACK);
+        (*p).sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | (cur.sa_flags & libc::SA_ONSTACK);
         libc::sigemptyset(&mut (*p).sa_mask);
         ours.assume_init()
     };
@@ -308,8 +307,7 @@ fn decide(regs: &Regs, site: usize) -> Verdict {
     };
     let known = KNOWN.load(SeqCst);
     // SAFETY: as for ACTIVE, an old known set is freed only after a drain.
-    let is_known = !known.is_null()
-        && unsafe { (*known).as_slice() }.binary_search(&site).is_ok();
+    let is_known = !known.is_null() && unsafe { (*known).as_slice() }.binary_search(&site).is_ok();
     let verdict = if byte != INT3 && is_known {
         Verdict::Reexecute
     } else {

@@ -8,7 +8,9 @@
 use std::sync::atomic::Ordering::SeqCst;
 
 use livetrace_fixtures as fx;
-use livetrace_poke::{read_site, trap_stats, Batch, Error, Insn, Phase, RejectReason, NOP1X5, NOP5};
+use livetrace_poke::{
+    read_site, trap_stats, Batch, Error, Insn, Phase, RejectReason, NOP1X5, NOP5,
+};
 
 fn a(i: usize) -> u64 {
     fx::LT_FIX_COUNTS_A[i].load(SeqCst)
@@ -23,7 +25,10 @@ fn perms_of(addr: usize) -> String {
     for line in maps.lines() {
         let (range, rest) = line.split_once(' ').unwrap();
         let (s, e) = range.split_once('-').unwrap();
-        let (s, e) = (usize::from_str_radix(s, 16).unwrap(), usize::from_str_radix(e, 16).unwrap());
+        let (s, e) = (
+            usize::from_str_radix(s, 16).unwrap(),
+            usize::from_str_radix(e, 16).unwrap(),
+        );
         if (s..e).contains(&addr) {
             return rest[..4].to_string();
         }
@@ -39,24 +44,41 @@ fn nop_call_call_jmp_nop() {
     assert_eq!(fx::call(i), fx::value_of(i));
 
     let mut batch = Batch::new();
-    batch.queue(site, Insn::Nop, Insn::Call(fx::counter_a())).unwrap();
+    batch
+        .queue(site, Insn::Nop, Insn::Call(fx::counter_a()))
+        .unwrap();
     let applied = batch.apply().unwrap();
     assert_eq!(applied.sites, 1);
     assert_eq!(applied.syncs, 3);
-    assert_eq!(read_site(site).unwrap(), Insn::Call(fx::counter_a()).encode(site).unwrap());
+    assert_eq!(
+        read_site(site).unwrap(),
+        Insn::Call(fx::counter_a()).encode(site).unwrap()
+    );
     assert_eq!(fx::call(i), fx::value_of(i));
     assert_eq!((a(i), b(i)), (1, 0));
 
     // call A -> call B.
     let mut batch = Batch::new();
-    batch.queue(site, Insn::Call(fx::counter_a()), Insn::Call(fx::counter_b())).unwrap();
+    batch
+        .queue(
+            site,
+            Insn::Call(fx::counter_a()),
+            Insn::Call(fx::counter_b()),
+        )
+        .unwrap();
     batch.apply().unwrap();
     assert_eq!(fx::call(i), fx::value_of(i));
     assert_eq!((a(i), b(i)), (1, 1));
 
     // call B -> jmp to function i+1: the call now returns i+1's value.
     let mut batch = Batch::new();
-    batch.queue(site, Insn::Call(fx::counter_b()), Insn::Jmp(fx::site(i + 1))).unwrap();
+    batch
+        .queue(
+            site,
+            Insn::Call(fx::counter_b()),
+            Insn::Jmp(fx::site(i + 1)),
+        )
+        .unwrap();
     batch.apply().unwrap();
     assert_eq!(fx::call(i), fx::value_of(i + 1));
 
@@ -74,14 +96,23 @@ fn nop_call_call_jmp_nop() {
 fn text_is_not_left_writable() {
     let site = fx::site(20);
     let before = perms_of(site);
-    assert!(!before.contains('w'), "fixture text starts read-only: {before}");
+    assert!(
+        !before.contains('w'),
+        "fixture text starts read-only: {before}"
+    );
     let mut batch = Batch::new();
-    batch.queue(site, Insn::Nop, Insn::Call(fx::counter_a())).unwrap();
+    batch
+        .queue(site, Insn::Nop, Insn::Call(fx::counter_a()))
+        .unwrap();
     batch.apply().unwrap();
     assert_eq!(perms_of(site), before);
     let mut batch = Batch::new();
-    batch.queue(site, Insn::Call(fx::counter_a()), Insn::Nop).unwrap();
-    batch.apply_with(|_| assert!(perms_of(site).contains('w'))).unwrap();
+    batch
+        .queue(site, Insn::Call(fx::counter_a()), Insn::Nop)
+        .unwrap();
+    batch
+        .apply_with(|_| assert!(perms_of(site).contains('w')))
+        .unwrap();
     assert_eq!(perms_of(site), before);
 }
 
@@ -92,7 +123,9 @@ fn a_thread_reaching_a_site_mid_batch_gets_the_new_instruction() {
     let emulated = trap_stats().emulated;
     let mut seen = Vec::new();
     let mut batch = Batch::new();
-    batch.queue(site, Insn::Nop, Insn::Call(fx::counter_a())).unwrap();
+    batch
+        .queue(site, Insn::Nop, Insn::Call(fx::counter_a()))
+        .unwrap();
     batch
         .apply_with(|phase| {
             let first = read_site(site).unwrap()[0];
@@ -104,13 +137,19 @@ fn a_thread_reaching_a_site_mid_batch_gets_the_new_instruction() {
         .unwrap();
     assert_eq!(
         seen,
-        [(Phase::Int3, 0xcc, 1), (Phase::Tail, 0xcc, 1), (Phase::Done, 0xe8, 1)]
+        [
+            (Phase::Int3, 0xcc, 1),
+            (Phase::Tail, 0xcc, 1),
+            (Phase::Done, 0xe8, 1)
+        ]
     );
     assert!(trap_stats().emulated >= emulated + 2);
 
     // The reverse: emulating a NOP skips the call.
     let mut batch = Batch::new();
-    batch.queue(site, Insn::Call(fx::counter_a()), Insn::Nop).unwrap();
+    batch
+        .queue(site, Insn::Call(fx::counter_a()), Insn::Nop)
+        .unwrap();
     let before = a(i);
     batch
         .apply_with(|_| assert_eq!(fx::call(i), fx::value_of(i)))
@@ -119,12 +158,16 @@ fn a_thread_reaching_a_site_mid_batch_gets_the_new_instruction() {
 
     // And a jmp.
     let mut batch = Batch::new();
-    batch.queue(site, Insn::Nop, Insn::Jmp(fx::site(i + 1))).unwrap();
+    batch
+        .queue(site, Insn::Nop, Insn::Jmp(fx::site(i + 1)))
+        .unwrap();
     batch
         .apply_with(|_| assert_eq!(fx::call(i), fx::value_of(i + 1)))
         .unwrap();
     let mut batch = Batch::new();
-    batch.queue(site, Insn::Jmp(fx::site(i + 1)), Insn::Nop).unwrap();
+    batch
+        .queue(site, Insn::Jmp(fx::site(i + 1)), Insn::Nop)
+        .unwrap();
     batch.apply().unwrap();
 }
 
@@ -133,11 +176,17 @@ fn a_refused_batch_writes_nothing() {
     let (good, bad) = (fx::site(40), fx::site(41));
     let perms_before = (perms_of(good), perms_of(bad));
     let mut batch = Batch::new();
-    batch.queue(good, Insn::Nop, Insn::Call(fx::counter_a())).unwrap();
+    batch
+        .queue(good, Insn::Nop, Insn::Call(fx::counter_a()))
+        .unwrap();
     // Claims function 41 holds a call; it holds a NOP.
-    batch.queue(bad, Insn::Call(fx::counter_b()), Insn::Nop).unwrap();
+    batch
+        .queue(bad, Insn::Call(fx::counter_b()), Insn::Nop)
+        .unwrap();
     let err = batch.apply().unwrap_err();
-    let Error::Rejected(list) = &err else { panic!("{err}") };
+    let Error::Rejected(list) = &err else {
+        panic!("{err}")
+    };
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].site, bad);
     assert_eq!(list[0].reason, RejectReason::Mismatch);
@@ -157,13 +206,19 @@ fn a_refused_batch_writes_nothing() {
 fn duplicates_overlaps_and_non_text_are_all_reported() {
     let s = fx::site(50);
     let mut batch = Batch::new();
-    batch.queue(s, Insn::Nop, Insn::Call(fx::counter_a())).unwrap();
-    batch.queue(s, Insn::Nop, Insn::Call(fx::counter_b())).unwrap();
+    batch
+        .queue(s, Insn::Nop, Insn::Call(fx::counter_a()))
+        .unwrap();
+    batch
+        .queue(s, Insn::Nop, Insn::Call(fx::counter_b()))
+        .unwrap();
     batch.queue_bytes(s + 2, NOP5, NOP5).unwrap();
     let data = Box::new([0u8; 16]);
     let heap = data.as_ptr() as usize;
     batch.queue(heap, Insn::Nop, Insn::Nop).unwrap();
-    let Error::Rejected(list) = batch.apply().unwrap_err() else { panic!() };
+    let Error::Rejected(list) = batch.apply().unwrap_err() else {
+        panic!()
+    };
     let mut reasons: Vec<_> = list.iter().map(|r| (r.site, r.reason)).collect();
     reasons.sort_by_key(|r| r.0);
     assert!(reasons.contains(&(s, RejectReason::Duplicate)));
@@ -179,10 +234,19 @@ fn duplicates_overlaps_and_non_text_are_all_reported() {
 fn forms_and_ranges_are_checked_when_queued() {
     let s = fx::site(60);
     let mut batch = Batch::new();
-    assert!(matches!(batch.queue_bytes(s, NOP1X5, NOP5), Err(Error::Form { .. })));
-    assert!(matches!(batch.queue_bytes(s, NOP5, [0xcc; 5]), Err(Error::Form { .. })));
+    assert!(matches!(
+        batch.queue_bytes(s, NOP1X5, NOP5),
+        Err(Error::Form { .. })
+    ));
+    assert!(matches!(
+        batch.queue_bytes(s, NOP5, [0xcc; 5]),
+        Err(Error::Form { .. })
+    ));
     let far = s.wrapping_add(1 << 40);
-    assert!(matches!(batch.queue(s, Insn::Nop, Insn::Call(far)), Err(Error::Encode(_))));
+    assert!(matches!(
+        batch.queue(s, Insn::Nop, Insn::Call(far)),
+        Err(Error::Encode(_))
+    ));
     assert!(batch.is_empty());
 }
 
@@ -191,7 +255,9 @@ fn many_sites_in_one_batch_across_pages() {
     let range = 1000..3000; // 2000 functions, 32 KiB, several pages
     let mut batch = Batch::with_capacity(range.len());
     for i in range.clone() {
-        batch.queue(fx::site(i), Insn::Nop, Insn::Call(fx::counter_b())).unwrap();
+        batch
+            .queue(fx::site(i), Insn::Nop, Insn::Call(fx::counter_b()))
+            .unwrap();
     }
     let applied = batch.apply().unwrap();
     assert_eq!(applied.sites, 2000);
@@ -202,7 +268,9 @@ fn many_sites_in_one_batch_across_pages() {
     }
     let mut batch = Batch::new();
     for i in range.clone().rev() {
-        batch.queue(fx::site(i), Insn::Call(fx::counter_b()), Insn::Nop).unwrap();
+        batch
+            .queue(fx::site(i), Insn::Call(fx::counter_b()), Insn::Nop)
+            .unwrap();
     }
     batch.apply().unwrap();
     for i in range {

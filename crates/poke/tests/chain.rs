@@ -88,7 +88,9 @@ fn batches_while_breaking(rounds: usize, breakpoints: u64) {
         if on {
             let mut batch = Batch::new();
             for i in 0..300 {
-                batch.queue(fx::site(i), Insn::Call(fx::counter_a()), Insn::Nop).unwrap();
+                batch
+                    .queue(fx::site(i), Insn::Call(fx::counter_a()), Insn::Nop)
+                    .unwrap();
             }
             batch.apply().unwrap();
         }
@@ -99,7 +101,7 @@ fn batches_while_breaking(rounds: usize, breakpoints: u64) {
 #[test]
 fn program_breakpoints_reach_the_program_handler() {
     // 1. The program's handler was there first.
-    install(siginfo_handler as usize, libc::SA_SIGINFO);
+    install(siginfo_handler as *const () as usize, libc::SA_SIGINFO);
     let chained = trap_stats().chained;
     batches_while_breaking(200, 2_000);
     assert_eq!(SIGINFO_HITS.load(SeqCst), 2_000);
@@ -109,7 +111,7 @@ fn program_breakpoints_reach_the_program_handler() {
     // 2. The program replaces the engine's handler: its breakpoints go
     // straight to it, and the next batch puts the engine's handler back in
     // front, chaining to the new one (a one-argument handler this time).
-    install(plain_handler as usize, 0);
+    install(plain_handler as *const () as usize, 0);
     breakpoint();
     assert_eq!(PLAIN_HITS.load(SeqCst), 1);
     let chained = trap_stats().chained;
@@ -121,7 +123,12 @@ fn program_breakpoints_reach_the_program_handler() {
     // 3. A SIGTRAP sent by kill is never taken for a site.
     // SAFETY: sends SIGTRAP to this thread, which the handlers catch.
     unsafe {
-        libc::syscall(libc::SYS_tgkill, libc::getpid(), libc::syscall(libc::SYS_gettid), libc::SIGTRAP)
+        libc::syscall(
+            libc::SYS_tgkill,
+            libc::getpid(),
+            libc::syscall(libc::SYS_gettid),
+            libc::SIGTRAP,
+        )
     };
     assert_eq!(PLAIN_HITS.load(SeqCst), 1_002);
 }

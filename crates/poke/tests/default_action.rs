@@ -15,14 +15,20 @@ fn foreign_breakpoint_without_handler_is_fatal() {
         // The child: install the engine's handler with a real batch, then
         // hit a breakpoint of our own.
         let mut batch = Batch::new();
-        batch.queue(fx::site(7), Insn::Nop, Insn::Call(fx::counter_a())).unwrap();
+        batch
+            .queue(fx::site(7), Insn::Nop, Insn::Call(fx::counter_a()))
+            .unwrap();
         batch.apply().unwrap();
         // SAFETY: deliberately raises SIGTRAP; the process is expected to die.
         unsafe { std::arch::asm!("int3") };
         std::process::exit(0);
     }
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "foreign_breakpoint_without_handler_is_fatal", "--nocapture"])
+        .args([
+            "--exact",
+            "foreign_breakpoint_without_handler_is_fatal",
+            "--nocapture",
+        ])
         .env(CHILD, "1")
         .output()
         .unwrap();

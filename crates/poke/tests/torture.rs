@@ -78,24 +78,35 @@ fn worker(w: usize, workers: usize) -> Tally {
             let e1 = EPOCH.load(SeqCst);
             let cur = CUR[i].load(SeqCst);
             let next = NEXT[i].load(SeqCst);
-            let (a0, b0) = (fx::LT_FIX_COUNTS_A[i].load(SeqCst), fx::LT_FIX_COUNTS_B[i].load(SeqCst));
+            let (a0, b0) = (
+                fx::LT_FIX_COUNTS_A[i].load(SeqCst),
+                fx::LT_FIX_COUNTS_B[i].load(SeqCst),
+            );
             let r = fx::call(i);
-            let (a1, b1) = (fx::LT_FIX_COUNTS_A[i].load(SeqCst), fx::LT_FIX_COUNTS_B[i].load(SeqCst));
+            let (a1, b1) = (
+                fx::LT_FIX_COUNTS_A[i].load(SeqCst),
+                fx::LT_FIX_COUNTS_B[i].load(SeqCst),
+            );
             let e2 = EPOCH.load(SeqCst);
             t.calls += 1;
             if r != fx::value_of(i) {
-                fail(format!("function {i} returned {r:#x}, expected {:#x}", fx::value_of(i)));
+                fail(format!(
+                    "function {i} returned {r:#x}, expected {:#x}",
+                    fx::value_of(i)
+                ));
             }
             let went = match (a1 - a0, b1 - b0) {
                 (0, 0) => NOP,
                 (1, 0) => A,
                 (0, 1) => B,
                 d => {
-                    fail(format!("function {i}: one call bumped the counters by {d:?}"));
+                    fail(format!(
+                        "function {i}: one call bumped the counters by {d:?}"
+                    ));
                     continue;
                 }
             };
-            if e1 == e2 && e1 % 2 == 0 {
+            if e1 == e2 && e1.is_multiple_of(2) {
                 t.settled += 1;
                 if went != cur {
                     fail(format!(
@@ -117,12 +128,15 @@ fn worker(w: usize, workers: usize) -> Tally {
 
 #[test]
 fn batches_under_fire() {
-    assert!(SITES <= fx::FUNCTIONS);
+    const { assert!(SITES <= fx::FUNCTIONS) };
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()) + 1;
-    let soak = std::env::var("LIVETRACE_SOAK_SECS").ok().and_then(|s| s.parse::<u64>().ok());
+    let soak = std::env::var("LIVETRACE_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok());
     let deadline = soak.map(|s| Instant::now() + Duration::from_secs(s));
-    let handles: Vec<_> =
-        (0..workers).map(|w| std::thread::spawn(move || worker(w, workers))).collect();
+    let handles: Vec<_> = (0..workers)
+        .map(|w| std::thread::spawn(move || worker(w, workers)))
+        .collect();
 
     let start_stats = trap_stats();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -140,7 +154,9 @@ fn batches_under_fire() {
         let changed: Vec<usize> = match k % 10 {
             0 => (0..SITES).collect(),
             1..=3 => (0..SITES).filter(|_| rng.below(10) == 0).collect(),
-            4..=8 => (0..1 + rng.below(64)).map(|_| rng.below(SITES as u64) as usize).collect(),
+            4..=8 => (0..1 + rng.below(64))
+                .map(|_| rng.below(SITES as u64) as usize)
+                .collect(),
             _ => vec![rng.below(SITES as u64) as usize],
         };
         let mut changed = changed;
@@ -202,9 +218,19 @@ fn batches_under_fire() {
         panic!("{} failure(s); first: {msg}", FAILURES.load(SeqCst));
     }
     for i in 0..SITES {
-        assert_eq!(read_site(fx::site(i)).unwrap(), NOP5, "function {i} back to NOP");
+        assert_eq!(
+            read_site(fx::site(i)).unwrap(),
+            NOP5,
+            "function {i} back to NOP"
+        );
     }
     assert!(in_batch > 0, "the workers ran during batches");
-    assert!(stats.emulated > start_stats.emulated, "threads hit int3 and were emulated");
-    assert_eq!(stats.chained, start_stats.chained, "no trap was taken for foreign");
+    assert!(
+        stats.emulated > start_stats.emulated,
+        "threads hit int3 and were emulated"
+    );
+    assert_eq!(
+        stats.chained, start_stats.chained,
+        "no trap was taken for foreign"
+    );
 }
