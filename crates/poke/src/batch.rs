@@ -194,9 +194,10 @@ impl Batch {
             }
         };
         let runs = text.runs();
-        let syncs = self.poke(&mut hook);
+        let poked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.poke(&mut hook)));
         drop(text);
         retire_known(old_known);
+        let syncs = poked.unwrap_or_else(|payload| std::panic::resume_unwind(payload));
         Ok(Applied {
             sites: self.entries.len(),
             runs,
@@ -209,6 +210,24 @@ impl Batch {
     /// here can fail: everything that could was checked before the first
     /// byte was written, so no batch is ever left half-applied.
     fn poke(&self, hook: &mut impl FnMut(Phase)) -> usize {
+        // A panicking hook must not unwind out of here with the batch
+        // published from this stack frame and int3s in text: finish the
+        // protocol, then let the panic go on from `apply_with`.
+        let mut panicked = None;
+        let mut hook = |phase| {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(phase)));
+            if let Err(payload) = r {
+                panicked.get_or_insert(payload);
+            }
+        };
+        let syncs = self.protocol(&mut hook);
+        if let Some(payload) = panicked {
+            std::panic::resume_unwind(payload);
+        }
+        syncs
+    }
+
+    fn protocol(&self, hook: &mut impl FnMut(Phase)) -> usize {
         let desc = Published {
             ptr: self.entries.as_ptr(),
             len: self.entries.len(),

@@ -278,3 +278,32 @@ fn many_sites_in_one_batch_across_pages() {
         assert_eq!(b(i), 1);
     }
 }
+
+#[test]
+fn a_panicking_hook_still_completes_the_batch() {
+    let i = 70;
+    let site = fx::site(i);
+    let r = std::panic::catch_unwind(|| {
+        let mut batch = Batch::new();
+        batch
+            .queue(site, Insn::Nop, Insn::Call(fx::counter_a()))
+            .unwrap();
+        batch
+            .apply_with(|phase| {
+                if phase == Phase::Int3 {
+                    panic!("hook failed");
+                }
+            })
+            .unwrap();
+    });
+    assert!(r.is_err());
+    // The batch completed, text is read-only again, and the site works.
+    assert_eq!(
+        read_site(site).unwrap(),
+        Insn::Call(fx::counter_a()).encode(site).unwrap()
+    );
+    assert!(!perms_of(site).contains('w'));
+    let before = a(i);
+    assert_eq!(fx::call(i), fx::value_of(i));
+    assert_eq!(a(i), before + 1);
+}
