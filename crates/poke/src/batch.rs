@@ -16,6 +16,10 @@ use crate::{sync, Error};
 /// the known set and chained-handler slots are updated only here.
 static LOCK: Mutex<()> = Mutex::new(());
 
+pub(crate) fn lock() -> std::sync::MutexGuard<'static, ()> {
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Why a queued site was refused. Nothing is written when any is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejection {
@@ -177,7 +181,7 @@ impl Batch {
             return Ok(Applied::default());
         }
         sync::register().map_err(Error::NoCoreSync)?;
-        let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = lock();
 
         self.entries.sort_unstable_by_key(|e| e.site);
         let maps = Maps::read().map_err(Error::Io)?;
@@ -356,7 +360,7 @@ pub fn read_site(site: usize) -> Result<[u8; 5], Error> {
 /// has not run yet, or every other thread is stopped with its RIP outside.
 pub unsafe fn poke_quiescent(site: usize, expected: [u8; 5], new: [u8; 5]) -> Result<(), Error> {
     sync::register().map_err(Error::NoCoreSync)?;
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = lock();
     let maps = Maps::read().map_err(Error::Io)?;
     if !maps.is_text(site, 5) {
         return Err(Error::NotText { site });

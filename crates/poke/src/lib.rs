@@ -72,6 +72,7 @@
 mod batch;
 mod insn;
 mod maps;
+mod probe;
 mod sync;
 mod text;
 mod trap;
@@ -80,6 +81,7 @@ use std::fmt;
 
 pub use batch::{poke_quiescent, read_site, Applied, Batch, Phase, RejectReason, Rejection};
 pub use insn::{rel32, EncodeError, Insn, INT3, NOP1X5, NOP5};
+pub use probe::{sample_threads, tls_offset_of, ThreadSample};
 pub use trap::{trap_stats, TrapStats};
 
 /// Why a batch was not applied. When `apply` returns an error, no byte of
@@ -108,6 +110,9 @@ pub enum Error {
     /// `MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE`); patching without it is
     /// never done.
     NoCoreSync(String),
+    /// Threads that did not answer a probe (they block SIGTRAP, or are
+    /// stopped).
+    Unresponsive(Vec<i32>),
     /// A system call failed (reading the memory map, `mprotect`, `sigaction`).
     Io(std::io::Error),
 }
@@ -132,6 +137,7 @@ impl fmt::Display for Error {
                 write!(f, "{site:#x} is not mapped readable and executable")
             }
             Error::NoCoreSync(why) => write!(f, "cannot sync cores, refusing to patch: {why}"),
+            Error::Unresponsive(tids) => write!(f, "threads {tids:?} did not answer a probe"),
             Error::Io(e) => write!(f, "system call failed: {e}"),
         }
     }

@@ -1,0 +1,217 @@
+//! Sampling what every thread is executing: the building block for waiting
+//! until no thread can still be inside code that is about to be freed (the
+//! user-space stand-in for the kernel's `synchronize_rcu_tasks`).
+//!
+//! [`sample_threads`] sends each other thread of the process a SIGTRAP
+//! carrying `SI_QUEUE` and a request token; the engine's one SIGTRAP handler
+//! recognises the token, records the interrupted RIP and a word read at a
+//! fixed offset from the thread pointer (a static-TLS variable the caller
+//! names), and returns. A thread blocked in a system call answers too (the
+//! call is restarted or, for the few calls that never restart, returns
+//! `EINTR`, as with any signal).
+//!
+//! Only one request is in flight at a time (a lock). The request lives on
+//! the caller's stack and is published in `ACTIVE_PROBE`; a handler answers
+//! only if the token it carries is the published one, counts itself in
+//! flight while it writes, and the caller unpublishes and drains before the
+//! request goes away.
+
+use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::trap::{drain, ensure_installed, IN_FLIGHT};
+
+/// One thread's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThreadSample {
+    /// The thread id.
+    pub tid: i32,
+    /// Where it was interrupted; `None` for the calling thread, which is
+    /// running `sample_threads`.
+    pub rip: Option<usize>,
+    /// The 8 bytes at the thread pointer plus the offset given.
+    pub word: u64,
+}
+
+struct Slot {
+    tid: AtomicI32,
+    done: AtomicU8,
+    rip: AtomicUsize,
+    word: AtomicU64,
+}
+
+struct Request {
+    slots: Vec<Slot>,
+    tls_offset: isize,
+}
+
+static ACTIVE_PROBE: AtomicPtr<Request> = AtomicPtr::new(std::ptr::null_mut());
+static PROBE_LOCK: Mutex<()> = Mutex::new(());
+
+/// Reads the 8 bytes at `fs:[offset]` for the current thread.
+fn tls_word(offset: isize) -> u64 {
+    let v: u64;
+    // SAFETY: `offset` names a static-TLS variable of at least 8 bytes (the
+    // contract of `sample_threads`), which exists in every thread at the
+    // same offset from the thread pointer.
+    unsafe {
+        std::arch::asm!("mov {v}, qword ptr fs:[{o}]", o = in(reg) offset, v = out(reg) v, options(nostack, readonly, preserves_flags))
+    };
+    v
+}
+
+/// The offset from the thread pointer of `addr`, an address inside a
+/// static-TLS variable of the calling thread.
+pub fn tls_offset_of(addr: usize) -> isize {
+    let fs_base: usize;
+    // SAFETY: on x86-64 Linux, fs:0 holds the thread pointer itself (the
+    // TCB's self pointer, which the psABI requires).
+    unsafe {
+        std::arch::asm!("mov {}, qword ptr fs:0", out(reg) fs_base, options(nostack, readonly, preserves_flags))
+    };
+    addr.wrapping_sub(fs_base) as isize
+}
+
+/// Called by the SIGTRAP handler for an `SI_QUEUE` trap. Returns whether it
+/// was a probe of ours (and has been answered).
+pub(crate) fn answer(info: *const libc::siginfo_t, rip: usize) -> bool {
+    // SAFETY: for SI_QUEUE the kernel fills the sigqueue fields; si_value
+    // is the token the sender put there.
+    let token = unsafe { (*info).si_value().sival_ptr } as usize;
+    IN_FLIGHT.fetch_add(1, SeqCst);
+    let req = ACTIVE_PROBE.load(SeqCst);
+    let ours = !req.is_null() && req as usize == token;
+    if ours {
+        // SAFETY: the request stays alive until the prober has unpublished
+        // it and drained IN_FLIGHT, and we are counted.
+        let req = unsafe { &*req };
+        // SAFETY: gettid is async-signal-safe.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
+        if let Some(slot) = req.slots.iter().find(|s| s.tid.load(SeqCst) == tid) {
+            slot.rip.store(rip, SeqCst);
+            slot.word.store(tls_word(req.tls_offset), SeqCst);
+            slot.done.store(1, SeqCst);
+        }
+    }
+    IN_FLIGHT.fetch_sub(1, SeqCst);
+    ours
+}
+
+fn thread_ids() -> std::io::Result<Vec<i32>> {
+    let mut tids = Vec::new();
+    for e in std::fs::read_dir("/proc/self/task")? {
+        if let Some(tid) = e?.file_name().to_str().and_then(|s| s.parse().ok()) {
+            tids.push(tid);
+        }
+    }
+    Ok(tids)
+}
+
+fn send(pid: i32, tid: i32, token: usize) -> bool {
+    let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
+    // SAFETY: a zeroed siginfo is filled with the fields rt_tgsigqueueinfo
+    // reads for SI_QUEUE: signo, code, pid, uid and the value (the value
+    // sits after pid and uid in the kernel's layout, as the offsets show).
+    unsafe {
+        let p = info.as_mut_ptr();
+        (*p).si_signo = libc::SIGTRAP;
+        (*p).si_code = libc::SI_QUEUE;
+        let base = p as *mut u8;
+        // struct { int signo, errno, code; int pad; pid_t pid; uid_t uid; sigval value; }
+        *(base.add(16) as *mut i32) = pid;
+        *(base.add(20) as *mut u32) = libc::getuid();
+        *(base.add(24) as *mut usize) = token;
+        libc::syscall(libc::SYS_rt_tgsigqueueinfo, pid, tid, libc::SIGTRAP, p) == 0
+    }
+}
+
+/// Samples every thread of the process: where it is executing and the
+/// 8-byte word at `tls_offset` from its thread pointer. Threads that exit
+/// meanwhile are left out; threads that do not answer within `timeout`
+/// (SIGTRAP blocked, or stopped by a debugger) make it an error.
+///
+/// `tls_offset` must come from [`tls_offset_of`] applied to a static-TLS
+/// variable (one of the executable or of a library loaded at start-up) of
+/// at least 8 bytes.
+pub fn sample_threads(
+    tls_offset: isize,
+    timeout: Duration,
+) -> Result<Vec<ThreadSample>, crate::Error> {
+    let _guard = PROBE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    {
+        // The handler must be ours to answer; installing is done under the
+        // batch lock elsewhere, so take it for this.
+        let _b = crate::batch::lock();
+        drain();
+        ensure_installed().map_err(crate::Error::Io)?;
+    }
+    // SAFETY: getpid and gettid cannot fail.
+    let (pid, me) = unsafe { (libc::getpid(), libc::syscall(libc::SYS_gettid) as i32) };
+    let tids = thread_ids().map_err(crate::Error::Io)?;
+    let req = Request {
+        slots: tids
+            .iter()
+            .filter(|&&t| t != me)
+            .map(|&t| Slot {
+                tid: AtomicI32::new(t),
+                done: AtomicU8::new(0),
+                rip: AtomicUsize::new(0),
+                word: AtomicU64::new(0),
+            })
+            .collect(),
+        tls_offset,
+    };
+    let token = &req as *const Request as usize;
+    ACTIVE_PROBE.store(token as *mut Request, SeqCst);
+    let mut gone = vec![false; req.slots.len()];
+    for (i, s) in req.slots.iter().enumerate() {
+        if !send(pid, s.tid.load(SeqCst), token) {
+            gone[i] = true; // exited since we listed it
+        }
+    }
+    let start = Instant::now();
+    let mut result = Ok(());
+    loop {
+        let pending: Vec<usize> = (0..req.slots.len())
+            .filter(|&i| !gone[i] && req.slots[i].done.load(SeqCst) == 0)
+            .collect();
+        if pending.is_empty() {
+            break;
+        }
+        if start.elapsed() > timeout {
+            // A thread that has exited since cannot answer; one that still
+            // exists and does not is an error.
+            let alive: Vec<i32> = pending
+                .iter()
+                .map(|&i| req.slots[i].tid.load(SeqCst))
+                .filter(|t| std::path::Path::new(&format!("/proc/self/task/{t}")).exists())
+                .collect();
+            if alive.is_empty() {
+                break;
+            }
+            result = Err(crate::Error::Unresponsive(alive));
+            break;
+        }
+        std::thread::yield_now();
+    }
+    ACTIVE_PROBE.store(std::ptr::null_mut(), SeqCst);
+    drain();
+    result?;
+    let mut out = vec![ThreadSample {
+        tid: me,
+        rip: None,
+        word: tls_word(tls_offset),
+    }];
+    for s in &req.slots {
+        if s.done.load(SeqCst) != 0 {
+            out.push(ThreadSample {
+                tid: s.tid.load(SeqCst),
+                rip: Some(s.rip.load(SeqCst)),
+                word: s.word.load(SeqCst),
+            });
+        }
+    }
+    Ok(out)
+}
