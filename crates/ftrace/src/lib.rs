@@ -1,0 +1,807 @@
+//! Dynamic ftrace in user space: any number of [`Ops`] attach to any set of
+//! functions at run time, and each function's site calls exactly the right
+//! trampoline for the ops attached to it.
+//!
+//! # Model
+//!
+//! A *record* is one traceable function (its site), kept in the
+//! [`livetrace_sites::Table`]. An *ops* is a callback with a filter and a
+//! notrace set ([`Pattern`]s: globs, names, addresses) and flags: needs the
+//! register set ([`OpsBuilder::regs`]), modifies the resume address
+//! ([`OpsBuilder::ipmodify`]). Registering, unregistering or refiltering an
+//! ops recomputes, for every record whose set of ops changes, what its site
+//! must call (the kernel's `ftrace_get_addr_new`):
+//!
+//! | ops attached | site |
+//! |---|---|
+//! | none | the 5-byte NOP |
+//! | one, plain | that ops' *dedicated* trampoline: calls its callback directly |
+//! | several, plain | the *list caller*: walks the ops, checking each one's set |
+//! | any needing regs or IPMODIFY | the *regs caller*: a full register set, then the list walk |
+//!
+//! and applies all of it as **one** engine batch: either every site changes
+//! or none does, and a thread reaching a site meanwhile is sent by the trap
+//! handler to exactly the new target being written.
+//!
+//! # Invariants
+//!
+//! - New state is published before the batch that makes sites use it (an
+//!   ops' function set and the ops list are replaced, never edited), so a
+//!   thread that reaches a new target finds everything it needs.
+//! - Nothing a thread may still be using is freed until a *quiescence wait*
+//!   (the stand-in for `synchronize_rcu_tasks`) has seen every thread
+//!   outside it: each thread is sampled ([`livetrace_poke::sample_threads`])
+//!   until it is neither executing a dying trampoline nor inside a callback
+//!   it entered before the change. `unregister` returns only then, so after
+//!   it returns the callback is never called again and everything it owned
+//!   has been dropped.
+//! - At most one IPMODIFY ops per function: a second is refused, naming the
+//!   function and the owner.
+//! - A callback never recurses: a traced call made while the thread is in a
+//!   callback runs untraced and is counted ([`recursion_dropped`]).
+//! - Bad input changes nothing: a pattern that matches no function is an
+//!   error, and any failure before or during the batch leaves every site,
+//!   every count and the ops list as they were.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+mod ops;
+mod regs;
+mod thread;
+mod tramp;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::ops::Range;
+use std::sync::atomic::{AtomicPtr, Ordering::*};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use livetrace_poke::Insn;
+use livetrace_sites::Table;
+
+pub use ops::{Call, Callback, Ops, OpsBuilder, Pattern};
+pub use regs::Regs;
+pub use thread::recursion_dropped;
+
+use ops::{FuncSet, OpsInner};
+use tramp::{window_of, Kind, Pools};
+
+/// Why a tracing change was refused. Nothing changed when one is returned.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// A filter pattern matches no function.
+    NoMatch {
+        /// The pattern.
+        pattern: String,
+        /// Which set it was in ("filter" or "notrace").
+        set: &'static str,
+    },
+    /// A function already has an IPMODIFY ops.
+    IpModifyTaken {
+        /// The function.
+        function: String,
+        /// The ops that owns it.
+        owner: String,
+    },
+    /// The ops is already registered.
+    AlreadyRegistered(String),
+    /// The ops is not registered.
+    NotRegistered(String),
+    /// Tracing cannot be changed from inside a callback.
+    InCallback,
+    /// No traceable function at this address.
+    NoSuchFunction(usize),
+    /// The per-thread state is not in static TLS (livetrace was loaded with
+    /// `dlopen` into a running program), so trampolines cannot reach it.
+    DynamicTls,
+    /// A trampoline could not be created.
+    Trampoline(std::io::Error),
+    /// The record table or the engine refused the change.
+    Sites(livetrace_sites::Error),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NoMatch { pattern, set } => {
+                write!(f, "{set} pattern '{pattern}' matches no traceable function")
+            }
+            Error::IpModifyTaken { function, owner } => {
+                write!(f, "{function} is already modified by ops '{owner}'; only one IPMODIFY ops per function")
+            }
+            Error::AlreadyRegistered(n) => write!(f, "ops '{n}' is already registered"),
+            Error::NotRegistered(n) => write!(f, "ops '{n}' is not registered"),
+            Error::InCallback => f.write_str("tracing cannot be changed from inside a callback"),
+            Error::NoSuchFunction(a) => write!(f, "no traceable function at {a:#x}"),
+            Error::DynamicTls => {
+                f.write_str("livetrace's thread state is not in static TLS; load it at start-up")
+            }
+            Error::Trampoline(e) => write!(f, "cannot create a trampoline: {e}"),
+            Error::Sites(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<livetrace_sites::Error> for Error {
+    fn from(e: livetrace_sites::Error) -> Error {
+        Error::Sites(e)
+    }
+}
+
+/// The registered ops, as the list walker reads it.
+struct OpsList {
+    ops: Vec<Arc<OpsInner>>,
+}
+
+static LIST: AtomicPtr<OpsList> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Walks every registered ops and delivers the call to those whose set holds
+/// `ip`: the body of the list caller and of the regs caller.
+extern "C" fn list_entry(_data: usize, ip: usize, parent_slot: *mut usize, regs: *mut Regs) {
+    let list = LIST.load(Acquire);
+    if list.is_null() {
+        return;
+    }
+    // SAFETY: a published list is freed only after a quiescence wait, and
+    // this thread is inside a callback (busy) until it returns.
+    let list = unsafe { &*list };
+    // SAFETY: the regs caller passes its frame's Regs, or null.
+    let mut regs = unsafe { regs.as_mut() };
+    for ops in &list.ops {
+        let set = ops.funcs.load(Acquire);
+        // SAFETY: as for the list: replaced sets are freed after a wait.
+        if !set.is_null() && unsafe { &*set }.contains(ip) {
+            let r = if ops.regs { regs.as_deref_mut() } else { None };
+            ops::deliver(ops, ip, parent_slot, r);
+        }
+    }
+}
+
+/// Which trampoline a record's site calls.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Trampoline {
+    /// A dedicated trampoline calling one ops' callback directly.
+    Dedicated {
+        /// The ops.
+        ops: String,
+        /// The trampoline's address.
+        addr: usize,
+    },
+    /// The list caller.
+    List(usize),
+    /// The regs caller.
+    Regs(usize),
+    /// Something not ours (another patcher's call or jump).
+    Other(Insn),
+}
+
+/// An enabled function, for introspection (`enabled_functions`).
+#[derive(Clone, Debug)]
+pub struct EnabledFunction {
+    /// Full name.
+    pub name: String,
+    /// Site address.
+    pub ip: usize,
+    /// Names of the ops attached.
+    pub ops: Vec<String>,
+    /// What its site calls.
+    pub trampoline: Trampoline,
+}
+
+impl fmt::Display for EnabledFunction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ({:#x}) ops=[{}] ",
+            self.name,
+            self.ip,
+            self.ops.join(",")
+        )?;
+        match &self.trampoline {
+            Trampoline::Dedicated { ops, addr } => {
+                write!(f, "tramp: {addr:#x} (dedicated to {ops})")
+            }
+            Trampoline::List(a) => write!(f, "tramp: {a:#x} (list caller)"),
+            Trampoline::Regs(a) => write!(f, "tramp: {a:#x} (regs caller)"),
+            Trampoline::Other(i) => write!(f, "{i} (not livetrace's)"),
+        }
+    }
+}
+
+struct Core {
+    table: Table,
+    registered: Vec<Ops>,
+    pools: Pools,
+    /// (window, kind) -> shared list/regs caller.
+    shared: HashMap<(usize, Kind), usize>,
+    /// (ops id, window) -> dedicated trampoline.
+    dedicated: HashMap<(u32, usize), usize>,
+    tpoff: isize,
+}
+
+static CORE: Mutex<Option<Core>> = Mutex::new(None);
+
+fn core() -> Result<MutexGuard<'static, Option<Core>>, Error> {
+    if thread::in_callback() {
+        return Err(Error::InCallback);
+    }
+    let mut g = CORE.lock().unwrap_or_else(|e| e.into_inner());
+    if g.is_none() {
+        if !thread::tls_is_static() {
+            return Err(Error::DynamicTls);
+        }
+        *g = Some(Core {
+            table: Table::new(),
+            registered: Vec::new(),
+            pools: Pools::default(),
+            shared: HashMap::new(),
+            dedicated: HashMap::new(),
+            tpoff: thread::tpoff(),
+        });
+    }
+    Ok(g)
+}
+
+/// Runs `f` on the record table, under the core's lock: to discover sites
+/// ([`Table::rescan`], [`Table::insert_external`]) or to list them.
+pub fn with_table<R>(f: impl FnOnce(&mut Table) -> R) -> Result<R, Error> {
+    let mut g = core()?;
+    Ok(f(&mut g.as_mut().expect("initialised").table))
+}
+
+/// Attaches `ops` to the functions its filter names, as one batch.
+pub fn register(ops: &Ops) -> Result<(), Error> {
+    let mut g = core()?;
+    let c = g.as_mut().expect("initialised");
+    if c.registered.iter().any(|o| Arc::ptr_eq(&o.0, &ops.0)) {
+        return Err(Error::AlreadyRegistered(ops.0.name.clone()));
+    }
+    let new = {
+        let spec = ops.0.spec.lock().unwrap_or_else(|e| e.into_inner());
+        c.resolve(&spec.filter, &spec.notrace)?
+    };
+    c.change(ops, Change::Register, new)
+}
+
+/// Detaches `ops` from every function, as one batch, and returns once no
+/// thread can still be inside its callback or its trampolines.
+pub fn unregister(ops: &Ops) -> Result<(), Error> {
+    let mut g = core()?;
+    let c = g.as_mut().expect("initialised");
+    if !c.registered.iter().any(|o| Arc::ptr_eq(&o.0, &ops.0)) {
+        return Err(Error::NotRegistered(ops.0.name.clone()));
+    }
+    c.change(ops, Change::Unregister, Vec::new())
+}
+
+/// Replaces `ops`' filter and notrace sets. For a registered ops, only the
+/// functions that gain or lose it are patched, as one batch.
+pub fn set_filter(ops: &Ops, filter: &[Pattern], notrace: &[Pattern]) -> Result<(), Error> {
+    let mut g = core()?;
+    let c = g.as_mut().expect("initialised");
+    let registered = c.registered.iter().any(|o| Arc::ptr_eq(&o.0, &ops.0));
+    let new = if registered {
+        Some(c.resolve(filter, notrace)?)
+    } else {
+        None
+    };
+    if let Some(new) = new {
+        c.change(ops, Change::Refilter, new)?;
+    }
+    let mut spec = ops.0.spec.lock().unwrap_or_else(|e| e.into_inner());
+    spec.filter = filter.to_vec();
+    spec.notrace = notrace.to_vec();
+    Ok(())
+}
+
+/// Every function whose site is not a NOP: the ops attached and what the
+/// site calls (the kernel's `enabled_functions`).
+pub fn enabled_functions() -> Result<Vec<EnabledFunction>, Error> {
+    let g = core()?;
+    let c = g.as_ref().expect("initialised");
+    let by_addr: HashMap<usize, Trampoline> = c
+        .shared
+        .iter()
+        .map(|(&(_, k), &a)| {
+            (
+                a,
+                if k == Kind::Fast {
+                    Trampoline::List(a)
+                } else {
+                    Trampoline::Regs(a)
+                },
+            )
+        })
+        .chain(c.dedicated.iter().filter_map(|(&(id, _), &a)| {
+            let o = c.registered.iter().find(|o| o.0.id == id)?;
+            Some((
+                a,
+                Trampoline::Dedicated {
+                    ops: o.0.name.clone(),
+                    addr: a,
+                },
+            ))
+        }))
+        .collect();
+    let mut out = Vec::new();
+    for (i, r) in c.table.records().iter().enumerate() {
+        let insn = r.insn();
+        if insn == Insn::Nop {
+            continue;
+        }
+        let ip = r.ip();
+        let trampoline = match insn {
+            Insn::Call(t) => by_addr.get(&t).cloned().unwrap_or(Trampoline::Other(insn)),
+            other => Trampoline::Other(other),
+        };
+        let ops = c
+            .registered
+            .iter()
+            .filter(|o| published(&o.0).is_some_and(|s| s.contains(ip)))
+            .map(|o| o.0.name.clone())
+            .collect();
+        out.push(EnabledFunction {
+            name: c.table.name(i).to_string(),
+            ip,
+            ops,
+            trampoline,
+        });
+    }
+    Ok(out)
+}
+
+/// The registered ops, in registration order.
+pub fn registered() -> Result<Vec<Ops>, Error> {
+    Ok(core()?.as_ref().expect("initialised").registered.clone())
+}
+
+fn published(ops: &OpsInner) -> Option<&FuncSet> {
+    let p = ops.funcs.load(Acquire);
+    // SAFETY: only called under the core lock, which every replacement of
+    // the set holds, so the set is alive.
+    (!p.is_null()).then(|| unsafe { &*p })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Register,
+    Unregister,
+    Refilter,
+}
+
+impl Core {
+    /// The sites named by `filter` minus those named by `notrace`, sorted.
+    fn resolve(&self, filter: &[Pattern], notrace: &[Pattern]) -> Result<Vec<usize>, Error> {
+        let mut want: Vec<usize> = if filter.is_empty() {
+            self.table
+                .records()
+                .iter()
+                .filter(|r| r.is_live())
+                .map(|r| r.ip())
+                .collect()
+        } else {
+            let mut v = Vec::new();
+            for p in filter {
+                let found = self.matching(p);
+                if found.is_empty() {
+                    return Err(Error::NoMatch {
+                        pattern: p.to_string(),
+                        set: "filter",
+                    });
+                }
+                v.extend(found);
+            }
+            v
+        };
+        let mut skip = HashSet::new();
+        for p in notrace {
+            let found = self.matching(p);
+            if found.is_empty() {
+                return Err(Error::NoMatch {
+                    pattern: p.to_string(),
+                    set: "notrace",
+                });
+            }
+            skip.extend(found);
+        }
+        want.retain(|ip| !skip.contains(ip));
+        want.sort_unstable();
+        want.dedup();
+        Ok(want)
+    }
+
+    /// Live sites a pattern names.
+    fn matching(&self, p: &Pattern) -> Vec<usize> {
+        let t = &self.table;
+        let idx: Vec<usize> = match p {
+            Pattern::Glob(g) => t.glob(g),
+            Pattern::Name(n) => t.lookup_name(n),
+            Pattern::Addr(a) => self.record_at(*a).into_iter().collect(),
+        };
+        idx.into_iter()
+            .filter(|&i| t.record(i).is_live())
+            .map(|i| t.record(i).ip())
+            .collect()
+    }
+
+    /// The record of the function at `addr`: its site, or its entry when the
+    /// site follows an `endbr64`.
+    fn record_at(&self, addr: usize) -> Option<usize> {
+        self.table.find(addr).or_else(|| {
+            let i = self.table.find(addr + 4)?;
+            // SAFETY: addr..addr+4 precedes a live site in the same
+            // function, so it is mapped text.
+            let head = unsafe { std::ptr::read_volatile(addr as *const [u8; 4]) };
+            (head == [0xf3, 0x0f, 0x1e, 0xfa]).then_some(i)
+        })
+    }
+
+    fn trampoline(
+        &mut self,
+        window: usize,
+        kind: Kind,
+        ops: Option<&Arc<OpsInner>>,
+    ) -> Result<usize, Error> {
+        let tpoff = self.tpoff;
+        match ops {
+            Some(o) => {
+                let key = (o.id, window);
+                if let Some(&a) = self.dedicated.get(&key) {
+                    return Ok(a);
+                }
+                let a = self
+                    .pools
+                    .create(
+                        window,
+                        Kind::Fast,
+                        tpoff,
+                        Arc::as_ptr(o) as usize,
+                        ops::ops_entry,
+                    )
+                    .map_err(Error::Trampoline)?;
+                self.dedicated.insert(key, a);
+                Ok(a)
+            }
+            None => {
+                if let Some(&a) = self.shared.get(&(window, kind)) {
+                    return Ok(a);
+                }
+                let a = self
+                    .pools
+                    .create(window, kind, tpoff, 0, list_entry)
+                    .map_err(Error::Trampoline)?;
+                self.shared.insert((window, kind), a);
+                Ok(a)
+            }
+        }
+    }
+
+    /// Moves `ops` to the function set `new` (empty to unregister) and
+    /// everything that follows from it, as one batch.
+    fn change(&mut self, ops: &Ops, how: Change, new: Vec<usize>) -> Result<(), Error> {
+        let me = &ops.0;
+        let old: Vec<usize> = if how == Change::Register {
+            Vec::new()
+        } else {
+            published(me).map(|s| s.sites.clone()).unwrap_or_default()
+        };
+        // IPMODIFY ownership first: a refusal must change nothing.
+        if me.ipmodify {
+            for &ip in &new {
+                let i = self.table.find(ip).expect("resolved from the table");
+                if let Some(owner) = self.table.record(i).ipmodify_owner() {
+                    if owner != me.id {
+                        let owner = self
+                            .registered
+                            .iter()
+                            .find(|o| o.0.id == owner)
+                            .map_or_else(|| format!("#{owner}"), |o| o.0.name.clone());
+                        return Err(Error::IpModifyTaken {
+                            function: self.table.name(i).to_string(),
+                            owner,
+                        });
+                    }
+                }
+            }
+        }
+        // The ops list after the change, and who is attached where.
+        let after: Vec<Arc<OpsInner>> = match how {
+            Change::Register => self
+                .registered
+                .iter()
+                .map(|o| o.0.clone())
+                .chain([me.clone()])
+                .collect(),
+            Change::Unregister => self
+                .registered
+                .iter()
+                .filter(|o| !Arc::ptr_eq(&o.0, me))
+                .map(|o| o.0.clone())
+                .collect(),
+            Change::Refilter => self.registered.iter().map(|o| o.0.clone()).collect(),
+        };
+        let new_set = FuncSet { sites: new };
+        let affected = symmetric_difference(&old, &new_set.sites);
+        let attached = |o: &Arc<OpsInner>, ip: usize| -> bool {
+            if Arc::ptr_eq(o, me) {
+                new_set.contains(ip)
+            } else {
+                published(o).is_some_and(|s| s.contains(ip))
+            }
+        };
+
+        // Targets, creating trampolines as needed (unused ones are harmless).
+        let mut changes = Vec::with_capacity(affected.len());
+        let mut accounting = Vec::with_capacity(affected.len());
+        for &ip in &affected {
+            let on: Vec<&Arc<OpsInner>> = after.iter().filter(|o| attached(o, ip)).collect();
+            let regs = on.iter().any(|o| o.regs || o.ipmodify);
+            let owner = on.iter().find(|o| o.ipmodify).map(|o| o.id);
+            let w = window_of(ip);
+            let target = match on.len() {
+                0 => Insn::Nop,
+                _ if regs => Insn::Call(self.trampoline(w, Kind::Regs, None)?),
+                1 => Insn::Call(self.trampoline(w, Kind::Fast, Some(on[0]))?),
+                _ => Insn::Call(self.trampoline(w, Kind::Fast, None)?),
+            };
+            changes.push((ip, target));
+            accounting.push((ip, on.len() as u32, regs, owner));
+        }
+        // Publish, then patch. The list walker must find the new set and
+        // list before any site leads a thread to it.
+        let old_set = me.funcs.swap(Box::into_raw(Box::new(new_set)), AcqRel);
+        let old_list = LIST.swap(Box::into_raw(Box::new(OpsList { ops: after })), AcqRel);
+        if let Err(e) = self.table.apply(&changes) {
+            // Nothing was written: put the old state back. Threads may have
+            // read the new set and list meanwhile (through sites that were
+            // already enabled), so they are retired like any replaced state.
+            let new_set = me.funcs.swap(old_set, AcqRel);
+            let new_list = LIST.swap(old_list, AcqRel);
+            self.retire(Garbage {
+                set: new_set,
+                list: new_list,
+                trampolines: Vec::new(),
+                ops: None,
+            });
+            return Err(e.into());
+        }
+        for (ip, n, regs, owner) in accounting {
+            let i = self.table.find(ip).expect("still in the table");
+            let r = self.table.record_mut(i);
+            r.set_nr_ops(n);
+            r.set_needs_regs(regs);
+            r.set_ipmodify_owner(owner);
+        }
+        let mut garbage = Garbage {
+            set: old_set,
+            list: old_list,
+            trampolines: Vec::new(),
+            ops: None,
+        };
+        match how {
+            Change::Register => self.registered.push(ops.clone()),
+            Change::Refilter => {}
+            Change::Unregister => {
+                self.registered.retain(|o| !Arc::ptr_eq(&o.0, me));
+                let mine: Vec<(u32, usize)> = self
+                    .dedicated
+                    .keys()
+                    .filter(|k| k.0 == me.id)
+                    .copied()
+                    .collect();
+                for k in mine {
+                    garbage.trampolines.extend(self.dedicated.remove(&k));
+                }
+                // Its (now empty) published set stays until the ops itself
+                // is dropped: the list walker may be reading it.
+                garbage.ops = Some(ops.clone());
+            }
+        }
+        self.retire(garbage);
+        Ok(())
+    }
+
+    /// Frees replaced state once no thread can be using it.
+    fn retire(&mut self, g: Garbage) {
+        let dying: Vec<Range<usize>> = g.trampolines.iter().map(|&a| a..a + 512).collect();
+        if !quiesce(self.tpoff, &dying) {
+            // A thread could not be sampled: never free what it might use.
+            std::mem::forget(g.ops);
+            return;
+        }
+        for a in g.trampolines {
+            self.pools.release(a);
+        }
+        if !g.set.is_null() {
+            // SAFETY: replaced sets came from Box::into_raw; no thread can
+            // still read it after the wait.
+            drop(unsafe { Box::from_raw(g.set) });
+        }
+        if !g.list.is_null() {
+            // SAFETY: as above, for the list.
+            drop(unsafe { Box::from_raw(g.list) });
+        }
+        drop(g.ops);
+    }
+}
+
+/// State replaced by a change, freed after a quiescence wait.
+struct Garbage {
+    set: *mut FuncSet,
+    list: *mut OpsList,
+    trampolines: Vec<usize>,
+    ops: Option<Ops>,
+}
+
+fn symmetric_difference(a: &[usize], b: &[usize]) -> Vec<usize> {
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < a.len() || j < b.len() {
+        match (a.get(i), b.get(j)) {
+            (Some(x), Some(y)) if x == y => {
+                i += 1;
+                j += 1;
+            }
+            (Some(x), Some(y)) if x < y => {
+                out.push(*x);
+                i += 1;
+            }
+            (Some(x), None) => {
+                out.push(*x);
+                i += 1;
+            }
+            (_, Some(y)) => {
+                out.push(*y);
+                j += 1;
+            }
+            (None, None) => unreachable!(),
+        }
+    }
+    out
+}
+
+/// Waits until every thread that existed when it was called is outside
+/// `dying` and outside any callback it was in at the first sample. Returns
+/// false when a thread could not be sampled.
+fn quiesce(tpoff: isize, dying: &[Range<usize>]) -> bool {
+    let mut pending: Option<HashMap<i32, u32>> = None;
+    for round in 0u32.. {
+        let samples = match livetrace_poke::sample_threads(tpoff, Duration::from_secs(2)) {
+            Ok(s) => s,
+            Err(_) => return false,
+        };
+        let mut still = HashMap::new();
+        for s in samples {
+            let Some(rip) = s.rip else { continue };
+            let (busy, entries) = thread::decode(s.word);
+            let first = pending.as_ref().map(|p| p.get(&s.tid).copied());
+            let entries_then = match first {
+                None => entries,        // first round: every thread counts
+                Some(None) => continue, // quiescent already, or born since
+                Some(Some(e)) => e,
+            };
+            let inside = busy && entries == entries_then;
+            if inside || dying.iter().any(|r| r.contains(&rip)) {
+                still.insert(s.tid, entries_then);
+            }
+        }
+        if still.is_empty() {
+            return true;
+        }
+        pending = Some(still);
+        if round < 10 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    unreachable!()
+}
+
+/// Redirects every call of a function to a replacement of the same type, and
+/// back with [`LivePatch::revert`].
+pub struct LivePatch {
+    ops: Ops,
+    reverted: bool,
+}
+
+impl LivePatch {
+    /// The ops doing the redirection (it is an IPMODIFY ops).
+    pub fn ops(&self) -> &Ops {
+        &self.ops
+    }
+
+    /// Sends calls back to the original function. Returns once no thread
+    /// can still be on its way to the replacement through the patch.
+    pub fn revert(mut self) -> Result<(), Error> {
+        self.reverted = true;
+        unregister(&self.ops)
+    }
+
+    /// Leaves the patch in place for the rest of the process's life.
+    pub fn forget(mut self) {
+        self.reverted = true;
+    }
+}
+
+impl Drop for LivePatch {
+    fn drop(&mut self) {
+        if !self.reverted {
+            let _ = unregister(&self.ops);
+        }
+    }
+}
+
+/// Redirects every call of `original` to `replacement`. Both are function
+/// pointers of the same type `F` — so a mismatch of signatures is a compile
+/// error: `livepatch::<fn(u32) -> u32>(old, new)`. The running function is
+/// redirected live: during the switch each call runs the old or the new
+/// body; once this returns, only the new one.
+pub fn livepatch<F: Copy>(original: F, replacement: F) -> Result<LivePatch, Error> {
+    const {
+        assert!(
+            std::mem::size_of::<F>() == std::mem::size_of::<usize>(),
+            "livepatch takes function pointers"
+        )
+    };
+    // SAFETY: F is pointer-sized (checked above); for a function pointer
+    // this is its address. Anything else is caught below: it names no
+    // traceable function.
+    let (o, r) = unsafe {
+        (
+            std::mem::transmute_copy::<F, usize>(&original),
+            std::mem::transmute_copy::<F, usize>(&replacement),
+        )
+    };
+    livepatch_addr(o, r)
+}
+
+/// [`livepatch`] by address, for callers that have checked the signatures
+/// themselves (the control socket checks the records' signatures).
+pub fn livepatch_addr(original: usize, replacement: usize) -> Result<LivePatch, Error> {
+    let (site, name) = {
+        let g = core()?;
+        let c = g.as_ref().expect("initialised");
+        let i = c
+            .record_at(original)
+            .ok_or(Error::NoSuchFunction(original))?;
+        (c.table.record(i).ip(), c.table.name(i).to_string())
+    };
+    let ops = Ops::builder(format!("livepatch:{name}"))
+        .filter(Pattern::Addr(site))
+        .ipmodify()
+        .build(move |call| {
+            if let Some(r) = call.regs() {
+                r.ip = replacement as u64;
+            }
+        });
+    register(&ops)?;
+    Ok(LivePatch {
+        ops,
+        reverted: false,
+    })
+}
+
+/// Ends the process when a step that cannot be undone fails, or a callback
+/// panics inside a trampoline (unwinding into assembly is undefined).
+#[cold]
+pub(crate) fn fatal(what: &str) -> ! {
+    eprintln!("livetrace: fatal: {what}");
+    std::process::abort()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::symmetric_difference;
+
+    #[test]
+    fn symmetric_differences() {
+        assert_eq!(symmetric_difference(&[1, 3, 5], &[3, 4]), [1, 4, 5]);
+        assert_eq!(symmetric_difference(&[], &[2]), [2]);
+        assert_eq!(symmetric_difference(&[2], &[2]), Vec::<usize>::new());
+    }
+}

@@ -1,0 +1,57 @@
+//! Per-thread state the trampolines touch, by thread-pointer offset.
+
+use std::cell::Cell;
+
+/// Read and written by the trampolines' assembly at `fs:[tpoff]`; the layout
+/// is fixed by it. `busy` and `entries` together are the 8-byte word the
+/// quiescence wait samples.
+#[repr(C)]
+pub(crate) struct ThreadState {
+    /// Non-zero while the thread is inside a trampoline's callback.
+    pub busy: Cell<u32>,
+    /// Callbacks entered, wrapping.
+    pub entries: Cell<u32>,
+    /// Calls dropped because they came from inside a callback.
+    pub dropped: Cell<u64>,
+}
+
+thread_local! {
+    // A const-initialised thread local without Drop is plain ELF TLS: it
+    // lives at a fixed offset from the thread pointer in every thread (in
+    // the static TLS block, for the executable and libraries loaded at
+    // start-up), which is what lets copied trampolines reach it.
+    pub(crate) static STATE: ThreadState = const {
+        ThreadState { busy: Cell::new(0), entries: Cell::new(0), dropped: Cell::new(0) }
+    };
+}
+
+/// The thread-pointer offset of [`STATE`], the same in every thread.
+pub(crate) fn tpoff() -> isize {
+    STATE.with(|s| livetrace_poke::tls_offset_of(s as *const ThreadState as usize))
+}
+
+/// Whether [`STATE`] is in static TLS: the offset is the same on a new
+/// thread. (A library loaded late with `dlopen` may get dynamic TLS, which
+/// copied trampolines cannot reach.)
+pub(crate) fn tls_is_static() -> bool {
+    let here = tpoff();
+    std::thread::spawn(tpoff)
+        .join()
+        .is_ok_and(|there| there == here)
+}
+
+/// Calls this thread dropped because they came from inside a callback: a
+/// callback calling traced functions, or a signal handler interrupting one.
+pub fn recursion_dropped() -> u64 {
+    STATE.with(|s| s.dropped.get())
+}
+
+/// Whether this thread is inside a callback now.
+pub(crate) fn in_callback() -> bool {
+    STATE.with(|s| s.busy.get() != 0)
+}
+
+/// Decodes a sampled word: (busy, entries).
+pub(crate) fn decode(word: u64) -> (bool, u32) {
+    (word as u32 != 0, (word >> 32) as u32)
+}

@@ -1,0 +1,396 @@
+//! Trampolines: the code a site calls.
+//!
+//! Two templates, written once in assembly below and copied at run time into
+//! executable pages near the sites they serve (a `call rel32` reaches only
+//! ±2 GiB, and shared libraries are usually mapped far from the program):
+//!
+//! - the *fast* template saves what the traced function can observe at
+//!   entry (rdi, rsi, rdx, rcx, r8, r9, rax for varargs, r10, r11,
+//!   xmm0-7), calls `func(data, ip, parent_slot, null)` with the stack
+//!   aligned, restores, and returns into the function. With `data` an ops
+//!   and `func` the ops entry it is the ops' *dedicated* trampoline; with
+//!   `func` the list walker it is the *list caller*;
+//! - the *regs* template builds a full [`Regs`](crate::Regs) (every
+//!   general register, flags, the resume address and the entry stack
+//!   pointer, xmm0-7), passes it, writes back whatever the callback changed
+//!   — including the resume address, which is how a function is redirected
+//!   — and returns there.
+//!
+//! Each copy has three data words at its end, read RIP-relative so the code
+//! is position independent: the thread-pointer offset of the per-thread
+//! [`ThreadState`](crate::thread::ThreadState), `data`, and `func`.
+//!
+//! Both templates begin by testing the thread's `busy` flag: a call from
+//! inside a callback (a callback calling a traced function) is dropped and
+//! counted, never recursed into. They set it for the whole time the thread
+//! is in a callback, and bump `entries`, which is what the quiescence wait
+//! samples. The flag is the recursion guard and the "inside" marker at once.
+//!
+//! Copies live in pools, one per 1 GiB window of sites, mapped within
+//! 512 MiB of the window so every site in it reaches every trampoline of its
+//! pool. Slots of a pool are reused only after the quiescence wait showed
+//! that no thread can still be inside the previous occupant.
+
+use std::collections::HashMap;
+use std::io;
+
+std::arch::global_asm!(
+    r#"
+    .pushsection .text.livetrace_tramp,"ax",@progbits
+    .p2align 4
+    .globl lt_tramp_fast_start
+lt_tramp_fast_start:
+    push rbp
+    mov rbp, rsp
+    push r11
+    mov r11, qword ptr [rip + lt_tramp_fast_tpoff]
+    cmp dword ptr fs:[r11], 0
+    jne 9f
+    mov dword ptr fs:[r11], 1
+    add dword ptr fs:[r11 + 4], 1
+    push rdi
+    push rsi
+    push rdx
+    push rcx
+    push r8
+    push r9
+    push rax
+    push r10
+    sub rsp, 128
+    movaps xmmword ptr [rsp + 0], xmm0
+    movaps xmmword ptr [rsp + 16], xmm1
+    movaps xmmword ptr [rsp + 32], xmm2
+    movaps xmmword ptr [rsp + 48], xmm3
+    movaps xmmword ptr [rsp + 64], xmm4
+    movaps xmmword ptr [rsp + 80], xmm5
+    movaps xmmword ptr [rsp + 96], xmm6
+    movaps xmmword ptr [rsp + 112], xmm7
+    mov rdi, qword ptr [rip + lt_tramp_fast_data]
+    mov rsi, qword ptr [rbp + 8]
+    sub rsi, 5
+    lea rdx, [rbp + 16]
+    xor ecx, ecx
+    call qword ptr [rip + lt_tramp_fast_func]
+    movaps xmm0, xmmword ptr [rsp + 0]
+    movaps xmm1, xmmword ptr [rsp + 16]
+    movaps xmm2, xmmword ptr [rsp + 32]
+    movaps xmm3, xmmword ptr [rsp + 48]
+    movaps xmm4, xmmword ptr [rsp + 64]
+    movaps xmm5, xmmword ptr [rsp + 80]
+    movaps xmm6, xmmword ptr [rsp + 96]
+    movaps xmm7, xmmword ptr [rsp + 112]
+    add rsp, 128
+    pop r10
+    pop rax
+    pop r9
+    pop r8
+    pop rcx
+    pop rdx
+    pop rsi
+    pop rdi
+    mov r11, qword ptr [rip + lt_tramp_fast_tpoff]
+    mov dword ptr fs:[r11], 0
+    pop r11
+    pop rbp
+    ret
+9:
+    add qword ptr fs:[r11 + 8], 1
+    pop r11
+    pop rbp
+    ret
+    .p2align 3
+lt_tramp_fast_tpoff: .quad 0
+lt_tramp_fast_data: .quad 0
+lt_tramp_fast_func: .quad 0
+    .globl lt_tramp_fast_end
+lt_tramp_fast_end:
+
+    .p2align 4
+    .globl lt_tramp_regs_start
+lt_tramp_regs_start:
+    push rbp
+    mov rbp, rsp
+    pushfq
+    push r11
+    mov r11, qword ptr [rip + lt_tramp_regs_tpoff]
+    cmp dword ptr fs:[r11], 0
+    jne 9f
+    mov dword ptr fs:[r11], 1
+    add dword ptr fs:[r11 + 4], 1
+    sub rsp, 8
+    lea r11, [rbp + 16]
+    push r11
+    push qword ptr [rbp + 8]
+    push qword ptr [rbp - 8]
+    push qword ptr [rbp]
+    push rdi
+    push rsi
+    push rdx
+    push rcx
+    push rax
+    push r8
+    push r9
+    push r10
+    push qword ptr [rbp - 16]
+    push rbx
+    push r12
+    push r13
+    push r14
+    push r15
+    sub rsp, 128
+    movaps xmmword ptr [rsp + 0], xmm0
+    movaps xmmword ptr [rsp + 16], xmm1
+    movaps xmmword ptr [rsp + 32], xmm2
+    movaps xmmword ptr [rsp + 48], xmm3
+    movaps xmmword ptr [rsp + 64], xmm4
+    movaps xmmword ptr [rsp + 80], xmm5
+    movaps xmmword ptr [rsp + 96], xmm6
+    movaps xmmword ptr [rsp + 112], xmm7
+    mov rdi, qword ptr [rip + lt_tramp_regs_data]
+    mov rsi, qword ptr [rbp + 8]
+    sub rsi, 5
+    lea rdx, [rbp + 16]
+    mov rcx, rsp
+    call qword ptr [rip + lt_tramp_regs_func]
+    movaps xmm0, xmmword ptr [rsp + 0]
+    movaps xmm1, xmmword ptr [rsp + 16]
+    movaps xmm2, xmmword ptr [rsp + 32]
+    movaps xmm3, xmmword ptr [rsp + 48]
+    movaps xmm4, xmmword ptr [rsp + 64]
+    movaps xmm5, xmmword ptr [rsp + 80]
+    movaps xmm6, xmmword ptr [rsp + 96]
+    movaps xmm7, xmmword ptr [rsp + 112]
+    add rsp, 128
+    mov r11, qword ptr [rsp + 120]
+    mov qword ptr [rbp - 8], r11
+    mov r11, qword ptr [rsp + 128]
+    mov qword ptr [rbp + 8], r11
+    mov r11, qword ptr [rsp + 112]
+    mov qword ptr [rbp], r11
+    mov r11, qword ptr [rsp + 40]
+    mov qword ptr [rbp - 16], r11
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop rbx
+    add rsp, 8
+    pop r10
+    pop r9
+    pop r8
+    pop rax
+    pop rcx
+    pop rdx
+    pop rsi
+    pop rdi
+    mov r11, qword ptr [rip + lt_tramp_regs_tpoff]
+    mov dword ptr fs:[r11], 0
+    lea rsp, [rbp - 16]
+    pop r11
+    popfq
+    pop rbp
+    ret
+9:
+    add qword ptr fs:[r11 + 8], 1
+    pop r11
+    popfq
+    pop rbp
+    ret
+    .p2align 3
+lt_tramp_regs_tpoff: .quad 0
+lt_tramp_regs_data: .quad 0
+lt_tramp_regs_func: .quad 0
+    .globl lt_tramp_regs_end
+lt_tramp_regs_end:
+    .popsection
+"#
+);
+
+unsafe extern "C" {
+    static lt_tramp_fast_start: u8;
+    static lt_tramp_fast_end: u8;
+    static lt_tramp_regs_start: u8;
+    static lt_tramp_regs_end: u8;
+}
+
+/// Which template a trampoline is a copy of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Kind {
+    Fast,
+    Regs,
+}
+
+impl Kind {
+    /// The template's bytes; its last 24 bytes are the three data words.
+    fn template(self) -> &'static [u8] {
+        let (start, end) = match self {
+            Kind::Fast => (&raw const lt_tramp_fast_start, &raw const lt_tramp_fast_end),
+            Kind::Regs => (&raw const lt_tramp_regs_start, &raw const lt_tramp_regs_end),
+        };
+        let len = end as usize - start as usize;
+        // SAFETY: start..end is the template's code and data in our text.
+        unsafe { std::slice::from_raw_parts(start, len) }
+    }
+}
+
+/// The signature of what a trampoline calls.
+pub(crate) type EntryFn =
+    extern "C" fn(data: usize, ip: usize, parent_slot: *mut usize, regs: *mut crate::Regs);
+
+const SLOT: usize = 512;
+const PAGE: usize = 4096;
+const WINDOW_SHIFT: u32 = 30;
+const REACH: usize = 512 << 20;
+
+/// A pool key: which 1 GiB window of the address space a site is in.
+pub(crate) fn window_of(site: usize) -> usize {
+    site >> WINDOW_SHIFT
+}
+
+struct Pool {
+    pages: Vec<usize>,
+    free: Vec<usize>,
+}
+
+/// Every pool of trampolines. Kept under the core's lock.
+#[derive(Default)]
+pub(crate) struct Pools {
+    pools: HashMap<usize, Pool>,
+}
+
+impl Pools {
+    /// Copies a `kind` trampoline calling `func(data, ..)` into the pool for
+    /// `window`, returning its address. The copy is complete and made
+    /// executable before any site can be pointed at it.
+    pub fn create(
+        &mut self,
+        window: usize,
+        kind: Kind,
+        tpoff: isize,
+        data: usize,
+        func: EntryFn,
+    ) -> io::Result<usize> {
+        let pool = match self.pools.entry(window) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(Pool {
+                pages: Vec::new(),
+                free: Vec::new(),
+            }),
+        };
+        if pool.free.is_empty() {
+            let page = map_near(window)?;
+            pool.pages.push(page);
+            pool.free
+                .extend((0..PAGE / SLOT).rev().map(|i| page + i * SLOT));
+        }
+        let slot = pool.free.pop().expect("refilled above");
+        let code = kind.template();
+        assert!(code.len() <= SLOT);
+        let mut bytes = code.to_vec();
+        let n = bytes.len();
+        bytes[n - 24..n - 16].copy_from_slice(&(tpoff as i64).to_le_bytes());
+        bytes[n - 16..n - 8].copy_from_slice(&(data as u64).to_le_bytes());
+        bytes[n - 8..].copy_from_slice(&(func as usize as u64).to_le_bytes());
+        let page = slot & !(PAGE - 1);
+        // SAFETY: the page is ours (mapped by map_near); other slots of it
+        // may be executing, so PROT_EXEC stays on while we write this slot,
+        // which no site calls yet.
+        unsafe {
+            if libc::mprotect(
+                page as *mut _,
+                PAGE,
+                libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+            ) != 0
+            {
+                pool.free.push(slot);
+                return Err(io::Error::last_os_error());
+            }
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), slot as *mut u8, n);
+            if libc::mprotect(page as *mut _, PAGE, libc::PROT_READ | libc::PROT_EXEC) != 0 {
+                crate::fatal("cannot make a trampoline page read-only again");
+            }
+        }
+        Ok(slot)
+    }
+
+    /// Returns a slot to its pool. Only after the quiescence wait has shown
+    /// that no thread can be executing it.
+    pub fn release(&mut self, addr: usize) {
+        if let Some(pool) = self.pools.get_mut(&window_of_tramp(addr, &self.pools)) {
+            pool.free.push(addr);
+        }
+    }
+}
+
+fn window_of_tramp(addr: usize, pools: &HashMap<usize, Pool>) -> usize {
+    let page = addr & !(PAGE - 1);
+    pools
+        .iter()
+        .find(|(_, p)| p.pages.contains(&page))
+        .map_or(usize::MAX, |(w, _)| *w)
+}
+
+/// Maps one page within reach of every address in `window`.
+fn map_near(window: usize) -> io::Result<usize> {
+    let lo = (window << WINDOW_SHIFT)
+        .saturating_sub(REACH)
+        .max(PAGE * 16);
+    let hi = ((window + 1) << WINDOW_SHIFT)
+        .saturating_add(REACH)
+        .min(0x7fff_ffff_f000);
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    let mut used: Vec<(usize, usize)> = maps
+        .lines()
+        .filter_map(|l| {
+            let (a, b) = l.split_whitespace().next()?.split_once('-')?;
+            Some((
+                usize::from_str_radix(a, 16).ok()?,
+                usize::from_str_radix(b, 16).ok()?,
+            ))
+        })
+        .collect();
+    used.sort_unstable();
+    // Candidate addresses: just below and just above each mapping in range,
+    // nearest to the window's middle first.
+    let mid = (window << WINDOW_SHIFT) + (1 << (WINDOW_SHIFT - 1));
+    let mut candidates: Vec<usize> = Vec::new();
+    for &(s, e) in &used {
+        if s >= PAGE && s - PAGE >= lo && s - PAGE < hi {
+            candidates.push(s - PAGE);
+        }
+        if e >= lo && e + PAGE <= hi {
+            candidates.push(e);
+        }
+    }
+    candidates.sort_by_key(|&c| c.abs_diff(mid));
+    for c in candidates {
+        if used.iter().any(|&(s, e)| c < e && c + PAGE > s) {
+            continue;
+        }
+        // SAFETY: MAP_FIXED_NOREPLACE maps at `c` only if nothing is there,
+        // so no existing mapping is touched.
+        let p = unsafe {
+            libc::mmap(
+                c as *mut _,
+                PAGE,
+                libc::PROT_READ | libc::PROT_EXEC,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        if p != libc::MAP_FAILED && p as usize == c {
+            return Ok(c);
+        }
+        if p != libc::MAP_FAILED {
+            // SAFETY: an old kernel ignored the flag and mapped elsewhere;
+            // undo that mapping, which is ours.
+            unsafe { libc::munmap(p, PAGE) };
+        }
+    }
+    Err(io::Error::other(format!(
+        "no free page within reach of sites at {:#x}..{:#x}",
+        window << WINDOW_SHIFT,
+        (window + 1) << WINDOW_SHIFT
+    )))
+}
