@@ -4,6 +4,7 @@
 //! Times are wall-clock medians over interleaved rounds, with the baseline
 //! measured in the same process: the machines are shared and noisy.
 
+mod callback;
 mod patch;
 mod stats;
 mod trap;
@@ -23,11 +24,14 @@ enum Bench {
     Patch(patch::Args),
     /// Cost of an emulated int3 hit against a bare int3 round trip.
     Trap(trap::Args),
+    /// Cost per call with ops attached: dedicated, list and regs callers.
+    Callback(callback::Args),
 }
 
 fn main() {
     match Cli::parse().bench {
         Bench::Patch(a) => patch::run(a),
         Bench::Trap(a) => trap::run(a),
+        Bench::Callback(a) => callback::run(a),
     }
 }

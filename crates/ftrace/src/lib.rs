@@ -456,13 +456,7 @@ impl Core {
                 }
                 let a = self
                     .pools
-                    .create(
-                        window,
-                        Kind::Fast,
-                        tpoff,
-                        Arc::as_ptr(o) as usize,
-                        ops::ops_entry,
-                    )
+                    .create(window, Kind::Fast, tpoff, Arc::as_ptr(o) as usize, o.entry)
                     .map_err(Error::Trampoline)?;
                 self.dedicated.insert(key, a);
                 Ok(a)

@@ -128,6 +128,9 @@ pub struct OpsInner {
     pub(crate) id: u32,
     pub(crate) name: String,
     pub(crate) callback: Box<Callback>,
+    /// What a dedicated trampoline calls: `entry::<F>` for the callback's
+    /// own type, so the callback is called directly, not through a vtable.
+    pub(crate) entry: crate::tramp::EntryFn,
     pub(crate) regs: bool,
     pub(crate) ipmodify: bool,
     pub(crate) spec: Mutex<Spec>,
@@ -229,12 +232,13 @@ impl OpsBuilder {
     }
 
     /// Finishes the ops with its callback.
-    pub fn build(self, callback: impl Fn(&mut Call<'_>) + Send + Sync + 'static) -> Ops {
+    pub fn build<F: Fn(&mut Call<'_>) + Send + Sync + 'static>(self, callback: F) -> Ops {
         static NEXT_ID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
         Ops(Arc::new(OpsInner {
             id: NEXT_ID.fetch_add(1, Relaxed),
             name: self.name,
             callback: Box::new(callback),
+            entry: entry::<F>,
             regs: self.regs,
             ipmodify: self.ipmodify,
             spec: Mutex::new(Spec {
@@ -246,8 +250,9 @@ impl OpsBuilder {
     }
 }
 
-/// The entry of a dedicated trampoline: `data` is the ops.
-pub(crate) extern "C" fn ops_entry(
+/// The entry of a dedicated trampoline for an ops whose callback is an `F`:
+/// `data` is the ops.
+extern "C" fn entry<F: Fn(&mut Call<'_>) + Send + Sync + 'static>(
     data: usize,
     ip: usize,
     parent_slot: *mut usize,
@@ -258,9 +263,22 @@ pub(crate) extern "C" fn ops_entry(
     let ops = unsafe { &*(data as *const OpsInner) };
     // SAFETY: the regs caller passes its frame's Regs, or null.
     let regs = unsafe { regs.as_mut() };
-    deliver(ops, ip, parent_slot, regs);
+    // SAFETY: `entry::<F>` is stored only by `build::<F>`, next to a
+    // callback box that holds an `F`.
+    let f = unsafe { &*(&*ops.callback as *const Callback as *const F) };
+    let mut call = Call {
+        ip,
+        parent_slot,
+        regs,
+        ops,
+    };
+    // A panic must not unwind into the trampoline's assembly.
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut call))).is_err() {
+        crate::fatal("an ops callback panicked");
+    }
 }
 
+/// Delivers a call to an ops through its callback's vtable (the list walk).
 #[inline]
 pub(crate) fn deliver(ops: &OpsInner, ip: usize, parent_slot: *mut usize, regs: Option<&mut Regs>) {
     let mut call = Call {

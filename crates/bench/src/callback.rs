@@ -1,0 +1,92 @@
+//! `callback`: what a call costs with ops attached, against the same kind of
+//! function with its site disabled, in interleaved rounds.
+//!
+//! Four fixture functions (`nop5; mov eax, imm; ret`): one left disabled
+//! (the baseline), one with a single ops and an empty callback (its
+//! dedicated trampoline), one with two such ops (the list caller), one with
+//! a regs ops (the regs caller).
+
+use std::time::Instant;
+
+use livetrace_fixtures as fx;
+use livetrace_ftrace::{register, unregister, with_table, Ops, Pattern};
+use livetrace_sites::ExternalSite;
+
+use crate::stats::median;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Calls per measurement.
+    #[arg(long, default_value_t = 2_000_000)]
+    calls: usize,
+    /// Rounds of each kind, interleaved.
+    #[arg(long, default_value_t = 21)]
+    rounds: usize,
+}
+
+const BASE: usize = 0;
+const DEDICATED: usize = 1;
+const LIST: usize = 2;
+const REGS: usize = 3;
+
+#[inline(never)]
+fn per_call(i: usize, n: usize) -> f64 {
+    let t = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(fx::call(std::hint::black_box(i)));
+    }
+    t.elapsed().as_nanos() as f64 / n as f64
+}
+
+pub fn run(a: Args) {
+    let names: Vec<String> = (0..4).map(|i| format!("bench::f{i}")).collect();
+    let sites: Vec<ExternalSite<'_>> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| ExternalSite {
+            addr: fx::site(i),
+            name: n,
+            file: file!(),
+            line: 0,
+        })
+        .collect();
+    with_table(|t| t.insert_external(&sites))
+        .expect("core")
+        .expect("sites");
+    let empty = |name: &str, f: usize| {
+        Ops::builder(name)
+            .filter(Pattern::Addr(fx::site(f)))
+            .build(|_| {})
+    };
+    let one = empty("one", DEDICATED);
+    let two_a = empty("two-a", LIST);
+    let two_b = empty("two-b", LIST);
+    let regs = Ops::builder("regs")
+        .filter(Pattern::Addr(fx::site(REGS)))
+        .regs()
+        .build(|c| {
+            std::hint::black_box(c.regs());
+        });
+    for o in [&one, &two_a, &two_b, &regs] {
+        register(o).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let mut t = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    per_call(BASE, a.calls / 10); // warm up
+    for _ in 0..a.rounds {
+        for (k, v) in t.iter_mut().enumerate() {
+            v.push(per_call(k, a.calls));
+        }
+    }
+    for o in [&one, &two_a, &two_b, &regs] {
+        unregister(o).unwrap();
+    }
+    let [b, d, l, r] = t.map(|mut v| median(&mut v));
+    eprintln!("callback: {} rounds of {} calls each", a.rounds, a.calls);
+    println!(
+        "RESULT bench=callback baseline_ns={b:.2} dedicated_ns={d:.2} list_ns={l:.2} regs_ns={r:.2} \
+         dedicated_overhead_ns={:.2} list_overhead_ns={:.2} regs_overhead_ns={:.2}",
+        d - b,
+        l - b,
+        r - b
+    );
+}
