@@ -63,7 +63,7 @@ use livetrace_sites::Table;
 
 pub use ops::{Call, Callback, Ops, OpsBuilder, Pattern};
 pub use regs::Regs;
-pub use thread::recursion_dropped;
+pub use thread::{recursion_dropped, suppress, Suppress};
 
 use ops::{FuncSet, OpsInner};
 use tramp::{window_of, Kind, Pools};
@@ -353,6 +353,15 @@ pub fn enabled_functions() -> Result<Vec<EnabledFunction>, Error> {
         });
     }
     Ok(out)
+}
+
+/// Waits until every thread that is inside a callback (or holds a
+/// [`Suppress`]) now has left it. State unpublished before the call is then
+/// no longer in use by any callback.
+pub fn synchronize() -> Result<(), Error> {
+    let tpoff = core()?.as_ref().expect("initialised").tpoff;
+    quiesce(tpoff, &[]);
+    Ok(())
 }
 
 /// The registered ops, in registration order.

@@ -55,3 +55,29 @@ pub(crate) fn in_callback() -> bool {
 pub(crate) fn decode(word: u64) -> (bool, u32) {
     (word as u32 != 0, (word >> 32) as u32)
 }
+
+/// Suppresses tracing on this thread while alive: traced calls made meanwhile
+/// run untraced and are counted as dropped, exactly as inside a callback.
+/// Code that runs outside a trampoline but must not be traced (a return
+/// hook's exit path) holds one. Also makes the quiescence wait treat the
+/// thread as busy, so state it reads stays alive.
+pub struct Suppress {
+    was: u32,
+}
+
+/// Starts suppressing tracing on this thread; see [`Suppress`].
+#[inline]
+pub fn suppress() -> Suppress {
+    STATE.with(|s| {
+        let was = s.busy.get();
+        s.busy.set(1);
+        Suppress { was }
+    })
+}
+
+impl Drop for Suppress {
+    #[inline]
+    fn drop(&mut self) {
+        STATE.with(|s| s.busy.set(self.was));
+    }
+}

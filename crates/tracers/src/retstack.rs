@@ -1,0 +1,453 @@
+//! Return hooking: how the function-graph tracer sees a function return.
+//!
+//! At entry the graph callback saves the traced function's return address
+//! (the slot the trampoline hands it) on a per-thread *shadow stack*, with
+//! the slot's address, the function and the entry time, and replaces it
+//! with [`return_to_handler`]. When the function returns it lands there; the
+//! handler saves the return-value registers, asks [`graph_exit`] for the
+//! real return address (popping the frame and recording the exit), and
+//! returns to it. The kernel's `ret_stack` and `return_to_handler`.
+//!
+//! # Frames that never return normally
+//!
+//! - `longjmp` (and `siglongjmp` out of a signal handler) skips frames: the
+//!   next frame that does return finds the skipped ones above it on the
+//!   shadow stack (their slots are below its slot) and drops them, counted.
+//! - Unwinding (a Rust panic, a C++ exception, `pthread_exit`'s forced
+//!   unwind) must see the real return addresses, or the unwinder would find
+//!   `return_to_handler` where it expects the caller. This crate defines
+//!   `_Unwind_RaiseException`, `_Unwind_ForcedUnwind` and
+//!   `_Unwind_Backtrace`: the program's references bind to them at link
+//!   time (a preloaded library's, through symbol interposition), they put
+//!   every hooked return address of the thread back, and call the real
+//!   ones. The hooked frames' exits are then not recorded (the trace shows
+//!   them without an exit); later calls are traced normally. A backtrace
+//!   only lends the real addresses for its duration.
+//! - A frame deeper than [`MAX_DEPTH`] is not hooked; the overflow is
+//!   counted.
+//!
+//! The exit path runs with tracing suppressed on the thread, so nothing it
+//! calls is traced, and the quiescence wait counts it as busy.
+
+use std::cell::{Cell, UnsafeCell};
+
+/// Frames the shadow stack holds per thread.
+pub const MAX_DEPTH: usize = 256;
+
+/// What a graph session does with entries and exits. Implemented by the
+/// sessions in this crate; called on the traced thread.
+pub(crate) trait Sink: Send + Sync {
+    fn exit(&self, func: usize, entry_ticks: u64, child_ticks: u64, depth: u32);
+}
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Frame {
+    ret: usize,
+    slot: usize,
+    func: usize,
+    entry_ticks: u64,
+    child_ticks: u64,
+    sink: *const dyn Sink,
+}
+
+struct Shadow {
+    depth: Cell<usize>,
+    frames: UnsafeCell<[Frame; MAX_DEPTH]>,
+    overflow: Cell<u64>,
+    skipped: Cell<u64>,
+    unwound: Cell<u64>,
+}
+
+const EMPTY: Frame = Frame {
+    ret: 0,
+    slot: 0,
+    func: 0,
+    entry_ticks: 0,
+    child_ticks: 0,
+    sink: std::ptr::null::<NoSink>() as *const dyn Sink,
+};
+
+struct NoSink;
+impl Sink for NoSink {
+    fn exit(&self, _: usize, _: u64, _: u64, _: u32) {}
+}
+
+thread_local! {
+    static SHADOW: Shadow = const {
+        Shadow {
+            depth: Cell::new(0),
+            frames: UnsafeCell::new([EMPTY; MAX_DEPTH]),
+            overflow: Cell::new(0),
+            skipped: Cell::new(0),
+            unwound: Cell::new(0),
+        }
+    };
+}
+
+/// Per-thread counts of frames the graph tracer could not follow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShadowStats {
+    /// Calls not hooked because the shadow stack was full.
+    pub overflow: u64,
+    /// Frames skipped by `longjmp` (dropped when a caller returned).
+    pub skipped: u64,
+    /// Frames unhooked because an unwind went through them.
+    pub unwound: u64,
+}
+
+/// This thread's [`ShadowStats`].
+pub fn shadow_stats() -> ShadowStats {
+    SHADOW.with(|s| ShadowStats {
+        overflow: s.overflow.get(),
+        skipped: s.skipped.get(),
+        unwound: s.unwound.get(),
+    })
+}
+
+/// This thread's shadow-stack depth: hooked frames not yet returned.
+pub fn depth() -> usize {
+    SHADOW.with(|s| s.depth.get())
+}
+
+/// Hooks the return of the function being entered. `slot` is the
+/// trampoline's return slot. Returns the frame's depth, or `None` when the
+/// shadow stack is full (counted).
+///
+/// # Safety
+/// `slot` is the live return-address slot of a function being entered on
+/// this thread, and `sink` stays valid until the frame is popped or dropped
+/// (sessions unpublish and wait for quiescence before freeing it).
+pub(crate) unsafe fn hook(
+    slot: *mut usize,
+    func: usize,
+    entry_ticks: u64,
+    sink: *const dyn Sink,
+) -> Option<u32> {
+    SHADOW.with(|s| {
+        let d = s.depth.get();
+        if d >= MAX_DEPTH {
+            s.overflow.set(s.overflow.get() + 1);
+            return None;
+        }
+        // SAFETY: only this thread touches its shadow stack, and never
+        // re-entrantly (tracing is suppressed while we run).
+        let frames = unsafe { &mut *s.frames.get() };
+        // SAFETY: the caller guarantees `slot` is the live return slot.
+        let ret = unsafe { slot.read() };
+        frames[d] = Frame {
+            ret,
+            slot: slot as usize,
+            func,
+            entry_ticks,
+            child_ticks: 0,
+            sink,
+        };
+        s.depth.set(d + 1);
+        // SAFETY: as above; the function will `ret` through it.
+        unsafe { slot.write(return_to_handler_addr()) };
+        Some(d as u32)
+    })
+}
+
+/// Called by `return_to_handler` with the address of the slot the function
+/// returned through; returns where it should have returned.
+extern "C" fn graph_exit(slot: usize) -> usize {
+    let _quiet = livetrace_ftrace::suppress();
+    let now = crate::clock_now();
+    SHADOW.with(|s| {
+        // SAFETY: as in `hook`.
+        let frames = unsafe { &mut *s.frames.get() };
+        let mut d = s.depth.get();
+        // Frames above whose slots lie below this one were skipped by a
+        // longjmp: they will never return.
+        while d > 0 && frames[d - 1].slot < slot {
+            d -= 1;
+            s.skipped.set(s.skipped.get() + 1);
+        }
+        if d == 0 || frames[d - 1].slot != slot {
+            // No frame for this slot: the stack was corrupted under us.
+            crate::fatal("function-graph return without a hooked frame");
+        }
+        d -= 1;
+        let f = frames[d];
+        s.depth.set(d);
+        let total = now.wrapping_sub(f.entry_ticks);
+        if d > 0 {
+            frames[d - 1].child_ticks = frames[d - 1].child_ticks.wrapping_add(total);
+        }
+        if !f.sink.is_null() {
+            // SAFETY: sinks outlive their frames (see `hook`).
+            unsafe { (*f.sink).exit(f.func, f.entry_ticks, f.child_ticks, d as u32) };
+        }
+        f.ret
+    })
+}
+
+/// Puts the real return address back into every hooked slot of this thread,
+/// newest first (a slot hooked twice ends up with its oldest saved value,
+/// the real one). With `forget`, the frames are dropped (an unwind is about
+/// to destroy them); otherwise they are kept for [`rehook`].
+fn unhook_all(forget: bool) {
+    SHADOW.with(|s| {
+        // SAFETY: as in `hook`.
+        let frames = unsafe { &*s.frames.get() };
+        let d = s.depth.get();
+        for f in frames[..d].iter().rev() {
+            // SAFETY: each slot is a live return slot of a frame that has
+            // not returned (it would have popped itself), on this thread's
+            // stack.
+            unsafe { (f.slot as *mut usize).write(f.ret) };
+        }
+        if forget {
+            s.unwound.set(s.unwound.get() + d as u64);
+            s.depth.set(0);
+        }
+    })
+}
+
+/// Hooks again every frame [`unhook_all`]`(false)` lent back.
+fn rehook() {
+    SHADOW.with(|s| {
+        // SAFETY: as in `hook`.
+        let frames = unsafe { &*s.frames.get() };
+        for f in &frames[..s.depth.get()] {
+            // SAFETY: as in `unhook_all`.
+            unsafe { (f.slot as *mut usize).write(return_to_handler_addr()) };
+        }
+    })
+}
+
+std::arch::global_asm!(
+    ".pushsection .text.livetrace_graph,\"ax\",@progbits",
+    ".p2align 4",
+    ".globl lt_return_to_handler",
+    "lt_return_to_handler:",
+    // The function returned here: rsp is its slot + 8. Make room for the
+    // real return address at the slot, save the return registers.
+    "    sub rsp, 8",
+    "    push rax",
+    "    push rdx",
+    "    sub rsp, 40",
+    "    movaps xmmword ptr [rsp], xmm0",
+    "    movaps xmmword ptr [rsp + 16], xmm1",
+    "    lea rdi, [rsp + 56]",
+    "    call {exit}",
+    "    mov qword ptr [rsp + 56], rax",
+    "    movaps xmm0, xmmword ptr [rsp]",
+    "    movaps xmm1, xmmword ptr [rsp + 16]",
+    "    add rsp, 40",
+    "    pop rdx",
+    "    pop rax",
+    "    ret",
+    ".popsection",
+    exit = sym graph_exit,
+);
+
+unsafe extern "C" {
+    fn lt_return_to_handler();
+}
+
+/// The address hooked slots hold.
+pub fn return_to_handler_addr() -> usize {
+    lt_return_to_handler as *const () as usize
+}
+
+// ---------------------------------------------------------------------------
+// Unwinder interposition.
+
+type RaiseFn = unsafe extern "C" fn(*mut libc::c_void) -> libc::c_int;
+type ForcedFn =
+    unsafe extern "C" fn(*mut libc::c_void, *mut libc::c_void, *mut libc::c_void) -> libc::c_int;
+type BacktraceFn = unsafe extern "C" fn(*mut libc::c_void, *mut libc::c_void) -> libc::c_int;
+
+fn next_symbol(name: &std::ffi::CStr) -> usize {
+    // SAFETY: dlsym with RTLD_NEXT finds the definition after ours (libgcc's)
+    // and has no other effect.
+    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
+    if p.is_null() {
+        crate::fatal("the unwinder's real entry point is not loaded");
+    }
+    p as usize
+}
+
+/// Starts unwinding an exception: the real return addresses go back first.
+///
+/// # Safety
+/// As libgcc's `_Unwind_RaiseException`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _Unwind_RaiseException(exception: *mut libc::c_void) -> libc::c_int {
+    unhook_all(true);
+    let real: RaiseFn = {
+        let a = next_symbol(c"_Unwind_RaiseException");
+        // SAFETY: the loader's definition has this signature.
+        unsafe { std::mem::transmute::<usize, RaiseFn>(a) }
+    };
+    // SAFETY: passes the caller's exception on unchanged.
+    unsafe { real(exception) }
+}
+
+/// Forced unwinding (`pthread_exit`, `pthread_cancel`): as above.
+///
+/// # Safety
+/// As libgcc's `_Unwind_ForcedUnwind`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _Unwind_ForcedUnwind(
+    exception: *mut libc::c_void,
+    stop: *mut libc::c_void,
+    arg: *mut libc::c_void,
+) -> libc::c_int {
+    unhook_all(true);
+    let a = next_symbol(c"_Unwind_ForcedUnwind");
+    // SAFETY: the loader's definition has this signature.
+    let real: ForcedFn = unsafe { std::mem::transmute::<usize, ForcedFn>(a) };
+    // SAFETY: passes the caller's arguments on unchanged.
+    unsafe { real(exception, stop, arg) }
+}
+
+/// A backtrace walks the stack without changing it: lend it the real
+/// return addresses, then hook again.
+///
+/// # Safety
+/// As libgcc's `_Unwind_Backtrace`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _Unwind_Backtrace(
+    trace: *mut libc::c_void,
+    arg: *mut libc::c_void,
+) -> libc::c_int {
+    unhook_all(false);
+    let a = next_symbol(c"_Unwind_Backtrace");
+    // SAFETY: the loader's definition has this signature.
+    let real: BacktraceFn = unsafe { std::mem::transmute::<usize, BacktraceFn>(a) };
+    // SAFETY: passes the caller's arguments on unchanged.
+    let r = unsafe { real(trace, arg) };
+    rehook();
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use livetrace_ftrace::{register, unregister, with_table, Ops, Pattern};
+    use livetrace_sites::ExternalSite;
+    use std::sync::Mutex;
+
+    // Two traced Rust functions: a NOP5 entry stub jumping to the body.
+    std::arch::global_asm!(
+        ".pushsection .text.lt_graph_test,\"ax\",@progbits",
+        ".p2align 4",
+        ".globl lt_g_outer",
+        "lt_g_outer: .byte 0x0f,0x1f,0x44,0x00,0x00",
+        "    jmp {outer}",
+        ".p2align 4",
+        ".globl lt_g_inner",
+        "lt_g_inner: .byte 0x0f,0x1f,0x44,0x00,0x00",
+        "    jmp {inner}",
+        ".popsection",
+        outer = sym outer_body,
+        inner = sym inner_body,
+    );
+    unsafe extern "C-unwind" {
+        fn lt_g_outer(n: u64) -> u64;
+        fn lt_g_inner(n: u64) -> u64;
+    }
+    extern "C-unwind" fn outer_body(n: u64) -> u64 {
+        // SAFETY: the stub jumps to inner_body with the same ABI.
+        let r = unsafe { lt_g_inner(n) };
+        std::hint::black_box(r + 1)
+    }
+    extern "C-unwind" fn inner_body(n: u64) -> u64 {
+        if n == 99 {
+            panic!("inner panics");
+        }
+        if n == 98 {
+            let bt = std::backtrace::Backtrace::force_capture();
+            let frames = format!("{bt}");
+            assert!(
+                frames.contains("outer_body"),
+                "backtrace sees through hooked frames:\n{frames}"
+            );
+        }
+        std::hint::black_box(n * 2)
+    }
+
+    #[derive(Default)]
+    struct Log(Mutex<Vec<(char, usize, u32)>>);
+    impl Sink for Log {
+        fn exit(&self, func: usize, _: u64, _: u64, depth: u32) {
+            self.0.lock().unwrap().push(('x', func, depth));
+        }
+    }
+
+    fn site(f: unsafe extern "C-unwind" fn(u64) -> u64) -> usize {
+        f as *const () as usize
+    }
+
+    #[test]
+    fn graph_exits_panics_and_backtraces() {
+        let sites = [
+            ExternalSite {
+                addr: site(lt_g_outer),
+                name: "g::outer",
+                file: file!(),
+                line: 0,
+            },
+            ExternalSite {
+                addr: site(lt_g_inner),
+                name: "g::inner",
+                file: file!(),
+                line: 0,
+            },
+        ];
+        with_table(|t| t.insert_external(&sites)).unwrap().unwrap();
+        let log: &'static Log = Box::leak(Box::default());
+        let ops = Ops::builder("graph-test")
+            .filter(Pattern::parse("g::*"))
+            .build(move |call| {
+                let sink: *const dyn Sink = log;
+                // SAFETY: the slot is this call's return slot; the log is leaked.
+                if let Some(d) =
+                    unsafe { hook(call.return_slot(), call.ip(), crate::clock_now(), sink) }
+                {
+                    log.0.lock().unwrap().push(('e', call.ip(), d));
+                }
+            });
+        register(&ops).unwrap();
+        let (o, i) = (site(lt_g_outer), site(lt_g_inner));
+
+        // SAFETY: plain calls of the traced functions.
+        assert_eq!(unsafe { lt_g_outer(3) }, 7);
+        assert_eq!(
+            *log.0.lock().unwrap(),
+            [('e', o, 0), ('e', i, 1), ('x', i, 1), ('x', o, 0)]
+        );
+        assert_eq!(depth(), 0);
+
+        // A panic through both hooked frames is caught as without tracing.
+        log.0.lock().unwrap().clear();
+        let before = shadow_stats();
+        // SAFETY: as above.
+        let r = std::panic::catch_unwind(|| unsafe { lt_g_outer(99) });
+        assert!(r.is_err());
+        assert_eq!(depth(), 0);
+        assert_eq!(shadow_stats().unwound, before.unwound + 2);
+        assert_eq!(*log.0.lock().unwrap(), [('e', o, 0), ('e', i, 1)]);
+
+        // Later traces are right.
+        log.0.lock().unwrap().clear();
+        // SAFETY: as above.
+        assert_eq!(unsafe { lt_g_outer(5) }, 11);
+        assert_eq!(
+            *log.0.lock().unwrap(),
+            [('e', o, 0), ('e', i, 1), ('x', i, 1), ('x', o, 0)]
+        );
+
+        // A backtrace taken under hooked frames sees the real callers, and
+        // the frames still return through the hook.
+        log.0.lock().unwrap().clear();
+        // SAFETY: as above.
+        assert_eq!(unsafe { lt_g_outer(98) }, 197);
+        assert_eq!(log.0.lock().unwrap().len(), 4);
+        unregister(&ops).unwrap();
+    }
+}
