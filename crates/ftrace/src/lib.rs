@@ -148,7 +148,7 @@ extern "C" fn list_entry(_data: usize, ip: usize, parent_slot: *mut usize, regs:
         return;
     }
     // SAFETY: a published list is freed only after a quiescence wait, and
-    // this thread is inside a callback (busy) until it returns.
+    // this thread is inside a callback (seq odd) until it returns.
     let list = unsafe { &*list };
     // SAFETY: the regs caller passes its frame's Regs, or null.
     let mut regs = unsafe { regs.as_mut() };
@@ -680,16 +680,16 @@ fn quiesce(tpoff: isize, dying: &[Range<usize>]) -> bool {
         let mut still = HashMap::new();
         for s in samples {
             let Some(rip) = s.rip else { continue };
-            let (busy, entries) = thread::decode(s.word);
+            let (in_callback, seq) = thread::decode(s.word);
             let first = pending.as_ref().map(|p| p.get(&s.tid).copied());
-            let entries_then = match first {
-                None => entries,        // first round: every thread counts
+            let seq_then = match first {
+                None => seq,            // first round: every thread counts
                 Some(None) => continue, // quiescent already, or born since
                 Some(Some(e)) => e,
             };
-            let inside = busy && entries == entries_then;
+            let inside = in_callback && seq == seq_then;
             if inside || dying.iter().any(|r| r.contains(&rip)) {
-                still.insert(s.tid, entries_then);
+                still.insert(s.tid, seq_then);
             }
         }
         if still.is_empty() {

@@ -3,14 +3,13 @@
 use std::cell::Cell;
 
 /// Read and written by the trampolines' assembly at `fs:[tpoff]`; the layout
-/// is fixed by it. `busy` and `entries` together are the 8-byte word the
-/// quiescence wait samples.
+/// is fixed by it. The first 8 bytes are the word the quiescence wait
+/// samples.
 #[repr(C)]
 pub(crate) struct ThreadState {
-    /// Non-zero while the thread is inside a trampoline's callback.
-    pub busy: Cell<u32>,
-    /// Callbacks entered, wrapping.
-    pub entries: Cell<u32>,
+    /// Bumped on entering and on leaving a callback: odd while inside one.
+    pub seq: Cell<u32>,
+    _pad: Cell<u32>,
     /// Calls dropped because they came from inside a callback.
     pub dropped: Cell<u64>,
 }
@@ -21,7 +20,7 @@ thread_local! {
     // the static TLS block, for the executable and libraries loaded at
     // start-up), which is what lets copied trampolines reach it.
     pub(crate) static STATE: ThreadState = const {
-        ThreadState { busy: Cell::new(0), entries: Cell::new(0), dropped: Cell::new(0) }
+        ThreadState { seq: Cell::new(0), _pad: Cell::new(0), dropped: Cell::new(0) }
     };
 }
 
@@ -48,12 +47,12 @@ pub fn recursion_dropped() -> u64 {
 
 /// Whether this thread is inside a callback now.
 pub(crate) fn in_callback() -> bool {
-    STATE.with(|s| s.busy.get() != 0)
+    STATE.with(|s| s.seq.get() & 1 != 0)
 }
 
-/// Decodes a sampled word: (busy, entries).
+/// Decodes a sampled word: (inside a callback, seq).
 pub(crate) fn decode(word: u64) -> (bool, u32) {
-    (word as u32 != 0, (word >> 32) as u32)
+    (word & 1 != 0, word as u32)
 }
 
 /// Suppresses tracing on this thread while alive: traced calls made meanwhile
@@ -62,22 +61,27 @@ pub(crate) fn decode(word: u64) -> (bool, u32) {
 /// hook's exit path) holds one. Also makes the quiescence wait treat the
 /// thread as busy, so state it reads stays alive.
 pub struct Suppress {
-    was: u32,
+    entered: bool,
 }
 
 /// Starts suppressing tracing on this thread; see [`Suppress`].
 #[inline]
 pub fn suppress() -> Suppress {
     STATE.with(|s| {
-        let was = s.busy.get();
-        s.busy.set(1);
-        Suppress { was }
+        let seq = s.seq.get();
+        let entered = seq & 1 == 0;
+        if entered {
+            s.seq.set(seq.wrapping_add(1));
+        }
+        Suppress { entered }
     })
 }
 
 impl Drop for Suppress {
     #[inline]
     fn drop(&mut self) {
-        STATE.with(|s| s.busy.set(self.was));
+        if self.entered {
+            STATE.with(|s| s.seq.set(s.seq.get().wrapping_add(1)));
+        }
     }
 }

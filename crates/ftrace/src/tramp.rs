@@ -20,11 +20,12 @@
 //! is position independent: the thread-pointer offset of the per-thread
 //! [`ThreadState`](crate::thread::ThreadState), `data`, and `func`.
 //!
-//! Both templates begin by testing the thread's `busy` flag: a call from
-//! inside a callback (a callback calling a traced function) is dropped and
-//! counted, never recursed into. They set it for the whole time the thread
-//! is in a callback, and bump `entries`, which is what the quiescence wait
-//! samples. The flag is the recursion guard and the "inside" marker at once.
+//! Both templates begin by testing the thread's `seq` word, odd while the
+//! thread is in a callback: a call from inside a callback (a callback
+//! calling a traced function) is dropped and counted, never recursed into.
+//! Entering and leaving a callback each add one, so `seq` is at once the
+//! recursion guard, the "inside" marker and the progress counter the
+//! quiescence wait samples — one read-modify-write each way.
 //!
 //! Copies live in pools, one per 1 GiB window of sites, mapped within
 //! 512 MiB of the window so every site in it reaches every trampoline of its
@@ -40,14 +41,11 @@ std::arch::global_asm!(
     .p2align 4
     .globl lt_tramp_fast_start
 lt_tramp_fast_start:
-    push rbp
-    mov rbp, rsp
     push r11
     mov r11, qword ptr [rip + lt_tramp_fast_tpoff]
-    cmp dword ptr fs:[r11], 0
-    jne 9f
-    mov dword ptr fs:[r11], 1
-    add dword ptr fs:[r11 + 4], 1
+    test byte ptr fs:[r11], 1
+    jnz 9f
+    add dword ptr fs:[r11], 1
     push rdi
     push rsi
     push rdx
@@ -56,7 +54,7 @@ lt_tramp_fast_start:
     push r9
     push rax
     push r10
-    sub rsp, 128
+    sub rsp, 136
     movaps xmmword ptr [rsp + 0], xmm0
     movaps xmmword ptr [rsp + 16], xmm1
     movaps xmmword ptr [rsp + 32], xmm2
@@ -66,9 +64,9 @@ lt_tramp_fast_start:
     movaps xmmword ptr [rsp + 96], xmm6
     movaps xmmword ptr [rsp + 112], xmm7
     mov rdi, qword ptr [rip + lt_tramp_fast_data]
-    mov rsi, qword ptr [rbp + 8]
+    mov rsi, qword ptr [rsp + 208]
     sub rsi, 5
-    lea rdx, [rbp + 16]
+    lea rdx, [rsp + 216]
     xor ecx, ecx
     call qword ptr [rip + lt_tramp_fast_func]
     movaps xmm0, xmmword ptr [rsp + 0]
@@ -79,7 +77,7 @@ lt_tramp_fast_start:
     movaps xmm5, xmmword ptr [rsp + 80]
     movaps xmm6, xmmword ptr [rsp + 96]
     movaps xmm7, xmmword ptr [rsp + 112]
-    add rsp, 128
+    add rsp, 136
     pop r10
     pop rax
     pop r9
@@ -89,14 +87,12 @@ lt_tramp_fast_start:
     pop rsi
     pop rdi
     mov r11, qword ptr [rip + lt_tramp_fast_tpoff]
-    mov dword ptr fs:[r11], 0
+    add dword ptr fs:[r11], 1
     pop r11
-    pop rbp
     ret
 9:
     add qword ptr fs:[r11 + 8], 1
     pop r11
-    pop rbp
     ret
     .p2align 3
 lt_tramp_fast_tpoff: .quad 0
@@ -113,10 +109,9 @@ lt_tramp_regs_start:
     pushfq
     push r11
     mov r11, qword ptr [rip + lt_tramp_regs_tpoff]
-    cmp dword ptr fs:[r11], 0
-    jne 9f
-    mov dword ptr fs:[r11], 1
-    add dword ptr fs:[r11 + 4], 1
+    test byte ptr fs:[r11], 1
+    jnz 9f
+    add dword ptr fs:[r11], 1
     sub rsp, 8
     lea r11, [rbp + 16]
     push r11
@@ -184,7 +179,7 @@ lt_tramp_regs_start:
     pop rsi
     pop rdi
     mov r11, qword ptr [rip + lt_tramp_regs_tpoff]
-    mov dword ptr fs:[r11], 0
+    add dword ptr fs:[r11], 1
     lea rsp, [rbp - 16]
     pop r11
     popfq
