@@ -1,19 +1,49 @@
-//! livetrace's tracers (work in progress): return hooking for the
-//! function-graph tracer.
+//! livetrace's tracers: what people run dynamic tracing for.
+//!
+//! - **function**: which functions ran, when, called from where — one event
+//!   per call.
+//! - **function-graph**: entry and exit of every call, with nesting depth
+//!   and duration, by hooking each traced function's return
+//!   ([`retstack`], the kernel's `ret_stack`/`return_to_handler`).
+//! - **profile**: per function, calls, total and self time, min and max,
+//!   aggregated on the traced threads without keeping events.
+//!
+//! A [`Session`] runs one tracer over the functions a filter names. Its
+//! callback writes fixed-size records into per-thread lock-free ring
+//! buffers ([`livetrace_ring`]) stamped with the calibrated TSC clock; a
+//! reader turns them into a [`livetrace_output::Trace`] at any time, while
+//! tracing runs or after it stopped, for the writers people already use
+//! (ftrace text, Chrome/Perfetto JSON, flame graphs, `uftrace.data`).
+//!
+//! # Invariants
+//!
+//! - Callbacks run with tracing suppressed on their thread (the core's
+//!   recursion guard), and so does the return hook's exit path: nothing the
+//!   tracers do is ever traced.
+//! - A return address is hooked only where its frame is on the shadow stack,
+//!   and every hooked address is restored before anything walks or unwinds
+//!   the stack (see [`retstack`]), so panics, C++ exceptions, thread exits
+//!   and backtraces behave exactly as without tracing.
 
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
 
 pub mod retstack;
+mod session;
+mod symbols;
 
-/// The trace clock (placeholder until the ring crate's calibrated TSC clock).
+pub use retstack::{shadow_stats, ShadowStats, MAX_DEPTH};
+pub use session::{Config, Session, Tracer};
+
+/// The trace clock, calibrated once.
+pub(crate) fn clock() -> &'static livetrace_ring::Clock {
+    livetrace_ring::Clock::get()
+}
+
+/// Clock ticks now.
+#[inline]
 pub(crate) fn clock_now() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    clock().now()
 }
 
 /// Ends the process when the traced program's control flow can no longer be

@@ -48,7 +48,7 @@ struct Frame {
     func: usize,
     entry_ticks: u64,
     child_ticks: u64,
-    sink: *const dyn Sink,
+    sink: u32,
 }
 
 struct Shadow {
@@ -65,13 +65,8 @@ const EMPTY: Frame = Frame {
     func: 0,
     entry_ticks: 0,
     child_ticks: 0,
-    sink: std::ptr::null::<NoSink>() as *const dyn Sink,
+    sink: 0,
 };
-
-struct NoSink;
-impl Sink for NoSink {
-    fn exit(&self, _: usize, _: u64, _: u64, _: u32) {}
-}
 
 thread_local! {
     static SHADOW: Shadow = const {
@@ -114,15 +109,17 @@ pub fn depth() -> usize {
 /// trampoline's return slot. Returns the frame's depth, or `None` when the
 /// shadow stack is full (counted).
 ///
+/// `sink` is the id of a sink published with [`publish_sink`]; if it is gone
+/// when the function returns, the exit is not recorded.
+///
 /// # Safety
 /// `slot` is the live return-address slot of a function being entered on
-/// this thread, and `sink` stays valid until the frame is popped or dropped
-/// (sessions unpublish and wait for quiescence before freeing it).
+/// this thread.
 pub(crate) unsafe fn hook(
     slot: *mut usize,
     func: usize,
     entry_ticks: u64,
-    sink: *const dyn Sink,
+    sink: u32,
 ) -> Option<u32> {
     SHADOW.with(|s| {
         let d = s.depth.get();
@@ -176,9 +173,8 @@ extern "C" fn graph_exit(slot: usize) -> usize {
         if d > 0 {
             frames[d - 1].child_ticks = frames[d - 1].child_ticks.wrapping_add(total);
         }
-        if !f.sink.is_null() {
-            // SAFETY: sinks outlive their frames (see `hook`).
-            unsafe { (*f.sink).exit(f.func, f.entry_ticks, f.child_ticks, d as u32) };
+        if let Some(sink) = lookup_sink(f.sink) {
+            sink.exit(f.func, f.entry_ticks, f.child_ticks, d as u32);
         }
         f.ret
     })
@@ -216,6 +212,68 @@ fn rehook() {
             unsafe { (f.slot as *mut usize).write(return_to_handler_addr()) };
         }
     })
+}
+
+// ---------------------------------------------------------------------------
+// Sinks by id. Hooked frames may outlive what they report to (a traced
+// `main` returns when the program ends), so a frame names its sink by id
+// and the exit path looks the id up in a published registry. The registry
+// is read with tracing suppressed, so the core's quiescence wait covers
+// its readers: a sink is unpublished, waited for, and only then freed.
+
+struct Registry {
+    sinks: Vec<(u32, *const dyn Sink)>,
+}
+
+static REGISTRY: std::sync::atomic::AtomicPtr<Registry> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+static REGISTRY_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn lookup_sink(id: u32) -> Option<&'static dyn Sink> {
+    let r = REGISTRY.load(std::sync::atomic::Ordering::Acquire);
+    if r.is_null() {
+        return None;
+    }
+    // SAFETY: a published registry, and every sink in it, is freed only
+    // after a quiescence wait, which waits for this (suppressed) thread.
+    let r = unsafe { &*r };
+    r.sinks.iter().find(|(i, _)| *i == id).map(|&(_, p)| {
+        // SAFETY: as above.
+        unsafe { &*p }
+    })
+}
+
+fn change_registry(change: impl FnOnce(&mut Vec<(u32, *const dyn Sink)>)) {
+    use std::sync::atomic::Ordering::{AcqRel, Acquire};
+    let _g = REGISTRY_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let old = REGISTRY.load(Acquire);
+    let mut sinks = if old.is_null() {
+        Vec::new()
+    } else {
+        // SAFETY: replaced only under the lock we hold.
+        unsafe { &*old }.sinks.clone()
+    };
+    change(&mut sinks);
+    let old = REGISTRY.swap(Box::into_raw(Box::new(Registry { sinks })), AcqRel);
+    if !old.is_null() {
+        // Exit paths may still hold the old registry, or the sink it named.
+        let _ = livetrace_ftrace::synchronize();
+        // SAFETY: from Box::into_raw above; no reader is left.
+        drop(unsafe { Box::from_raw(old) });
+    }
+}
+
+/// Publishes `sink` under `id` for hooked frames to report to.
+///
+/// # Safety
+/// `sink` stays valid until [`unpublish_sink`]`(id)` has returned.
+pub(crate) unsafe fn publish_sink(id: u32, sink: *const dyn Sink) {
+    change_registry(|v| v.push((id, sink)));
+}
+
+/// Removes sink `id`; when this returns no exit path can still be using it.
+pub(crate) fn unpublish_sink(id: u32) {
+    change_registry(|v| v.retain(|(i, _)| *i != id));
 }
 
 std::arch::global_asm!(
@@ -401,13 +459,14 @@ mod tests {
         ];
         with_table(|t| t.insert_external(&sites)).unwrap().unwrap();
         let log: &'static Log = Box::leak(Box::default());
+        // SAFETY: the log is leaked, so it outlives its publication.
+        unsafe { publish_sink(9999, log as *const dyn Sink) };
         let ops = Ops::builder("graph-test")
             .filter(Pattern::parse("g::*"))
             .build(move |call| {
-                let sink: *const dyn Sink = log;
-                // SAFETY: the slot is this call's return slot; the log is leaked.
+                // SAFETY: the slot is this call's return slot.
                 if let Some(d) =
-                    unsafe { hook(call.return_slot(), call.ip(), crate::clock_now(), sink) }
+                    unsafe { hook(call.return_slot(), call.ip(), crate::clock_now(), 9999) }
                 {
                     log.0.lock().unwrap().push(('e', call.ip(), d));
                 }
@@ -449,5 +508,6 @@ mod tests {
         assert_eq!(unsafe { lt_g_outer(98) }, 197);
         assert_eq!(log.0.lock().unwrap().len(), 4);
         unregister(&ops).unwrap();
+        unpublish_sink(9999);
     }
 }

@@ -1,0 +1,5 @@
+//! (draft)
+pub mod model;
+mod calls;
+pub mod uftrace;
+pub use model::*;

@@ -1,0 +1,126 @@
+//! Per-thread lock-free trace buffers and the trace clock.
+//!
+//! The crate knows nothing about tracing. Tracers fill fixed 32-byte
+//! [`Record`]s (a timestamp from [`clock`] and three words whose meaning is
+//! theirs) and hand them to a [`Rings`], which keeps one ring buffer per
+//! writing thread.
+//!
+//! # Model
+//!
+//! A [`Rings`] is one tracing session's set of buffers; several may exist at
+//! once and never share a buffer. A thread's first [`Rings::write`] to a
+//! given `Rings` creates its buffer there (a lock, an `mmap`: the only
+//! allocation a writer ever does); later writes find it through a
+//! thread-local `(rings id, buffer)` cache, falling back to a lock-free
+//! per-thread list of the thread's buffers when it alternates between
+//! sessions. Buffers are owned by the `Rings`, not the thread: a thread's
+//! records stay readable after it exits, and [`Rings::drain`] frees the
+//! buffer once the exited thread's last record has been consumed.
+//!
+//! Readers ([`Rings::drain`] to consume, [`Rings::snapshot`] to copy) run
+//! on any thread, concurrently with writers, and never block them.
+//!
+//! # Invariants
+//!
+//! - **Single writer.** A buffer is written only by the thread that created
+//!   it; `write` is not reentrant on one thread. A signal handler that
+//!   interrupted a `write` must not write itself (the push would store into
+//!   the same slot and one record would be lost or torn): the tracing core's
+//!   per-thread recursion guard ensures it, since trace callbacks never nest
+//!   on one thread. Hence the push is wait-free and needs no atomic
+//!   read-modify-write: plain stores (the `started` marker below, the
+//!   record), then a Release store of the buffer's `head` (the count of
+//!   records ever pushed).
+//! - **Publication.** A reader loads `head` with Acquire, so every record
+//!   below it is fully visible.
+//! - **No torn records (Overwrite mode).** The writer may overwrite a record
+//!   while a reader copies it. Slots are atomic words (plain moves on
+//!   x86-64), and the two sides follow the seqlock protocol. The writer
+//!   first stores `started = h + 1` (record `h` is being written, over
+//!   record `h - capacity`), then `fence(Release)` (a compiler barrier on
+//!   x86-64), then the record, then `head`. The reader copies, issues
+//!   `fence(Acquire)`, loads `started`, and discards every copied record
+//!   below `started - capacity`, counting it lost: a copy that saw any
+//!   overwritten word is guaranteed to see the `started` that condemns it,
+//!   and an idle writer condemns nothing.
+//! - **DropNewest mode.** The writer refuses a record when `head - tail`
+//!   reaches the capacity, so it never touches unread slots: the reader's
+//!   Release store of `tail` after copying pairs with the writer's Acquire
+//!   load of it, which the writer repeats only when the buffer looks full.
+//! - **Loss accounting.** Overwritten records are counted by the reader (it
+//!   sees the gap), refused ones by the writer (a per-buffer counter it alone
+//!   stores to). Every record pushed is eventually delivered by a drain,
+//!   counted lost, or still in the buffer: nothing disappears uncounted.
+//!   Records a thread writes when it cannot have a buffer (out of memory,
+//!   or writing from a thread-local destructor after its exit hook ran) are
+//!   counted in [`Rings::unattributed_lost`].
+//! - **Readers** take a per-buffer lock, so drains and snapshots on the same
+//!   `Rings` take turns buffer by buffer; writers never take it.
+//!
+//! # Lifetime
+//!
+//! Safe Rust guarantees no `write` is running when a `Rings` is dropped
+//! (`write` borrows it), and dropping the `Rings` frees every buffer. Code
+//! that calls `write` through a raw pointer (a trampoline's callback) must
+//! itself keep the `Rings` alive until no thread can still be inside it:
+//! the tracing core's quiescence wait provides that before it drops its
+//! `Arc`. The thread-local caches never keep a buffer alive and never
+//! dangle in a harmful way: `Rings` ids are never reused, a cached pointer
+//! is used only with the `Rings` whose id it is cached under, and that
+//! `Rings`, being borrowed, still owns the buffer. A buffer is freed before
+//! its `Rings` only once its thread's exit hook (a thread-local destructor)
+//! has cleared the cache and marked it exited, so no path leads back to it.
+//! A thread that exits without running destructors is reported exited
+//! (its tid is gone) but its buffer is kept until the `Rings` is dropped.
+//!
+//! After `fork`, the child's copy of the forking thread keeps writing to
+//! the buffer it had, still labelled with the parent thread's tid; the
+//! other threads' buffers show as exited.
+//!
+//! # Example
+//!
+//! ```
+//! use livetrace_ring::{Clock, Config, Mode, Record, Rings};
+//!
+//! let rings = Rings::new(Config { records_per_thread: 1024, mode: Mode::Overwrite, ..Config::default() });
+//! let clock = Clock::get();
+//! rings.write(Record { ts: clock.now(), a: 1, b: 2, c: 3 });
+//! rings.drain(|tid, name, records, lost| {
+//!     for r in records {
+//!         println!("{tid} {name} {} ns: {} {} {}", clock.to_ns(r.ts), r.a, r.b, r.c);
+//!     }
+//!     assert_eq!(lost, 0);
+//! });
+//! ```
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod clock;
+pub mod ring;
+mod sys;
+
+pub use clock::{Clock, Source};
+pub use ring::{Config, Mode, Rings, ThreadBuffer, Writer, DEFAULT_RECORDS_PER_THREAD};
+
+/// One trace event: a timestamp ([`Clock::now`] ticks) and three words the
+/// tracer defines. 32 bytes, so two share a cache line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Record {
+    /// Timestamp in clock ticks; convert with [`Clock::to_ns`].
+    pub ts: u64,
+    /// Tracer-defined.
+    pub a: u64,
+    /// Tracer-defined.
+    pub b: u64,
+    /// Tracer-defined.
+    pub c: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<Record>() == 32);
+
+/// The calling thread's kernel thread id, as the buffers report it.
+pub fn gettid() -> i32 {
+    sys::gettid()
+}

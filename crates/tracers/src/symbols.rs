@@ -1,0 +1,109 @@
+//! Names and process facts for the outputs.
+//!
+//! Traced functions are named from the record table (full Rust paths,
+//! demangled C++). Callers are arbitrary return addresses: they are named by
+//! the traced function containing them when there is one, else by the
+//! dynamic linker's symbol (`dladdr`), else left as an address.
+
+use livetrace_output::{Event, Mapping, Symbols, Trace};
+
+/// A trace with this process's identity and mappings, and no threads yet.
+pub(crate) fn process_trace() -> Trace {
+    let program = std::fs::read_link("/proc/self/exe")
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let cmdline = std::fs::read("/proc/self/cmdline")
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    Trace {
+        pid: std::process::id(),
+        program,
+        cmdline,
+        start_ns: 0,
+        threads: Vec::new(),
+        symbols: Symbols::default(),
+        maps: mappings(),
+    }
+}
+
+/// Executable mappings, from /proc/self/maps.
+fn mappings() -> Vec<Mapping> {
+    let text = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (range, perms, off) = (f.next()?, f.next()?, f.next()?);
+            if !perms.contains('x') {
+                return None;
+            }
+            let path = f.nth(2).unwrap_or("").to_string();
+            let (a, b) = range.split_once('-')?;
+            Some(Mapping {
+                start: u64::from_str_radix(a, 16).ok()?,
+                end: u64::from_str_radix(b, 16).ok()?,
+                offset: u64::from_str_radix(off, 16).ok()?,
+                path,
+            })
+        })
+        .collect()
+}
+
+/// The name of the function at or containing `addr`.
+pub(crate) fn name_of(addr: usize) -> String {
+    if let Some(n) = table_name(addr) {
+        return n;
+    }
+    dladdr_name(addr).unwrap_or_else(|| format!("{addr:#x}"))
+}
+
+fn table_name(addr: usize) -> Option<String> {
+    livetrace_ftrace::with_table(|t| t.find(addr).map(|i| t.name(i).to_string()))
+        .ok()
+        .flatten()
+}
+
+fn dladdr_name(addr: usize) -> Option<String> {
+    let mut info = std::mem::MaybeUninit::<libc::Dl_info>::zeroed();
+    // SAFETY: dladdr only reads the loader's tables and fills `info`.
+    let ok = unsafe { libc::dladdr(addr as *const _, info.as_mut_ptr()) };
+    // SAFETY: dladdr succeeded, so the struct is initialised.
+    let info = unsafe { info.assume_init() };
+    if ok == 0 || info.dli_sname.is_null() {
+        return None;
+    }
+    // SAFETY: dli_sname is a NUL-terminated string owned by the loader.
+    let raw = unsafe { std::ffi::CStr::from_ptr(info.dli_sname) }.to_string_lossy();
+    let name = livetrace_sites::demangle(&raw).unwrap_or_else(|| raw.into_owned());
+    let off = addr - info.dli_saddr as usize;
+    Some(if off == 0 {
+        name
+    } else {
+        format!("{name}+{off:#x}")
+    })
+}
+
+/// Names every function and caller address the trace's events mention.
+pub(crate) fn name_events(trace: &mut Trace) {
+    let mut addrs: Vec<u64> = Vec::new();
+    for t in &trace.threads {
+        for e in &t.events {
+            match *e {
+                Event::Call { func, caller, .. } => {
+                    addrs.push(func);
+                    addrs.push(caller);
+                }
+                Event::Entry { func, .. } | Event::Exit { func, .. } => addrs.push(func),
+            }
+        }
+    }
+    addrs.sort_unstable();
+    addrs.dedup();
+    for a in addrs {
+        trace.symbols.insert(a, 0, name_of(a as usize));
+    }
+}

@@ -1,0 +1,276 @@
+//! The tracers end to end: what each records, on real functions.
+
+use std::sync::Once;
+
+use livetrace_fixtures as fx;
+use livetrace_ftrace::with_table;
+use livetrace_output::Event;
+use livetrace_sites::ExternalSite;
+use livetrace_tracers::{shadow_stats, Config, Session, Tracer};
+
+// Traced Rust functions: a NOP5 entry stub jumping to the body.
+macro_rules! traced {
+    ($($stub:ident => $body:ident),* $(,)?) => {
+        std::arch::global_asm!(
+            ".pushsection .text.lt_sessions_test,\"ax\",@progbits",
+            $(
+                ".p2align 4",
+                concat!(".globl ", stringify!($stub)),
+                concat!(stringify!($stub), ": .byte 0x0f,0x1f,0x44,0x00,0x00"),
+                concat!("    jmp {", stringify!($body), "}"),
+            )*
+            ".popsection",
+            $($body = sym $body,)*
+        );
+        unsafe extern "C-unwind" {
+            $(fn $stub(n: u64) -> u64;)*
+        }
+    };
+}
+
+traced!(t_outer => outer_body, t_middle => middle_body, t_leaf => leaf_body, t_boom => boom_body);
+
+extern "C-unwind" fn outer_body(n: u64) -> u64 {
+    // SAFETY: plain calls through the stubs (same ABI as the bodies).
+    unsafe { t_middle(n) + t_leaf(n) }
+}
+extern "C-unwind" fn middle_body(n: u64) -> u64 {
+    let mut s = 0;
+    for i in 0..n {
+        // SAFETY: as above.
+        s += unsafe { t_leaf(i) };
+    }
+    s
+}
+extern "C-unwind" fn leaf_body(n: u64) -> u64 {
+    std::hint::black_box(n * 3)
+}
+extern "C-unwind" fn boom_body(n: u64) -> u64 {
+    if n > 0 {
+        // SAFETY: as above.
+        return unsafe { t_boom(n - 1) };
+    }
+    panic!("boom at the bottom");
+}
+
+fn addr(f: unsafe extern "C-unwind" fn(u64) -> u64) -> u64 {
+    f as *const () as u64
+}
+
+fn setup() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let names: Vec<String> = (0..64).map(|i| format!("fx::f{i:05}")).collect();
+        let mut sites: Vec<ExternalSite<'_>> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| ExternalSite {
+                addr: fx::site(i),
+                name: n,
+                file: "fixtures",
+                line: i as u32,
+            })
+            .collect();
+        for (f, n) in [
+            (addr(t_outer), "t::outer"),
+            (addr(t_middle), "t::middle"),
+            (addr(t_leaf), "t::leaf"),
+            (addr(t_boom), "t::boom"),
+        ] {
+            sites.push(ExternalSite {
+                addr: f as usize,
+                name: n,
+                file: file!(),
+                line: 1,
+            });
+        }
+        with_table(|t| t.insert_external(&sites)).unwrap().unwrap();
+    });
+}
+
+/// This thread's events (other tests run in parallel threads).
+fn mine(trace: &livetrace_output::Trace) -> &livetrace_output::ThreadTrace {
+    let me = livetrace_ring::gettid() as u32;
+    trace
+        .threads
+        .iter()
+        .find(|t| t.tid == me)
+        .expect("this thread recorded events")
+}
+
+fn names(trace: &livetrace_output::Trace, events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match *e {
+            Event::Call { func, .. } => {
+                format!("call {}", trace.symbols.name_of(func).unwrap_or("?"))
+            }
+            Event::Entry { func, depth, .. } => {
+                format!("{depth}>{}", trace.symbols.name_of(func).unwrap_or("?"))
+            }
+            Event::Exit { func, depth, .. } => {
+                format!("{depth}<{}", trace.symbols.name_of(func).unwrap_or("?"))
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn function_tracer_records_every_call_with_its_caller() {
+    setup();
+    let mut s = Session::start(Config::new(Tracer::Function, &["fx::f0000?"])).unwrap();
+    let me = function_tracer_records_every_call_with_its_caller as *const () as u64;
+    std::thread::scope(|sc| {
+        for _ in 0..2 {
+            sc.spawn(|| {
+                for i in 0..20 {
+                    assert_eq!(fx::call(i), fx::value_of(i));
+                }
+            });
+        }
+    });
+    s.stop().unwrap();
+    fx::call(1); // not recorded any more
+    let trace = s.snapshot();
+    let threads: Vec<_> = trace
+        .threads
+        .iter()
+        .filter(|t| !t.events.is_empty())
+        .collect();
+    assert_eq!(threads.len(), 2);
+    for t in threads {
+        assert_eq!(t.lost, 0);
+        let got = names(&trace, &t.events);
+        let want: Vec<String> = (0..10).map(|i| format!("call fx::f{i:05}")).collect();
+        assert_eq!(got, want);
+        let mut last = 0;
+        for e in &t.events {
+            let Event::Call { ts, caller, .. } = *e else {
+                panic!()
+            };
+            assert!(ts >= last && ts >= trace.start_ns);
+            last = ts;
+            // The caller is inside this test's closure, not the fixture.
+            assert!(fx::index_of(caller as usize).is_none() && caller != 0);
+        }
+    }
+    let _ = me;
+}
+
+#[test]
+fn graph_tracer_records_nesting_and_durations() {
+    setup();
+    let s = Session::start(Config::new(
+        Tracer::Graph,
+        &["t::outer", "t::middle", "t::leaf"],
+    ))
+    .unwrap();
+    // SAFETY: plain call through the stub.
+    assert_eq!(unsafe { t_outer(2) }, 3 + 6);
+    let trace = s.snapshot();
+    let t = mine(&trace);
+    assert_eq!(
+        names(&trace, &t.events),
+        [
+            "0>t::outer",
+            "1>t::middle",
+            "2>t::leaf",
+            "2<t::leaf",
+            "2>t::leaf",
+            "2<t::leaf",
+            "1<t::middle",
+            "1>t::leaf",
+            "1<t::leaf",
+            "0<t::outer"
+        ]
+    );
+    // Entries and exits pair up, nest, and take time.
+    let mut stack = Vec::new();
+    for e in &t.events {
+        match *e {
+            Event::Entry { ts, func, depth } => stack.push((ts, func, depth)),
+            Event::Exit { ts, func, depth } => {
+                let (t0, f0, d0) = stack.pop().unwrap();
+                assert_eq!((f0, d0), (func, depth));
+                assert!(ts > t0, "duration is positive");
+            }
+            Event::Call { .. } => panic!(),
+        }
+    }
+    assert!(stack.is_empty());
+}
+
+#[test]
+fn graph_tracer_survives_a_panic_through_traced_frames() {
+    setup();
+    let s = Session::start(Config::new(Tracer::Graph, &["t::boom", "t::leaf"])).unwrap();
+    let before = shadow_stats();
+    // SAFETY: plain call through the stub.
+    let r = std::panic::catch_unwind(|| unsafe { t_boom(3) });
+    assert!(r.is_err(), "the panic is caught as without tracing");
+    assert_eq!(shadow_stats().unwound, before.unwound + 4);
+    // Tracing goes on correctly after it.
+    // SAFETY: as above.
+    assert_eq!(unsafe { t_leaf(5) }, 15);
+    let trace = s.snapshot();
+    let t = mine(&trace);
+    let got = names(&trace, &t.events);
+    assert_eq!(
+        got[..4],
+        ["0>t::boom", "1>t::boom", "2>t::boom", "3>t::boom"]
+    );
+    assert_eq!(got[4..], ["0>t::leaf", "0<t::leaf"]);
+}
+
+#[test]
+fn profile_counts_calls_and_separates_self_time() {
+    setup();
+    let s = Session::start(Config::new(
+        Tracer::Profile,
+        &["t::outer", "t::middle", "t::leaf"],
+    ))
+    .unwrap();
+    for _ in 0..10 {
+        // SAFETY: plain call through the stub.
+        unsafe { t_outer(50) };
+    }
+    let rows = s.profile();
+    let row = |n: &str| {
+        rows.iter()
+            .find(|r| r.name == n)
+            .unwrap_or_else(|| panic!("{n} in {rows:?}"))
+    };
+    assert_eq!(row("t::outer").calls, 10);
+    assert_eq!(row("t::middle").calls, 10);
+    assert_eq!(row("t::leaf").calls, 10 * 51);
+    for r in &rows {
+        assert!(
+            r.self_ns <= r.total_ns && r.min_ns <= r.max_ns && r.min_ns > 0,
+            "{r:?}"
+        );
+    }
+    let (o, m) = (row("t::outer"), row("t::middle"));
+    assert!(o.total_ns >= m.total_ns, "outer includes middle");
+    assert!(
+        o.self_ns < o.total_ns,
+        "outer's self time excludes its children"
+    );
+}
+
+#[test]
+fn a_full_buffer_counts_what_it_loses() {
+    setup();
+    let mut cfg = Config::new(Tracer::Function, &["fx::f0002?"]);
+    cfg.ring.records_per_thread = 64;
+    cfg.ring.mode = livetrace_ring::Mode::DropNewest;
+    let s = Session::start(cfg).unwrap();
+    for _ in 0..30 {
+        for i in 20..30 {
+            fx::call(i);
+        }
+    }
+    let trace = s.snapshot();
+    let t = mine(&trace);
+    assert_eq!(t.events.len() as u64 + t.lost, 300);
+    assert_eq!(t.events.len(), 64);
+}
