@@ -5,8 +5,10 @@
 //! measured in the same process: the machines are shared and noisy.
 
 mod callback;
+mod disabled;
 mod patch;
 mod stats;
+mod tracers;
 mod trap;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +28,12 @@ enum Bench {
     Trap(trap::Args),
     /// Cost per call with ops attached: dedicated, list and regs callers.
     Callback(callback::Args),
+    /// Cost of a call to a `#[traced]` function with its site disabled.
+    Disabled,
+    /// Cost per call recorded by the function tracer.
+    Function(tracers::Args),
+    /// Cost per call recorded by the function-graph tracer (entry and exit).
+    Graph(tracers::Args),
 }
 
 fn main() {
@@ -33,5 +41,8 @@ fn main() {
         Bench::Patch(a) => patch::run(a),
         Bench::Trap(a) => trap::run(a),
         Bench::Callback(a) => callback::run(a),
+        Bench::Disabled => disabled::run(),
+        Bench::Function(a) => tracers::run(livetrace_tracers::Tracer::Function, a),
+        Bench::Graph(a) => tracers::run(livetrace_tracers::Tracer::Graph, a),
     }
 }

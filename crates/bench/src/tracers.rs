@@ -1,0 +1,70 @@
+//! `function` and `graph`: what a traced call costs when the tracer records
+//! it, against the same kind of function with its site disabled, in
+//! interleaved rounds. The ring buffers run in overwrite mode, so every
+//! call really writes its records.
+
+use std::time::Instant;
+
+use livetrace_fixtures as fx;
+use livetrace_ftrace::with_table;
+use livetrace_sites::ExternalSite;
+use livetrace_tracers::{Config, Session, Tracer};
+
+use crate::stats::median;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Calls per measurement.
+    #[arg(long, default_value_t = 1_000_000)]
+    calls: usize,
+    /// Rounds of each kind, interleaved.
+    #[arg(long, default_value_t = 21)]
+    rounds: usize,
+}
+
+#[inline(never)]
+fn per_call(i: usize, n: usize) -> f64 {
+    let t = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(fx::call(std::hint::black_box(i)));
+    }
+    t.elapsed().as_nanos() as f64 / n as f64
+}
+
+pub fn run(tracer: Tracer, a: Args) {
+    let names: Vec<String> = (0..2).map(|i| format!("bench::f{i}")).collect();
+    let sites: Vec<ExternalSite<'_>> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| ExternalSite { addr: fx::site(i), name: n, file: file!(), line: 0 })
+        .collect();
+    with_table(|t| t.insert_external(&sites)).expect("core").expect("sites");
+    let mut cfg = Config::new(tracer, &["bench::f1"]);
+    cfg.ring.mode = livetrace_ring::Mode::Overwrite;
+    let session = Session::start(cfg).unwrap_or_else(|e| panic!("{e}"));
+    let (mut base, mut traced) = (Vec::new(), Vec::new());
+    per_call(1, a.calls / 10);
+    for _ in 0..a.rounds {
+        base.push(per_call(0, a.calls));
+        traced.push(per_call(1, a.calls));
+    }
+    let snap = session.snapshot();
+    let recorded: usize = snap.threads.iter().map(|t| t.events.len()).sum();
+    let lost: u64 = snap.threads.iter().map(|t| t.lost).sum();
+    drop(session);
+    let (b, t) = (median(&mut base), median(&mut traced));
+    let name = match tracer {
+        Tracer::Function => "function",
+        Tracer::Graph => "graph",
+        Tracer::Profile => "profile",
+    };
+    eprintln!(
+        "{name}: {} rounds of {} calls; {recorded} records in the buffer at the end, {lost} overwritten",
+        a.rounds, a.calls
+    );
+    println!(
+        "RESULT bench={name} baseline_ns={b:.2} traced_ns={t:.2} overhead_ns={:.2} clock={:?}",
+        t - b,
+        livetrace_ring::Clock::get().source()
+    );
+}

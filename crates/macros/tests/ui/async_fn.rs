@@ -1,0 +1,6 @@
+#[livetrace::traced]
+async fn fetch() -> u32 {
+    1
+}
+
+fn main() {}

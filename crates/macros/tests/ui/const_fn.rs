@@ -1,0 +1,6 @@
+#[livetrace::traced]
+const fn seven() -> u32 {
+    7
+}
+
+fn main() {}
