@@ -438,16 +438,21 @@ impl Core {
             .collect()
     }
 
-    /// The record of the function at `addr`: its site, or its entry when the
-    /// site follows an `endbr64`.
+    /// The record of the function at `addr`: its site; its entry when the
+    /// site follows an `endbr64`; or, for a function whose entry is not the
+    /// site itself (a `#[traced]` function's inline wrapper, taken as a
+    /// function pointer), the site its first instructions lead to.
     fn record_at(&self, addr: usize) -> Option<usize> {
-        self.table.find(addr).or_else(|| {
-            let i = self.table.find(addr + 4)?;
-            // SAFETY: addr..addr+4 precedes a live site in the same
-            // function, so it is mapped text.
-            let head = unsafe { std::ptr::read_volatile(addr as *const [u8; 4]) };
-            (head == [0xf3, 0x0f, 0x1e, 0xfa]).then_some(i)
-        })
+        if let Some(i) = self.table.find(addr) {
+            return Some(i);
+        }
+        let code = livetrace_poke::read_text(addr, 4).ok()?;
+        if code == [0xf3, 0x0f, 0x1e, 0xfa] {
+            if let Some(i) = self.table.find(addr + 4) {
+                return Some(i);
+            }
+        }
+        wrapper_target(addr, |a| self.table.find(a))
     }
 
     fn trampoline(
@@ -639,6 +644,50 @@ struct Garbage {
     list: *mut OpsList,
     trampolines: Vec<usize>,
     ops: Option<Ops>,
+}
+
+/// Looks through the first instructions at `addr` for the site a wrapper
+/// calls: `call`/`jmp rel32` (optimised builds), `lea r64, [rip + disp32]`
+/// followed by an indirect call (unoptimised builds), or `mov r64, [rip +
+/// disp32]` loading it from the GOT (calls across crates). A candidate
+/// counts only if it is exactly the address of a known site, so stray
+/// byte patterns inside other instructions cannot match anything else.
+fn wrapper_target(addr: usize, find: impl Fn(usize) -> Option<usize>) -> Option<usize> {
+    const SCAN: usize = 96;
+    let code = (0..=SCAN)
+        .rev()
+        .step_by(16)
+        .find_map(|n| livetrace_poke::read_text(addr, n).ok())?;
+    let rel = |at: usize| -> Option<usize> {
+        let d = i32::from_le_bytes(code.get(at..at + 4)?.try_into().ok()?);
+        Some((addr + at + 4).wrapping_add(d as isize as usize))
+    };
+    for i in 0..code.len() {
+        let direct = matches!(code[i], 0xe8 | 0xe9).then(|| rel(i + 1)).flatten();
+        if let Some(i) = direct.and_then(&find) {
+            return Some(i);
+        }
+        // REX.W (+R) 8d/8b with ModRM mod=00 rm=101: RIP-relative.
+        let rip_rel = matches!(code[i], 0x48 | 0x4c)
+            && code.get(i + 2).is_some_and(|m| m & 0xc7 == 0x05)
+            && matches!(code.get(i + 1), Some(0x8d | 0x8b));
+        if rip_rel {
+            let Some(t) = rel(i + 3) else { continue };
+            let target = if code[i + 1] == 0x8d {
+                Some(t)
+            } else {
+                // The GOT is data: a checked read, since a byte pattern
+                // found by scanning may point anywhere.
+                livetrace_poke::read_memory(t, 8)
+                    .ok()
+                    .map(|b| usize::from_le_bytes(b.try_into().expect("8 bytes")))
+            };
+            if let Some(i) = target.and_then(&find) {
+                return Some(i);
+            }
+        }
+    }
+    None
 }
 
 fn symmetric_difference(a: &[usize], b: &[usize]) -> Vec<usize> {

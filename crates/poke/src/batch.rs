@@ -348,6 +348,35 @@ pub fn read_site(site: usize) -> Result<[u8; 5], Error> {
     Ok(read5(site))
 }
 
+/// Reads `len` bytes of text at `addr`, checking first that they are all
+/// mapped readable and executable.
+pub fn read_text(addr: usize, len: usize) -> Result<Vec<u8>, Error> {
+    let maps = Maps::read().map_err(Error::Io)?;
+    if !maps.is_text(addr, len) {
+        return Err(Error::NotText { site: addr });
+    }
+    let mut out = vec![0u8; len];
+    for (i, b) in out.iter_mut().enumerate() {
+        // SAFETY: [addr, addr+len) is mapped readable (checked above).
+        *b = unsafe { std::ptr::read_volatile((addr + i) as *const u8) };
+    }
+    Ok(out)
+}
+
+/// Reads `len` bytes of any readable memory at `addr` (checked first).
+pub fn read_memory(addr: usize, len: usize) -> Result<Vec<u8>, Error> {
+    let maps = Maps::read().map_err(Error::Io)?;
+    if !maps.is_readable(addr, len) {
+        return Err(Error::NotText { site: addr });
+    }
+    let mut out = vec![0u8; len];
+    for (i, b) in out.iter_mut().enumerate() {
+        // SAFETY: [addr, addr+len) is mapped readable (checked above).
+        *b = unsafe { std::ptr::read_volatile((addr + i) as *const u8) };
+    }
+    Ok(out)
+}
+
 /// Rewrites the five bytes at `site` from `expected` to `new` with plain
 /// stores, without the int3 protocol: the kernel's `text_poke_early`.
 ///

@@ -79,7 +79,10 @@ mod trap;
 
 use std::fmt;
 
-pub use batch::{poke_quiescent, read_site, Applied, Batch, Phase, RejectReason, Rejection};
+pub use batch::{
+    poke_quiescent, read_memory, read_site, read_text, Applied, Batch, Phase, RejectReason,
+    Rejection,
+};
 pub use insn::{rel32, EncodeError, Insn, INT3, NOP1X5, NOP5};
 pub use probe::{sample_threads, tls_offset_of, ThreadSample};
 pub use trap::{trap_stats, TrapStats};

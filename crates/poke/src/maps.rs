@@ -64,6 +64,21 @@ impl Maps {
         self.regions.get(i).filter(|r| r.start <= addr)
     }
 
+    /// Whether `[addr, addr+len)` is entirely mapped readable.
+    pub fn is_readable(&self, addr: usize, len: usize) -> bool {
+        let Some(end) = addr.checked_add(len) else {
+            return false;
+        };
+        let mut at = addr;
+        while at < end {
+            match self.find(at) {
+                Some(r) if r.prot & libc::PROT_READ != 0 => at = r.end,
+                _ => return false,
+            }
+        }
+        true
+    }
+
     /// Whether `[addr, addr+len)` is entirely mapped readable and executable,
     /// possibly across adjacent regions.
     pub fn is_text(&self, addr: usize, len: usize) -> bool {
