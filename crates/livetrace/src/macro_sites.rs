@@ -1,7 +1,7 @@
 //! Reading the site records that `#[traced]` leaves in section
 //! `livetrace_sites`.
 //!
-//! Each record is four 8-byte words, written by assembler directives next
+//! Each record is five 8-byte words, written by assembler directives next
 //! to its site stub (see `livetrace-macros`):
 //!
 //! | word | meaning                                        |
@@ -10,6 +10,7 @@
 //! | 1    | address of a `static _: &'static str`: path     |
 //! | 2    | address of a `static _: &'static str`: file     |
 //! | 3    | line of the function's name                     |
+//! | 4    | address of a `static _: &'static str`: signature |
 //!
 //! The linker gathers every object's records into one array bounded by
 //! `__start_livetrace_sites` and `__stop_livetrace_sites`. It defines those
@@ -32,6 +33,12 @@ pub struct MacroSite {
     pub file: &'static str,
     /// Line of the function's name.
     pub line: u32,
+    /// The function's type as written, `Self` spelled out:
+    /// `fn(u64) -> u64`, `fn(&app::Parser, &str) -> bool`. Empty when
+    /// unknown (generic functions: their instantiations need not share
+    /// one). The control socket lets one function be live-patched onto
+    /// another only when both are known and equal.
+    pub signature: &'static str,
 }
 
 /// The in-section layout; must match `record_lines` in `livetrace-macros`.
@@ -41,6 +48,7 @@ struct RawRecord {
     path: *const &'static str,
     file: *const &'static str,
     line: u64,
+    signature: *const &'static str,
 }
 
 static SENTINEL_STR: &str = "";
@@ -56,6 +64,7 @@ global_asm!(
     ".quad {s}",
     ".quad {s}",
     ".quad 0",
+    ".quad {s}",
     ".popsection",
     s = sym SENTINEL_STR,
 );
@@ -80,22 +89,23 @@ pub fn macro_sites() -> impl Iterator<Item = MacroSite> {
     (0..n).filter_map(move |i| {
         // SAFETY: `start..stop` is the linker-gathered `livetrace_sites`
         // section; every contribution to it is a whole number of 8-aligned
-        // 32-byte records (macro output and the sentinel above), so record
+        // 40-byte records (macro output and the sentinel above), so record
         // `i < n` is in bounds and aligned. The section is never written
         // after relocation.
         let r = unsafe { &*start.add(i) };
         if r.addr == 0 {
             return None;
         }
-        // SAFETY: words 1 and 2 of a non-sentinel record are `sym` operands
-        // naming `static _: &'static str` items, which live for the whole
-        // program.
-        let (path, file) = unsafe { (*r.path, *r.file) };
+        // SAFETY: words 1, 2 and 4 of a non-sentinel record are `sym`
+        // operands naming `static _: &'static str` items, which live for
+        // the whole program.
+        let (path, file, signature) = unsafe { (*r.path, *r.file, *r.signature) };
         Some(MacroSite {
             addr: r.addr,
             path,
             file,
             line: r.line as u32,
+            signature,
         })
     })
 }

@@ -24,8 +24,10 @@ pub(crate) struct Call {
     pub entry: Option<u64>,
     /// None for an unfinished or abandoned call.
     pub exit: Option<u64>,
-    /// For an abandoned call, when its caller's exit showed it had ended.
+    /// For an abandoned call, when its caller's exit showed it had ended,
+    /// and the index of that exit event.
     pub abandoned_at: Option<u64>,
+    pub abandoned_by: Option<usize>,
     pub parent: Option<usize>,
     pub children: Vec<usize>,
     /// Index of the Entry / Exit event in the thread's events.
@@ -80,6 +82,7 @@ impl CallTree {
                         entry: Some(ts),
                         exit: None,
                         abandoned_at: None,
+                        abandoned_by: None,
                         parent,
                         children: Vec::new(),
                         entry_event: Some(idx),
@@ -96,6 +99,7 @@ impl CallTree {
                     if let Some(pos) = open {
                         for abandoned in stack.drain(pos + 1..) {
                             tree.calls[abandoned].abandoned_at = Some(ts);
+                            tree.calls[abandoned].abandoned_by = Some(idx);
                         }
                         let id = stack.pop().expect("pos is within the stack");
                         tree.calls[id].exit = Some(ts);
@@ -108,6 +112,7 @@ impl CallTree {
                                 break;
                             }
                             tree.calls[top].abandoned_at = Some(ts);
+                            tree.calls[top].abandoned_by = Some(idx);
                             stack.pop();
                         }
                         tree.adopt_orphan(stack.last().copied(), ts, func, depth, idx);
@@ -132,28 +137,30 @@ impl CallTree {
 
     fn adopt_orphan(&mut self, parent: Option<usize>, ts: u64, func: u64, depth: u32, idx: usize) {
         let id = self.calls.len();
-        let siblings = std::mem::take(self.siblings(parent));
+        let mut siblings = std::mem::take(self.siblings(parent));
         let calls = &self.calls;
         let split = siblings
             .iter()
             .rposition(|&c| calls[c].depth <= depth)
             .map_or(0, |p| p + 1);
-        let (mut kept, adopted) = (siblings[..split].to_vec(), siblings[split..].to_vec());
-        kept.push(id);
-        *self.siblings(parent) = kept;
+        // Function-tracer calls made since the last sibling that stays
+        // ended happened inside the orphan too.
+        let boundary = split.checked_sub(1).map_or(0, |k| {
+            let last = &calls[siblings[k]];
+            last.exit.or(last.abandoned_at).unwrap_or(0)
+        });
+        let adopted = siblings.split_off(split);
+        siblings.push(id);
+        *self.siblings(parent) = siblings;
         for &child in &adopted {
             self.calls[child].parent = Some(id);
         }
-        // Function-tracer calls made since the last sibling that was not
-        // adopted ended happened inside the orphan too.
-        let boundary = split
-            .checked_sub(1)
-            .map_or(0, |k| {
-                let last = &self.calls[siblings[k]];
-                last.exit.or(last.abandoned_at).unwrap_or(0)
-            });
-        for instant in &mut self.instants {
-            if instant.parent == parent && instant.ts >= boundary {
+        // Instants are in time order: only the latest can be the orphan's.
+        for instant in self.instants.iter_mut().rev() {
+            if instant.ts < boundary {
+                break;
+            }
+            if instant.parent == parent {
                 instant.parent = Some(id);
             }
         }
@@ -163,6 +170,7 @@ impl CallTree {
             entry: None,
             exit: Some(ts),
             abandoned_at: None,
+            abandoned_by: None,
             parent,
             children: adopted,
             entry_event: None,

@@ -1,5 +1,61 @@
-//! (draft)
-pub mod model;
+//! Writes livetrace traces in the formats people already read: ftrace text,
+//! Chrome Trace Event JSON (Perfetto, `chrome://tracing`), folded stacks and
+//! flame graphs, `uftrace.data` directories, and profile tables.
+//!
+//! This crate is pure formatting: it depends on no other livetrace crate, so
+//! a trace can be converted anywhere, long after the traced process is gone.
+//!
+//! # The model
+//!
+//! A [`Trace`] is one process: its pid, program and command line, one
+//! [`ThreadTrace`] per thread, the [`Symbols`] that name every function and
+//! caller address in the events, and the executable [`Mapping`]s of its
+//! loaded objects. A thread holds its [`Event`]s in the order they happened:
+//!
+//! * [`Event::Call`] from the *function* tracer: one per call, with the
+//!   caller's address (a return address inside the caller);
+//! * [`Event::Entry`] and [`Event::Exit`] from the *function-graph* tracer:
+//!   an Exit closes the Entry with the same function and depth.
+//!
+//! Invariants the writers rely on: timestamps are absolute
+//! `CLOCK_MONOTONIC` nanoseconds, non-decreasing within a thread, and
+//! `Trace::start_ns` is no later than the first of them; depths count
+//! nesting from 0 within the thread's traced calls.
+//!
+//! Irregularities every writer copes with, because real traces have them:
+//!
+//! * **Missing exits**: a call still running when the trace was taken, or
+//!   whose thread exited mid-call, has no Exit. Text leaves it open, JSON
+//!   draws it up to the thread's last event and marks it unfinished, the
+//!   profile and folded self times leave it out.
+//! * **Orphan exits**: in ring overwrite mode the oldest events are lost, so
+//!   a thread's first events can be Exits of calls whose Entries were
+//!   overwritten. Each writer rebuilds, from them, the stack the thread was
+//!   on when recording began, so the calls that follow keep their callers.
+//!   An exit that matches no open call anywhere else is treated the same
+//!   way, and open calls above a matching exit are taken to have ended
+//!   there (their exits were lost).
+//! * **Lost events and depth overflows**: per-thread counts, reported by
+//!   every writer that has a place for them.
+//!
+//! # Writers
+//!
+//! | module | format |
+//! |---|---|
+//! | [`text`] | ftrace's `function` and `function_graph` text layouts |
+//! | [`chrome`] | Chrome Trace Event Format JSON |
+//! | [`folded`] | folded stacks; flame graph SVG via `inferno` |
+//! | [`profile`] | per-function rows and a `uftrace report`-like table |
+//! | [`uftrace`] | a `uftrace.data` directory for the `uftrace` tool |
+//!
+//! Each module documents its format and what it follows.
+
 mod calls;
+pub mod chrome;
+pub mod folded;
+pub mod model;
+pub mod profile;
+pub mod text;
 pub mod uftrace;
+
 pub use model::*;

@@ -58,9 +58,7 @@ impl Event {
 
     pub fn func(&self) -> u64 {
         match *self {
-            Event::Call { func, .. } | Event::Entry { func, .. } | Event::Exit { func, .. } => {
-                func
-            }
+            Event::Call { func, .. } | Event::Entry { func, .. } | Event::Exit { func, .. } => func,
         }
     }
 }
@@ -202,7 +200,11 @@ mod tests {
         assert_eq!(s.name_of(0x1100), None);
         assert_eq!(s.name_of(0x201f), Some("b2"));
         assert_eq!(s.name_of(0x3000), Some("c"));
-        assert_eq!(s.name_of(0x3001), None, "a sizeless symbol names its address only");
+        assert_eq!(
+            s.name_of(0x3001),
+            None,
+            "a sizeless symbol names its address only"
+        );
         assert_eq!(s.name_of(0xfff), None);
         assert_eq!(s.display(0x5), "0x5");
         let addrs: Vec<u64> = s.iter().map(|s| s.addr).collect();

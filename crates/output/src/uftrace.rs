@@ -30,9 +30,13 @@
 //!   `type:2 more:1 magic:3 depth:10 addr:48` from bit 0 up (type 0 entry,
 //!   1 exit; magic 5).
 //! * `perf-cpu0.dat`: one `PERF_RECORD_COMM` per named thread (with the
-//!   `PERF_EVENT` feature bit), which is how uftrace learns thread names:
+//!   `PERF_EVENT` feature bit): a perf event header, pid, tid, the
+//!   NUL-padded name and a `sample_id` of pid, tid and time, as the kernel
+//!   writes it for uftrace's `sample_id_all`, `PERF_SAMPLE_TID |
+//!   PERF_SAMPLE_TIME` event. This is how uftrace learns thread names:
 //!   `uftrace info --task` and `uftrace dump --chrome` show them, and
-//!   `uftrace replay` prints a `linux:task-name` event at the thread's start.
+//!   `uftrace replay` prints a `linux:task-name` event at the thread's start
+//!   (when it is inside a function).
 //!
 //! How the model maps onto it:
 //!
@@ -41,10 +45,15 @@
 //!   written as `LOST` records: uftrace v0.13 hides a `LOST` record that is
 //!   outside any function (where a ring in overwrite mode loses events: at
 //!   the start) from `replay`, and `dump --chrome` then writes invalid JSON.
-//! * Leading orphan exits (calls whose Entry was overwritten) are written as
-//!   they are: uftrace takes a thread's call depth from its first record, as
-//!   it does for a recording that starts mid-call, so they close at the
-//!   right depths (with durations it cannot know, shown as about 0).
+//! * Orphan exits (calls whose Entry was overwritten) are left out. uftrace
+//!   never records an exit without its entry, and v0.13 copes with them
+//!   only in part: `replay` shows them closing at the right depths, but
+//!   `graph` then drops the whole thread. The calls that ran inside them
+//!   are shown from the left margin.
+//! * A call whose exit is missing while its caller returns (an exit lost
+//!   mid-trace) gets an exit made up at its caller's exit: uftrace matches
+//!   exits to entries by position on its stack, so without it the caller's
+//!   exit would close the wrong call. Its duration is then an upper bound.
 //! * Calls still open at the end are left open, as uftrace itself leaves
 //!   them when a program exits mid-call: replay shows no closing brace and
 //!   report counts them up to the thread's last timestamp.
@@ -61,11 +70,12 @@
 //! Nothing here needs the traced executable: every symbol comes from the
 //! trace, so the directory can be read on another machine.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
+use crate::calls::CallTree;
 use crate::model::{Event, ThreadTrace, Trace};
 
 const FILE_VERSION: u32 = 4;
@@ -93,7 +103,9 @@ const PERF_RECORD_COMM: u32 = 3;
 const COMM_MAX: usize = 15;
 
 /// Writes `trace` as a uftrace data directory at `dir`, creating it if
-/// needed. Files of the same names are replaced; others are left alone.
+/// needed. Files of the same names are replaced; others are left alone
+/// (uftrace only reads the files `info` and `task.txt` lead it to, and the
+/// `perf-cpu*.dat` files, of which this writes `perf-cpu0.dat`).
 pub fn write_dir(trace: &Trace, dir: impl AsRef<Path>) -> io::Result<()> {
     let dir = dir.as_ref();
     fs::create_dir_all(dir)?;
@@ -103,7 +115,6 @@ pub fn write_dir(trace: &Trace, dir: impl AsRef<Path>) -> io::Result<()> {
 
     let t0 = earliest_ts(trace);
     let sid = session_id(trace);
-    let named = threads.iter().any(|t| !t.name.is_empty());
 
     let mut max_depth = 0u32;
     for thread in &threads {
@@ -117,14 +128,12 @@ pub fn write_dir(trace: &Trace, dir: impl AsRef<Path>) -> io::Result<()> {
         out.flush()?;
     }
 
-    let feat = TASK_SESSION | SYM_REL_ADDR | MAX_STACK | if named { PERF_EVENT } else { 0 };
+    let feat = TASK_SESSION | SYM_REL_ADDR | MAX_STACK | PERF_EVENT;
     let max_stack = u16::try_from((max_depth as usize + 1).max(1024)).unwrap_or(u16::MAX);
     write_info(trace, &threads, dir, feat, max_stack)?;
     write_tasks(trace, &threads, dir, t0, &sid)?;
     write_maps_and_symbols(trace, dir, &sid)?;
-    if named {
-        write_comms(trace, &threads, dir, t0)?;
-    }
+    write_comms(trace, &threads, dir, t0)?;
     write_note(trace, &threads, dir)
 }
 
@@ -184,24 +193,45 @@ fn word(kind: u64, depth: u32, addr: u64) -> u64 {
 }
 
 fn records(thread: &ThreadTrace) -> Records {
-    let mut words = Vec::with_capacity(thread.events.len() + 1);
+    let tree = CallTree::build(thread);
+    // Exits to make up, innermost first, before the event that showed
+    // their calls had ended.
+    let mut closes: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (id, call) in tree.calls.iter().enumerate() {
+        if let Some(idx) = call.abandoned_by {
+            closes.entry(idx).or_default().push(id);
+        }
+    }
+    let orphan_exits: HashSet<usize> = tree
+        .calls
+        .iter()
+        .filter(|c| c.entry.is_none())
+        .filter_map(|c| c.exit_event)
+        .collect();
+    let mut words = Vec::with_capacity(thread.events.len());
     let mut max_depth = 0;
-    // Depth a function-tracer call would have: one below the open call.
-    let mut open: Vec<u32> = Vec::new();
-    for event in &thread.events {
+    let mut instants = tree.instants.iter();
+    for (idx, event) in thread.events.iter().enumerate() {
+        if let Some(calls) = closes.get_mut(&idx) {
+            calls.sort_by_key(|&id| std::cmp::Reverse(tree.calls[id].depth));
+            for &id in calls.iter() {
+                let call = &tree.calls[id];
+                words.push((event.ts(), word(EXIT, call.depth, call.func)));
+            }
+        }
         match *event {
             Event::Entry { ts, func, depth } => {
                 words.push((ts, word(ENTRY, depth, func)));
                 max_depth = max_depth.max(depth);
-                open.push(depth);
             }
             Event::Exit { ts, func, depth } => {
-                words.push((ts, word(EXIT, depth, func)));
-                max_depth = max_depth.max(depth);
-                while open.pop().is_some_and(|d| d > depth) {}
+                if !orphan_exits.contains(&idx) {
+                    words.push((ts, word(EXIT, depth, func)));
+                }
             }
             Event::Call { ts, func, .. } => {
-                let depth = open.last().map_or(0, |d| d + 1);
+                let instant = instants.next().expect("one instant per Call event");
+                let depth = instant.parent.map_or(0, |p| tree.calls[p].depth + 1);
                 words.push((ts, word(ENTRY, depth, func)));
                 words.push((ts, word(EXIT, depth, func)));
                 max_depth = max_depth.max(depth);
@@ -240,6 +270,23 @@ fn write_info(
     fs::write(dir.join("info"), out)
 }
 
+/// A path as the map and `.sym` files can carry it. uftrace reads a map
+/// line's path with `%s` (up to the first blank) and skips paths starting
+/// with `[`, so blanks become `_` and paths that are not absolute
+/// (`[vdso]`, anonymous memory) are put under `/livetrace/`. The session's
+/// executable gets the same treatment so uftrace still finds its mapping.
+fn map_path(path: &str) -> String {
+    let path: String = path
+        .chars()
+        .map(|c| if c.is_whitespace() { '_' } else { c })
+        .collect();
+    if path.starts_with('/') {
+        path
+    } else {
+        format!("/livetrace/{path}")
+    }
+}
+
 fn one_line(s: &str) -> String {
     s.replace(['\n', '\r', '\t'], " ")
 }
@@ -260,7 +307,7 @@ fn write_tasks(
     out.push_str(&format!(
         "SESS timestamp={ts} pid={} sid={sid} exename=\"{}\"\n",
         trace.pid,
-        one_line(&trace.program)
+        map_path(&trace.program)
     ));
     for thread in threads {
         out.push_str(&format!(
@@ -283,10 +330,12 @@ struct Module<'a> {
 }
 
 fn modules(trace: &Trace) -> Vec<Module<'_>> {
-    // One span per path, from its lowest mapping to its highest end.
-    let mut spans: BTreeMap<&str, (u64, u64, u64)> = BTreeMap::new();
+    // One span per path, from its lowest mapping to its highest end;
+    // nameless (anonymous) mappings each on their own.
+    let mut spans: BTreeMap<(&str, u64), (u64, u64, u64)> = BTreeMap::new();
     for m in &trace.maps {
-        let span = spans.entry(&m.path).or_insert((m.start, m.end, m.offset));
+        let key = (m.path.as_str(), if m.path.is_empty() { m.start } else { 0 });
+        let span = spans.entry(key).or_insert((m.start, m.end, m.offset));
         if m.start < span.0 {
             span.0 = m.start;
             span.2 = m.offset;
@@ -295,7 +344,7 @@ fn modules(trace: &Trace) -> Vec<Module<'_>> {
     }
     let mut modules: Vec<Module> = spans
         .into_iter()
-        .map(|(path, (start, end, offset))| Module {
+        .map(|((path, _), (start, end, offset))| Module {
             path,
             base: start,
             end,
@@ -370,25 +419,15 @@ fn basename(path: &str) -> &str {
 
 fn write_maps_and_symbols(trace: &Trace, dir: &Path, sid: &str) -> io::Result<()> {
     let modules = modules(trace);
-    let mut pseudo_paths = Vec::new();
-    for (n, m) in modules.iter().filter(|m| m.path.is_empty()).enumerate() {
-        pseudo_paths.push((m.base, format!("/livetrace/unmapped-{n}")));
-    }
-    let pseudo_path = |base: u64| -> String {
-        pseudo_paths
-            .iter()
-            .find(|(b, _)| *b == base)
-            .map(|(_, p)| p.clone())
-            .unwrap_or_default()
-    };
-
     let mut map = String::new();
     let mut taken: HashSet<String> = HashSet::new();
+    let mut unmapped = 0;
     for m in &modules {
         let path = if m.path.is_empty() {
-            pseudo_path(m.base)
+            unmapped += 1;
+            format!("/livetrace/unmapped-{}", unmapped - 1)
         } else {
-            one_line(m.path)
+            map_path(m.path)
         };
         map.push_str(&format!(
             "{:x}-{:x} r-xp {:08x} 00:00 0 {}\n",
@@ -426,12 +465,7 @@ fn write_sym_file(file: &Path, path: &str, m: &Module) -> io::Result<()> {
     out.flush()
 }
 
-fn write_comms(
-    trace: &Trace,
-    threads: &[&ThreadTrace],
-    dir: &Path,
-    t0: u64,
-) -> io::Result<()> {
+fn write_comms(trace: &Trace, threads: &[&ThreadTrace], dir: &Path, t0: u64) -> io::Result<()> {
     let mut out = Vec::new();
     for thread in threads.iter().filter(|t| !t.name.is_empty()) {
         let mut comm: Vec<u8> = thread.name.bytes().take(COMM_MAX).collect();
@@ -476,26 +510,31 @@ mod tests {
     fn checksum_is_the_c_char_sum() {
         assert_eq!(path_checksum("/a"), (b'/' as u16) + (b'a' as u16));
         // Bytes >= 0x80 are negative chars on x86-64.
-        assert_eq!(path_checksum("\u{e9}"), (0xc3u8 as i8 as i16 + 0xa9u8 as i8 as i16) as u16);
+        assert_eq!(
+            path_checksum("\u{e9}"),
+            (0xc3u8 as i8 as i16 + 0xa9u8 as i8 as i16) as u16
+        );
     }
 
     #[test]
     fn modules_rebase_and_group_unmapped_symbols() {
-        let mut trace = Trace::default();
-        trace.maps = vec![
-            Mapping {
-                start: 0x5000,
-                end: 0x6000,
-                offset: 0x1000,
-                path: "/bin/prog".into(),
-            },
-            Mapping {
-                start: 0x9000,
-                end: 0xa000,
-                offset: 0,
-                path: "/lib/x.so".into(),
-            },
-        ];
+        let mut trace = Trace {
+            maps: vec![
+                Mapping {
+                    start: 0x5000,
+                    end: 0x6000,
+                    offset: 0x1000,
+                    path: "/bin/prog".into(),
+                },
+                Mapping {
+                    start: 0x9000,
+                    end: 0xa000,
+                    offset: 0,
+                    path: "/lib/x.so".into(),
+                },
+            ],
+            ..Default::default()
+        };
         trace.symbols.insert(0x5100, 0x10, "main");
         trace.symbols.insert(0x9100, 0x10, "xf");
         trace.symbols.insert(0x7000, 0x10, "jit1");

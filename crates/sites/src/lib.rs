@@ -98,6 +98,7 @@ mod glob;
 mod loaded;
 mod record;
 mod stw;
+mod symbolize;
 mod table;
 
 use std::fmt;
@@ -108,6 +109,7 @@ pub use demangle::demangle;
 pub use glob::Glob;
 pub use record::{ObjectId, Origin, Record, SiteState};
 pub use stw::{set_stop_signal, stop_signal, Busy, StwError, StwReport, WriteFailure};
+pub use symbolize::{Symbol, Symbolizer};
 pub use table::{
     ExternalSite, FunctionInfo, InsertReport, Object, RejectReason, Rejected, ScanReport, Table,
 };

@@ -172,6 +172,11 @@ impl Object {
     pub fn contains(&self, addr: usize) -> bool {
         self.exec.iter().any(|&(a, b)| a <= addr && addr < b)
     }
+    /// Its executable ranges, at run-time addresses.
+    pub fn exec_ranges(&self) -> &[(usize, usize)] {
+        &self.exec
+    }
+
     fn display_path(&self) -> &str {
         self.path.as_deref().unwrap_or(if self.is_main {
             "<main>"

@@ -348,6 +348,59 @@ impl Session {
         trace
     }
 
+    /// What was recorded since the previous drain, consuming it: each
+    /// event is returned by exactly one drain, so a reader can stream a
+    /// session without copying its buffers again and again (the control
+    /// socket's event polling). Only threads with new events or new losses
+    /// are listed; `lost` counts the losses since the previous drain.
+    /// [`Session::snapshot`] afterwards sees only what no drain consumed.
+    pub fn drain(&self) -> Trace {
+        let clock = crate::clock();
+        let mut trace = crate::symbols::process_trace();
+        self.inner.rings.drain(|tid, name, records, lost| {
+            let events = records
+                .iter()
+                .filter_map(|r| {
+                    let ts = clock.to_ns(r.ts);
+                    Some(match r.c {
+                        CALL => Event::Call {
+                            ts,
+                            func: r.a,
+                            caller: r.b,
+                        },
+                        ENTRY => Event::Entry {
+                            ts,
+                            func: r.a,
+                            depth: r.b as u32,
+                        },
+                        EXIT => Event::Exit {
+                            ts,
+                            func: r.a,
+                            depth: r.b as u32,
+                        },
+                        _ => return None,
+                    })
+                })
+                .collect();
+            trace.threads.push(ThreadTrace {
+                tid: tid as u32,
+                name: name.to_string(),
+                events,
+                lost,
+                depth_overflows: 0,
+            });
+        });
+        trace.start_ns = trace
+            .threads
+            .iter()
+            .filter_map(|t| t.events.first())
+            .map(event_ts)
+            .min()
+            .unwrap_or(0);
+        crate::symbols::name_events(&mut trace);
+        trace
+    }
+
     /// The profile so far: one row per function, merged over threads.
     pub fn profile(&self) -> Vec<ProfileRow> {
         let clock = crate::clock();

@@ -58,13 +58,57 @@ pub(crate) fn name_of(addr: usize) -> String {
     if let Some(n) = table_name(addr) {
         return n;
     }
-    dladdr_name(addr).unwrap_or_else(|| format!("{addr:#x}"))
+    match symbol(addr) {
+        Some(s) if s.addr == addr => s.name,
+        Some(s) => format!("{}+{:#x}", s.name, addr - s.addr),
+        None => dladdr_name(addr).unwrap_or_else(|| format!("{addr:#x}")),
+    }
 }
 
 fn table_name(addr: usize) -> Option<String> {
     livetrace_ftrace::with_table(|t| t.find(addr).map(|i| t.name(i).to_string()))
         .ok()
         .flatten()
+}
+
+/// How a symbol reads to people: the hidden body function of a `#[traced]`
+/// function (which is where its callees return to) is named after the
+/// function itself.
+fn display_name(symbol: String) -> String {
+    // Trait-impl bodies: `<T as path::__livetrace_bodies_HEX>::__livetrace_body_m`.
+    if let Some(body) = symbol.find(">::__livetrace_body_") {
+        if let (Some(start), Some(as_)) = (symbol.find('<'), symbol.find(" as ")) {
+            if start == 0 && as_ < body {
+                let ty = &symbol[1..as_];
+                let m = &symbol[body + ">::__livetrace_body_".len()..];
+                return format!("{ty}::{m}");
+            }
+        }
+    }
+    // Methods: `path::Type::__livetrace_body_m`; free functions:
+    // `path::f::__livetrace_body`.
+    if let Some(p) = symbol.strip_suffix("::__livetrace_body") {
+        return p.to_string();
+    }
+    symbol.replacen("::__livetrace_body_", "::", 1)
+}
+
+/// The function symbol containing `addr`, from the loaded objects' symbol
+/// tables (read once per object).
+fn symbol(addr: usize) -> Option<livetrace_sites::Symbol> {
+    use std::sync::Mutex;
+    static SYMBOLIZER: Mutex<Option<(usize, livetrace_sites::Symbolizer)>> = Mutex::new(None);
+    let mut g = SYMBOLIZER.lock().unwrap_or_else(|e| e.into_inner());
+    // Rebuilt when the set of objects changes (a library was loaded).
+    let n = livetrace_ftrace::with_table(|t| t.objects().len()).ok()?;
+    if g.as_ref().is_none_or(|(k, _)| *k != n) {
+        let s = livetrace_ftrace::with_table(|t| livetrace_sites::Symbolizer::new(t)).ok()?;
+        *g = Some((n, s));
+    }
+    g.as_ref()?.1.lookup(addr).map(|mut s| {
+        s.name = display_name(s.name);
+        s
+    })
 }
 
 fn dladdr_name(addr: usize) -> Option<String> {
@@ -104,6 +148,42 @@ pub(crate) fn name_events(trace: &mut Trace) {
     addrs.sort_unstable();
     addrs.dedup();
     for a in addrs {
-        trace.symbols.insert(a, 0, name_of(a as usize));
+        let a = a as usize;
+        if let Some(n) = table_name(a) {
+            trace.symbols.insert(a as u64, 0, n);
+        } else if let Some(s) = symbol(a) {
+            // The whole function, so every address inside it (each call
+            // site of a caller) resolves to the same plain name.
+            trace.symbols.insert(s.addr as u64, s.size as u64, s.name);
+        } else {
+            trace.symbols.insert(a as u64, 0, name_of(a));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::display_name;
+
+    #[test]
+    fn traced_bodies_read_as_their_functions() {
+        assert_eq!(
+            display_name("shop::checkout::__livetrace_body".into()),
+            "shop::checkout"
+        );
+        assert_eq!(
+            display_name("shop::Cart::__livetrace_body_total".into()),
+            "shop::Cart::total"
+        );
+        assert_eq!(
+            display_name(
+                "<shop::Cart as shop::__livetrace_bodies_00ff>::__livetrace_body_fmt".into()
+            ),
+            "shop::Cart::fmt"
+        );
+        assert_eq!(
+            display_name("std::rt::lang_start".into()),
+            "std::rt::lang_start"
+        );
     }
 }

@@ -120,12 +120,12 @@ pub fn worker_thread() -> ThreadTrace {
             exit(600, PARSE, 1), // orphan
             entry(700, PARSE, 1),
             entry(800, LEX, 2),
-            exit(900, LEX, 2),     // 100
-            exit(1_000, PARSE, 1), // 300, self 200
+            exit(900, LEX, 2),         // 100
+            exit(1_000, PARSE, 1),     // 300, self 200
             exit(1_500, WORKER_FN, 0), // orphan
             entry(2_000, WORKER_FN, 0),
             entry(2_100, LEAF, 1),
-            exit(2_150, LEAF, 1),        // 50
+            exit(2_150, LEAF, 1),      // 50
             exit(3_000, WORKER_FN, 0), // 1000, self 950
         ],
         lost: 7,
