@@ -37,7 +37,7 @@ pub const MAX_DEPTH: usize = 256;
 /// What a graph session does with entries and exits. Implemented by the
 /// sessions in this crate; called on the traced thread.
 pub(crate) trait Sink: Send + Sync {
-    fn exit(&self, func: usize, entry_ticks: u64, child_ticks: u64, depth: u32);
+    fn exit(&self, func: usize, entry_ticks: u64, exit_ticks: u64, child_ticks: u64, depth: u32);
 }
 
 #[derive(Clone, Copy)]
@@ -174,7 +174,7 @@ extern "C" fn graph_exit(slot: usize) -> usize {
             frames[d - 1].child_ticks = frames[d - 1].child_ticks.wrapping_add(total);
         }
         if let Some(sink) = lookup_sink(f.sink) {
-            sink.exit(f.func, f.entry_ticks, f.child_ticks, d as u32);
+            sink.exit(f.func, f.entry_ticks, now, f.child_ticks, d as u32);
         }
         f.ret
     })
@@ -432,7 +432,7 @@ mod tests {
     #[derive(Default)]
     struct Log(Mutex<Vec<(char, usize, u32)>>);
     impl Sink for Log {
-        fn exit(&self, func: usize, _: u64, _: u64, depth: u32) {
+        fn exit(&self, func: usize, _: u64, _: u64, _: u64, depth: u32) {
             self.0.lock().unwrap().push(('x', func, depth));
         }
     }

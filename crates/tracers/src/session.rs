@@ -177,8 +177,7 @@ impl Inner {
 }
 
 impl Sink for Inner {
-    fn exit(&self, func: usize, entry_ticks: u64, child_ticks: u64, depth: u32) {
-        let now = crate::clock().now();
+    fn exit(&self, func: usize, entry_ticks: u64, now: u64, child_ticks: u64, depth: u32) {
         match self.tracer {
             Tracer::Graph => {
                 self.rings.write(Record {
