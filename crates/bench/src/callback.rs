@@ -6,13 +6,11 @@
 //! dedicated trampoline), one with two such ops (the list caller), one with
 //! a regs ops (the regs caller).
 
-use std::time::Instant;
-
 use livetrace_fixtures as fx;
 use livetrace_ftrace::{register, unregister, with_table, Ops, Pattern};
 use livetrace_sites::ExternalSite;
 
-use crate::stats::median;
+use crate::stats::{median, per_call};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -28,15 +26,6 @@ const BASE: usize = 0;
 const DEDICATED: usize = 1;
 const LIST: usize = 2;
 const REGS: usize = 3;
-
-#[inline(never)]
-fn per_call(i: usize, n: usize) -> f64 {
-    let t = Instant::now();
-    for _ in 0..n {
-        std::hint::black_box(fx::call(std::hint::black_box(i)));
-    }
-    t.elapsed().as_nanos() as f64 / n as f64
-}
 
 pub fn run(a: Args) {
     let names: Vec<String> = (0..4).map(|i| format!("bench::f{i}")).collect();

@@ -3,14 +3,12 @@
 //! interleaved rounds. The ring buffers run in overwrite mode, so every
 //! call really writes its records.
 
-use std::time::Instant;
-
 use livetrace_fixtures as fx;
 use livetrace_ftrace::with_table;
 use livetrace_sites::ExternalSite;
 use livetrace_tracers::{Config, Session, Tracer};
 
-use crate::stats::median;
+use crate::stats::{median, per_call};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -22,23 +20,21 @@ pub struct Args {
     rounds: usize,
 }
 
-#[inline(never)]
-fn per_call(i: usize, n: usize) -> f64 {
-    let t = Instant::now();
-    for _ in 0..n {
-        std::hint::black_box(fx::call(std::hint::black_box(i)));
-    }
-    t.elapsed().as_nanos() as f64 / n as f64
-}
-
 pub fn run(tracer: Tracer, a: Args) {
     let names: Vec<String> = (0..2).map(|i| format!("bench::f{i}")).collect();
     let sites: Vec<ExternalSite<'_>> = names
         .iter()
         .enumerate()
-        .map(|(i, n)| ExternalSite { addr: fx::site(i), name: n, file: file!(), line: 0 })
+        .map(|(i, n)| ExternalSite {
+            addr: fx::site(i),
+            name: n,
+            file: file!(),
+            line: 0,
+        })
         .collect();
-    with_table(|t| t.insert_external(&sites)).expect("core").expect("sites");
+    with_table(|t| t.insert_external(&sites))
+        .expect("core")
+        .expect("sites");
     let mut cfg = Config::new(tracer, &["bench::f1"]);
     cfg.ring.mode = livetrace_ring::Mode::Overwrite;
     let session = Session::start(cfg).unwrap_or_else(|e| panic!("{e}"));

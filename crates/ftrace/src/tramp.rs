@@ -38,6 +38,17 @@ use std::io;
 std::arch::global_asm!(
     r#"
     .pushsection .text.livetrace_tramp,"ax",@progbits
+    // xmm0-7 (vector and float arguments) to/from 128 aligned bytes at rsp.
+    .macro lt_save_xmm
+    .irp n, 0, 1, 2, 3, 4, 5, 6, 7
+    movaps xmmword ptr [rsp + 16 * \n], xmm\n
+    .endr
+    .endm
+    .macro lt_restore_xmm
+    .irp n, 0, 1, 2, 3, 4, 5, 6, 7
+    movaps xmm\n, xmmword ptr [rsp + 16 * \n]
+    .endr
+    .endm
     .p2align 4
     .globl lt_tramp_fast_start
 lt_tramp_fast_start:
@@ -55,28 +66,14 @@ lt_tramp_fast_start:
     push rax
     push r10
     sub rsp, 136
-    movaps xmmword ptr [rsp + 0], xmm0
-    movaps xmmword ptr [rsp + 16], xmm1
-    movaps xmmword ptr [rsp + 32], xmm2
-    movaps xmmword ptr [rsp + 48], xmm3
-    movaps xmmword ptr [rsp + 64], xmm4
-    movaps xmmword ptr [rsp + 80], xmm5
-    movaps xmmword ptr [rsp + 96], xmm6
-    movaps xmmword ptr [rsp + 112], xmm7
+    lt_save_xmm
     mov rdi, qword ptr [rip + lt_tramp_fast_data]
     mov rsi, qword ptr [rsp + 208]
     sub rsi, 5
     lea rdx, [rsp + 216]
     xor ecx, ecx
     call qword ptr [rip + lt_tramp_fast_func]
-    movaps xmm0, xmmword ptr [rsp + 0]
-    movaps xmm1, xmmword ptr [rsp + 16]
-    movaps xmm2, xmmword ptr [rsp + 32]
-    movaps xmm3, xmmword ptr [rsp + 48]
-    movaps xmm4, xmmword ptr [rsp + 64]
-    movaps xmm5, xmmword ptr [rsp + 80]
-    movaps xmm6, xmmword ptr [rsp + 96]
-    movaps xmm7, xmmword ptr [rsp + 112]
+    lt_restore_xmm
     add rsp, 136
     pop r10
     pop rax
@@ -133,28 +130,14 @@ lt_tramp_regs_start:
     push r14
     push r15
     sub rsp, 128
-    movaps xmmword ptr [rsp + 0], xmm0
-    movaps xmmword ptr [rsp + 16], xmm1
-    movaps xmmword ptr [rsp + 32], xmm2
-    movaps xmmword ptr [rsp + 48], xmm3
-    movaps xmmword ptr [rsp + 64], xmm4
-    movaps xmmword ptr [rsp + 80], xmm5
-    movaps xmmword ptr [rsp + 96], xmm6
-    movaps xmmword ptr [rsp + 112], xmm7
+    lt_save_xmm
     mov rdi, qword ptr [rip + lt_tramp_regs_data]
     mov rsi, qword ptr [rbp + 8]
     sub rsi, 5
     lea rdx, [rbp + 16]
     mov rcx, rsp
     call qword ptr [rip + lt_tramp_regs_func]
-    movaps xmm0, xmmword ptr [rsp + 0]
-    movaps xmm1, xmmword ptr [rsp + 16]
-    movaps xmm2, xmmword ptr [rsp + 32]
-    movaps xmm3, xmmword ptr [rsp + 48]
-    movaps xmm4, xmmword ptr [rsp + 64]
-    movaps xmm5, xmmword ptr [rsp + 80]
-    movaps xmm6, xmmword ptr [rsp + 96]
-    movaps xmm7, xmmword ptr [rsp + 112]
+    lt_restore_xmm
     add rsp, 128
     mov r11, qword ptr [rsp + 120]
     mov qword ptr [rbp - 8], r11
