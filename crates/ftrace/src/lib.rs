@@ -222,6 +222,10 @@ struct Core {
     /// (ops id, window) -> dedicated trampoline.
     dedicated: HashMap<(u32, usize), usize>,
     tpoff: isize,
+    /// State replaced by registers and refilters, freed by the next
+    /// unregister's quiescence wait: starting to trace never probes the
+    /// program's threads.
+    deferred: Vec<Garbage>,
 }
 
 static CORE: Mutex<Option<Core>> = Mutex::new(None);
@@ -242,6 +246,7 @@ fn core() -> Result<MutexGuard<'static, Option<Core>>, Error> {
             shared: HashMap::new(),
             dedicated: HashMap::new(),
             tpoff: thread::tpoff(),
+            deferred: Vec::new(),
         });
     }
     Ok(g)
@@ -570,7 +575,7 @@ impl Core {
             // already enabled), so they are retired like any replaced state.
             let new_set = me.funcs.swap(old_set, AcqRel);
             let new_list = LIST.swap(old_list, AcqRel);
-            self.retire(Garbage {
+            self.deferred.push(Garbage {
                 set: new_set,
                 list: new_list,
                 trampolines: Vec::new(),
@@ -592,8 +597,11 @@ impl Core {
             ops: None,
         };
         match how {
-            Change::Register => self.registered.push(ops.clone()),
-            Change::Refilter => {}
+            Change::Register => {
+                self.registered.push(ops.clone());
+                self.deferred.push(garbage);
+            }
+            Change::Refilter => self.deferred.push(garbage),
             Change::Unregister => {
                 self.registered.retain(|o| !Arc::ptr_eq(&o.0, me));
                 let mine: Vec<(u32, usize)> = self
@@ -608,33 +616,41 @@ impl Core {
                 // Its (now empty) published set stays until the ops itself
                 // is dropped: the list walker may be reading it.
                 garbage.ops = Some(ops.clone());
+                // Unregister must wait anyway: free everything deferred too.
+                let mut all = std::mem::take(&mut self.deferred);
+                all.push(garbage);
+                self.retire(all);
             }
         }
-        self.retire(garbage);
         Ok(())
     }
 
     /// Frees replaced state once no thread can be using it.
-    fn retire(&mut self, g: Garbage) {
-        let dying: Vec<Range<usize>> = g.trampolines.iter().map(|&a| a..a + 512).collect();
+    fn retire(&mut self, garbage: Vec<Garbage>) {
+        let dying: Vec<Range<usize>> = garbage
+            .iter()
+            .flat_map(|g| g.trampolines.iter().map(|&a| a..a + 512))
+            .collect();
         if !quiesce(self.tpoff, &dying) {
             // A thread could not be sampled: never free what it might use.
-            std::mem::forget(g.ops);
+            std::mem::forget(garbage);
             return;
         }
-        for a in g.trampolines {
-            self.pools.release(a);
+        for g in garbage {
+            for a in &g.trampolines {
+                self.pools.release(*a);
+            }
+            if !g.set.is_null() {
+                // SAFETY: replaced sets came from Box::into_raw; no thread
+                // can still read it after the wait.
+                drop(unsafe { Box::from_raw(g.set) });
+            }
+            if !g.list.is_null() {
+                // SAFETY: as above, for the list.
+                drop(unsafe { Box::from_raw(g.list) });
+            }
+            drop(g.ops);
         }
-        if !g.set.is_null() {
-            // SAFETY: replaced sets came from Box::into_raw; no thread can
-            // still read it after the wait.
-            drop(unsafe { Box::from_raw(g.set) });
-        }
-        if !g.list.is_null() {
-            // SAFETY: as above, for the list.
-            drop(unsafe { Box::from_raw(g.list) });
-        }
-        drop(g.ops);
     }
 }
 
@@ -645,6 +661,10 @@ struct Garbage {
     trampolines: Vec<usize>,
     ops: Option<Ops>,
 }
+
+// SAFETY: the pointers are owned boxes (from Box::into_raw) that no longer
+// belong to anything published; only the core, under its lock, frees them.
+unsafe impl Send for Garbage {}
 
 /// Looks through the first instructions at `addr` for the site a wrapper
 /// calls: `call`/`jmp rel32` (optimised builds), `lea r64, [rip + disp32]`

@@ -243,7 +243,16 @@ fn lookup_sink(id: u32) -> Option<&'static dyn Sink> {
     })
 }
 
-fn change_registry(change: impl FnOnce(&mut Vec<(u32, *const dyn Sink)>)) {
+/// Registries replaced since the last wait, and whether a sink left.
+struct Graveyard(Vec<*mut Registry>);
+// SAFETY: the pointers are owned boxes only touched under REGISTRY_LOCK.
+unsafe impl Send for Graveyard {}
+static GRAVEYARD: std::sync::Mutex<Graveyard> = std::sync::Mutex::new(Graveyard(Vec::new()));
+
+/// Replaces the registry. Old registries are freed only when a sink is
+/// removed (which must wait for quiescence anyway, before its owner frees
+/// it): publishing a sink never probes the program's threads.
+fn change_registry(change: impl FnOnce(&mut Vec<(u32, *const dyn Sink)>), removing: bool) {
     use std::sync::atomic::Ordering::{AcqRel, Acquire};
     let _g = REGISTRY_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let old = REGISTRY.load(Acquire);
@@ -255,11 +264,17 @@ fn change_registry(change: impl FnOnce(&mut Vec<(u32, *const dyn Sink)>)) {
     };
     change(&mut sinks);
     let old = REGISTRY.swap(Box::into_raw(Box::new(Registry { sinks })), AcqRel);
+    let mut grave = GRAVEYARD.lock().unwrap_or_else(|e| e.into_inner());
     if !old.is_null() {
-        // Exit paths may still hold the old registry, or the sink it named.
+        grave.0.push(old);
+    }
+    if removing {
+        // Exit paths may still hold an old registry, or the sink removed.
         let _ = livetrace_ftrace::synchronize();
-        // SAFETY: from Box::into_raw above; no reader is left.
-        drop(unsafe { Box::from_raw(old) });
+        for r in grave.0.drain(..) {
+            // SAFETY: from Box::into_raw above; no reader is left.
+            drop(unsafe { Box::from_raw(r) });
+        }
     }
 }
 
@@ -268,12 +283,12 @@ fn change_registry(change: impl FnOnce(&mut Vec<(u32, *const dyn Sink)>)) {
 /// # Safety
 /// `sink` stays valid until [`unpublish_sink`]`(id)` has returned.
 pub(crate) unsafe fn publish_sink(id: u32, sink: *const dyn Sink) {
-    change_registry(|v| v.push((id, sink)));
+    change_registry(|v| v.push((id, sink)), false);
 }
 
 /// Removes sink `id`; when this returns no exit path can still be using it.
 pub(crate) fn unpublish_sink(id: u32) {
-    change_registry(|v| v.retain(|(i, _)| *i != id));
+    change_registry(|v| v.retain(|(i, _)| *i != id), true);
 }
 
 std::arch::global_asm!(
