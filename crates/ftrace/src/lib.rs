@@ -34,7 +34,11 @@
 //!   until it is neither executing a dying trampoline nor inside a callback
 //!   it entered before the change. `unregister` returns only then, so after
 //!   it returns the callback is never called again and everything it owned
-//!   has been dropped.
+//!   has been dropped. Sampling interrupts each thread with a signal, so a
+//!   thread blocked in a call that never restarts (`nanosleep`, `poll`,
+//!   `epoll_wait`) sees `EINTR`, as under any profiler. Registering and
+//!   refiltering never sample: what they replace waits for the next
+//!   unregister.
 //! - At most one IPMODIFY ops per function: a second is refused, naming the
 //!   function and the owner.
 //! - A callback never recurses: a traced call made while the thread is in a
