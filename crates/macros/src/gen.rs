@@ -12,7 +12,8 @@
 //! - the *body*: the original code in a hidden function (nested in the
 //!   wrapper for free functions, a hidden associated function for inherent
 //!   methods, a method of a hidden helper trait for trait-impl methods);
-//! - a *site record* in section `livetrace_sites` (see `livetrace`).
+//! - a *site record* in section `livetrace_sites` (see `livetrace`): site,
+//!   path, file, line and the function's type as a string.
 
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote};
@@ -49,7 +50,7 @@ pub(crate) struct Expanded {
 
 const NOP5: &str = ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00";
 
-/// The record layout, which `livetrace::macro_sites` reads back: four
+/// The record layout, which `livetrace::macro_sites` reads back: five
 /// 8-byte words, 8-aligned, so records pack without padding.
 fn record_lines(line: u32) -> Vec<String> {
     vec![
@@ -59,8 +60,58 @@ fn record_lines(line: u32) -> Vec<String> {
         ".quad {path}".into(),
         ".quad {file}".into(),
         format!(".quad {line}"),
+        ".quad {sig}".into(),
         ".popsection".into(),
     ]
+}
+
+/// The function's type as a string, `fn(&Foo, u64) -> u64`, which the
+/// control socket compares before it lets one function be live-patched
+/// onto another. Written tokens, compacted, with `Self` spelled out; `()`
+/// returns are omitted, as in Rust. Empty (unknown, so never patchable)
+/// for generic functions: one string would have to stand for every
+/// instantiation, which need not share a type.
+///
+/// The comparison is textual: two functions match when their types are
+/// written the same way, so the check is conservative about spelling
+/// (`u64` and `core::primitive::u64` differ) and trusts that a type path
+/// written identically names the same type in both places.
+fn signature_string(ctx: &Ctx<'_>, sig: &Signature, generic: bool) -> String {
+    if generic {
+        return String::new();
+    }
+    let mut self_ctx = None;
+    if let Ctx::Method(c) = ctx {
+        self_ctx = Some(ReplaceSelf {
+            self_ty: &c.self_ty,
+            trait_path: c.trait_.as_ref().map(|(p, _)| p),
+        });
+    }
+    let mut spell = |ty: &Type| -> String {
+        let mut ty = ty.clone();
+        if let Some(rs) = self_ctx.as_mut() {
+            rs.visit_type_mut(&mut ty);
+        }
+        compact(&ty)
+    };
+    let args: Vec<String> = sig
+        .inputs
+        .iter()
+        .map(|a| match a {
+            FnArg::Receiver(r) => spell(&r.ty),
+            FnArg::Typed(t) => spell(&t.ty),
+        })
+        .collect();
+    let ret = match &sig.output {
+        syn::ReturnType::Default => String::new(),
+        syn::ReturnType::Type(_, ty) => format!(" -> {}", spell(ty)),
+    };
+    let unsafety = if sig.unsafety.is_some() {
+        "unsafe "
+    } else {
+        ""
+    };
+    format!("{unsafety}fn({}){ret}", args.join(", "))
 }
 
 fn type_const_args(g: &Generics) -> Vec<TokenStream> {
@@ -280,6 +331,7 @@ pub(crate) fn expand(
     // stub does: once for a plain fn, once per instantiation of a generic
     // one (each is its own machine code, hence its own site).
     let records = record_lines(line);
+    let signature = signature_string(&ctx, sig, generic);
     // `C-unwind`, not `C`: the optimiser sees the wrapper's call land on
     // this function and would give the call site the callee's `nounwind`,
     // dropping the caller's landing pads, so a panic in the body would skip
@@ -298,6 +350,7 @@ pub(crate) fn expand(
                 site = sym __livetrace_site #stub_fish,
                 path = sym __LIVETRACE_PATH,
                 file = sym __LIVETRACE_FILE,
+                sig = sym __LIVETRACE_SIG,
             )
         }
     };
@@ -334,6 +387,7 @@ pub(crate) fn expand(
             #stub
             static __LIVETRACE_PATH: &str = ::core::concat!(::core::module_path!(), #path_suffix);
             static __LIVETRACE_FILE: &str = ::core::file!();
+            static __LIVETRACE_SIG: &str = #signature;
             let __livetrace_body: #fn_ptr = #wrapper_body_path;
             #[allow(unsafe_code)]
             // SAFETY: `__livetrace_site` is `nop5; jmp body` and touches no
@@ -383,4 +437,40 @@ pub(crate) fn helper_ident(span: Span, impl_tokens: &str) -> Ident {
     let (file, line, col) = location(span);
     let h = crate::util::fnv1a(&[&file, &line.to_string(), &col.to_string(), impl_tokens]);
     format_ident!("__livetrace_bodies_{:016x}", h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sig_of(ctx: Ctx<'_>, f: &str, generic: bool) -> String {
+        let f: syn::ItemFn = syn::parse_str(f).unwrap();
+        signature_string(&ctx, &f.sig, generic)
+    }
+
+    #[test]
+    fn signatures_spell_types_and_self() {
+        assert_eq!(
+            sig_of(Ctx::Free, "fn f(a: u64, b: &str) -> u64 {}", false),
+            "fn(u64, &str) -> u64"
+        );
+        assert_eq!(
+            sig_of(Ctx::Free, "unsafe fn f(p: *const u8) {}", false),
+            "unsafe fn(*const u8)"
+        );
+        assert_eq!(sig_of(Ctx::Free, "fn f<T>(t: T) -> T {}", true), "");
+        let c = ImplCtx {
+            self_ty: syn::parse_str("Counter").unwrap(),
+            generics: Generics::default(),
+            trait_: None,
+        };
+        assert_eq!(
+            sig_of(
+                Ctx::Method(&c),
+                "fn get(&mut self, n: u32) -> Self {}",
+                false
+            ),
+            "fn(&mut Counter, u32) -> Counter"
+        );
+    }
 }

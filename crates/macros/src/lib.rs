@@ -36,7 +36,9 @@
 //! retain flag keeps it through `--gc-sections`), written by assembler
 //! directives next to the stub, so no constructor runs to register it.
 //! `livetrace::macro_sites()` reads them: address, path, file and line of
-//! the function's name.
+//! the function's name, and its type as a string (`fn(u64) -> u64`; empty
+//! for generic functions), which the control socket checks before a live
+//! patch.
 //!
 //! # Supported forms
 //!
