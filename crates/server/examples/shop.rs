@@ -6,13 +6,17 @@
 //! writes what it recorded in the formats people already read:
 //!
 //! ```text
-//! cargo run --release -p livetrace --example shop [OUTPUT_DIR]
+//! cargo run --release -p livetrace-server --example shop [OUTPUT_DIR]
 //! ```
 //!
 //! writes into OUTPUT_DIR (default `livetrace-out`): `function.txt` (ftrace's
 //! function layout), `function_graph.txt`, `trace.json` (Perfetto /
 //! chrome://tracing), `stacks.folded` and `flame.svg`, `uftrace.data/`
 //! (`uftrace replay -d …`), and `profile.txt`.
+//!
+//! With `--serve [SECONDS]` it only runs the shop, with the control socket
+//! open, for someone to attach with the `livetrace` command (see
+//! `demo.sh`).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -87,7 +91,7 @@ fn worker(id: u64, stop: &AtomicBool, orders: &AtomicU64, revenue: &AtomicU64) {
         let order = parse_order(n, &text);
         revenue.fetch_add(checkout(&order), Relaxed);
         orders.fetch_add(1, Relaxed);
-        if order.id % 64 == 0 {
+        if order.id % 16 == 0 {
             std::thread::sleep(Duration::from_micros(200));
         }
     }
@@ -107,12 +111,36 @@ fn show(path: &Path, lines: usize) {
     }
 }
 
+/// Runs the shop with the control socket open, untraced until someone
+/// attaches.
+fn serve(seconds: u64) -> Result<(), Box<dyn std::error::Error>> {
+    livetrace::init()?;
+    livetrace_server::serve()?;
+    let stop = AtomicBool::new(false);
+    let (orders, revenue) = (AtomicU64::new(0), AtomicU64::new(0));
+    std::thread::scope(|s| {
+        for id in 0..3 {
+            let (stop, orders, revenue) = (&stop, &orders, &revenue);
+            s.spawn(move || worker(id, stop, orders, revenue));
+        }
+        println!(
+            "shop: serving as pid {} for {seconds} s",
+            std::process::id()
+        );
+        std::thread::sleep(Duration::from_secs(seconds));
+        stop.store(true, Relaxed);
+    });
+    println!("shop: {} orders", orders.load(Relaxed));
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = PathBuf::from(
-        std::env::args()
-            .nth(1)
-            .unwrap_or_else(|| "livetrace-out".into()),
-    );
+    let mut args = std::env::args().skip(1);
+    let first = args.next();
+    if first.as_deref() == Some("--serve") {
+        return serve(args.next().and_then(|s| s.parse().ok()).unwrap_or(3600));
+    }
+    let dir = PathBuf::from(first.unwrap_or_else(|| "livetrace-out".into()));
     std::fs::create_dir_all(&dir)?;
     // Before the workers start: the site table is built with nobody running.
     let report = livetrace::init()?;
@@ -136,7 +164,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // 1. The function tracer: every call of every shop function.
         let session = livetrace::trace(Config::new(Tracer::Function, &["shop::*"]))?;
         std::thread::sleep(period / 3);
-        drop(session.ops().name().to_string());
         let trace = session.snapshot();
         drop(session);
         text::write_function(&trace, create(&dir, "function.txt")?)?;
