@@ -107,3 +107,13 @@ fn live_patch_a_traced_function_by_pointer() {
     assert_eq!(rate(2), 200);
     assert_eq!(bill(&[1, 1]), 200);
 }
+
+#[test]
+fn every_site_stub_is_16_byte_aligned() {
+    // `nop5; jmp body` in one fetch block keeps a disabled site cheap.
+    let sites: Vec<_> = livetrace::macro_sites().collect();
+    assert!(sites.len() >= 5);
+    for s in sites {
+        assert_eq!(s.addr % 16, 0, "{} at {:#x}", s.path, s.addr);
+    }
+}
