@@ -10,12 +10,13 @@
 //! A [`Rings`] is one tracing session's set of buffers; several may exist at
 //! once and never share a buffer. A thread's first [`Rings::write`] to a
 //! given `Rings` creates its buffer there (a lock, an `mmap`: the only
-//! allocation a writer ever does); later writes find it through a
-//! thread-local `(rings id, buffer)` cache, falling back to a lock-free
-//! per-thread list of the thread's buffers when it alternates between
-//! sessions. Buffers are owned by the `Rings`, not the thread: a thread's
-//! records stay readable after it exits, and [`Rings::drain`] frees the
-//! buffer once the exited thread's last record has been consumed.
+//! allocation a writer ever does); later writes find it through a small
+//! thread-local `(rings id, buffer)` cache, direct-mapped by id, falling
+//! back to a lock-free per-thread list of the thread's buffers on a miss.
+//! Buffers (2 MiB per thread by default, committed up front) are owned by
+//! the `Rings`, not the thread: a thread's records stay readable after it
+//! exits, and [`Rings::drain`] frees the buffer once the exited thread's
+//! last record has been consumed.
 //!
 //! Readers ([`Rings::drain`] to consume, [`Rings::snapshot`] to copy) run
 //! on any thread, concurrently with writers, and never block them.

@@ -10,7 +10,11 @@ use std::time::{Duration, Instant};
 use livetrace_ring::{gettid, Config, Mode, Record, Rings, ThreadBuffer};
 
 fn rings(records_per_thread: usize, mode: Mode) -> Arc<Rings> {
-    Rings::new(Config { records_per_thread, mode, ..Config::default() })
+    Rings::new(Config {
+        records_per_thread,
+        mode,
+        ..Config::default()
+    })
 }
 
 /// A record whose words check each other, so a torn copy shows.
@@ -18,7 +22,12 @@ fn rec(stream: u64, seq: u64) -> Record {
     let ts = seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ stream;
     let a = stream;
     let b = seq;
-    Record { ts, a, b, c: ts ^ a ^ b ^ 0x5555_aaaa_5555_aaaa }
+    Record {
+        ts,
+        a,
+        b,
+        c: ts ^ a ^ b ^ 0x5555_aaaa_5555_aaaa,
+    }
 }
 
 fn check(r: &Record) {
@@ -32,7 +41,11 @@ fn seqs(records: &[Record]) -> Vec<u64> {
 fn mine(snap: &[ThreadBuffer]) -> &ThreadBuffer {
     let tid = gettid();
     let found: Vec<_> = snap.iter().filter(|t| t.tid == tid).collect();
-    assert_eq!(found.len(), 1, "expected one buffer for this thread in {snap:?}");
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one buffer for this thread in {snap:?}"
+    );
     found[0]
 }
 
@@ -136,8 +149,8 @@ struct Stream {
 /// exactly the loss reported with the records after it.
 fn concurrent(mode: Mode) {
     const WRITERS: u64 = 4;
-    const PER_WRITER: u64 = 400_000;
-    let r = rings(64, mode);
+    const PER_WRITER: u64 = 100_000;
+    let r = rings(256, mode);
     let start = Arc::new(Barrier::new(WRITERS as usize + 1));
     let handles: Vec<_> = (0..WRITERS)
         .map(|w| {
@@ -147,7 +160,11 @@ fn concurrent(mode: Mode) {
                 let mut accepted = 0u64;
                 for seq in 0..PER_WRITER {
                     // Two ways in, so both are exercised under contention.
-                    let ok = if seq % 2 == 0 { r.write(rec(w, seq)) } else { r.with_writer(|wr| wr.push(rec(w, seq))) };
+                    let ok = if seq.is_multiple_of(2) {
+                        r.write(rec(w, seq))
+                    } else {
+                        r.with_writer(|wr| wr.push(rec(w, seq)))
+                    };
                     accepted += u64::from(ok);
                     // Alternate flat-out phases (the reader is lapped,
                     // copies race with overwrites) with slow ones (the
@@ -157,7 +174,7 @@ fn concurrent(mode: Mode) {
                             std::hint::spin_loop();
                         }
                     }
-                    if seq % 4096 == 0 {
+                    if seq.is_multiple_of(4096) {
                         thread::yield_now();
                     }
                 }
@@ -171,11 +188,15 @@ fn concurrent(mode: Mode) {
     let mut drains = 0u64;
     let mut read_once = |streams: &mut HashMap<i32, Stream>| {
         drains += 1;
-        if drains % 16 == 0 {
+        if drains.is_multiple_of(16) {
             // Snapshots interleaved with drains: never torn either.
             for t in r.snapshot() {
                 t.records.iter().for_each(check);
-                assert!(t.records.windows(2).all(|p| p[1].b > p[0].b), "thread {}", t.tid);
+                assert!(
+                    t.records.windows(2).all(|p| p[1].b > p[0].b),
+                    "thread {}",
+                    t.tid
+                );
             }
         }
         r.drain(|tid, _, records, lost| {
@@ -193,11 +214,20 @@ fn concurrent(mode: Mode) {
                     // reported (a drain may report a loss with no record,
                     // when the writer lapped it while it copied).
                     let expected = if i == 0 { s.pending_lost } else { 0 };
-                    assert_eq!(gap, expected, "thread {tid}: gap before seq {} is not the reported loss", r.b);
+                    assert_eq!(
+                        gap, expected,
+                        "thread {tid}: gap before seq {} is not the reported loss",
+                        r.b
+                    );
                     s.pending_lost = 0;
                 }
                 s.next = r.b + 1;
-                assert_eq!(*buffers_of.entry(r.a).or_insert(tid), tid, "writer {} seen under two tids", r.a);
+                assert_eq!(
+                    *buffers_of.entry(r.a).or_insert(tid),
+                    tid,
+                    "writer {} seen under two tids",
+                    r.a
+                );
             }
             s.received += records.len() as u64;
         });
@@ -207,7 +237,8 @@ fn concurrent(mode: Mode) {
     let mut pending = handles;
     while !pending.is_empty() {
         read_once(&mut streams);
-        let (finished, running): (Vec<_>, Vec<_>) = pending.into_iter().partition(|h| h.is_finished());
+        let (finished, running): (Vec<_>, Vec<_>) =
+            pending.into_iter().partition(|h| h.is_finished());
         results.extend(finished.into_iter().map(|h| h.join().unwrap()));
         pending = running;
     }
@@ -219,12 +250,23 @@ fn concurrent(mode: Mode) {
         assert_eq!(s.received + s.lost, PER_WRITER, "thread {tid}: {s:?}");
         // Gaps, plus whatever was lost after the last record delivered,
         // are exactly the losses reported.
-        assert_eq!(s.gaps + (PER_WRITER - s.next), s.lost, "thread {tid}: {s:?}");
+        assert_eq!(
+            s.gaps + (PER_WRITER - s.next),
+            s.lost,
+            "thread {tid}: {s:?}"
+        );
         if mode == Mode::DropNewest {
-            assert_eq!(s.received, accepted, "thread {tid}: every accepted record arrives");
+            assert_eq!(
+                s.received, accepted,
+                "thread {tid}: every accepted record arrives"
+            );
         }
     }
-    assert_eq!(streams.len(), WRITERS as usize, "each writer had its own buffer");
+    assert_eq!(
+        streams.len(),
+        WRITERS as usize,
+        "each writer had its own buffer"
+    );
     // Exited and drained empty: the buffers are freed.
     assert_eq!(r.thread_count(), 0);
     eprintln!("{mode:?}: {drains} drains, {streams:?}");
@@ -258,7 +300,10 @@ fn exited_thread_stays_readable_with_its_name() {
     let snap = r.snapshot();
     assert_eq!(snap.len(), 1);
     let t = &snap[0];
-    assert_eq!((t.tid, t.name.as_str(), t.exited, t.lost), (tid, "lt-ring-exit", true, 0));
+    assert_eq!(
+        (t.tid, t.name.as_str(), t.exited, t.lost),
+        (tid, "lt-ring-exit", true, 0)
+    );
     assert_eq!(seqs(&t.records), (0..5).collect::<Vec<_>>());
     // Still there after a snapshot; a drain hands them over and frees it.
     let mut seen = Vec::new();
@@ -298,31 +343,44 @@ fn live_thread_is_renamed_and_not_freed_when_drained() {
 }
 
 #[test]
-fn two_rings_do_not_mix() {
-    let a = rings(64, Mode::Overwrite);
-    let b = rings(64, Mode::DropNewest);
-    // Alternating sessions on one thread, plus a thread that uses only `a`.
+fn several_rings_do_not_mix() {
+    // Five sessions used round-robin by one thread: more than the
+    // thread's cache holds, so some writes find their buffer through the
+    // thread's own list; plus a thread that writes to only one of them.
+    let modes = [Mode::Overwrite, Mode::DropNewest];
+    let all: Vec<Arc<Rings>> = (0..5).map(|k| rings(64, modes[k % 2])).collect();
     for i in 0..40 {
-        a.write(rec(10, i));
-        b.write(rec(20, i));
+        for (k, r) in all.iter().enumerate() {
+            assert!(r.write(rec(10 + k as u64, i)));
+        }
     }
-    let a2 = a.clone();
+    let a2 = all[0].clone();
     let other = thread::spawn(move || {
         a2.write(rec(30, 0));
         gettid()
     })
     .join()
     .unwrap();
-    let sa = a.snapshot();
-    let sb = b.snapshot();
-    assert_eq!(sa.len(), 2);
-    assert_eq!(sb.len(), 1);
-    let me = mine(&sa);
-    assert!(me.records.iter().all(|r| r.a == 10) && me.records.len() == 40);
-    assert!(mine(&sb).records.iter().all(|r| r.a == 20) && sb[0].records.len() == 40);
-    let o = sa.iter().find(|t| t.tid == other).unwrap();
-    assert_eq!(seqs(&o.records), vec![0]);
-    assert!(o.records.iter().all(|r| r.a == 30));
+    for (k, r) in all.iter().enumerate() {
+        let snap = r.snapshot();
+        assert_eq!(
+            snap.len(),
+            if k == 0 { 2 } else { 1 },
+            "session {k}: {snap:?}"
+        );
+        let me = mine(&snap);
+        assert!(
+            me.records.iter().all(|r| r.a == 10 + k as u64),
+            "session {k} got another's records"
+        );
+        assert_eq!(seqs(&me.records), (0..40).collect::<Vec<_>>());
+    }
+    let o = all[0]
+        .snapshot()
+        .into_iter()
+        .find(|t| t.tid == other)
+        .unwrap();
+    assert_eq!(o.records, vec![rec(30, 0)]);
 }
 
 #[test]
@@ -348,7 +406,7 @@ fn snapshot_accounting_adds_up() {
     let mut lost_in_drains = 0u64;
     for i in 0..1000u64 {
         r.write(rec(5, i));
-        if i % 97 == 0 {
+        if i.is_multiple_of(97) {
             r.drain(|_, _, records, lost| {
                 drained += records.len() as u64;
                 lost_in_drains += lost;
@@ -425,7 +483,14 @@ fn a_thread_that_skips_its_exit_hooks_is_seen_exited() {
     let r = rings(8, Mode::Overwrite);
     let mut th: libc::pthread_t = 0;
     // SAFETY: `body` has the signature pthread expects and `r` outlives the thread.
-    let rc = unsafe { libc::pthread_create(&mut th, std::ptr::null(), body, Arc::as_ptr(&r) as *mut libc::c_void) };
+    let rc = unsafe {
+        libc::pthread_create(
+            &mut th,
+            std::ptr::null(),
+            body,
+            Arc::as_ptr(&r) as *mut libc::c_void,
+        )
+    };
     assert_eq!(rc, 0);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -434,7 +499,10 @@ fn a_thread_that_skips_its_exit_hooks_is_seen_exited() {
             assert_eq!(seqs(&snap[0].records), vec![0, 1]);
             break;
         }
-        assert!(Instant::now() < deadline, "thread never seen exited: {snap:?}");
+        assert!(
+            Instant::now() < deadline,
+            "thread never seen exited: {snap:?}"
+        );
         thread::sleep(Duration::from_millis(1));
     }
     // Without the exit hook nothing proves the thread cannot come back to
