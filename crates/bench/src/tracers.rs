@@ -18,6 +18,9 @@ pub struct Args {
     /// Rounds of each kind, interleaved.
     #[arg(long, default_value_t = 21)]
     rounds: usize,
+    /// Ring buffer records per thread (a power of two).
+    #[arg(long, default_value_t = livetrace_ring::Config::default().records_per_thread)]
+    ring_records: usize,
 }
 
 pub fn run(tracer: Tracer, a: Args) {
@@ -37,6 +40,7 @@ pub fn run(tracer: Tracer, a: Args) {
         .expect("sites");
     let mut cfg = Config::new(tracer, &["bench::f1"]);
     cfg.ring.mode = livetrace_ring::Mode::Overwrite;
+    cfg.ring.records_per_thread = a.ring_records;
     let session = Session::start(cfg).unwrap_or_else(|e| panic!("{e}"));
     let (mut base, mut traced) = (Vec::new(), Vec::new());
     per_call(1, a.calls / 10);
@@ -59,8 +63,9 @@ pub fn run(tracer: Tracer, a: Args) {
         a.rounds, a.calls
     );
     println!(
-        "RESULT bench={name} baseline_ns={b:.2} traced_ns={t:.2} overhead_ns={:.2} clock={:?}",
+        "RESULT bench={name} baseline_ns={b:.2} traced_ns={t:.2} overhead_ns={:.2} ring_records={} clock={:?}",
         t - b,
+        a.ring_records,
         livetrace_ring::Clock::get().source()
     );
 }

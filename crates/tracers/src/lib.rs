@@ -40,10 +40,12 @@ pub(crate) fn clock() -> &'static livetrace_ring::Clock {
     livetrace_ring::Clock::get()
 }
 
-/// Clock ticks now.
+/// Clock ticks now, for event timestamps: a plain `rdtsc` (see
+/// [`livetrace_ring::Clock::now_unordered`]). In order on each thread;
+/// across threads within a few nanoseconds.
 #[inline]
 pub(crate) fn clock_now() -> u64 {
-    clock().now()
+    clock().now_unordered()
 }
 
 /// Ends the process when the traced program's control flow can no longer be

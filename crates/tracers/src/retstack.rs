@@ -169,7 +169,9 @@ extern "C" fn graph_exit(slot: usize) -> usize {
         d -= 1;
         let f = frames[d];
         s.depth.set(d);
-        let total = now.wrapping_sub(f.entry_ticks);
+        // Never before the entry, even if an unordered clock read ran early.
+        let now = now.max(f.entry_ticks);
+        let total = now - f.entry_ticks;
         if d > 0 {
             frames[d - 1].child_ticks = frames[d - 1].child_ticks.wrapping_add(total);
         }

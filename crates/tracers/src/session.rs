@@ -218,7 +218,7 @@ impl Session {
             id: NEXT.fetch_add(1, Relaxed),
             tracer: cfg.tracer,
             rings: Rings::new(cfg.ring.clone()),
-            epoch: crate::clock().now(),
+            epoch: crate::clock_now(),
             profiles: Mutex::new(Vec::new()),
         });
         // SAFETY: the session keeps `inner` alive until its Drop has
@@ -235,7 +235,7 @@ impl Session {
         }
         let ops = match cfg.tracer {
             Tracer::Function => b.build(move |call: &mut Call<'_>| {
-                let ts = crate::clock().now();
+                let ts = crate::clock_now();
                 me.rings.write(Record {
                     ts,
                     a: call.ip() as u64,
@@ -246,7 +246,7 @@ impl Session {
             Tracer::Graph | Tracer::Profile => {
                 let id = me.id;
                 b.build(move |call: &mut Call<'_>| {
-                    let ts = crate::clock().now();
+                    let ts = crate::clock_now();
                     // SAFETY: the trampoline's return slot of this call; the
                     // session id is resolved through the registry at exit.
                     let depth = unsafe { retstack::hook(call.return_slot(), call.ip(), ts, id) };
