@@ -4,6 +4,7 @@
 //! Times are wall-clock medians over interleaved rounds, with the baseline
 //! measured in the same process: the machines are shared and noisy.
 
+mod c;
 mod callback;
 mod disabled;
 mod patch;
@@ -30,6 +31,9 @@ enum Bench {
     Callback(callback::Args),
     /// Cost of a call to a `#[traced]` function with its site disabled.
     Disabled,
+    /// The C example's per-call cost, disabled and enabled, against its
+    /// uninstrumented build.
+    C,
     /// Cost per call recorded by the function tracer.
     Function(tracers::Args),
     /// Cost per call recorded by the function-graph tracer (entry and exit).
@@ -42,6 +46,7 @@ fn main() {
         Bench::Trap(a) => trap::run(a),
         Bench::Callback(a) => callback::run(a),
         Bench::Disabled => disabled::run(),
+        Bench::C => c::run(),
         Bench::Function(a) => tracers::run(livetrace_tracers::Tracer::Function, a),
         Bench::Graph(a) => tracers::run(livetrace_tracers::Tracer::Graph, a),
     }

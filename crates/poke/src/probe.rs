@@ -2,13 +2,19 @@
 //! until no thread can still be inside code that is about to be freed (the
 //! user-space stand-in for the kernel's `synchronize_rcu_tasks`).
 //!
-//! [`sample_threads`] sends each other thread of the process a SIGTRAP
-//! carrying `SI_QUEUE` and a request token; the engine's one SIGTRAP handler
-//! recognises the token, records the interrupted RIP and a word read at a
-//! fixed offset from the thread pointer (a static-TLS variable the caller
-//! names), and returns. A thread blocked in a system call answers too (the
-//! call is restarted or, for the few calls that never restart, returns
-//! `EINTR`, as with any signal).
+//! [`sample_threads`] sends each other thread of the process a real-time
+//! signal ([`probe_signal`], `SIGRTMAX - 2` by default) carrying a request
+//! token; its handler recognises the token, records the interrupted RIP and
+//! a word read at a fixed offset from the thread pointer (a static-TLS
+//! variable the caller names), and returns. A thread blocked in a system
+//! call answers too (the call is restarted or, for the few calls that never
+//! restart, returns `EINTR`, as with any signal).
+//!
+//! A real-time signal, not SIGTRAP: standard signals do not queue, so a
+//! probe pending when a thread executes an `int3` — the program's own
+//! breakpoint, or a batch's — would make the kernel drop that trap's
+//! SIGTRAP, and the thread would run on from the byte after the `int3`.
+//! Real-time signals queue, and a trap is never merged with a probe.
 //!
 //! Only one request is in flight at a time (a lock). The request lives on
 //! the caller's stack and is published in `ACTIVE_PROBE`; a handler answers
@@ -21,7 +27,86 @@ use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::trap::{drain, ensure_installed, IN_FLIGHT};
+use crate::trap::{drain, IN_FLIGHT};
+
+/// The probe signal chosen by [`set_probe_signal`]; 0 means the default.
+static PROBE_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// The real-time signal thread probes use: `SIGRTMAX - 2` unless set with
+/// [`set_probe_signal`]. (livetrace-sites' stop-the-world conversion uses
+/// `SIGRTMAX - 1`.)
+pub fn probe_signal() -> libc::c_int {
+    match PROBE_SIGNAL.load(SeqCst) {
+        0 => libc::SIGRTMAX() - 2,
+        s => s,
+    }
+}
+
+/// Chooses another real-time signal for thread probes, for a program that
+/// uses `SIGRTMAX - 2` itself. Must be called before the first probe.
+pub fn set_probe_signal(sig: libc::c_int) -> Result<(), crate::Error> {
+    if !(libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&sig) {
+        return Err(crate::Error::Io(std::io::Error::other(format!(
+            "probe signal {sig} is not a real-time signal ({}..={})",
+            libc::SIGRTMIN(),
+            libc::SIGRTMAX()
+        ))));
+    }
+    PROBE_SIGNAL.store(sig, SeqCst);
+    Ok(())
+}
+
+extern "C" fn on_probe(_sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    // SAFETY: errno is thread-local; a handler that may make system calls
+    // saves and restores it.
+    let errno = unsafe { *libc::__errno_location() };
+    // SAFETY: the kernel passes a valid ucontext to an SA_SIGINFO handler.
+    let rip = unsafe { (*(uc as *mut libc::ucontext_t)).uc_mcontext.gregs[libc::REG_RIP as usize] }
+        as usize;
+    answer(info, rip);
+    // SAFETY: see above.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+/// Installs the probe handler, once. Refuses when the program has a
+/// handler of its own on that signal.
+fn install_probe_handler() -> Result<(), crate::Error> {
+    static INSTALLED: std::sync::OnceLock<Result<libc::c_int, String>> = std::sync::OnceLock::new();
+    let sig = probe_signal();
+    let r = INSTALLED.get_or_init(|| {
+        let mut cur = MaybeUninit::<libc::sigaction>::zeroed();
+        // SAFETY: queries the disposition only.
+        if unsafe { libc::sigaction(sig, std::ptr::null(), cur.as_mut_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        // SAFETY: sigaction filled it.
+        let cur = unsafe { cur.assume_init() };
+        if cur.sa_sigaction != libc::SIG_DFL {
+            return Err(format!(
+                "signal {sig} already has a handler; choose another with set_probe_signal"
+            ));
+        }
+        let mut sa = MaybeUninit::<libc::sigaction>::zeroed();
+        let p = sa.as_mut_ptr();
+        // SAFETY: fills a zeroed sigaction and installs a valid handler.
+        unsafe {
+            (*p).sa_sigaction = on_probe as *const () as usize;
+            (*p).sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+            libc::sigemptyset(&mut (*p).sa_mask);
+            if libc::sigaction(sig, p, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error().to_string());
+            }
+        }
+        Ok(sig)
+    });
+    match r {
+        Ok(s) if *s == sig => Ok(()),
+        Ok(s) => Err(crate::Error::Io(std::io::Error::other(format!(
+            "probe handler already installed on signal {s}"
+        )))),
+        Err(e) => Err(crate::Error::Io(std::io::Error::other(e.clone()))),
+    }
+}
 
 /// One thread's answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,8 +159,8 @@ pub fn tls_offset_of(addr: usize) -> isize {
     addr.wrapping_sub(fs_base) as isize
 }
 
-/// Called by the SIGTRAP handler for an `SI_QUEUE` trap. Returns whether it
-/// was a probe of ours (and has been answered).
+/// Called by the probe handler. Returns whether it was a probe of ours (and
+/// has been answered).
 pub(crate) fn answer(info: *const libc::siginfo_t, rip: usize) -> bool {
     // SAFETY: for SI_QUEUE the kernel fills the sigqueue fields; si_value
     // is the token the sender put there.
@@ -109,28 +194,28 @@ fn thread_ids() -> std::io::Result<Vec<i32>> {
     Ok(tids)
 }
 
-fn send(pid: i32, tid: i32, token: usize) -> bool {
+fn send(pid: i32, tid: i32, sig: libc::c_int, token: usize) -> bool {
     let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
     // SAFETY: a zeroed siginfo is filled with the fields rt_tgsigqueueinfo
     // reads for SI_QUEUE: signo, code, pid, uid and the value (the value
     // sits after pid and uid in the kernel's layout, as the offsets show).
     unsafe {
         let p = info.as_mut_ptr();
-        (*p).si_signo = libc::SIGTRAP;
+        (*p).si_signo = sig;
         (*p).si_code = libc::SI_QUEUE;
         let base = p as *mut u8;
         // struct { int signo, errno, code; int pad; pid_t pid; uid_t uid; sigval value; }
         *(base.add(16) as *mut i32) = pid;
         *(base.add(20) as *mut u32) = libc::getuid();
         *(base.add(24) as *mut usize) = token;
-        libc::syscall(libc::SYS_rt_tgsigqueueinfo, pid, tid, libc::SIGTRAP, p) == 0
+        libc::syscall(libc::SYS_rt_tgsigqueueinfo, pid, tid, sig, p) == 0
     }
 }
 
 /// Samples every thread of the process: where it is executing and the
 /// 8-byte word at `tls_offset` from its thread pointer. Threads that exit
 /// meanwhile are left out; threads that do not answer within `timeout`
-/// (SIGTRAP blocked, or stopped by a debugger) make it an error.
+/// (the probe signal blocked, or stopped by a debugger) make it an error.
 ///
 /// `tls_offset` must come from [`tls_offset_of`] applied to a static-TLS
 /// variable (one of the executable or of a library loaded at start-up) of
@@ -140,13 +225,8 @@ pub fn sample_threads(
     timeout: Duration,
 ) -> Result<Vec<ThreadSample>, crate::Error> {
     let _guard = PROBE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    {
-        // The handler must be ours to answer; installing is done under the
-        // batch lock elsewhere, so take it for this.
-        let _b = crate::batch::lock();
-        drain();
-        ensure_installed().map_err(crate::Error::Io)?;
-    }
+    install_probe_handler()?;
+    let sig = probe_signal();
     // SAFETY: getpid and gettid cannot fail.
     let (pid, me) = unsafe { (libc::getpid(), libc::syscall(libc::SYS_gettid) as i32) };
     let tids = thread_ids().map_err(crate::Error::Io)?;
@@ -167,7 +247,7 @@ pub fn sample_threads(
     ACTIVE_PROBE.store(token as *mut Request, SeqCst);
     let mut gone = vec![false; req.slots.len()];
     for (i, s) in req.slots.iter().enumerate() {
-        if !send(pid, s.tid.load(SeqCst), token) {
+        if !send(pid, s.tid.load(SeqCst), sig, token) {
             gone[i] = true; // exited since we listed it
         }
     }

@@ -334,11 +334,6 @@ extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut 
     let regs = Regs { gregs };
     // `int3` reports SI_KERNEL; a kill(), tgkill() or a single-step trap
     // reports something else and is never ours.
-    if code == libc::SI_QUEUE && crate::probe::answer(info, regs.rip()) {
-        // SAFETY: see above.
-        unsafe { *libc::__errno_location() = errno };
-        return;
-    }
     let verdict = if code == libc::SI_KERNEL {
         decide(&regs, regs.rip().wrapping_sub(1))
     } else {
