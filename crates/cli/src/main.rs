@@ -128,10 +128,13 @@ enum Cmd {
     },
     /// Run a program traced from its start to its exit
     ///
-    /// The program must link livetrace-server. It is started with LIVETRACE=1
-    /// and LIVETRACE_RECORD set: it starts tracing before main and writes
-    /// what it recorded when it exits, which this command then converts.
-    /// A program killed by a signal leaves no recording.
+    /// The program is started with LIVETRACE=1 and LIVETRACE_RECORD set: it
+    /// starts tracing before main and writes what it recorded when it
+    /// exits, which this command then converts. A program that does not
+    /// link livetrace (a C or C++ program built with
+    /// -fpatchable-function-entry=5) gets liblivetrace.so preloaded: the one
+    /// next to this command, or $LIVETRACE_PRELOAD_LIB. A program killed by
+    /// a signal leaves no recording.
     Record {
         #[command(flatten)]
         sel: Selection,
@@ -680,6 +683,45 @@ fn patch(
     Ok(())
 }
 
+/// The preload library `program` needs, or `None` when it links livetrace
+/// itself (preloading it too would start a second server in the process).
+fn preload_for(program: &str) -> Result<Option<std::path::PathBuf>, Fail> {
+    let path = if program.contains('/') {
+        Some(std::path::PathBuf::from(program))
+    } else {
+        std::env::var_os("PATH").and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(program))
+                .find(|c| c.is_file())
+        })
+    };
+    let Some(path) = path else {
+        return Err(format!("cannot find {program}").into());
+    };
+    let data = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    use object::{Object, ObjectSection};
+    let links_livetrace = object::File::parse(&*data)
+        .map(|f| f.sections().any(|s| s.name() == Ok("livetrace_sites")))
+        .unwrap_or(false);
+    if links_livetrace {
+        return Ok(None);
+    }
+    let lib = match std::env::var_os("LIVETRACE_PRELOAD_LIB") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => std::env::current_exe()
+            .map_err(|e| format!("cannot find this command's directory: {e}"))?
+            .with_file_name("liblivetrace.so"),
+    };
+    if !lib.is_file() {
+        return Err(format!(
+            "{program} does not link livetrace, and the preload library {} is missing              (build it with `cargo build -p livetrace-preload`, or set LIVETRACE_PRELOAD_LIB)",
+            lib.display()
+        )
+        .into());
+    }
+    Ok(Some(lib))
+}
+
 fn record(sel: Selection, out: OutputArgs, cmd: Vec<String>) -> Result<(), Fail> {
     let Some(output_path) = out.output.clone() else {
         return Err(usage("record needs -o FILE"));
@@ -709,7 +751,15 @@ fn record(sel: Selection, out: OutputArgs, cmd: Vec<String>) -> Result<(), Fail>
     // Ctrl-C goes to the whole foreground group: the program decides what
     // it does with it; this command waits to report.
     ui::catch_interrupts();
-    let status = std::process::Command::new(&cmd[0])
+    let mut command = std::process::Command::new(&cmd[0]);
+    if let Some(lib) = preload_for(&cmd[0])? {
+        let preload = match std::env::var("LD_PRELOAD") {
+            Ok(p) if !p.is_empty() => format!("{} {p}", lib.display()),
+            _ => lib.display().to_string(),
+        };
+        command.env("LD_PRELOAD", preload);
+    }
+    let status = command
         .args(&cmd[1..])
         .env(livetrace_proto::ENABLE_ENV, "1")
         .env(

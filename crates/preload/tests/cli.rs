@@ -23,6 +23,7 @@ fn livetrace(args: &[&str]) -> common::Output {
     let mut cmd = Command::new(cli());
     cmd.args(args)
         .env("LIVETRACE_SOCKET_DIR", socket_dir())
+        .env("LIVETRACE_PRELOAD_LIB", common::lib())
         .env_remove("LD_PRELOAD");
     output(cmd)
 }
@@ -106,6 +107,8 @@ fn cli_traces_a_running_c_program() {
 /// spec; under `LD_PRELOAD=liblivetrace.so` the control-socket crate's
 /// constructor inside the library records it from before `main` to exit.
 #[test]
+/// `livetrace record -- ./prog` preloads liblivetrace.so by itself into a
+/// program that does not link livetrace.
 fn cli_records_a_c_program_run_with_ld_preload() {
     let dir = scratch("record");
     let out_path = dir.join("record.txt");
@@ -119,8 +122,6 @@ fn cli_records_a_c_program_run_with_ld_preload() {
         "-o",
         out_path.to_str().unwrap(),
         "--",
-        "env",
-        &format!("LD_PRELOAD={}", common::lib().display()),
         worker.to_str().unwrap(),
         "run",
         "1",
