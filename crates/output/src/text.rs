@@ -273,19 +273,25 @@ pub fn write_function_graph<W: Write>(trace: &Trace, mut out: W) -> io::Result<(
                     depth_now = depth + 1;
                     let call = call_of[idx].map(|id| &tree.calls[id]);
                     let name = syms.display(func);
+                    // C++ names already carry their parameter list.
+                    let parens = if name.ends_with(')') || name.ends_with(" const") {
+                        ""
+                    } else {
+                        "()"
+                    };
                     if let Some(call) = call.filter(|c| c.exit_event == Some(idx + 1)) {
                         skip_exit = Some(idx + 1);
                         depth_now = depth;
                         writeln!(
                             out,
-                            "{prefix}{}{}{name}();",
+                            "{prefix}{}{}{name}{parens};",
                             duration_field(call.duration()),
                             indent(depth)
                         )?;
                     } else {
                         writeln!(
                             out,
-                            "{prefix}{}{}{name}() {{",
+                            "{prefix}{}{}{name}{parens} {{",
                             duration_field(None),
                             indent(depth)
                         )?;

@@ -198,3 +198,52 @@ fn lost_exits_mid_trace_and_unknown_symbols() {
         "got:\n{got}"
     );
 }
+
+#[test]
+fn cxx_names_keep_their_own_parameter_list() {
+    use livetrace_output::{Event, Symbols, ThreadTrace, Trace};
+    let mut symbols = Symbols::default();
+    symbols.insert(0x1000, 0, "geo::Circle::scale(int)");
+    symbols.insert(0x2000, 0, "geo::Circle::area() const");
+    let events = vec![
+        Event::Entry {
+            ts: 1_000,
+            func: 0x1000,
+            depth: 0,
+        },
+        Event::Entry {
+            ts: 1_100,
+            func: 0x2000,
+            depth: 1,
+        },
+        Event::Exit {
+            ts: 1_200,
+            func: 0x2000,
+            depth: 1,
+        },
+        Event::Exit {
+            ts: 1_500,
+            func: 0x1000,
+            depth: 0,
+        },
+    ];
+    let trace = Trace {
+        pid: 1,
+        start_ns: 1_000,
+        threads: vec![ThreadTrace {
+            tid: 1,
+            name: "t".into(),
+            events,
+            lost: 0,
+            depth_overflows: 0,
+        }],
+        symbols,
+        ..Trace::default()
+    };
+    let mut out = Vec::new();
+    livetrace_output::text::write_function_graph(&trace, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("geo::Circle::scale(int) {"), "{text}");
+    assert!(text.contains("geo::Circle::area() const;"), "{text}");
+    assert!(!text.contains(")()"), "{text}");
+}
