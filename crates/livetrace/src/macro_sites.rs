@@ -87,11 +87,10 @@ pub fn macro_sites() -> impl Iterator<Item = MacroSite> {
     debug_assert!(start <= sentinel && sentinel < stop);
     let n = (stop as usize - start as usize) / size_of::<RawRecord>();
     (0..n).filter_map(move |i| {
-        // SAFETY: `start..stop` is the linker-gathered `livetrace_sites`
-        // section; every contribution to it is a whole number of 8-aligned
-        // 40-byte records (macro output and the sentinel above), so record
-        // `i < n` is in bounds and aligned. The section is never written
-        // after relocation.
+        // The section holds only whole 8-aligned 40-byte records (macro
+        // output and the sentinel above), and is never written after
+        // relocation.
+        // SAFETY: record `i < n` of the linker-gathered section is in bounds.
         let r = unsafe { &*start.add(i) };
         if r.addr == 0 {
             return None;

@@ -418,11 +418,11 @@ pub unsafe fn poke_quiescent(site: usize, expected: [u8; 5], new: [u8; 5]) -> Re
 /// any is new. Returns the array it replaced, to be freed after a drain.
 fn publish_known(entries: &[Entry]) -> Option<Box<KnownSet>> {
     let cur = trap::KNOWN.load(SeqCst);
-    // SAFETY: the known set is replaced only here, under LOCK, so the
-    // current one is alive while we hold the lock.
     let known: &[usize] = if cur.is_null() {
         &[]
     } else {
+        // SAFETY: the known set is replaced only here, under LOCK, so the
+        // current one is alive while we hold the lock.
         unsafe { &(*(cur as *const KnownSet)).sites }
     };
     // Both sorted. The common case, every site already known, is one tight

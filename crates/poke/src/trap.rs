@@ -260,11 +260,10 @@ fn emulate(regs: &Regs, e: &Entry) {
         Emulate::Jmp => regs.set_rip(e.target),
         Emulate::Call => {
             let sp = regs.rsp().wrapping_sub(8);
-            // SAFETY: the thread is at the first instruction of a site, where
-            // a real `call` would push its return address at rsp-8; the
-            // kernel built our signal frame below the 128-byte red zone (or
-            // on the alternate stack), so this slot is free, mapped stack,
-            // exactly as the call instruction being emulated would use it.
+            // The kernel built our signal frame below the 128-byte red zone
+            // (or on the alternate stack).
+            // SAFETY: at a site's first instruction, rsp-8 is free, mapped
+            // stack: exactly where the call being emulated would push.
             unsafe { ptr::write(sp as *mut usize, next) };
             regs.set_rsp(sp);
             regs.set_rip(e.target);

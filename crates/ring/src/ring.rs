@@ -468,11 +468,10 @@ impl Rings {
     fn local(&self) -> Option<&Buffer> {
         let (id, buffer) = CACHE.with(|c| c[self.id as usize % CACHE_WAYS].get());
         if id == self.id {
-            // SAFETY: entries are cached under the id of the Rings that
-            // owns the buffer, ids are never reused and `self` is alive, so
-            // this is that Rings. It frees a buffer early only after the
-            // thread's exit hook has cleared this cache; otherwise
-            // `self.buffers` holds it for as long as `self` lives.
+            // Entries are cached under the owning Rings' id (never reused,
+            // and `self` is alive); a buffer is freed early only after the
+            // thread's exit hook cleared this cache.
+            // SAFETY: so `buffer` is alive, held by `self.buffers`.
             Some(unsafe { &*buffer })
         } else {
             self.local_slow()

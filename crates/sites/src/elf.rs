@@ -115,11 +115,10 @@ impl Mmap {
     }
 
     pub fn bytes(&self) -> &[u8] {
-        // SAFETY: `ptr..ptr+len` stays mapped readable until drop. A file
-        // truncated under us would raise SIGBUS on access; loaded objects'
-        // files are not truncated in place by package managers (they
-        // replace them), which is the same assumption the dynamic loader
-        // makes.
+        // A file truncated under us would raise SIGBUS; package managers
+        // replace loaded objects' files rather than truncate them, the
+        // dynamic loader's own assumption.
+        // SAFETY: `ptr..ptr+len` stays mapped readable until drop.
         unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
     }
 }
