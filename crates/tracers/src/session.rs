@@ -81,6 +81,8 @@ impl Config {
 pub(crate) const CALL: u64 = 1;
 pub(crate) const ENTRY: u64 = 2;
 pub(crate) const EXIT: u64 = 3;
+/// A call not followed because the shadow stack was full.
+pub(crate) const OVERFLOW: u64 = 4;
 
 /// The profiler's per-thread table: open addressing on the function
 /// address, owned (written) by one thread, read by anyone.
@@ -250,13 +252,26 @@ impl Session {
                     // SAFETY: the trampoline's return slot of this call; the
                     // session id is resolved through the registry at exit.
                     let depth = unsafe { retstack::hook(call.return_slot(), call.ip(), ts, id) };
-                    if let (Some(d), Tracer::Graph) = (depth, me.tracer) {
-                        me.rings.write(Record {
-                            ts,
-                            a: call.ip() as u64,
-                            b: d as u64,
-                            c: ENTRY,
-                        });
+                    match (depth, me.tracer) {
+                        (Some(d), Tracer::Graph) => {
+                            me.rings.write(Record {
+                                ts,
+                                a: call.ip() as u64,
+                                b: d as u64,
+                                c: ENTRY,
+                            });
+                        }
+                        // Too deep to hook: the call is not followed, but
+                        // it is counted where the outputs report it.
+                        (None, _) => {
+                            me.rings.write(Record {
+                                ts,
+                                a: call.ip() as u64,
+                                b: 0,
+                                c: OVERFLOW,
+                            });
+                        }
+                        _ => {}
                     }
                 })
             }
@@ -300,51 +315,11 @@ impl Session {
 
     /// Everything recorded so far, per thread, without consuming it.
     pub fn snapshot(&self) -> Trace {
-        let clock = crate::clock();
-        let mut trace = crate::symbols::process_trace();
+        let mut threads = Vec::new();
         for buf in self.inner.rings.snapshot() {
-            let events = buf
-                .records
-                .iter()
-                .filter_map(|r| {
-                    let ts = clock.to_ns(r.ts);
-                    Some(match r.c {
-                        CALL => Event::Call {
-                            ts,
-                            func: r.a,
-                            caller: r.b,
-                        },
-                        ENTRY => Event::Entry {
-                            ts,
-                            func: r.a,
-                            depth: r.b as u32,
-                        },
-                        EXIT => Event::Exit {
-                            ts,
-                            func: r.a,
-                            depth: r.b as u32,
-                        },
-                        _ => return None,
-                    })
-                })
-                .collect();
-            trace.threads.push(ThreadTrace {
-                tid: buf.tid as u32,
-                name: buf.name,
-                events,
-                lost: buf.lost,
-                depth_overflows: 0,
-            });
+            threads.push(thread_trace(buf.tid, buf.name, &buf.records, buf.lost));
         }
-        trace.start_ns = trace
-            .threads
-            .iter()
-            .filter_map(|t| t.events.first())
-            .map(event_ts)
-            .min()
-            .unwrap_or(0);
-        crate::symbols::name_events(&mut trace);
-        trace
+        finish(threads)
     }
 
     /// What was recorded since the previous drain, consuming it: each
@@ -354,50 +329,11 @@ impl Session {
     /// are listed; `lost` counts the losses since the previous drain.
     /// [`Session::snapshot`] afterwards sees only what no drain consumed.
     pub fn drain(&self) -> Trace {
-        let clock = crate::clock();
-        let mut trace = crate::symbols::process_trace();
+        let mut threads = Vec::new();
         self.inner.rings.drain(|tid, name, records, lost| {
-            let events = records
-                .iter()
-                .filter_map(|r| {
-                    let ts = clock.to_ns(r.ts);
-                    Some(match r.c {
-                        CALL => Event::Call {
-                            ts,
-                            func: r.a,
-                            caller: r.b,
-                        },
-                        ENTRY => Event::Entry {
-                            ts,
-                            func: r.a,
-                            depth: r.b as u32,
-                        },
-                        EXIT => Event::Exit {
-                            ts,
-                            func: r.a,
-                            depth: r.b as u32,
-                        },
-                        _ => return None,
-                    })
-                })
-                .collect();
-            trace.threads.push(ThreadTrace {
-                tid: tid as u32,
-                name: name.to_string(),
-                events,
-                lost,
-                depth_overflows: 0,
-            });
+            threads.push(thread_trace(tid, name.to_string(), records, lost));
         });
-        trace.start_ns = trace
-            .threads
-            .iter()
-            .filter_map(|t| t.events.first())
-            .map(event_ts)
-            .min()
-            .unwrap_or(0);
-        crate::symbols::name_events(&mut trace);
-        trace
+        finish(threads)
     }
 
     /// The profile so far: one row per function, merged over threads.
@@ -448,6 +384,59 @@ impl Session {
         });
         rows
     }
+}
+
+/// One thread's records as events, with times in CLOCK_MONOTONIC ns.
+fn thread_trace(tid: i32, name: String, records: &[Record], lost: u64) -> ThreadTrace {
+    let clock = crate::clock();
+    let depth_overflows = records.iter().filter(|r| r.c == OVERFLOW).count() as u64;
+    let events = records
+        .iter()
+        .filter_map(|r| {
+            let ts = clock.to_ns(r.ts);
+            Some(match r.c {
+                CALL => Event::Call {
+                    ts,
+                    func: r.a,
+                    caller: r.b,
+                },
+                ENTRY => Event::Entry {
+                    ts,
+                    func: r.a,
+                    depth: r.b as u32,
+                },
+                EXIT => Event::Exit {
+                    ts,
+                    func: r.a,
+                    depth: r.b as u32,
+                },
+                _ => return None,
+            })
+        })
+        .collect();
+    ThreadTrace {
+        tid: tid as u32,
+        name,
+        events,
+        lost,
+        depth_overflows,
+    }
+}
+
+/// A trace of this process from its threads' events, with every address
+/// named.
+fn finish(threads: Vec<ThreadTrace>) -> Trace {
+    let mut trace = crate::symbols::process_trace();
+    trace.threads = threads;
+    trace.start_ns = trace
+        .threads
+        .iter()
+        .filter_map(|t| t.events.first())
+        .map(event_ts)
+        .min()
+        .unwrap_or(0);
+    crate::symbols::name_events(&mut trace);
+    trace
 }
 
 fn event_ts(e: &Event) -> u64 {

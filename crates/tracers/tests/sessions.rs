@@ -28,7 +28,7 @@ macro_rules! traced {
     };
 }
 
-traced!(t_outer => outer_body, t_middle => middle_body, t_leaf => leaf_body, t_boom => boom_body);
+traced!(t_outer => outer_body, t_middle => middle_body, t_leaf => leaf_body, t_boom => boom_body, t_deep => deep_body);
 
 extern "C-unwind" fn outer_body(n: u64) -> u64 {
     // SAFETY: plain calls through the stubs (same ABI as the bodies).
@@ -44,6 +44,13 @@ extern "C-unwind" fn middle_body(n: u64) -> u64 {
 }
 extern "C-unwind" fn leaf_body(n: u64) -> u64 {
     std::hint::black_box(n * 3)
+}
+extern "C-unwind" fn deep_body(n: u64) -> u64 {
+    if n == 0 {
+        return 0;
+    }
+    // SAFETY: as above.
+    1 + unsafe { t_deep(n - 1) }
 }
 extern "C-unwind" fn boom_body(n: u64) -> u64 {
     if n > 0 {
@@ -76,6 +83,7 @@ fn setup() {
             (addr(t_middle), "t::middle"),
             (addr(t_leaf), "t::leaf"),
             (addr(t_boom), "t::boom"),
+            (addr(t_deep), "t::deep"),
         ] {
             sites.push(ExternalSite {
                 addr: f as usize,
@@ -273,4 +281,28 @@ fn a_full_buffer_counts_what_it_loses() {
     let t = mine(&trace);
     assert_eq!(t.events.len() as u64 + t.lost, 300);
     assert_eq!(t.events.len(), 64);
+}
+
+#[test]
+fn graph_tracer_counts_calls_too_deep_to_follow() {
+    setup();
+    let s = Session::start(Config::new(Tracer::Graph, &["t::deep"])).unwrap();
+    let max = livetrace_tracers::MAX_DEPTH as u64;
+    // SAFETY: plain call through the stub.
+    assert_eq!(unsafe { t_deep(max + 43) }, max + 43);
+    let trace = s.snapshot();
+    let t = mine(&trace);
+    // max + 44 calls (n = max+43 down to 0): max followed, 44 counted.
+    assert_eq!(t.depth_overflows, 44);
+    let entries = t
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::Entry { .. }))
+        .count() as u64;
+    let exits = t
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::Exit { .. }))
+        .count() as u64;
+    assert_eq!((entries, exits), (max, max));
 }
