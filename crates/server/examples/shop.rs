@@ -91,7 +91,7 @@ fn worker(id: u64, stop: &AtomicBool, orders: &AtomicU64, revenue: &AtomicU64) {
         let order = parse_order(n, &text);
         revenue.fetch_add(checkout(&order), Relaxed);
         orders.fetch_add(1, Relaxed);
-        if order.id % 16 == 0 {
+        if order.id.is_multiple_of(16) {
             std::thread::sleep(Duration::from_micros(200));
         }
     }
