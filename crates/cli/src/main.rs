@@ -453,6 +453,7 @@ fn trace(
     let mut first = true;
     let mut events = 0usize;
     let mut lost = 0u64;
+    let mut graph_stream = output::GraphStream::default();
     let mut profile: Vec<ProfileRow> = Vec::new();
     let mut last_ping = Instant::now();
     let mut stopping = false;
@@ -483,9 +484,16 @@ fn trace(
         let n = piece.event_count();
         events += n;
         lost += piece.threads.iter().map(|t| t.lost).sum::<u64>();
-        let piece = piece.into_trace()?;
+        let mut piece = piece.into_trace()?;
+        if streaming && sel.tracer == TracerKind::Graph {
+            piece = graph_stream.push(piece, stopped && !more);
+        }
         if streaming {
-            if n > 0 {
+            if piece
+                .threads
+                .iter()
+                .any(|t| !t.events.is_empty() || t.lost > 0)
+            {
                 match output::stream_text(&piece, sel.tracer, first) {
                     Ok(()) => {}
                     // The reader went away (`| head`): done, not failed.
