@@ -16,9 +16,12 @@
 //!   — including the resume address, which is how a function is redirected
 //!   — and returns there.
 //!
-//! Each copy has three data words at its end, read RIP-relative so the code
-//! is position independent: the thread-pointer offset of the per-thread
-//! [`ThreadState`](crate::thread::ThreadState), `data`, and `func`.
+//! Each copy has two data words at its end, read RIP-relative so the code
+//! is position independent: `data` and `func` (a copy within rel32 of
+//! `func` calls it directly instead). The thread-pointer offset of the
+//! per-thread [`ThreadState`](crate::thread::ThreadState) is the same in
+//! every thread, so it is patched into each copy as the displacement of its
+//! `fs:[disp32]` operands: no load on the traced path.
 //!
 //! Both templates begin by testing the thread's `seq` word, odd while the
 //! thread is in a callback: a call from inside a callback (a callback
@@ -38,6 +41,10 @@ use std::io;
 std::arch::global_asm!(
     r#"
     .pushsection .text.livetrace_tramp,"ax",@progbits
+    // The thread-pointer offsets of ThreadState's `seq` and `dropped`, as
+    // disp32 placeholders each copy gets patched with (see `patch_tls`).
+    .set LT_SEQ, 0x5eed0000
+    .set LT_DROPPED, 0x5eed0008
     // xmm0-7 (vector and float arguments) to/from 128 aligned bytes at rsp.
     .macro lt_save_xmm
     .irp n, 0, 1, 2, 3, 4, 5, 6, 7
@@ -61,10 +68,9 @@ lt_tramp_fast_start:
     push rax
     push r10
     push r11
-    mov r11, qword ptr [rip + lt_tramp_fast_tpoff]
-    test byte ptr fs:[r11], 1
+    test byte ptr fs:[LT_SEQ], 1
     jnz 9f
-    add dword ptr fs:[r11], 1
+    add dword ptr fs:[LT_SEQ], 1
     // 9 pushes left rsp 8 off a 16-byte boundary (it was aligned at entry,
     // just after the site's call): 128 bytes of xmm plus 8 of padding.
     sub rsp, 136
@@ -79,8 +85,7 @@ lt_tramp_fast_call:
     call qword ptr [rip + lt_tramp_fast_func]
     lt_restore_xmm
     add rsp, 136
-    mov r11, qword ptr [rip + lt_tramp_fast_tpoff]
-    add dword ptr fs:[r11], 1
+    add dword ptr fs:[LT_SEQ], 1
     pop r11
     pop r10
     pop rax
@@ -92,7 +97,7 @@ lt_tramp_fast_call:
     pop rdi
     ret
 9:
-    add qword ptr fs:[r11 + 8], 1
+    add qword ptr fs:[LT_DROPPED], 1
     pop r11
     pop r10
     pop rax
@@ -104,7 +109,6 @@ lt_tramp_fast_call:
     pop rdi
     ret
     .p2align 3
-lt_tramp_fast_tpoff: .quad 0
 lt_tramp_fast_data: .quad 0
 lt_tramp_fast_func: .quad 0
     .globl lt_tramp_fast_end
@@ -117,10 +121,9 @@ lt_tramp_regs_start:
     mov rbp, rsp
     pushfq
     push r11
-    mov r11, qword ptr [rip + lt_tramp_regs_tpoff]
-    test byte ptr fs:[r11], 1
+    test byte ptr fs:[LT_SEQ], 1
     jnz 9f
-    add dword ptr fs:[r11], 1
+    add dword ptr fs:[LT_SEQ], 1
     sub rsp, 8
     lea r11, [rbp + 16]
     push r11
@@ -175,21 +178,19 @@ lt_tramp_regs_call:
     pop rdx
     pop rsi
     pop rdi
-    mov r11, qword ptr [rip + lt_tramp_regs_tpoff]
-    add dword ptr fs:[r11], 1
+    add dword ptr fs:[LT_SEQ], 1
     lea rsp, [rbp - 16]
     pop r11
     popfq
     pop rbp
     ret
 9:
-    add qword ptr fs:[r11 + 8], 1
+    add qword ptr fs:[LT_DROPPED], 1
     pop r11
     popfq
     pop rbp
     ret
     .p2align 3
-lt_tramp_regs_tpoff: .quad 0
 lt_tramp_regs_data: .quad 0
 lt_tramp_regs_func: .quad 0
     .globl lt_tramp_regs_end
@@ -233,7 +234,7 @@ impl Kind {
         call as usize - start as usize
     }
 
-    /// The template's bytes; its last 24 bytes are the three data words.
+    /// The template's bytes; its last 16 bytes are the two data words.
     fn template(self) -> &'static [u8] {
         let (start, end) = match self {
             Kind::Fast => (&raw const lt_tramp_fast_start, &raw const lt_tramp_fast_end),
@@ -300,7 +301,7 @@ impl Pools {
         assert!(code.len() <= SLOT);
         let mut bytes = code.to_vec();
         let n = bytes.len();
-        bytes[n - 24..n - 16].copy_from_slice(&(tpoff as i64).to_le_bytes());
+        patch_tls(&mut bytes[..n - 16], tpoff);
         bytes[n - 16..n - 8].copy_from_slice(&(data as u64).to_le_bytes());
         bytes[n - 8..].copy_from_slice(&(func as usize as u64).to_le_bytes());
         let at = kind.call_offset();
@@ -412,4 +413,26 @@ fn map_near(window: usize) -> io::Result<usize> {
         window << WINDOW_SHIFT,
         (window + 1) << WINDOW_SHIFT
     )))
+}
+
+/// Replaces the `LT_SEQ`/`LT_DROPPED` placeholders in a template's code with
+/// the real thread-pointer offsets.
+fn patch_tls(code: &mut [u8], tpoff: isize) {
+    let tpoff = i32::try_from(tpoff).expect("static TLS offsets fit in 32 bits");
+    let mut patched = 0;
+    for (placeholder, value) in [(0x5eed_0000u32, tpoff), (0x5eed_0008, tpoff + 8)] {
+        let pat = placeholder.to_le_bytes();
+        let mut i = 0;
+        while i + 4 <= code.len() {
+            if code[i..i + 4] == pat {
+                code[i..i + 4].copy_from_slice(&value.to_le_bytes());
+                patched += 1;
+                i += 4;
+            } else {
+                i += 1;
+            }
+        }
+    }
+    // Each template uses `seq` three times and `dropped` once.
+    assert_eq!(patched, 4, "trampoline template placeholders");
 }
