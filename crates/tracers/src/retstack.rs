@@ -3,10 +3,10 @@
 //! At entry the graph callback saves the traced function's return address
 //! (the slot the trampoline hands it) on a per-thread *shadow stack*, with
 //! the slot's address, the function and the entry time, and replaces it
-//! with [`return_to_handler`]. When the function returns it lands there; the
-//! handler saves the return-value registers, asks [`graph_exit`] for the
+//! with `return_to_handler`. When the function returns it lands there; the
+//! handler saves the return-value registers, asks `graph_exit` for the
 //! real return address (popping the frame and recording the exit), and
-//! returns to it. The kernel's `ret_stack` and `return_to_handler`.
+//! jumps to it. The kernel's `ret_stack` and `return_to_handler`.
 //!
 //! # Frames that never return normally
 //!
@@ -298,8 +298,9 @@ std::arch::global_asm!(
     ".p2align 4",
     ".globl lt_return_to_handler",
     "lt_return_to_handler:",
-    // The function returned here: rsp is its slot + 8. Make room for the
-    // real return address at the slot, save the return registers.
+    // The function returned here: rsp is its slot + 8, 16-byte aligned.
+    // Save the return registers (8 bytes of padding keep the call below
+    // aligned); graph_exit gets the slot's address.
     "    sub rsp, 8",
     "    push rax",
     "    push rdx",
@@ -308,13 +309,19 @@ std::arch::global_asm!(
     "    movaps xmmword ptr [rsp + 16], xmm1",
     "    lea rdi, [rsp + 56]",
     "    call {exit}",
-    "    mov qword ptr [rsp + 56], rax",
+    // Back to the real return address with a jump, not a `ret`: the
+    // function's own `ret` already used up the return-stack-buffer entry
+    // for this call (and was mispredicted into here); another `ret` would
+    // mispredict too and leave the buffer out of step for the caller's
+    // returns. r11 is scratch at a return (never a return register).
+    "    mov r11, rax",
     "    movaps xmm0, xmmword ptr [rsp]",
     "    movaps xmm1, xmmword ptr [rsp + 16]",
     "    add rsp, 40",
     "    pop rdx",
     "    pop rax",
-    "    ret",
+    "    add rsp, 8",
+    "    jmp r11",
     ".popsection",
     exit = sym graph_exit,
 );
