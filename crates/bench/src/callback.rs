@@ -2,7 +2,7 @@
 //! function with its site disabled, in interleaved rounds.
 //!
 //! Four fixture functions (`nop5; mov eax, imm; ret`): one left disabled
-//! (the baseline), one with a single ops and an empty callback (its
+//! (reported as `disabled`), one with a single ops and an empty callback (its
 //! dedicated trampoline), one with two such ops (the list caller), one with
 //! a regs ops (the regs caller).
 
@@ -10,7 +10,7 @@ use livetrace_fixtures as fx;
 use livetrace_ftrace::{register, unregister, with_table, Ops, Pattern};
 use livetrace_sites::ExternalSite;
 
-use crate::stats::{median, per_call};
+use crate::stats::{median, per_call, per_call_plain};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -60,8 +60,10 @@ pub fn run(a: Args) {
         register(o).unwrap_or_else(|e| panic!("{e}"));
     }
     let mut t = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    let mut plain = Vec::new();
     per_call(BASE, a.calls / 10); // warm up
     for _ in 0..a.rounds {
+        plain.push(per_call_plain(BASE, a.calls));
         for (k, v) in t.iter_mut().enumerate() {
             v.push(per_call(k, a.calls));
         }
@@ -69,11 +71,13 @@ pub fn run(a: Args) {
     for o in [&one, &two_a, &two_b, &regs] {
         unregister(o).unwrap();
     }
-    let [b, d, l, r] = t.map(|mut v| median(&mut v));
+    let [n, d, l, r] = t.map(|mut v| median(&mut v));
+    let b = median(&mut plain);
     eprintln!("callback: {} rounds of {} calls each", a.rounds, a.calls);
+    // Overheads are against the uninstrumented twin (no site at all).
     println!(
-        "RESULT bench=callback baseline_ns={b:.2} dedicated_ns={d:.2} list_ns={l:.2} regs_ns={r:.2} \
-         dedicated_overhead_ns={:.2} list_overhead_ns={:.2} regs_overhead_ns={:.2}",
+        "RESULT bench=callback baseline_ns={b:.2} disabled_ns={n:.2} dedicated_ns={d:.2} list_ns={l:.2} \
+         regs_ns={r:.2} dedicated_overhead_ns={:.2} list_overhead_ns={:.2} regs_overhead_ns={:.2}",
         d - b,
         l - b,
         r - b

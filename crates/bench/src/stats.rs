@@ -10,6 +10,17 @@ pub fn per_call(i: usize, n: usize) -> f64 {
     t.elapsed().as_nanos() as f64 / n as f64
 }
 
+/// Calls the uninstrumented twin of fixture function `i` `n` times; ns
+/// per call.
+#[inline(never)]
+pub fn per_call_plain(i: usize, n: usize) -> f64 {
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(livetrace_fixtures::call_plain(std::hint::black_box(i)));
+    }
+    t.elapsed().as_nanos() as f64 / n as f64
+}
+
 /// The median of `v` (sorted in place); 0 for an empty slice.
 pub fn median(v: &mut [f64]) -> f64 {
     if v.is_empty() {

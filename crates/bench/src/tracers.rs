@@ -8,7 +8,7 @@ use livetrace_ftrace::with_table;
 use livetrace_sites::ExternalSite;
 use livetrace_tracers::{Config, Session, Tracer};
 
-use crate::stats::{median, per_call};
+use crate::stats::{median, per_call, per_call_plain};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -45,7 +45,7 @@ pub fn run(tracer: Tracer, a: Args) {
     let (mut base, mut traced) = (Vec::new(), Vec::new());
     per_call(1, a.calls / 10);
     for _ in 0..a.rounds {
-        base.push(per_call(0, a.calls));
+        base.push(per_call_plain(0, a.calls));
         traced.push(per_call(1, a.calls));
     }
     let snap = session.snapshot();
