@@ -133,10 +133,21 @@ pub fn serve_in(dir: &Path) -> io::Result<PathBuf> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let listener = UnixListener::bind(&path)?;
+    // Bound under a temporary name, made private, then renamed into place:
+    // `<pid>.sock` only ever names a listening 0600 socket, so a client that
+    // sees it appear can connect at once (between bind and listen it would
+    // be refused).
+    let tmp = dir.join(format!(".{}.sock.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp)?;
     // The directory is 0700 already; this keeps the socket private even if
     // someone loosens it later.
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     listener.set_nonblocking(true)?;
     *SOCKET.lock().unwrap_or_else(|e| e.into_inner()) = Some((std::process::id(), path.clone()));
     register_atexit();
