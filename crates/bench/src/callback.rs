@@ -7,10 +7,9 @@
 //! a regs ops (the regs caller).
 
 use livetrace_fixtures as fx;
-use livetrace_ftrace::{register, unregister, with_table, Ops, Pattern};
-use livetrace_sites::ExternalSite;
+use livetrace_ftrace::{register, unregister, Ops, Pattern};
 
-use crate::stats::{median, per_call, per_call_plain};
+use crate::stats::{median, per_call, per_call_plain, register_fixtures};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -28,20 +27,7 @@ const LIST: usize = 2;
 const REGS: usize = 3;
 
 pub fn run(a: Args) {
-    let names: Vec<String> = (0..4).map(|i| format!("bench::f{i}")).collect();
-    let sites: Vec<ExternalSite<'_>> = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| ExternalSite {
-            addr: fx::site(i),
-            name: n,
-            file: file!(),
-            line: 0,
-        })
-        .collect();
-    with_table(|t| t.insert_external(&sites))
-        .expect("core")
-        .expect("sites");
+    register_fixtures(4);
     let empty = |name: &str, f: usize| {
         Ops::builder(name)
             .filter(Pattern::Addr(fx::site(f)))

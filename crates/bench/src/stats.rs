@@ -1,5 +1,24 @@
 //! Small statistics helpers shared by the benchmarks.
 
+/// Puts fixture functions `0..n` in the record table as `bench::f0`…, so
+/// ops and tracers can name them.
+pub fn register_fixtures(n: usize) {
+    let names: Vec<String> = (0..n).map(|i| format!("bench::f{i}")).collect();
+    let sites: Vec<livetrace_sites::ExternalSite<'_>> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| livetrace_sites::ExternalSite {
+            addr: livetrace_fixtures::site(i),
+            name,
+            file: file!(),
+            line: 0,
+        })
+        .collect();
+    livetrace_ftrace::with_table(|t| t.insert_external(&sites))
+        .expect("core")
+        .expect("sites");
+}
+
 /// Calls fixture function `i` `n` times; ns per call.
 #[inline(never)]
 pub fn per_call(i: usize, n: usize) -> f64 {

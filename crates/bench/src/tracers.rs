@@ -3,12 +3,9 @@
 //! interleaved rounds. The ring buffers run in overwrite mode, so every
 //! call really writes its records.
 
-use livetrace_fixtures as fx;
-use livetrace_ftrace::with_table;
-use livetrace_sites::ExternalSite;
 use livetrace_tracers::{Config, Session, Tracer};
 
-use crate::stats::{median, per_call, per_call_plain};
+use crate::stats::{median, per_call, per_call_plain, register_fixtures};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -24,20 +21,7 @@ pub struct Args {
 }
 
 pub fn run(tracer: Tracer, a: Args) {
-    let names: Vec<String> = (0..2).map(|i| format!("bench::f{i}")).collect();
-    let sites: Vec<ExternalSite<'_>> = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| ExternalSite {
-            addr: fx::site(i),
-            name: n,
-            file: file!(),
-            line: 0,
-        })
-        .collect();
-    with_table(|t| t.insert_external(&sites))
-        .expect("core")
-        .expect("sites");
+    register_fixtures(2);
     let mut cfg = Config::new(tracer, &["bench::f1"]);
     cfg.ring.mode = livetrace_ring::Mode::Overwrite;
     cfg.ring.records_per_thread = a.ring_records;

@@ -51,6 +51,13 @@ std::arch::global_asm!(
     movaps xmmword ptr [rsp + 16 * \n], xmm\n
     .endr
     .endm
+    // Restores the nine registers the fast template pushed, and returns.
+    .macro lt_pop_args_ret
+    .irp r, r11, r10, rax, r9, r8, rcx, rdx, rsi, rdi
+    pop \r
+    .endr
+    ret
+    .endm
     .macro lt_restore_xmm
     .irp n, 0, 1, 2, 3, 4, 5, 6, 7
     movaps xmm\n, xmmword ptr [rsp + 16 * \n]
@@ -87,28 +94,10 @@ lt_tramp_fast_call:
     lt_restore_xmm
     add rsp, 136
     add dword ptr fs:[LT_SEQ], 1
-    pop r11
-    pop r10
-    pop rax
-    pop r9
-    pop r8
-    pop rcx
-    pop rdx
-    pop rsi
-    pop rdi
-    ret
+    lt_pop_args_ret
 9:
     add qword ptr fs:[LT_DROPPED], 1
-    pop r11
-    pop r10
-    pop rax
-    pop r9
-    pop r8
-    pop rcx
-    pop rdx
-    pop rsi
-    pop rdi
-    ret
+    lt_pop_args_ret
     .p2align 3
 lt_tramp_fast_data: .quad 0
 lt_tramp_fast_func: .quad 0
