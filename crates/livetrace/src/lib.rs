@@ -68,7 +68,7 @@ pub use livetrace_ftrace::{
 };
 pub use livetrace_output as output;
 pub use livetrace_sites as sites;
-pub use livetrace_tracers::{Config, Session, Tracer};
+pub use livetrace_tracers::{process_identity, Config, Session, Tracer};
 
 use std::sync::Mutex;
 

@@ -297,7 +297,7 @@ impl Conn {
             return match req {
                 Request::Hello { version, .. } if version == PROTOCOL_VERSION => {
                     self.hello = true;
-                    let t = process_identity();
+                    let t = livetrace::process_identity();
                     (
                         Response::Hello {
                             version: PROTOCOL_VERSION,
@@ -519,21 +519,6 @@ impl Conn {
             Err(e) => tracing_error(e),
         }
     }
-}
-
-fn process_identity() -> (String, Vec<String>) {
-    let program = std::fs::read_link("/proc/self/exe")
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
-    let cmdline = std::fs::read("/proc/self/cmdline")
-        .map(|b| {
-            b.split(|&c| c == 0)
-                .filter(|s| !s.is_empty())
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    (program, cmdline)
 }
 
 /// The session configuration for a request, with every address pattern

@@ -34,6 +34,7 @@ mod symbols;
 
 pub use retstack::{shadow_stats, ShadowStats, MAX_DEPTH};
 pub use session::{Config, Session, Tracer};
+pub use symbols::process_identity;
 
 /// The trace clock, calibrated once.
 pub(crate) fn clock() -> &'static livetrace_ring::Clock {

@@ -7,8 +7,8 @@
 
 use livetrace_output::{Event, Mapping, Symbols, Trace};
 
-/// A trace with this process's identity and mappings, and no threads yet.
-pub(crate) fn process_trace() -> Trace {
+/// This process's executable path and command line, as `/proc/self` tells.
+pub fn process_identity() -> (String, Vec<String>) {
     let program = std::fs::read_link("/proc/self/exe")
         .map(|p| p.display().to_string())
         .unwrap_or_default();
@@ -20,6 +20,12 @@ pub(crate) fn process_trace() -> Trace {
                 .collect()
         })
         .unwrap_or_default();
+    (program, cmdline)
+}
+
+/// A trace with this process's identity and mappings, and no threads yet.
+pub(crate) fn process_trace() -> Trace {
+    let (program, cmdline) = process_identity();
     Trace {
         pid: std::process::id(),
         program,
