@@ -48,6 +48,50 @@ std::arch::global_asm!(
     "lt_t_new: .byte 0x0f,0x1f,0x44,0x00,0x00",
     "    lea rax, [rdi + 1000]",
     "    ret",
+    // Stores what it finds in every register a function can observe at
+    // entry into lt_t_seen (9 general registers, then xmm0-7).
+    ".p2align 4",
+    ".globl lt_t_capture",
+    "lt_t_capture: .byte 0x0f,0x1f,0x44,0x00,0x00",
+    "    mov [rip + lt_t_seen + 0], rdi",
+    "    mov [rip + lt_t_seen + 8], rsi",
+    "    mov [rip + lt_t_seen + 16], rdx",
+    "    mov [rip + lt_t_seen + 24], rcx",
+    "    mov [rip + lt_t_seen + 32], r8",
+    "    mov [rip + lt_t_seen + 40], r9",
+    "    mov [rip + lt_t_seen + 48], rax",
+    "    mov [rip + lt_t_seen + 56], r10",
+    "    mov [rip + lt_t_seen + 64], r11",
+    "    .irp n, 0, 1, 2, 3, 4, 5, 6, 7",
+    "    movups [rip + lt_t_seen + 72 + 16 * \\n], xmm\\n",
+    "    .endr",
+    "    ret",
+    // Loads those registers from the 200 bytes at rdi and calls lt_t_capture.
+    ".p2align 4",
+    ".globl lt_t_call_capture",
+    "lt_t_call_capture:",
+    "    push rbx",
+    "    mov rbx, rdi",
+    "    .irp n, 0, 1, 2, 3, 4, 5, 6, 7",
+    "    movups xmm\\n, [rbx + 72 + 16 * \\n]",
+    "    .endr",
+    "    mov rsi, [rbx + 8]",
+    "    mov rdx, [rbx + 16]",
+    "    mov rcx, [rbx + 24]",
+    "    mov r8, [rbx + 32]",
+    "    mov r9, [rbx + 40]",
+    "    mov rax, [rbx + 48]",
+    "    mov r10, [rbx + 56]",
+    "    mov r11, [rbx + 64]",
+    "    mov rdi, [rbx]",
+    "    call lt_t_capture",
+    "    pop rbx",
+    "    ret",
+    ".popsection",
+    ".pushsection .bss.lt_t_seen,\"aw\",@nobits",
+    ".p2align 4",
+    ".globl lt_t_seen",
+    "lt_t_seen: .zero 200",
     ".popsection",
 );
 
@@ -57,6 +101,9 @@ unsafe extern "C" {
     fn lt_t_sum8(a: u64, b: u64, c: u64, d: u64, e: u64, f: u64, g: u64, h: u64) -> u64;
     fn lt_t_old(x: u64) -> u64;
     fn lt_t_new(x: u64) -> u64;
+    fn lt_t_capture();
+    fn lt_t_call_capture(values: *const [u8; 200]);
+    static lt_t_seen: [u8; 200];
 }
 
 fn addr(f: *const ()) -> usize {
@@ -85,6 +132,7 @@ fn setup() {
             (addr(lt_t_sum8 as *const ()), "t::sum8"),
             (addr(lt_t_old as *const ()), "t::old"),
             (addr(lt_t_new as *const ()), "t::new"),
+            (addr(lt_t_capture as *const ()), "t::capture"),
         ];
         sites.extend(own.iter().map(|&(a, n)| ExternalSite {
             addr: a,
@@ -481,4 +529,85 @@ fn unregister_waits_for_a_thread_inside_the_callback() {
         dropped.load(SeqCst),
         "the last handle drops the callback and what it owns"
     );
+}
+
+/// Writes garbage into every register a C function may clobber, as a
+/// callback that does real work would.
+fn clobber_everything() {
+    // SAFETY: only caller-saved registers are written, and all are declared
+    // clobbered (clobber_abi), so the compiler keeps nothing in them.
+    unsafe {
+        std::arch::asm!(
+            "mov rax, -1",
+            "mov rcx, -1",
+            "mov rdx, -1",
+            "mov rsi, -1",
+            "mov rdi, -1",
+            "mov r8, -1",
+            "mov r9, -1",
+            "mov r10, -1",
+            "mov r11, -1",
+            "pcmpeqd xmm0, xmm0",
+            "pcmpeqd xmm1, xmm1",
+            "pcmpeqd xmm2, xmm2",
+            "pcmpeqd xmm3, xmm3",
+            "pcmpeqd xmm4, xmm4",
+            "pcmpeqd xmm5, xmm5",
+            "pcmpeqd xmm6, xmm6",
+            "pcmpeqd xmm7, xmm7",
+            clobber_abi("C"),
+        );
+    }
+}
+
+#[test]
+fn every_trampoline_preserves_what_the_function_sees_at_entry() {
+    setup();
+    let values: [u8; 200] = std::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(11));
+    let run = || {
+        // SAFETY: lt_t_call_capture reads 200 bytes from the pointer, and
+        // lt_t_seen is written only by lt_t_capture, on this thread.
+        unsafe {
+            lt_t_call_capture(&values);
+            std::ptr::read_volatile(&raw const lt_t_seen)
+        }
+    };
+    assert_eq!(run(), values, "untraced");
+    let hits = Arc::new(AtomicU64::new(0));
+    let build = |label: &str, regs: bool| {
+        let h = hits.clone();
+        let mut b = Ops::builder(label).filter(Pattern::parse("t::capture"));
+        if regs {
+            b = b.regs();
+        }
+        b.build(move |_| {
+            h.fetch_add(1, Relaxed);
+            clobber_everything();
+        })
+    };
+    let (a, b, r) = (
+        build("keep-a", false),
+        build("keep-b", false),
+        build("keep-r", true),
+    );
+    let kind = || {
+        enabled_functions()
+            .unwrap()
+            .into_iter()
+            .find(|e| e.name == "t::capture")
+            .map(|e| e.trampoline)
+    };
+    register(&a).unwrap();
+    assert!(matches!(kind(), Some(Trampoline::Dedicated { .. })));
+    assert_eq!(run(), values, "through the dedicated trampoline");
+    register(&b).unwrap();
+    assert!(matches!(kind(), Some(Trampoline::List(_))));
+    assert_eq!(run(), values, "through the list caller");
+    register(&r).unwrap();
+    assert!(matches!(kind(), Some(Trampoline::Regs(_))));
+    assert_eq!(run(), values, "through the regs caller");
+    assert_eq!(hits.load(Relaxed), 1 + 2 + 3);
+    for o in [&a, &b, &r] {
+        unregister(o).unwrap();
+    }
 }
