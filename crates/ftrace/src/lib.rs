@@ -19,6 +19,12 @@
 //! | several, plain | the *list caller*: walks the ops, checking each one's set |
 //! | any needing regs or IPMODIFY | the *regs caller*: a full register set, then the list walk |
 //!
+//! An ops may also bring a [`FastPath`]: machine code that does its whole
+//! job without calling into Rust (the tracers record an event in a few
+//! instructions). Where that ops is alone on a function, its site calls a
+//! copy of the fast path, which falls back on the ordinary dedicated
+//! trampoline whenever it cannot finish the call itself.
+//!
 //! and applies all of it as **one** engine batch: either every site changes
 //! or none does, and a thread reaching a site meanwhile is sent by the trap
 //! handler to exactly the new target being written.
@@ -50,6 +56,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+mod fast;
 mod ops;
 mod regs;
 mod thread;
@@ -65,6 +72,7 @@ use std::time::Duration;
 use livetrace_poke::Insn;
 use livetrace_sites::Table;
 
+pub use fast::{seq_tpoff, FastPath, FastPathError, DROPPED_PLACEHOLDER, SEQ_PLACEHOLDER};
 pub use ops::{Call, Callback, Ops, OpsBuilder, Pattern};
 pub use regs::Regs;
 pub use thread::{recursion_dropped, suppress, Suppress};
@@ -225,6 +233,9 @@ struct Core {
     shared: HashMap<(usize, Kind), usize>,
     /// (ops id, window) -> dedicated trampoline.
     dedicated: HashMap<(u32, usize), usize>,
+    /// (ops id, window) -> copy of the ops' fast path (whose fallback is
+    /// the dedicated trampoline of the same key).
+    fast: HashMap<(u32, usize), usize>,
     tpoff: isize,
     /// State replaced by registers and refilters, freed by the next
     /// unregister's quiescence wait: starting to trace never probes the
@@ -249,6 +260,7 @@ fn core() -> Result<MutexGuard<'static, Option<Core>>, Error> {
             pools: Pools::default(),
             shared: HashMap::new(),
             dedicated: HashMap::new(),
+            fast: HashMap::new(),
             tpoff: thread::tpoff(),
             deferred: Vec::new(),
         });
@@ -326,16 +338,21 @@ pub fn enabled_functions() -> Result<Vec<EnabledFunction>, Error> {
                 },
             )
         })
-        .chain(c.dedicated.iter().filter_map(|(&(id, _), &a)| {
-            let o = c.registered.iter().find(|o| o.0.id == id)?;
-            Some((
-                a,
-                Trampoline::Dedicated {
-                    ops: o.0.name.clone(),
-                    addr: a,
-                },
-            ))
-        }))
+        .chain(
+            c.dedicated
+                .iter()
+                .chain(c.fast.iter())
+                .filter_map(|(&(id, _), &a)| {
+                    let o = c.registered.iter().find(|o| o.0.id == id)?;
+                    Some((
+                        a,
+                        Trampoline::Dedicated {
+                            ops: o.0.name.clone(),
+                            addr: a,
+                        },
+                    ))
+                }),
+        )
         .collect();
     let mut out = Vec::new();
     for (i, r) in c.table.records().iter().enumerate() {
@@ -474,14 +491,28 @@ impl Core {
         match ops {
             Some(o) => {
                 let key = (o.id, window);
-                if let Some(&a) = self.dedicated.get(&key) {
+                let dedicated = match self.dedicated.get(&key) {
+                    Some(&a) => a,
+                    None => {
+                        let a = self
+                            .pools
+                            .create(window, Kind::Fast, tpoff, Arc::as_ptr(o) as usize, o.entry)
+                            .map_err(Error::Trampoline)?;
+                        self.dedicated.insert(key, a);
+                        a
+                    }
+                };
+                let Some(fast) = &o.fast else {
+                    return Ok(dedicated);
+                };
+                if let Some(&a) = self.fast.get(&key) {
                     return Ok(a);
                 }
                 let a = self
                     .pools
-                    .create(window, Kind::Fast, tpoff, Arc::as_ptr(o) as usize, o.entry)
+                    .create_fast(window, tpoff, fast.code(), dedicated)
                     .map_err(Error::Trampoline)?;
-                self.dedicated.insert(key, a);
+                self.fast.insert(key, a);
                 Ok(a)
             }
             None => {
@@ -616,6 +647,7 @@ impl Core {
                     .collect();
                 for k in mine {
                     garbage.trampolines.extend(self.dedicated.remove(&k));
+                    garbage.trampolines.extend(self.fast.remove(&k));
                 }
                 // Its (now empty) published set stays until the ops itself
                 // is dropped: the list walker may be reading it.

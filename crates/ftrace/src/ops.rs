@@ -133,6 +133,8 @@ pub struct OpsInner {
     pub(crate) entry: crate::tramp::EntryFn,
     pub(crate) regs: bool,
     pub(crate) ipmodify: bool,
+    /// Machine code serving this ops alone on a function, if it has any.
+    pub(crate) fast: Option<crate::FastPath>,
     pub(crate) spec: Mutex<Spec>,
     /// The published function set (read by the list walker, lock-free).
     pub(crate) funcs: AtomicPtr<FuncSet>,
@@ -174,6 +176,7 @@ impl Ops {
             notrace: Vec::new(),
             regs: false,
             ipmodify: false,
+            fast: None,
         }
     }
 
@@ -201,6 +204,7 @@ pub struct OpsBuilder {
     notrace: Vec<Pattern>,
     regs: bool,
     ipmodify: bool,
+    fast: Option<crate::FastPath>,
 }
 
 impl OpsBuilder {
@@ -231,6 +235,17 @@ impl OpsBuilder {
         self
     }
 
+    /// Serves this ops with `fast` on every function where it is the only
+    /// ops (instead of its dedicated trampoline, which the fast path falls
+    /// back on). The callback must do what the fast path does: it runs
+    /// whenever the fast path cannot, and wherever this ops shares a
+    /// function. Ignored for regs and IPMODIFY ops, which always go through
+    /// the regs caller.
+    pub fn fast_path(mut self, fast: crate::FastPath) -> Self {
+        self.fast = Some(fast);
+        self
+    }
+
     /// Finishes the ops with its callback.
     pub fn build<F: Fn(&mut Call<'_>) + Send + Sync + 'static>(self, callback: F) -> Ops {
         static NEXT_ID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
@@ -241,6 +256,7 @@ impl OpsBuilder {
             entry: entry::<F>,
             regs: self.regs,
             ipmodify: self.ipmodify,
+            fast: self.fast,
             spec: Mutex::new(Spec {
                 filter: self.filter,
                 notrace: self.notrace,

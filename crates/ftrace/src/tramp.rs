@@ -259,7 +259,7 @@ impl Kind {
 pub(crate) type EntryFn =
     extern "C" fn(data: usize, ip: usize, parent_slot: *mut usize, regs: *mut crate::Regs);
 
-const SLOT: usize = 512;
+pub(crate) const SLOT: usize = 512;
 const PAGE: usize = 4096;
 const WINDOW_SHIFT: u32 = 30;
 const REACH: usize = 512 << 20;
@@ -292,19 +292,7 @@ impl Pools {
         data: usize,
         func: EntryFn,
     ) -> io::Result<usize> {
-        let pool = match self.pools.entry(window) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(Pool {
-                pages: Vec::new(),
-                free: Vec::new(),
-            }),
-        };
-        if pool.free.is_empty() {
-            let page = map_near(window)?;
-            pool.pages.push(page);
-            pool.free
-                .extend((0..PAGE / SLOT).rev().map(|i| page + i * SLOT));
-        }
+        let pool = self.pool(window)?;
         let slot = pool.free.pop().expect("refilled above");
         let code = kind.template();
         assert!(code.len() <= SLOT);
@@ -321,26 +309,41 @@ impl Pools {
             bytes[at + 1..at + 5].copy_from_slice(&rel.to_le_bytes());
             bytes[at + 5] = 0x90;
         }
-        let page = slot & !(PAGE - 1);
-        // SAFETY: the page is ours (mapped by map_near); other slots of it
-        // may be executing, so PROT_EXEC stays on while we write this slot,
-        // which no site calls yet.
-        unsafe {
-            if libc::mprotect(
-                page as *mut _,
-                PAGE,
-                libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
-            ) != 0
-            {
-                pool.free.push(slot);
-                return Err(io::Error::last_os_error());
-            }
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), slot as *mut u8, n);
-            if libc::mprotect(page as *mut _, PAGE, libc::PROT_READ | libc::PROT_EXEC) != 0 {
-                crate::fatal("cannot make a trampoline page read-only again");
-            }
+        install(pool, slot, &bytes)
+    }
+
+    /// Copies an ops' fast path into the pool for `window`, with the
+    /// thread-pointer offsets patched in and `fallback` in its last word.
+    pub fn create_fast(
+        &mut self,
+        window: usize,
+        tpoff: isize,
+        code: &[u8],
+        fallback: usize,
+    ) -> io::Result<usize> {
+        let pool = self.pool(window)?;
+        let slot = pool.free.pop().expect("refilled by pool()");
+        let mut bytes = code.to_vec();
+        let n = bytes.len();
+        assert!((8..=SLOT).contains(&n));
+        patch_tls_any(&mut bytes[..n - 8], tpoff);
+        bytes[n - 8..].copy_from_slice(&(fallback as u64).to_le_bytes());
+        install(pool, slot, &bytes)
+    }
+
+    /// The pool for `window`, with at least one free slot.
+    fn pool(&mut self, window: usize) -> io::Result<&mut Pool> {
+        let pool = self.pools.entry(window).or_insert_with(|| Pool {
+            pages: Vec::new(),
+            free: Vec::new(),
+        });
+        if pool.free.is_empty() {
+            let page = map_near(window)?;
+            pool.pages.push(page);
+            pool.free
+                .extend((0..PAGE / SLOT).rev().map(|i| page + i * SLOT));
         }
-        Ok(slot)
+        Ok(pool)
     }
 
     /// Returns a slot to its pool. Only after the quiescence wait has shown
@@ -350,6 +353,30 @@ impl Pools {
             pool.free.push(addr);
         }
     }
+}
+
+/// Writes a slot's code: the slot is the caller's, no site calls it yet.
+fn install(pool: &mut Pool, slot: usize, bytes: &[u8]) -> io::Result<usize> {
+    let page = slot & !(PAGE - 1);
+    // SAFETY: the page is ours (mapped by map_near); other slots of it
+    // may be executing, so PROT_EXEC stays on while we write this slot,
+    // which no site calls yet.
+    unsafe {
+        if libc::mprotect(
+            page as *mut _,
+            PAGE,
+            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+        ) != 0
+        {
+            pool.free.push(slot);
+            return Err(io::Error::last_os_error());
+        }
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), slot as *mut u8, bytes.len());
+        if libc::mprotect(page as *mut _, PAGE, libc::PROT_READ | libc::PROT_EXEC) != 0 {
+            crate::fatal("cannot make a trampoline page read-only again");
+        }
+    }
+    Ok(slot)
 }
 
 fn window_of_tramp(addr: usize, pools: &HashMap<usize, Pool>) -> usize {
@@ -428,6 +455,15 @@ fn map_near(window: usize) -> io::Result<usize> {
 /// Replaces the `LT_SEQ`/`LT_DROPPED` placeholders in a template's code with
 /// the real thread-pointer offsets.
 fn patch_tls(code: &mut [u8], tpoff: isize) {
+    // Each template enters, leaves, and counts a dropped call.
+    assert!(
+        patch_tls_any(code, tpoff) >= 3,
+        "trampoline template placeholders"
+    );
+}
+
+/// Replaces every `LT_SEQ`/`LT_DROPPED` placeholder; returns how many.
+fn patch_tls_any(code: &mut [u8], tpoff: isize) -> usize {
     let tpoff = i32::try_from(tpoff).expect("static TLS offsets fit in 32 bits");
     let mut patched = 0;
     for (placeholder, value) in [(0x5eed_0000u32, tpoff), (0x5eed_0008, tpoff + 8)] {
@@ -443,8 +479,7 @@ fn patch_tls(code: &mut [u8], tpoff: isize) {
             }
         }
     }
-    // Each template enters, leaves, and counts a dropped call.
-    assert!(patched >= 3, "trampoline template placeholders");
+    patched
 }
 
 /// Puts `data` into a template's `movabs rdi, imm64` placeholder, where it

@@ -209,7 +209,15 @@ pub(crate) fn ensure_installed() -> std::io::Result<bool> {
         // SA_ONSTACK follows the program's choice, so a handler it expects
         // on its alternate stack still runs there when we chain.
         (*p).sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | (cur.sa_flags & libc::SA_ONSTACK);
-        libc::sigemptyset(&mut (*p).sa_mask);
+        // Every asynchronous signal waits until we are done. Otherwise a
+        // signal handler that calls a function being patched could hit its
+        // int3 while we run, with SIGTRAP blocked: the kernel would then
+        // kill the process instead of delivering the trap. Faults stay
+        // deliverable, to the program's own handlers.
+        libc::sigfillset(&mut (*p).sa_mask);
+        for fault in [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE] {
+            libc::sigdelset(&mut (*p).sa_mask, fault);
+        }
         ours.assume_init()
     };
     // SAFETY: installs a valid handler for SIGTRAP.
@@ -402,23 +410,26 @@ unsafe fn chain(
         return;
     }
     let Some(prev) = prev else { return };
-    // Run the program's handler under the mask it asked for: its sa_mask
-    // added, and SIGTRAP itself unblocked if it asked for SA_NODEFER.
+    // Run the program's handler under the mask the kernel would have given
+    // it: the mask of the interrupted code, its sa_mask added, and SIGTRAP
+    // blocked unless it asked for SA_NODEFER. (Ours blocks more.)
     let mut old = MaybeUninit::<libc::sigset_t>::zeroed();
-    let mut mask = prev.sa_mask;
-    // SAFETY: sigset operations on valid local sets; pthread_sigmask is
-    // async-signal-safe (it is sigprocmask for the calling thread).
+    // SAFETY: `uc` is the kernel's ucontext for this delivery; sigset
+    // operations on valid local sets; pthread_sigmask is async-signal-safe
+    // (it is sigprocmask for the calling thread).
     unsafe {
+        let mut mask = (*(uc as *const libc::ucontext_t)).uc_sigmask;
+        for s in 1..=libc::SIGRTMAX() {
+            if libc::sigismember(&prev.sa_mask, s) == 1 {
+                libc::sigaddset(&mut mask, s);
+            }
+        }
         if prev.sa_flags & libc::SA_NODEFER != 0 {
-            libc::pthread_sigmask(libc::SIG_BLOCK, &mask, old.as_mut_ptr());
-            let mut trap = MaybeUninit::<libc::sigset_t>::zeroed();
-            libc::sigemptyset(trap.as_mut_ptr());
-            libc::sigaddset(trap.as_mut_ptr(), libc::SIGTRAP);
-            libc::pthread_sigmask(libc::SIG_UNBLOCK, trap.as_ptr(), ptr::null_mut());
+            libc::sigdelset(&mut mask, libc::SIGTRAP);
         } else {
             libc::sigaddset(&mut mask, libc::SIGTRAP);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &mask, old.as_mut_ptr());
         }
+        libc::pthread_sigmask(libc::SIG_SETMASK, &mask, old.as_mut_ptr());
     }
     if prev.sa_flags & libc::SA_SIGINFO != 0 {
         // SAFETY: with SA_SIGINFO the program registered a three-argument

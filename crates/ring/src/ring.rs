@@ -124,7 +124,9 @@ struct ReaderState {
     dropped_reported: u64,
 }
 
+#[repr(C)]
 struct Buffer {
+    /// First, at offset 0: [`raw`] writers find its fields at fixed offsets.
     w: WriterLine,
     r: ReaderLine,
     tid: i32,
@@ -297,6 +299,22 @@ impl Drop for Buffer {
     }
 }
 
+/// One way of the per-thread cache; `repr(C)` because [`raw`] writers read
+/// it by thread-pointer offset.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct CacheEntry {
+    id: u64,
+    buffer: *const Buffer,
+}
+
+impl CacheEntry {
+    const EMPTY: CacheEntry = CacheEntry {
+        id: 0,
+        buffer: ptr::null(),
+    };
+}
+
 /// Rings ids are never reused, so a thread's cached `(id, buffer)` pair can
 /// only ever match the Rings that owns that buffer.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -314,8 +332,8 @@ thread_local! {
     // thread-pointer-relative load (no lazy-init check) and it stays usable
     // while the thread's other thread-locals are being destroyed. Id 0
     // matches no Rings.
-    static CACHE: [Cell<(u64, *const Buffer)>; CACHE_WAYS] =
-        const { [const { Cell::new((0, ptr::null())) }; CACHE_WAYS] };
+    static CACHE: [Cell<CacheEntry>; CACHE_WAYS] =
+        const { [const { Cell::new(CacheEntry::EMPTY) }; CACHE_WAYS] };
 
     // Every buffer this thread owns. Consulted only when CACHE misses; its
     // destructor is the thread-exit hook.
@@ -338,7 +356,7 @@ impl Drop for Owned {
         // cleared and OWNED is gone (a later write finds neither, and is
         // counted in `unattributed_lost`). Only then is `exited` published,
         // which lets a reader free the buffer once drained.
-        CACHE.with(|c| c.iter().for_each(|e| e.set((0, ptr::null()))));
+        CACHE.with(|c| c.iter().for_each(|e| e.set(CacheEntry::EMPTY)));
         for entry in self.0.get_mut().drain(..) {
             if let Some(buffer) = entry.weak.upgrade() {
                 buffer.exited.store(true, Release);
@@ -401,6 +419,12 @@ impl Rings {
             buffers: Mutex::new(Vec::new()),
             unattributed: AtomicU64::new(0),
         })
+    }
+
+    /// The set's id, unique in the process (never reused): the key of its
+    /// way in each thread's writer cache (see [`raw`]).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// The configuration it was made with.
@@ -466,7 +490,7 @@ impl Rings {
     /// cannot get one. Only the owning thread may push to what it returns.
     #[inline(always)]
     fn local(&self) -> Option<&Buffer> {
-        let (id, buffer) = CACHE.with(|c| c[self.id as usize % CACHE_WAYS].get());
+        let CacheEntry { id, buffer } = CACHE.with(|c| c[self.id as usize % CACHE_WAYS].get());
         if id == self.id {
             // Entries are cached under the owning Rings' id (never reused,
             // and `self` is alive); a buffer is freed early only after the
@@ -502,7 +526,12 @@ impl Rings {
             Some(raw)
         });
         let buffer = found.ok().flatten()?;
-        CACHE.with(|c| c[self.id as usize % CACHE_WAYS].set((self.id, buffer)));
+        CACHE.with(|c| {
+            c[self.id as usize % CACHE_WAYS].set(CacheEntry {
+                id: self.id,
+                buffer,
+            })
+        });
         // SAFETY: as in `local`: the buffer belongs to `self` (found under
         // its id in this thread's list, or just added to `self.buffers`).
         Some(unsafe { &*buffer })
@@ -599,5 +628,65 @@ impl Rings {
             });
         }
         out
+    }
+}
+
+/// The writer's side as machine code sees it, for trampolines that push
+/// records without calling into Rust (the tracers' assembly fast paths).
+///
+/// A thread finds its buffer of a [`Rings`] with id `id` in its writer
+/// cache: the [`CacheWay`] at thread-pointer offset
+/// [`cache_tpoff`]`() + (id % WAYS) * 16`, if that way's `id` matches (on
+/// a miss, the Rust [`Rings::write`] creates or finds the buffer and fills
+/// the way). The way's `buffer` points at the buffer's writer fields, at
+/// the `*_OFFSET`s below. A push of record `h = head` is exactly what
+/// [`Rings::write`] does: in DropNewest mode (`overwrite` byte 0), give up
+/// unless `h - tail_seen <= mask` (the Rust path reloads the reader's tail
+/// and counts refusals); store `started = h + 1`; store the four words at
+/// `slots + (h & mask) * 32`; store `head = h + 1`. Plain `mov`s in that
+/// order (x86-64 keeps stores in order).
+///
+/// The rules of the crate documentation hold unchanged: only the owning
+/// thread pushes, never reentrantly (a signal handler must not push while
+/// it interrupted a push), and the `Rings` must outlive every push: a
+/// cached way is only valid while the `Rings` whose id it carries is alive,
+/// which the caller must guarantee some other way than by borrowing it.
+pub mod raw {
+    use super::{Buffer, CacheEntry, WriterLine, CACHE, CACHE_WAYS};
+    use std::mem::offset_of;
+
+    /// Ways in the per-thread cache.
+    pub const WAYS: usize = CACHE_WAYS;
+    /// Bytes per way: the `id` word, then the `buffer` pointer.
+    pub const WAY_BYTES: usize = std::mem::size_of::<CacheEntry>();
+    /// Offset of a way's buffer pointer.
+    pub const WAY_BUFFER_OFFSET: usize = offset_of!(CacheEntry, buffer);
+    /// Offset of the pointer to the slots (32-byte records).
+    pub const SLOTS_OFFSET: usize = offset_of!(Buffer, w) + offset_of!(WriterLine, slots);
+    /// Offset of the index mask (records - 1).
+    pub const MASK_OFFSET: usize = offset_of!(Buffer, w) + offset_of!(WriterLine, mask);
+    /// Offset of the overwrite byte (1: Overwrite, 0: DropNewest).
+    pub const OVERWRITE_OFFSET: usize = offset_of!(Buffer, w) + offset_of!(WriterLine, overwrite);
+    /// Offset of `head`, the count of records ever pushed.
+    pub const HEAD_OFFSET: usize = offset_of!(Buffer, w) + offset_of!(WriterLine, head);
+    /// Offset of `started`, the seqlock's write-in-progress count.
+    pub const STARTED_OFFSET: usize = offset_of!(Buffer, w) + offset_of!(WriterLine, started);
+    /// Offset of `tail_seen`, the writer's stale copy of the reader's tail.
+    pub const TAIL_SEEN_OFFSET: usize = offset_of!(Buffer, w) + offset_of!(WriterLine, tail_seen);
+
+    /// The writer cache's offset from the thread pointer, measured on the
+    /// calling thread. It is the same in every thread when this crate's
+    /// thread-locals live in static TLS (the executable and libraries
+    /// loaded at start-up); a caller must check that before relying on it.
+    pub fn cache_tpoff() -> isize {
+        let at = CACHE.with(|c| c.as_ptr() as usize);
+        let tp: usize;
+        // SAFETY: on x86-64 Linux, fs:0 holds the thread pointer itself
+        // (the TCB's self pointer); reading it has no side effect.
+        unsafe {
+            std::arch::asm!("mov {}, qword ptr fs:0", out(reg) tp,
+                options(nostack, readonly, preserves_flags));
+        }
+        at.wrapping_sub(tp) as isize
     }
 }

@@ -28,6 +28,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+mod fast;
 pub mod retstack;
 mod session;
 mod symbols;

@@ -40,20 +40,23 @@ pub(crate) trait Sink: Send + Sync {
     fn exit(&self, func: usize, entry_ticks: u64, exit_ticks: u64, child_ticks: u64, depth: u32);
 }
 
+// Both `repr(C)`: the graph tracer's fast paths (crate::fast) push and pop
+// frames in assembly, by thread-pointer offset.
 #[derive(Clone, Copy)]
 #[repr(C)]
-struct Frame {
-    ret: usize,
-    slot: usize,
-    func: usize,
-    entry_ticks: u64,
-    child_ticks: u64,
-    sink: u32,
+pub(crate) struct Frame {
+    pub(crate) ret: usize,
+    pub(crate) slot: usize,
+    pub(crate) func: usize,
+    pub(crate) entry_ticks: u64,
+    pub(crate) child_ticks: u64,
+    pub(crate) sink: u32,
 }
 
-struct Shadow {
-    depth: Cell<usize>,
-    frames: UnsafeCell<[Frame; MAX_DEPTH]>,
+#[repr(C)]
+pub(crate) struct Shadow {
+    pub(crate) depth: Cell<usize>,
+    pub(crate) frames: UnsafeCell<[Frame; MAX_DEPTH]>,
     overflow: Cell<u64>,
     skipped: Cell<u64>,
     unwound: Cell<u64>,
@@ -98,6 +101,19 @@ pub fn shadow_stats() -> ShadowStats {
         skipped: s.skipped.get(),
         unwound: s.unwound.get(),
     })
+}
+
+/// The shadow stack's offset from the thread pointer, measured on the
+/// calling thread (the same in every thread when it is in static TLS).
+pub(crate) fn shadow_tpoff() -> isize {
+    let at = SHADOW.with(|s| s as *const Shadow as usize);
+    let tp: usize;
+    // SAFETY: on x86-64 Linux, fs:0 holds the thread pointer itself.
+    unsafe {
+        std::arch::asm!("mov {}, qword ptr fs:0", out(reg) tp,
+            options(nostack, readonly, preserves_flags));
+    }
+    at.wrapping_sub(tp) as isize
 }
 
 /// This thread's shadow-stack depth: hooked frames not yet returned.
@@ -290,6 +306,8 @@ pub(crate) unsafe fn publish_sink(id: u32, sink: *const dyn Sink) {
 
 /// Removes sink `id`; when this returns no exit path can still be using it.
 pub(crate) fn unpublish_sink(id: u32) {
+    // The fast exit first: the wait below covers it too.
+    crate::fast::remove_sink(id);
     change_registry(|v| v.retain(|(i, _)| *i != id), true);
 }
 
@@ -299,6 +317,90 @@ std::arch::global_asm!(
     ".globl lt_return_to_handler",
     "lt_return_to_handler:",
     // The function returned here: rsp is its slot + 8, 16-byte aligned.
+    // rax and rdx (and xmm0, xmm1, st0, st1, untouched here) may hold its
+    // result; rcx, rsi, rdi and r8-r11 are dead at a return, free to use.
+    //
+    // The fast exit, for a graph frame on top whose session is in
+    // EXIT_SINKS and whose thread has a buffer with room: the same work as
+    // `graph_exit` and the session's record, under the recursion guard.
+    "    cmp byte ptr [rip + {ready}], 0",
+    "    je 50f",
+    "    mov rcx, qword ptr [rip + {seq}]",
+    "    bts dword ptr fs:[rcx], 0",
+    "    jc 50f",
+    "    mov r8, rax",
+    "    mov r9, rdx",
+    "    mov rsi, qword ptr [rip + {shadow}]",
+    "    mov rdi, qword ptr fs:[rsi + {depth}]",
+    "    sub rdi, 1",
+    "    jb 49f",
+    // r10: the shadow stack's fs offset plus the top frame's.
+    "    imul r10, rdi, {frame}",
+    "    add r10, rsi",
+    "    lea r11, [rsp - 8]",
+    "    cmp qword ptr fs:[r10 + {frames} + {f_slot}], r11",
+    "    jne 49f",
+    "    mov eax, dword ptr fs:[r10 + {frames} + {f_sink}]",
+    "    mov edx, eax",
+    "    and edx, {sinks_mask}",
+    "    shl edx, 4",
+    "    lea r11, [rip + {sinks}]",
+    "    cmp qword ptr [r11 + rdx], rax",
+    "    jne 49f",
+    "    mov rax, qword ptr [r11 + rdx + 8]",
+    "    mov edx, eax",
+    "    and edx, {ways_mask}",
+    "    imul edx, edx, {way_bytes}",
+    "    add rdx, qword ptr [rip + {cache}]",
+    "    cmp qword ptr fs:[rdx], rax",
+    "    jne 49f",
+    "    mov r11, qword ptr fs:[rdx + {way_buffer}]",
+    "    mov rcx, qword ptr [r11 + {head}]",
+    "    cmp byte ptr [r11 + {overwrite}], 0",
+    "    jne 2f",
+    "    mov rax, rcx",
+    "    sub rax, qword ptr [r11 + {tail_seen}]",
+    "    cmp rax, qword ptr [r11 + {mask}]",
+    "    ja 49f",
+    "2:",
+    // Committed: pop the frame, stamp, charge the parent, record.
+    "    mov qword ptr fs:[rsi + {depth}], rdi",
+    "    rdtsc",
+    "    shl rdx, 32",
+    "    or rax, rdx",
+    "    mov rdx, qword ptr fs:[r10 + {frames} + {f_entry}]",
+    "    cmp rax, rdx",
+    "    cmovb rax, rdx",
+    "    test rdi, rdi",
+    "    jz 3f",
+    "    mov rsi, rax",
+    "    sub rsi, rdx",
+    "    add qword ptr fs:[r10 + {frames} + {f_child} - {frame}], rsi",
+    "3:",
+    "    lea rdx, [rcx + 1]",
+    "    mov qword ptr [r11 + {started}], rdx",
+    "    and rcx, qword ptr [r11 + {mask}]",
+    "    shl rcx, 5",
+    "    add rcx, qword ptr [r11 + {slots}]",
+    "    mov qword ptr [rcx], rax",
+    "    mov rax, qword ptr fs:[r10 + {frames} + {f_func}]",
+    "    mov qword ptr [rcx + 8], rax",
+    "    mov qword ptr [rcx + 16], rdi",
+    "    mov qword ptr [rcx + 24], {exit_kind}",
+    "    mov qword ptr [r11 + {head}], rdx",
+    "    mov r11, qword ptr fs:[r10 + {frames} + {f_ret}]",
+    "    mov rcx, qword ptr [rip + {seq}]",
+    "    add dword ptr fs:[rcx], 1",
+    "    mov rax, r8",
+    "    mov rdx, r9",
+    "    jmp r11",
+    // Not for the fast exit: give the guard back, take the Rust one.
+    "49:",
+    "    mov rcx, qword ptr [rip + {seq}]",
+    "    add dword ptr fs:[rcx], 1",
+    "    mov rax, r8",
+    "    mov rdx, r9",
+    "50:",
     // Save the return registers (8 bytes of padding keep the call below
     // aligned); graph_exit gets the slot's address.
     "    sub rsp, 8",
@@ -324,6 +426,31 @@ std::arch::global_asm!(
     "    jmp r11",
     ".popsection",
     exit = sym graph_exit,
+    ready = sym crate::fast::EXIT_READY,
+    seq = sym crate::fast::EXIT_SEQ,
+    shadow = sym crate::fast::EXIT_SHADOW,
+    cache = sym crate::fast::EXIT_CACHE,
+    sinks = sym crate::fast::EXIT_SINKS,
+    sinks_mask = const crate::fast::SINKS - 1,
+    ways_mask = const livetrace_ring::ring::raw::WAYS - 1,
+    way_bytes = const livetrace_ring::ring::raw::WAY_BYTES,
+    way_buffer = const livetrace_ring::ring::raw::WAY_BUFFER_OFFSET,
+    head = const livetrace_ring::ring::raw::HEAD_OFFSET,
+    started = const livetrace_ring::ring::raw::STARTED_OFFSET,
+    overwrite = const livetrace_ring::ring::raw::OVERWRITE_OFFSET,
+    tail_seen = const livetrace_ring::ring::raw::TAIL_SEEN_OFFSET,
+    mask = const livetrace_ring::ring::raw::MASK_OFFSET,
+    slots = const livetrace_ring::ring::raw::SLOTS_OFFSET,
+    exit_kind = const crate::fast::EXIT_RECORD,
+    depth = const std::mem::offset_of!(Shadow, depth),
+    frames = const std::mem::offset_of!(Shadow, frames),
+    frame = const std::mem::size_of::<Frame>(),
+    f_ret = const std::mem::offset_of!(Frame, ret),
+    f_slot = const std::mem::offset_of!(Frame, slot),
+    f_func = const std::mem::offset_of!(Frame, func),
+    f_entry = const std::mem::offset_of!(Frame, entry_ticks),
+    f_child = const std::mem::offset_of!(Frame, child_ticks),
+    f_sink = const std::mem::offset_of!(Frame, sink),
 );
 
 unsafe extern "C" {

@@ -64,6 +64,11 @@ pub struct Config {
     pub notrace: Vec<Pattern>,
     /// Ring buffer size and mode.
     pub ring: livetrace_ring::Config,
+    /// Record through the assembly fast paths where they apply (see
+    /// `fast.rs`); off, every event goes through the Rust callback. The
+    /// records are the same either way. Also off for the whole process
+    /// with `LIVETRACE_NO_FAST_PATH` set.
+    pub fast_path: bool,
 }
 
 impl Config {
@@ -74,6 +79,7 @@ impl Config {
             filter: filter.iter().map(|p| Pattern::parse(p)).collect(),
             notrace: Vec::new(),
             ring: livetrace_ring::Config::default(),
+            fast_path: true,
         }
     }
 }
@@ -150,6 +156,12 @@ pub(crate) struct Inner {
     /// nanoseconds as `to_ns(epoch + d) - to_ns(epoch)`.
     epoch: u64,
     profiles: Mutex<Vec<Arc<ProfileTable>>>,
+    /// The ops has a fast path.
+    fast: bool,
+    /// Calls recorded by the Rust callback while a fast path is installed
+    /// (a thread's first call, a shared function, a full DropNewest
+    /// buffer, the shadow stack full). Counted only then.
+    slow_events: AtomicU64,
 }
 
 thread_local! {
@@ -158,6 +170,13 @@ thread_local! {
 }
 
 impl Inner {
+    #[inline]
+    fn count_slow(&self) {
+        if self.fast {
+            self.slow_events.fetch_add(1, Relaxed);
+        }
+    }
+
     fn profile_table(&self) -> &ProfileTable {
         PROFILE.with(|p| {
             // SAFETY: only this thread touches its cache.
@@ -216,12 +235,25 @@ impl Session {
     /// Starts tracing: attaches the tracer's ops as one live batch.
     pub fn start(cfg: Config) -> Result<Session, livetrace_ftrace::Error> {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+        let id = NEXT.fetch_add(1, Relaxed);
+        let rings = Rings::new(cfg.ring.clone());
+        let kind = match cfg.tracer {
+            Tracer::Function => Some(crate::fast::Kind::Function),
+            Tracer::Graph => Some(crate::fast::Kind::Graph),
+            Tracer::Profile => None,
+        };
+        let offsets = cfg.fast_path.then(crate::fast::offsets).flatten();
+        let fast = offsets
+            .zip(kind)
+            .and_then(|(o, k)| crate::fast::patch(k, o, rings.id(), id));
         let inner = Arc::new(Inner {
-            id: NEXT.fetch_add(1, Relaxed),
+            id,
             tracer: cfg.tracer,
-            rings: Rings::new(cfg.ring.clone()),
+            rings,
             epoch: crate::clock_now(),
             profiles: Mutex::new(Vec::new()),
+            fast: fast.is_some(),
+            slow_events: AtomicU64::new(0),
         });
         // SAFETY: the session keeps `inner` alive until its Drop has
         // unpublished it.
@@ -235,8 +267,17 @@ impl Session {
         for p in &cfg.notrace {
             b = b.notrace(p.clone());
         }
+        if let Some(code) = fast {
+            // A graph session's frames also get the fast exit, if its slot
+            // there is free (otherwise they take the Rust exit).
+            if cfg.tracer == Tracer::Graph {
+                crate::fast::add_sink(inner.id, inner.rings.id());
+            }
+            b = b.fast_path(code);
+        }
         let ops = match cfg.tracer {
             Tracer::Function => b.build(move |call: &mut Call<'_>| {
+                me.count_slow();
                 let ts = crate::clock_now();
                 me.rings.write(Record {
                     ts,
@@ -248,6 +289,7 @@ impl Session {
             Tracer::Graph | Tracer::Profile => {
                 let id = me.id;
                 b.build(move |call: &mut Call<'_>| {
+                    me.count_slow();
                     let ts = crate::clock_now();
                     // SAFETY: the trampoline's return slot of this call; the
                     // session id is resolved through the registry at exit.
@@ -290,6 +332,19 @@ impl Session {
     /// The tracer this session runs.
     pub fn tracer(&self) -> Tracer {
         self.inner.tracer
+    }
+
+    /// Whether calls are recorded by an assembly fast path where this
+    /// session's ops is alone on a function (see [`Config::fast_path`]).
+    pub fn has_fast_path(&self) -> bool {
+        self.inner.fast
+    }
+
+    /// With a fast path: calls the Rust callback recorded instead (each
+    /// thread's first call, functions shared with another ops, a full
+    /// DropNewest buffer, overflowing shadow stacks). Zero without one.
+    pub fn slow_path_events(&self) -> u64 {
+        self.inner.slow_events.load(Relaxed)
     }
 
     /// The ops attached (for introspection).

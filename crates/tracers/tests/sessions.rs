@@ -64,7 +64,12 @@ fn addr(f: unsafe extern "C-unwind" fn(u64) -> u64) -> u64 {
     f as *const () as u64
 }
 
-fn setup() {
+/// Sets up the table once, and serialises the tests: two sessions on the
+/// same function share it through the list caller, which would take the
+/// fast paths out of the tests that count them.
+fn setup() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let names: Vec<String> = (0..64).map(|i| format!("fx::f{i:05}")).collect();
@@ -94,6 +99,7 @@ fn setup() {
         }
         with_table(|t| t.insert_external(&sites)).unwrap().unwrap();
     });
+    serial
 }
 
 /// This thread's events (other tests run in parallel threads).
@@ -123,22 +129,38 @@ fn names(trace: &livetrace_output::Trace, events: &[Event]) -> Vec<String> {
         .collect()
 }
 
+/// A configuration recording through the fast paths or only through the
+/// Rust callbacks: every test below runs both ways, and must see the same.
+fn config(tracer: Tracer, filter: &[&str], fast: bool) -> Config {
+    let mut c = Config::new(tracer, filter);
+    c.fast_path = fast;
+    c
+}
+
 #[test]
 fn function_tracer_records_every_call_with_its_caller() {
-    setup();
-    let mut s = Session::start(Config::new(Tracer::Function, &["fx::f0000?"])).unwrap();
-    let me = function_tracer_records_every_call_with_its_caller as *const () as u64;
+    let fast = function_tracer(true, &["fx::f0000?"]);
+    let slow = function_tracer(false, &["fx::f0004?"]);
+    // The same call instruction made every call, both ways.
+    assert_eq!(fast.len(), 1);
+    assert_eq!(fast, slow);
+}
+
+fn function_tracer(fast: bool, filter: &[&str]) -> std::collections::HashSet<u64> {
+    let _serial = setup();
+    let mut s = Session::start(config(Tracer::Function, filter, fast)).unwrap();
+    let base = if fast { 0 } else { 40 };
     std::thread::scope(|sc| {
         for _ in 0..2 {
             sc.spawn(|| {
-                for i in 0..20 {
+                for i in base..base + 20 {
                     assert_eq!(fx::call(i), fx::value_of(i));
                 }
             });
         }
     });
     s.stop().unwrap();
-    fx::call(1); // not recorded any more
+    fx::call(base + 1); // not recorded any more
     let trace = s.snapshot();
     let threads: Vec<_> = trace
         .threads
@@ -146,10 +168,13 @@ fn function_tracer_records_every_call_with_its_caller() {
         .filter(|t| !t.events.is_empty())
         .collect();
     assert_eq!(threads.len(), 2);
+    let mut callers = std::collections::HashSet::new();
     for t in threads {
         assert_eq!(t.lost, 0);
         let got = names(&trace, &t.events);
-        let want: Vec<String> = (0..10).map(|i| format!("call fx::f{i:05}")).collect();
+        let want: Vec<String> = (base..base + 10)
+            .map(|i| format!("call fx::f{i:05}"))
+            .collect();
         assert_eq!(got, want);
         let mut last = 0;
         for e in &t.events {
@@ -160,19 +185,36 @@ fn function_tracer_records_every_call_with_its_caller() {
             last = ts;
             // The caller is inside this test's closure, not the fixture.
             assert!(fx::index_of(caller as usize).is_none() && caller != 0);
+            callers.insert(caller);
         }
     }
-    let _ = me;
+    // Each thread's first call goes through the callback (it creates the
+    // thread's buffer); the fast path records the rest.
+    assert_eq!(s.has_fast_path(), fast);
+    if fast {
+        assert_eq!(s.slow_path_events(), 2);
+    }
+    callers
 }
 
 #[test]
 fn graph_tracer_records_nesting_and_durations() {
-    setup();
-    let s = Session::start(Config::new(
+    graph_tracer(true);
+    graph_tracer(false);
+}
+
+fn graph_tracer(fast: bool) {
+    let _serial = setup();
+    let s = Session::start(config(
         Tracer::Graph,
         &["t::outer", "t::middle", "t::leaf"],
+        fast,
     ))
     .unwrap();
+    // The first call creates this thread's buffer (through the callback).
+    // SAFETY: plain call through the stub.
+    unsafe { t_leaf(0) };
+    let _ = s.drain();
     // SAFETY: plain call through the stub.
     assert_eq!(unsafe { t_outer(2) }, 3 + 6);
     let trace = s.snapshot();
@@ -206,12 +248,24 @@ fn graph_tracer_records_nesting_and_durations() {
         }
     }
     assert!(stack.is_empty());
+    if fast {
+        assert_eq!(
+            s.slow_path_events(),
+            1,
+            "only the first call took the callback"
+        );
+    }
 }
 
 #[test]
 fn graph_tracer_survives_a_panic_through_traced_frames() {
-    setup();
-    let s = Session::start(Config::new(Tracer::Graph, &["t::boom", "t::leaf"])).unwrap();
+    graph_panic(true);
+    graph_panic(false);
+}
+
+fn graph_panic(fast: bool) {
+    let _serial = setup();
+    let s = Session::start(config(Tracer::Graph, &["t::boom", "t::leaf"], fast)).unwrap();
     let before = shadow_stats();
     // SAFETY: plain call through the stub.
     let r = std::panic::catch_unwind(|| unsafe { t_boom(3) });
@@ -232,7 +286,7 @@ fn graph_tracer_survives_a_panic_through_traced_frames() {
 
 #[test]
 fn profile_counts_calls_and_separates_self_time() {
-    setup();
+    let _serial = setup();
     let s = Session::start(Config::new(
         Tracer::Profile,
         &["t::outer", "t::middle", "t::leaf"],
@@ -267,13 +321,22 @@ fn profile_counts_calls_and_separates_self_time() {
 
 #[test]
 fn a_full_buffer_counts_what_it_loses() {
-    setup();
-    let mut cfg = Config::new(Tracer::Function, &["fx::f0002?"]);
+    full_buffer(true, 20);
+    full_buffer(false, 30);
+}
+
+fn full_buffer(fast: bool, from: usize) {
+    let _serial = setup();
+    let mut cfg = config(
+        Tracer::Function,
+        &[&format!("fx::f000{}?", from / 10)],
+        fast,
+    );
     cfg.ring.records_per_thread = 64;
     cfg.ring.mode = livetrace_ring::Mode::DropNewest;
     let s = Session::start(cfg).unwrap();
     for _ in 0..30 {
-        for i in 20..30 {
+        for i in from..from + 10 {
             fx::call(i);
         }
     }
@@ -285,8 +348,13 @@ fn a_full_buffer_counts_what_it_loses() {
 
 #[test]
 fn graph_tracer_counts_calls_too_deep_to_follow() {
-    setup();
-    let s = Session::start(Config::new(Tracer::Graph, &["t::deep"])).unwrap();
+    too_deep(true);
+    too_deep(false);
+}
+
+fn too_deep(fast: bool) {
+    let _serial = setup();
+    let s = Session::start(config(Tracer::Graph, &["t::deep"], fast)).unwrap();
     let max = livetrace_tracers::MAX_DEPTH as u64;
     // SAFETY: plain call through the stub.
     assert_eq!(unsafe { t_deep(max + 43) }, max + 43);

@@ -1,0 +1,132 @@
+//! Fast paths: machine code an ops brings to serve its calls without
+//! entering Rust (the kernel's ftrace "direct calls", in spirit).
+//!
+//! A fast path is copied, like a trampoline, into a pool near the sites it
+//! serves, and a site calls it where its ops is alone on the function. Its
+//! contract:
+//!
+//! - It is entered by the site's `call`, with the function's entry state
+//!   plus that return address on the stack, and must either return into
+//!   the function with every register the dedicated trampoline preserves
+//!   (rdi, rsi, rdx, rcx, r8-r11, rax, xmm0-7; rbx, rbp, r12-r15 and rsp
+//!   as usual) unchanged, or jump through its *fallback word* with the
+//!   registers and stack exactly as it found them. The fallback is the
+//!   ops' ordinary dedicated trampoline, which runs the callback.
+//! - It calls nothing. So the quiescence wait covers it by its address
+//!   alone: a thread sampled inside a dying copy is waited for.
+//! - While it touches per-thread state that a callback may also touch, it
+//!   holds the thread's recursion guard the way the trampolines do: `bts
+//!   dword ptr fs:[SEQ], 0` (carry set: the thread is inside a callback or
+//!   another fast path, so the call must go to the fallback, which counts
+//!   it as dropped) and `add dword ptr fs:[SEQ], 1` to let go. `SEQ` is
+//!   written as the disp32 [`SEQ_PLACEHOLDER`] (and the dropped-call
+//!   counter as [`DROPPED_PLACEHOLDER`]); each copy gets the real
+//!   thread-pointer offsets.
+//! - Its last 8 bytes are the fallback word (zero in the code given); it
+//!   reaches it RIP-relatively (`jmp qword ptr [rip + fallback]`). Anything
+//!   else position dependent (absolute addresses, its own thread-locals'
+//!   offsets) its owner patches in before handing the code over.
+
+use std::fmt;
+
+/// The disp32 a fast path writes for the thread's seq word (`fs:[disp32]`).
+pub const SEQ_PLACEHOLDER: u32 = 0x5eed_0000;
+/// The disp32 a fast path writes for the thread's dropped-call counter.
+pub const DROPPED_PLACEHOLDER: u32 = 0x5eed_0008;
+
+/// Most bytes a fast path may have (one pool slot).
+pub(crate) const MAX_LEN: usize = crate::tramp::SLOT;
+
+/// Machine code serving an ops' calls; see the module documentation of
+/// [`crate::OpsBuilder::fast_path`] for what it must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FastPath {
+    code: Vec<u8>,
+}
+
+/// Why code was not accepted as a fast path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FastPathError {
+    /// Longer than a trampoline slot.
+    TooLong(usize),
+    /// The last 8 bytes, the fallback word, are not zero (or missing).
+    NoFallbackWord,
+    /// The code never takes the recursion guard (no `fs:[SEQ]` operand).
+    NoGuard,
+}
+
+impl fmt::Display for FastPathError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FastPathError::TooLong(n) => {
+                write!(
+                    f,
+                    "fast path is {n} bytes, more than the {MAX_LEN} of a slot"
+                )
+            }
+            FastPathError::NoFallbackWord => {
+                f.write_str("fast path does not end with a zero 8-byte fallback word")
+            }
+            FastPathError::NoGuard => {
+                f.write_str("fast path never takes the recursion guard (fs:[SEQ_PLACEHOLDER])")
+            }
+        }
+    }
+}
+
+impl std::error::Error for FastPathError {}
+
+impl FastPath {
+    /// Checks what can be checked of the contract: the size, the fallback
+    /// word, and that the guard is taken somewhere.
+    pub fn new(code: Vec<u8>) -> Result<FastPath, FastPathError> {
+        if code.len() > MAX_LEN {
+            return Err(FastPathError::TooLong(code.len()));
+        }
+        if code.len() < 8 || code[code.len() - 8..] != [0; 8] {
+            return Err(FastPathError::NoFallbackWord);
+        }
+        let seq = SEQ_PLACEHOLDER.to_le_bytes();
+        if !code.windows(4).any(|w| w == seq) {
+            return Err(FastPathError::NoGuard);
+        }
+        Ok(FastPath { code })
+    }
+
+    /// The code, placeholders unpatched.
+    pub fn code(&self) -> &[u8] {
+        &self.code
+    }
+}
+
+/// The thread-pointer offset of the thread's seq word (the recursion guard
+/// and quiescence marker), for code that is not a copy and so cannot be
+/// patched (a return hook in a library's text): it holds the guard the
+/// same way, reading the offset from memory. `None` until the core is set
+/// up (and it never is with dynamic TLS).
+pub fn seq_tpoff() -> Option<isize> {
+    crate::core()
+        .ok()
+        .map(|g| g.as_ref().expect("initialised").tpoff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_contract_is_checked() {
+        let mut code = vec![0x90; 16];
+        code.extend(SEQ_PLACEHOLDER.to_le_bytes());
+        code.extend([0; 8]);
+        assert!(FastPath::new(code.clone()).is_ok());
+        let mut bad = code.clone();
+        *bad.last_mut().unwrap() = 1;
+        assert_eq!(FastPath::new(bad), Err(FastPathError::NoFallbackWord));
+        assert_eq!(FastPath::new(vec![0; 16]), Err(FastPathError::NoGuard));
+        assert_eq!(
+            FastPath::new(vec![0; 600]),
+            Err(FastPathError::TooLong(600))
+        );
+    }
+}

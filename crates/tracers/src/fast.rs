@@ -1,0 +1,379 @@
+//! The tracers' fast paths: the function tracer's event and the graph
+//! tracer's entry and exit, recorded in assembly without entering Rust.
+//!
+//! The callbacks in [`crate::session`] do the same work through the core's
+//! dedicated trampoline, which must save every argument register (17
+//! stores) and call Rust code that may clobber them. A fast path needs
+//! only a few scratch registers, so a recorded call costs about what its
+//! stores and `rdtsc` cost. The Rust path remains the reference and the
+//! fallback: a fast path hands a call over to it (the core's fallback word)
+//! whenever anything is not the common case — the thread has no buffer in
+//! this session's rings yet (its way of the ring crate's writer cache
+//! misses), the buffer looks full in DropNewest mode, the shadow stack is
+//! full, or the thread is inside a callback already.
+//!
+//! Each fast path holds the core's recursion guard (the thread's seq word)
+//! while it touches the shadow stack and the ring, exactly as a callback
+//! does, so a signal handler's traced calls cannot interleave with it.
+//!
+//! The return hook `lt_return_to_handler` (in [`crate::retstack`]) has a
+//! fast exit that does the same for graph frames whose session registered
+//! here ([`FastSinks`]); everything else takes its Rust exit.
+//!
+//! Templates use placeholder values, patched per session in [`patch`]:
+//!
+//! | placeholder | meaning |
+//! |---|---|
+//! | disp32 `0x7ace0000 + k` | `fs:` offset of the rings' cache way, + k |
+//! | imm32 `0x7ace1d00` | the rings' id |
+//! | disp32 `0x7ace2000 + k` | `fs:` offset of the thread's shadow stack, + k |
+//! | imm32 `0x7ace3000` | the session (sink) id |
+//! | imm64 `0x7ace7ace7ace7ace` | the address of `lt_return_to_handler` |
+//!
+//! plus the core's own (`fs:[SEQ]`), which the core patches when it copies
+//! the code.
+
+use std::mem::offset_of;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering::*};
+use std::sync::OnceLock;
+
+use livetrace_ftrace::FastPath;
+use livetrace_ring::ring::raw;
+
+use crate::retstack::{self, Frame, Shadow, MAX_DEPTH};
+use crate::session::{CALL, ENTRY, EXIT};
+
+const WAY_PH: u32 = 0x7ace_0000;
+const RID_PH: u32 = 0x7ace_1d00;
+const SHADOW_PH: u32 = 0x7ace_2000;
+const SINK_PH: u32 = 0x7ace_3000;
+const RTH_PH: u64 = 0x7ace_7ace_7ace_7ace;
+
+std::arch::global_asm!(
+    ".pushsection .text.livetrace_fast,\"ax\",@progbits",
+    // ---- function tracer: one CALL record (ts, ip, parent, CALL) ----
+    ".p2align 4",
+    ".globl lt_fast_function_start",
+    "lt_fast_function_start:",
+    "    bts dword ptr fs:[0x5eed0000], 0",
+    "    jc 8f",
+    "    cmp qword ptr fs:[0x7ace0000], 0x7ace1d00",
+    "    jne 7f",
+    "    push rax",
+    "    push rdx",
+    "    push rcx",
+    "    push rsi",
+    // [rsp + 32]: the return address into the function (site + 5);
+    // [rsp + 40]: the function's return address into its caller.
+    "    mov rcx, qword ptr fs:[0x7ace0008]",
+    "    mov rsi, qword ptr [rcx + {head}]",
+    "    cmp byte ptr [rcx + {overwrite}], 0",
+    "    jne 2f",
+    "    mov rax, rsi",
+    "    sub rax, qword ptr [rcx + {tail_seen}]",
+    "    cmp rax, qword ptr [rcx + {mask}]",
+    "    ja 6f",
+    "2:",
+    "    lea rax, [rsi + 1]",
+    "    mov qword ptr [rcx + {started}], rax",
+    "    and rsi, qword ptr [rcx + {mask}]",
+    "    shl rsi, 5",
+    "    add rsi, qword ptr [rcx + {slots}]",
+    "    rdtsc",
+    "    shl rdx, 32",
+    "    or rax, rdx",
+    "    mov qword ptr [rsi], rax",
+    "    mov rax, qword ptr [rsp + 32]",
+    "    sub rax, 5",
+    "    mov qword ptr [rsi + 8], rax",
+    "    mov rax, qword ptr [rsp + 40]",
+    "    mov qword ptr [rsi + 16], rax",
+    "    mov qword ptr [rsi + 24], {call}",
+    "    mov rax, qword ptr [rcx + {started}]",
+    "    mov qword ptr [rcx + {head}], rax",
+    "    pop rsi",
+    "    pop rcx",
+    "    pop rdx",
+    "    pop rax",
+    "    add dword ptr fs:[0x5eed0000], 1",
+    "    ret",
+    "6:",
+    "    pop rsi",
+    "    pop rcx",
+    "    pop rdx",
+    "    pop rax",
+    "7:",
+    "    add dword ptr fs:[0x5eed0000], 1",
+    "8:",
+    "    jmp qword ptr [rip + 9f]",
+    "    .p2align 3",
+    "9: .quad 0",
+    ".globl lt_fast_function_end",
+    "lt_fast_function_end:",
+    // ---- graph tracer entry: push a shadow frame, hook the return, one
+    // ENTRY record (ts, ip, depth, ENTRY) ----
+    ".p2align 4",
+    ".globl lt_fast_graph_start",
+    "lt_fast_graph_start:",
+    "    bts dword ptr fs:[0x5eed0000], 0",
+    "    jc 8f",
+    "    cmp qword ptr fs:[0x7ace0000], 0x7ace1d00",
+    "    jne 7f",
+    "    cmp qword ptr fs:[0x7ace2000 + {depth}], {max_depth}",
+    "    jae 7f",
+    "    push rax",
+    "    push rdx",
+    "    push rcx",
+    "    push rsi",
+    "    push rdi",
+    "    push r8",
+    // [rsp + 48]: site + 5; [rsp + 56]: the return slot.
+    "    mov rcx, qword ptr fs:[0x7ace0008]",
+    "    mov rsi, qword ptr [rcx + {head}]",
+    "    cmp byte ptr [rcx + {overwrite}], 0",
+    "    jne 2f",
+    "    mov rax, rsi",
+    "    sub rax, qword ptr [rcx + {tail_seen}]",
+    "    cmp rax, qword ptr [rcx + {mask}]",
+    "    ja 6f",
+    "2:",
+    "    mov r8, qword ptr fs:[0x7ace2000 + {depth}]",
+    "    lea rax, [r8 + 1]",
+    "    mov qword ptr fs:[0x7ace2000 + {depth}], rax",
+    "    imul rdi, r8, {frame}",
+    "    rdtsc",
+    "    shl rdx, 32",
+    "    or rax, rdx",
+    "    mov qword ptr fs:[rdi + 0x7ace2000 + {frames} + {f_entry}], rax",
+    "    mov rdx, qword ptr [rsp + 56]",
+    "    mov qword ptr fs:[rdi + 0x7ace2000 + {frames} + {f_ret}], rdx",
+    "    lea rdx, [rsp + 56]",
+    "    mov qword ptr fs:[rdi + 0x7ace2000 + {frames} + {f_slot}], rdx",
+    "    mov qword ptr fs:[rdi + 0x7ace2000 + {frames} + {f_child}], 0",
+    "    mov dword ptr fs:[rdi + 0x7ace2000 + {frames} + {f_sink}], 0x7ace3000",
+    "    mov rdx, qword ptr [rsp + 48]",
+    "    sub rdx, 5",
+    "    mov qword ptr fs:[rdi + 0x7ace2000 + {frames} + {f_func}], rdx",
+    "    movabs rdi, 0x7ace7ace7ace7ace",
+    "    mov qword ptr [rsp + 56], rdi",
+    "    lea rdi, [rsi + 1]",
+    "    mov qword ptr [rcx + {started}], rdi",
+    "    and rsi, qword ptr [rcx + {mask}]",
+    "    shl rsi, 5",
+    "    add rsi, qword ptr [rcx + {slots}]",
+    "    mov qword ptr [rsi], rax",
+    "    mov qword ptr [rsi + 8], rdx",
+    "    mov qword ptr [rsi + 16], r8",
+    "    mov qword ptr [rsi + 24], {entry}",
+    "    mov qword ptr [rcx + {head}], rdi",
+    "    pop r8",
+    "    pop rdi",
+    "    pop rsi",
+    "    pop rcx",
+    "    pop rdx",
+    "    pop rax",
+    "    add dword ptr fs:[0x5eed0000], 1",
+    "    ret",
+    "6:",
+    "    pop r8",
+    "    pop rdi",
+    "    pop rsi",
+    "    pop rcx",
+    "    pop rdx",
+    "    pop rax",
+    "7:",
+    "    add dword ptr fs:[0x5eed0000], 1",
+    "8:",
+    "    jmp qword ptr [rip + 9f]",
+    "    .p2align 3",
+    "9: .quad 0",
+    ".globl lt_fast_graph_end",
+    "lt_fast_graph_end:",
+    ".popsection",
+    head = const raw::HEAD_OFFSET,
+    started = const raw::STARTED_OFFSET,
+    overwrite = const raw::OVERWRITE_OFFSET,
+    tail_seen = const raw::TAIL_SEEN_OFFSET,
+    mask = const raw::MASK_OFFSET,
+    slots = const raw::SLOTS_OFFSET,
+    call = const CALL,
+    entry = const ENTRY,
+    depth = const offset_of!(Shadow, depth),
+    frames = const offset_of!(Shadow, frames),
+    frame = const std::mem::size_of::<Frame>(),
+    max_depth = const MAX_DEPTH,
+    f_ret = const offset_of!(Frame, ret),
+    f_slot = const offset_of!(Frame, slot),
+    f_func = const offset_of!(Frame, func),
+    f_entry = const offset_of!(Frame, entry_ticks),
+    f_child = const offset_of!(Frame, child_ticks),
+    f_sink = const offset_of!(Frame, sink),
+);
+
+unsafe extern "C" {
+    static lt_fast_function_start: u8;
+    static lt_fast_function_end: u8;
+    static lt_fast_graph_start: u8;
+    static lt_fast_graph_end: u8;
+}
+
+/// Which fast path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Function,
+    Graph,
+}
+
+fn template(kind: Kind) -> &'static [u8] {
+    let (start, end) = match kind {
+        Kind::Function => (
+            &raw const lt_fast_function_start,
+            &raw const lt_fast_function_end,
+        ),
+        Kind::Graph => (&raw const lt_fast_graph_start, &raw const lt_fast_graph_end),
+    };
+    // SAFETY: start..end is the template's code in our text.
+    unsafe { std::slice::from_raw_parts(start, end as usize - start as usize) }
+}
+
+/// Thread-pointer offsets the fast paths use, the same in every thread.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Offsets {
+    cache: isize,
+    shadow: isize,
+    seq: isize,
+}
+
+fn measure() -> (isize, isize) {
+    (raw::cache_tpoff(), retstack::shadow_tpoff())
+}
+
+/// The offsets, if this build can use fast paths: the ring cache and the
+/// shadow stack in static TLS (same offsets in a new thread), the clock
+/// on the TSC, and the core set up.
+pub(crate) fn offsets() -> Option<Offsets> {
+    static OFFSETS: OnceLock<Option<Offsets>> = OnceLock::new();
+    *OFFSETS.get_or_init(|| {
+        if std::env::var_os("LIVETRACE_NO_FAST_PATH").is_some() {
+            return None;
+        }
+        if crate::clock().source() != livetrace_ring::Source::Tsc {
+            return None;
+        }
+        let here = measure();
+        let there = std::thread::spawn(measure).join().ok()?;
+        if here != there {
+            return None;
+        }
+        let seq = livetrace_ftrace::seq_tpoff()?;
+        let o = Offsets {
+            cache: here.0,
+            shadow: here.1,
+            seq,
+        };
+        // The return hook's fast exit reads these from memory.
+        EXIT_SEQ.store(o.seq as i64, Relaxed);
+        EXIT_SHADOW.store(o.shadow as i64, Relaxed);
+        EXIT_CACHE.store(o.cache as i64, Relaxed);
+        EXIT_READY.store(1, Release);
+        Some(o)
+    })
+}
+
+/// Replaces every 4-byte `value` in `code` for which `matches(value)` by
+/// `with(value)`; returns how many.
+fn patch32(code: &mut [u8], matches: impl Fn(u32) -> bool, with: impl Fn(u32) -> i64) -> usize {
+    let mut n = 0;
+    let mut i = 0;
+    while i + 4 <= code.len() {
+        let v = u32::from_le_bytes(code[i..i + 4].try_into().expect("4 bytes"));
+        if matches(v) {
+            let w = i32::try_from(with(v)).expect("thread-pointer offsets fit in 32 bits");
+            code[i..i + 4].copy_from_slice(&w.to_le_bytes());
+            n += 1;
+            i += 4;
+        } else {
+            i += 1;
+        }
+    }
+    n
+}
+
+/// The fast path of `kind` for a session `sink` writing to the rings with
+/// id `rings`, or `None` when ids do not fit its immediates.
+pub(crate) fn patch(kind: Kind, o: Offsets, rings: u64, sink: u32) -> Option<FastPath> {
+    let rid = i32::try_from(rings).ok()?;
+    let sid = i32::try_from(sink).ok()?;
+    let mut code = template(kind).to_vec();
+    let way = o.cache + (rings as usize % raw::WAYS * raw::WAY_BYTES) as isize;
+    let near = |base: u32, span: u32| move |v: u32| v.wrapping_sub(base) < span;
+    let ways = patch32(&mut code, near(WAY_PH, 16), |v| {
+        way as i64 + i64::from(v - WAY_PH)
+    });
+    let rids = patch32(&mut code, |v| v == RID_PH, |_| i64::from(rid));
+    let shadow = patch32(&mut code, near(SHADOW_PH, 0x1000), |v| {
+        o.shadow as i64 + i64::from(v - SHADOW_PH)
+    });
+    let sinks = patch32(&mut code, |v| v == SINK_PH, |_| i64::from(sid));
+    let rth = code
+        .windows(8)
+        .position(|w| w == RTH_PH.to_le_bytes())
+        .map(|i| {
+            code[i..i + 8]
+                .copy_from_slice(&(retstack::return_to_handler_addr() as u64).to_le_bytes())
+        });
+    let want = match kind {
+        Kind::Function => (2, 1, 0, 0, false),
+        Kind::Graph => (2, 1, 9, 1, true),
+    };
+    assert_eq!(
+        (ways, rids, shadow, sinks, rth.is_some()),
+        want,
+        "fast path template placeholders"
+    );
+    Some(FastPath::new(code).expect("the templates keep the fast-path contract"))
+}
+
+// ---------------------------------------------------------------------------
+// What the return hook's fast exit reads (see `retstack`).
+
+/// Set once the offsets below are valid.
+pub(crate) static EXIT_READY: AtomicU8 = AtomicU8::new(0);
+/// `fs:` offset of the core's seq word.
+pub(crate) static EXIT_SEQ: AtomicI64 = AtomicI64::new(0);
+/// `fs:` offset of the shadow stack.
+pub(crate) static EXIT_SHADOW: AtomicI64 = AtomicI64::new(0);
+/// `fs:` offset of the ring crate's writer cache.
+pub(crate) static EXIT_CACHE: AtomicI64 = AtomicI64::new(0);
+
+/// Graph sessions whose frames the fast exit may record: pairs (session
+/// id, rings id) at index `session id % SINKS`; session id 0 is free. A
+/// session is entered here only while its rings are alive: it is cleared
+/// before the quiescence wait that precedes freeing them, and the fast exit
+/// holds the recursion guard from before it reads an entry until it is done
+/// with the buffer.
+pub(crate) struct FastSinks(pub(crate) [AtomicU64; 2 * SINKS]);
+pub(crate) const SINKS: usize = 64;
+pub(crate) static EXIT_SINKS: FastSinks = FastSinks([const { AtomicU64::new(0) }; 2 * SINKS]);
+
+/// Enters graph session `sink` with rings `rings`; false if its slot is
+/// taken (its frames then take the Rust exit).
+pub(crate) fn add_sink(sink: u32, rings: u64) -> bool {
+    let i = sink as usize % SINKS;
+    let s = &EXIT_SINKS.0;
+    if s[2 * i].load(Acquire) != 0 {
+        return false;
+    }
+    s[2 * i + 1].store(rings, Relaxed);
+    s[2 * i].store(u64::from(sink), Release);
+    true
+}
+
+/// Removes graph session `sink`; the caller then waits for quiescence
+/// before freeing its rings.
+pub(crate) fn remove_sink(sink: u32) {
+    let i = sink as usize % SINKS;
+    let _ = EXIT_SINKS.0[2 * i].compare_exchange(u64::from(sink), 0, SeqCst, SeqCst);
+}
+
+pub(crate) const EXIT_RECORD: u64 = EXIT;

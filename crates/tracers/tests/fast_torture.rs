@@ -1,0 +1,248 @@
+//! The fast paths under fire: cores+1 threads call nested traced functions
+//! while graph and function sessions start and stop around them, the
+//! functions move between the fast paths and the list caller, and a signal
+//! handler calls a traced function at arbitrary points of the threads —
+//! inside the fast paths' critical sections too. Every call must return
+//! its value, and every thread's trace must nest: each exit closes the
+//! innermost open entry, at the depth that entry had.
+//!
+//! `LIVETRACE_SOAK_SECS=n` runs it for n seconds instead of ~40 rounds.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::time::{Duration, Instant};
+
+use livetrace_ftrace::with_table;
+use livetrace_output::Event;
+use livetrace_sites::ExternalSite;
+use livetrace_tracers::{Config, Session, Tracer};
+
+macro_rules! traced {
+    ($($stub:ident => $body:ident),* $(,)?) => {
+        std::arch::global_asm!(
+            ".pushsection .text.lt_fast_torture,\"ax\",@progbits",
+            $(
+                ".p2align 4",
+                concat!(".globl ", stringify!($stub)),
+                concat!(stringify!($stub), ": .byte 0x0f,0x1f,0x44,0x00,0x00"),
+                concat!("    jmp {", stringify!($body), "}"),
+            )*
+            ".popsection",
+            $($body = sym $body,)*
+        );
+        unsafe extern "C" {
+            $(fn $stub(n: u64) -> u64;)*
+        }
+    };
+}
+
+traced!(ft_outer => outer_body, ft_middle => middle_body, ft_leaf => leaf_body);
+
+extern "C" fn outer_body(n: u64) -> u64 {
+    // SAFETY: plain calls through the stubs (same ABI as the bodies).
+    unsafe { ft_middle(n) + ft_leaf(n) }
+}
+extern "C" fn middle_body(n: u64) -> u64 {
+    let mut s = 0;
+    for i in 0..n {
+        // SAFETY: as above.
+        s += unsafe { ft_leaf(i) };
+    }
+    s
+}
+extern "C" fn leaf_body(n: u64) -> u64 {
+    std::hint::black_box(n * 3)
+}
+
+/// outer(n) = 3 * (0 + 1 + ... + n - 1) + 3n.
+fn expected(n: u64) -> u64 {
+    3 * (n * (n - 1) / 2) + 3 * n
+}
+
+static BAD: AtomicU64 = AtomicU64::new(0);
+static IN_HANDLER: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    // Async-signal-safe: a traced call and two atomic adds.
+    // SAFETY: plain call through the stub.
+    if unsafe { ft_leaf(7) } != 21 {
+        BAD.fetch_add(1, Relaxed);
+    }
+    IN_HANDLER.fetch_add(1, Relaxed);
+}
+
+fn setup() {
+    let sites = [
+        (ft_outer as *const () as usize, "ft::outer"),
+        (ft_middle as *const () as usize, "ft::middle"),
+        (ft_leaf as *const () as usize, "ft::leaf"),
+    ];
+    let sites: Vec<ExternalSite<'_>> = sites
+        .iter()
+        .map(|&(addr, name)| ExternalSite {
+            addr,
+            name,
+            file: file!(),
+            line: 1,
+        })
+        .collect();
+    with_table(|t| t.insert_external(&sites)).unwrap().unwrap();
+}
+
+/// Checks that a thread's graph events nest; returns how many calls were
+/// recorded complete.
+fn check_nesting(tid: u32, events: &[Event]) -> usize {
+    let mut stack: Vec<(u64, u32)> = Vec::new();
+    let mut complete = 0;
+    for (i, e) in events.iter().enumerate() {
+        match *e {
+            Event::Entry { func, depth, .. } => {
+                if let Some(&(_, top)) = stack.last() {
+                    assert_eq!(depth, top + 1, "thread {tid}, event {i}: entry depth");
+                }
+                stack.push((func, depth));
+            }
+            Event::Exit { func, depth, .. } => {
+                let open = stack.pop();
+                assert_eq!(
+                    open,
+                    Some((func, depth)),
+                    "thread {tid}, event {i}: exit does not close the innermost entry"
+                );
+                complete += 1;
+            }
+            Event::Call { .. } => panic!("thread {tid}: a function event in a graph trace"),
+        }
+    }
+    // Calls in flight when the snapshot was taken: at most one chain.
+    assert!(
+        stack.len() <= 4,
+        "thread {tid}: {} entries never closed",
+        stack.len()
+    );
+    complete
+}
+
+#[test]
+fn fast_paths_under_signals_and_session_churn() {
+    setup();
+    let sig = libc::SIGRTMIN() + 4;
+    // SAFETY: installs a handler that only makes async-signal-safe calls;
+    // SA_RESTART keeps the test's own blocking calls going.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        assert_eq!(libc::sigaction(sig, &sa, std::ptr::null_mut()), 0);
+    }
+    let soak = std::env::var("LIVETRACE_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok());
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()) + 1;
+    let stop = AtomicBool::new(false);
+    let calls = AtomicU64::new(0);
+    let (mut complete, mut rounds, mut fast_rounds) = (0usize, 0u32, 0u32);
+    let ids = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for w in 0..workers {
+            let (stop, calls, ids) = (&stop, &calls, &ids);
+            s.spawn(move || {
+                // SAFETY: pthread_self has no preconditions.
+                ids.lock()
+                    .unwrap()
+                    .push(unsafe { libc::pthread_self() } as usize);
+                let mut n = 0u64;
+                while !stop.load(Relaxed) {
+                    let k = 1 + (n + w as u64) % 4;
+                    // SAFETY: plain call through the stub.
+                    if unsafe { ft_outer(k) } != expected(k) {
+                        BAD.fetch_add(1, Relaxed);
+                    }
+                    n += 1;
+                }
+                calls.fetch_add(n, Relaxed);
+            });
+        }
+        while ids.lock().unwrap().len() < workers {
+            std::thread::yield_now();
+        }
+        let pthreads: Vec<libc::pthread_t> = ids
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|&t| t as libc::pthread_t)
+            .collect();
+        let stop_kill = &*Box::leak(Box::new(AtomicBool::new(false)));
+        s.spawn(move || {
+            while !stop_kill.load(Relaxed) {
+                for &t in &pthreads {
+                    // SAFETY: the workers run until `stop` is set, which
+                    // happens only after this loop ends.
+                    unsafe { libc::pthread_kill(t, sig) };
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        });
+        let start = Instant::now();
+        loop {
+            let done = match soak {
+                Some(secs) => start.elapsed() >= Duration::from_secs(secs),
+                None => rounds >= 40,
+            };
+            if done {
+                break;
+            }
+            // Odd rounds: a function session shares ft::leaf, which then
+            // goes through the list caller while the others stay fast.
+            let mut cfg = Config::new(Tracer::Graph, &["ft::*"]);
+            cfg.ring.mode = livetrace_ring::Mode::DropNewest;
+            cfg.ring.prefault = false;
+            let mut graph = Session::start(cfg).unwrap();
+            let mut func = (rounds % 2 == 1)
+                .then(|| Session::start(Config::new(Tracer::Function, &["ft::leaf"])).unwrap());
+            std::thread::sleep(Duration::from_millis(5));
+            if let Some(f) = func.as_mut() {
+                f.stop().unwrap();
+                let trace = f.snapshot();
+                for t in &trace.threads {
+                    for e in &t.events {
+                        let Event::Call { func, caller, .. } = *e else {
+                            panic!("a graph event in a function trace")
+                        };
+                        assert_eq!(func, ft_leaf as *const () as u64);
+                        assert_ne!(caller, 0);
+                    }
+                }
+            }
+            graph.stop().unwrap();
+            // Let frames hooked before the stop return into the session.
+            std::thread::sleep(Duration::from_millis(1));
+            let trace = graph.snapshot();
+            for t in &trace.threads {
+                complete += check_nesting(t.tid, &t.events);
+            }
+            fast_rounds += u32::from(graph.has_fast_path());
+            drop(func);
+            // Frames still hooked now return into no session.
+            drop(graph);
+            rounds += 1;
+        }
+        stop_kill.store(true, Relaxed);
+        stop.store(true, Relaxed);
+    });
+    let calls = calls.load(Relaxed);
+    eprintln!(
+        "{rounds} rounds ({fast_rounds} with fast paths), {calls} calls, {complete} recorded \
+         complete, {} signals handled",
+        IN_HANDLER.load(Relaxed)
+    );
+    assert_eq!(BAD.load(Relaxed), 0, "a call returned a wrong value");
+    assert!(complete > 1000, "too few calls recorded to mean anything");
+    assert!(
+        IN_HANDLER.load(Relaxed) > 100,
+        "the signals did not get through"
+    );
+    if std::env::var_os("LIVETRACE_NO_FAST_PATH").is_none() {
+        assert_eq!(fast_rounds, rounds, "the fast paths were not used");
+    }
+}
