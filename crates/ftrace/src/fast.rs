@@ -14,12 +14,17 @@
 //!   ops' ordinary dedicated trampoline, which runs the callback.
 //! - It calls nothing. So the quiescence wait covers it by its address
 //!   alone: a thread sampled inside a dying copy is waited for.
-//! - While it touches per-thread state that a callback may also touch, it
-//!   holds the thread's recursion guard the way the trampolines do: `bts
-//!   dword ptr fs:[SEQ], 0` (carry set: the thread is inside a callback or
-//!   another fast path, so the call must go to the fallback, which counts
-//!   it as dropped) and `add dword ptr fs:[SEQ], 1` to let go. `SEQ` is
-//!   written as the disp32 [`SEQ_PLACEHOLDER`] (and the dropped-call
+//! - It never runs nested in a callback or in another fast path: if the
+//!   thread's seq word is odd (`test byte ptr fs:[SEQ], 1`) or its busy
+//!   word is set (`cmp byte ptr fs:[BUSY], 0`), it goes to the fallback
+//!   at once, which counts the call as dropped. While it touches
+//!   per-thread state that a callback or a signal handler's traced call
+//!   may also touch, it sets the busy word (`mov byte ptr fs:[BUSY], 1`,
+//!   then 0). Stores of constants, not read-modify-writes: fast paths
+//!   called back to back form no dependency chain through memory, and a
+//!   signal handler on the same thread sees the word as its interrupted
+//!   code left it. `SEQ` and `BUSY` are written as the disp32s
+//!   [`SEQ_PLACEHOLDER`] and [`BUSY_PLACEHOLDER`] (the dropped-call
 //!   counter as [`DROPPED_PLACEHOLDER`]); each copy gets the real
 //!   thread-pointer offsets.
 //! - Its last 8 bytes are the fallback word (zero in the code given); it
@@ -31,6 +36,8 @@ use std::fmt;
 
 /// The disp32 a fast path writes for the thread's seq word (`fs:[disp32]`).
 pub const SEQ_PLACEHOLDER: u32 = 0x5eed_0000;
+/// The disp32 a fast path writes for the thread's busy word.
+pub const BUSY_PLACEHOLDER: u32 = 0x5eed_0004;
 /// The disp32 a fast path writes for the thread's dropped-call counter.
 pub const DROPPED_PLACEHOLDER: u32 = 0x5eed_0008;
 
@@ -51,7 +58,8 @@ pub enum FastPathError {
     TooLong(usize),
     /// The last 8 bytes, the fallback word, are not zero (or missing).
     NoFallbackWord,
-    /// The code never takes the recursion guard (no `fs:[SEQ]` operand).
+    /// The code never checks the seq word or never sets the busy word (no
+    /// `fs:[SEQ]` or no `fs:[BUSY]` operand).
     NoGuard,
 }
 
@@ -67,9 +75,9 @@ impl fmt::Display for FastPathError {
             FastPathError::NoFallbackWord => {
                 f.write_str("fast path does not end with a zero 8-byte fallback word")
             }
-            FastPathError::NoGuard => {
-                f.write_str("fast path never takes the recursion guard (fs:[SEQ_PLACEHOLDER])")
-            }
+            FastPathError::NoGuard => f.write_str(
+                "fast path never tests fs:[SEQ_PLACEHOLDER] or never sets fs:[BUSY_PLACEHOLDER]",
+            ),
         }
     }
 }
@@ -86,8 +94,8 @@ impl FastPath {
         if code.len() < 8 || code[code.len() - 8..] != [0; 8] {
             return Err(FastPathError::NoFallbackWord);
         }
-        let seq = SEQ_PLACEHOLDER.to_le_bytes();
-        if !code.windows(4).any(|w| w == seq) {
+        let has = |v: u32| code.windows(4).any(|w| w == v.to_le_bytes());
+        if !has(SEQ_PLACEHOLDER) || !has(BUSY_PLACEHOLDER) {
             return Err(FastPathError::NoGuard);
         }
         Ok(FastPath { code })
@@ -101,13 +109,19 @@ impl FastPath {
 
 /// The thread-pointer offset of the thread's seq word (the recursion guard
 /// and quiescence marker), for code that is not a copy and so cannot be
-/// patched (a return hook in a library's text): it holds the guard the
-/// same way, reading the offset from memory. `None` until the core is set
-/// up (and it never is with dynamic TLS).
+/// patched (a return hook in a library's text): it follows the same rules,
+/// reading the offset from memory, and declares itself with
+/// [`crate::add_critical_code`]. The busy word is 4 bytes further. `None`
+/// when the core cannot be set up (dynamic TLS).
 pub fn seq_tpoff() -> Option<isize> {
     crate::core()
         .ok()
         .map(|g| g.as_ref().expect("initialised").tpoff)
+}
+
+/// The thread-pointer offset of the thread's busy word; see [`seq_tpoff`].
+pub fn busy_tpoff() -> Option<isize> {
+    seq_tpoff().map(|t| t + 4)
 }
 
 #[cfg(test)]
@@ -118,6 +132,7 @@ mod tests {
     fn the_contract_is_checked() {
         let mut code = vec![0x90; 16];
         code.extend(SEQ_PLACEHOLDER.to_le_bytes());
+        code.extend(BUSY_PLACEHOLDER.to_le_bytes());
         code.extend([0; 8]);
         assert!(FastPath::new(code.clone()).is_ok());
         let mut bad = code.clone();

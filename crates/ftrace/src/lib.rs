@@ -72,7 +72,10 @@ use std::time::Duration;
 use livetrace_poke::Insn;
 use livetrace_sites::Table;
 
-pub use fast::{seq_tpoff, FastPath, FastPathError, DROPPED_PLACEHOLDER, SEQ_PLACEHOLDER};
+pub use fast::{
+    busy_tpoff, seq_tpoff, FastPath, FastPathError, BUSY_PLACEHOLDER, DROPPED_PLACEHOLDER,
+    SEQ_PLACEHOLDER,
+};
 pub use ops::{Call, Callback, Ops, OpsBuilder, Pattern};
 pub use regs::Regs;
 pub use thread::{recursion_dropped, suppress, Suppress};
@@ -236,6 +239,9 @@ struct Core {
     /// (ops id, window) -> copy of the ops' fast path (whose fallback is
     /// the dedicated trampoline of the same key).
     fast: HashMap<(u32, usize), usize>,
+    /// Code every quiescence wait waits for threads to leave
+    /// ([`add_critical_code`]).
+    critical: Vec<Range<usize>>,
     tpoff: isize,
     /// State replaced by registers and refilters, freed by the next
     /// unregister's quiescence wait: starting to trace never probes the
@@ -261,6 +267,7 @@ fn core() -> Result<MutexGuard<'static, Option<Core>>, Error> {
             shared: HashMap::new(),
             dedicated: HashMap::new(),
             fast: HashMap::new(),
+            critical: Vec::new(),
             tpoff: thread::tpoff(),
             deferred: Vec::new(),
         });
@@ -385,8 +392,26 @@ pub fn enabled_functions() -> Result<Vec<EnabledFunction>, Error> {
 /// [`Suppress`]) now has left it. State unpublished before the call is then
 /// no longer in use by any callback.
 pub fn synchronize() -> Result<(), Error> {
-    let tpoff = core()?.as_ref().expect("initialised").tpoff;
-    quiesce(tpoff, &[]);
+    let (tpoff, critical) = {
+        let g = core()?;
+        let c = g.as_ref().expect("initialised");
+        (c.tpoff, c.critical.clone())
+    };
+    quiesce(tpoff, &critical);
+    Ok(())
+}
+
+/// Declares `code` a critical section of some fast path that is not a
+/// copy the core made (a return hook in a library's text): code that calls
+/// nothing and uses state its owner frees only after [`synchronize`] or
+/// [`unregister`]. Their quiescence waits then also wait for every thread
+/// executing `code` to leave it, as for a dying trampoline.
+pub fn add_critical_code(code: Range<usize>) -> Result<(), Error> {
+    let mut g = core()?;
+    let c = g.as_mut().expect("initialised");
+    if !c.critical.contains(&code) {
+        c.critical.push(code);
+    }
     Ok(())
 }
 
@@ -666,6 +691,7 @@ impl Core {
         let dying: Vec<Range<usize>> = garbage
             .iter()
             .flat_map(|g| g.trampolines.iter().map(|&a| a..a + 512))
+            .chain(self.critical.iter().cloned())
             .collect();
         if !quiesce(self.tpoff, &dying) {
             // A thread could not be sampled: never free what it might use.

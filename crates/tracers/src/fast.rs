@@ -12,9 +12,10 @@
 //! misses), the buffer looks full in DropNewest mode, the shadow stack is
 //! full, or the thread is inside a callback already.
 //!
-//! Each fast path holds the core's recursion guard (the thread's seq word)
-//! while it touches the shadow stack and the ring, exactly as a callback
-//! does, so a signal handler's traced calls cannot interleave with it.
+//! Each fast path sets the core's busy word while it touches the shadow
+//! stack and the ring, and does nothing inside a callback, so neither a
+//! callback nor a signal handler's traced calls interleave with it (see
+//! `livetrace_ftrace::FastPath`).
 //!
 //! The return hook `lt_return_to_handler` (in [`crate::retstack`]) has a
 //! fast exit that does the same for graph frames whose session registered
@@ -52,19 +53,28 @@ const RTH_PH: u64 = 0x7ace_7ace_7ace_7ace;
 std::arch::global_asm!(
     ".pushsection .text.livetrace_fast,\"ax\",@progbits",
     // ---- function tracer: one CALL record (ts, ip, parent, CALL) ----
+    //
+    // Both fast paths are bound by stores, like the trampolines: so they
+    // keep their scratch registers in xmm8-15 (caller-saved and never
+    // arguments, so dead at a function's entry) rather than on the stack,
+    // and write records and frames as 16-byte pairs built there.
     ".p2align 4",
     ".globl lt_fast_function_start",
     "lt_fast_function_start:",
-    "    bts dword ptr fs:[0x5eed0000], 0",
-    "    jc 8f",
+    "    test byte ptr fs:[0x5eed0000], 1",
+    "    jnz 8f",
+    "    cmp byte ptr fs:[0x5eed0004], 0",
+    "    jne 8f",
     "    cmp qword ptr fs:[0x7ace0000], 0x7ace1d00",
-    "    jne 7f",
-    "    push rax",
-    "    push rdx",
-    "    push rcx",
-    "    push rsi",
-    // [rsp + 32]: the return address into the function (site + 5);
-    // [rsp + 40]: the function's return address into its caller.
+    "    jne 8f",
+    "    mov byte ptr fs:[0x5eed0004], 1",
+    "    movq xmm8, rax",
+    "    movq xmm9, rdx",
+    "    movq xmm10, rcx",
+    "    movq xmm11, rsi",
+    "    movq xmm14, rdi",
+    // [rsp]: the return address into the function (site + 5);
+    // [rsp + 8]: the function's return address into its caller.
     "    mov rcx, qword ptr fs:[0x7ace0008]",
     "    mov rsi, qword ptr [rcx + {head}]",
     "    cmp byte ptr [rcx + {overwrite}], 0",
@@ -74,39 +84,42 @@ std::arch::global_asm!(
     "    cmp rax, qword ptr [rcx + {mask}]",
     "    ja 6f",
     "2:",
-    "    lea rax, [rsi + 1]",
-    "    mov qword ptr [rcx + {started}], rax",
+    "    lea rdi, [rsi + 1]",
+    "    mov qword ptr [rcx + {started}], rdi",
     "    and rsi, qword ptr [rcx + {mask}]",
     "    shl rsi, 5",
     "    add rsi, qword ptr [rcx + {slots}]",
     "    rdtsc",
     "    shl rdx, 32",
     "    or rax, rdx",
-    "    mov qword ptr [rsi], rax",
-    "    mov rax, qword ptr [rsp + 32]",
-    "    sub rax, 5",
-    "    mov qword ptr [rsi + 8], rax",
-    "    mov rax, qword ptr [rsp + 40]",
-    "    mov qword ptr [rsi + 16], rax",
-    "    mov qword ptr [rsi + 24], {call}",
-    "    mov rax, qword ptr [rcx + {started}]",
-    "    mov qword ptr [rcx + {head}], rax",
-    "    pop rsi",
-    "    pop rcx",
-    "    pop rdx",
-    "    pop rax",
-    "    add dword ptr fs:[0x5eed0000], 1",
+    "    mov rdx, qword ptr [rsp]",
+    "    sub rdx, 5",
+    "    movq xmm12, rax",
+    "    movq xmm13, rdx",
+    "    punpcklqdq xmm12, xmm13",
+    "    movq xmm13, qword ptr [rsp + 8]",
+    "    movhps xmm13, qword ptr [rip + 5f]",
+    "    movups xmmword ptr [rsi], xmm12",
+    "    movups xmmword ptr [rsi + 16], xmm13",
+    "    mov qword ptr [rcx + {head}], rdi",
+    "    movq rax, xmm8",
+    "    movq rdx, xmm9",
+    "    movq rcx, xmm10",
+    "    movq rsi, xmm11",
+    "    movq rdi, xmm14",
+    "    mov byte ptr fs:[0x5eed0004], 0",
     "    ret",
     "6:",
-    "    pop rsi",
-    "    pop rcx",
-    "    pop rdx",
-    "    pop rax",
-    "7:",
-    "    add dword ptr fs:[0x5eed0000], 1",
+    "    movq rax, xmm8",
+    "    movq rdx, xmm9",
+    "    movq rcx, xmm10",
+    "    movq rsi, xmm11",
+    "    movq rdi, xmm14",
+    "    mov byte ptr fs:[0x5eed0004], 0",
     "8:",
     "    jmp qword ptr [rip + 9f]",
     "    .p2align 3",
+    "5: .quad {call}",
     "9: .quad 0",
     ".globl lt_fast_function_end",
     "lt_fast_function_end:",
@@ -115,19 +128,22 @@ std::arch::global_asm!(
     ".p2align 4",
     ".globl lt_fast_graph_start",
     "lt_fast_graph_start:",
-    "    bts dword ptr fs:[0x5eed0000], 0",
-    "    jc 8f",
+    "    test byte ptr fs:[0x5eed0000], 1",
+    "    jnz 8f",
+    "    cmp byte ptr fs:[0x5eed0004], 0",
+    "    jne 8f",
     "    cmp qword ptr fs:[0x7ace0000], 0x7ace1d00",
-    "    jne 7f",
+    "    jne 8f",
     "    cmp qword ptr fs:[0x7ace2000 + {depth}], {max_depth}",
-    "    jae 7f",
-    "    push rax",
-    "    push rdx",
-    "    push rcx",
-    "    push rsi",
-    "    push rdi",
-    "    push r8",
-    // [rsp + 48]: site + 5; [rsp + 56]: the return slot.
+    "    jae 8f",
+    "    mov byte ptr fs:[0x5eed0004], 1",
+    "    movq xmm8, rax",
+    "    movq xmm9, rdx",
+    "    movq xmm10, rcx",
+    "    movq xmm11, rsi",
+    "    movq xmm12, rdi",
+    "    movq xmm13, r8",
+    // [rsp]: site + 5; [rsp + 8]: the return slot.
     "    mov rcx, qword ptr fs:[0x7ace0008]",
     "    mov rsi, qword ptr [rcx + {head}]",
     "    cmp byte ptr [rcx + {overwrite}], 0",
@@ -144,48 +160,58 @@ std::arch::global_asm!(
     "    rdtsc",
     "    shl rdx, 32",
     "    or rax, rdx",
-    "    mov qword ptr fs:[rdi + 0x7ace2000 + {frames} + {f_entry}], rax",
-    "    mov rdx, qword ptr [rsp + 56]",
-    "    mov qword ptr fs:[rdi + 0x7ace2000 + {frames} + {f_ret}], rdx",
-    "    lea rdx, [rsp + 56]",
-    "    mov qword ptr fs:[rdi + 0x7ace2000 + {frames} + {f_slot}], rdx",
-    "    mov qword ptr fs:[rdi + 0x7ace2000 + {frames} + {f_child}], 0",
-    "    mov dword ptr fs:[rdi + 0x7ace2000 + {frames} + {f_sink}], 0x7ace3000",
-    "    mov rdx, qword ptr [rsp + 48]",
+    "    mov rdx, qword ptr [rsp]",
     "    sub rdx, 5",
-    "    mov qword ptr fs:[rdi + 0x7ace2000 + {frames} + {f_func}], rdx",
+    // The frame as three pairs: (ret, slot), (func, entry), (0, sink).
+    "    movq xmm14, qword ptr [rsp + 8]",
+    "    movq xmm15, rsp",
+    "    paddq xmm15, xmmword ptr [rip + 4f]",
+    "    punpcklqdq xmm14, xmm15",
+    "    movups xmmword ptr fs:[rdi + 0x7ace2000 + {frames} + {f_ret}], xmm14",
+    "    movq xmm14, rdx",
+    "    movq xmm15, rax",
+    "    punpcklqdq xmm14, xmm15",
+    "    movups xmmword ptr fs:[rdi + 0x7ace2000 + {frames} + {f_func}], xmm14",
+    "    movaps xmm15, xmmword ptr [rip + 3f]",
+    "    movups xmmword ptr fs:[rdi + 0x7ace2000 + {frames} + {f_child}], xmm15",
     "    movabs rdi, 0x7ace7ace7ace7ace",
-    "    mov qword ptr [rsp + 56], rdi",
+    "    mov qword ptr [rsp + 8], rdi",
+    // The record: (ts, ip), (depth, ENTRY).
+    "    pshufd xmm14, xmm14, 0x4e",
+    "    movq xmm15, r8",
+    "    movhps xmm15, qword ptr [rip + 5f]",
     "    lea rdi, [rsi + 1]",
     "    mov qword ptr [rcx + {started}], rdi",
     "    and rsi, qword ptr [rcx + {mask}]",
     "    shl rsi, 5",
     "    add rsi, qword ptr [rcx + {slots}]",
-    "    mov qword ptr [rsi], rax",
-    "    mov qword ptr [rsi + 8], rdx",
-    "    mov qword ptr [rsi + 16], r8",
-    "    mov qword ptr [rsi + 24], {entry}",
+    "    movups xmmword ptr [rsi], xmm14",
+    "    movups xmmword ptr [rsi + 16], xmm15",
     "    mov qword ptr [rcx + {head}], rdi",
-    "    pop r8",
-    "    pop rdi",
-    "    pop rsi",
-    "    pop rcx",
-    "    pop rdx",
-    "    pop rax",
-    "    add dword ptr fs:[0x5eed0000], 1",
+    "    movq rax, xmm8",
+    "    movq rdx, xmm9",
+    "    movq rcx, xmm10",
+    "    movq rsi, xmm11",
+    "    movq rdi, xmm12",
+    "    movq r8, xmm13",
+    "    mov byte ptr fs:[0x5eed0004], 0",
     "    ret",
     "6:",
-    "    pop r8",
-    "    pop rdi",
-    "    pop rsi",
-    "    pop rcx",
-    "    pop rdx",
-    "    pop rax",
-    "7:",
-    "    add dword ptr fs:[0x5eed0000], 1",
+    "    movq rax, xmm8",
+    "    movq rdx, xmm9",
+    "    movq rcx, xmm10",
+    "    movq rsi, xmm11",
+    "    movq rdi, xmm12",
+    "    movq r8, xmm13",
+    "    mov byte ptr fs:[0x5eed0004], 0",
     "8:",
     "    jmp qword ptr [rip + 9f]",
-    "    .p2align 3",
+    "    .p2align 4",
+    // (child ticks, sink): a new frame's last pair.
+    "3: .quad 0, 0x7ace3000",
+    // Added to rsp to make the slot's address (rsp + 8); high half unused.
+    "4: .quad 8, 0",
+    "5: .quad {entry}",
     "9: .quad 0",
     ".globl lt_fast_graph_end",
     "lt_fast_graph_end:",
@@ -203,12 +229,19 @@ std::arch::global_asm!(
     frame = const std::mem::size_of::<Frame>(),
     max_depth = const MAX_DEPTH,
     f_ret = const offset_of!(Frame, ret),
-    f_slot = const offset_of!(Frame, slot),
     f_func = const offset_of!(Frame, func),
-    f_entry = const offset_of!(Frame, entry_ticks),
     f_child = const offset_of!(Frame, child_ticks),
-    f_sink = const offset_of!(Frame, sink),
 );
+
+// The pairs the graph entry stores: (ret, slot), (func, entry_ticks),
+// (child_ticks, sink and padding), each 16-byte aligned in a frame.
+const _: () = {
+    assert!(offset_of!(Frame, slot) == offset_of!(Frame, ret) + 8);
+    assert!(offset_of!(Frame, entry_ticks) == offset_of!(Frame, func) + 8);
+    assert!(offset_of!(Frame, sink) == offset_of!(Frame, child_ticks) + 8);
+    assert!(std::mem::size_of::<Frame>() == 48);
+    assert!(offset_of!(Shadow, frames) % 16 == 0 && std::mem::align_of::<Shadow>() == 16);
+};
 
 unsafe extern "C" {
     static lt_fast_function_start: u8;
@@ -266,6 +299,7 @@ pub(crate) fn offsets() -> Option<Offsets> {
             return None;
         }
         let seq = livetrace_ftrace::seq_tpoff()?;
+        livetrace_ftrace::add_critical_code(retstack::fast_exit_code()).ok()?;
         let o = Offsets {
             cache: here.0,
             shadow: here.1,
@@ -324,7 +358,7 @@ pub(crate) fn patch(kind: Kind, o: Offsets, rings: u64, sink: u32) -> Option<Fas
         });
     let want = match kind {
         Kind::Function => (2, 1, 0, 0, false),
-        Kind::Graph => (2, 1, 9, 1, true),
+        Kind::Graph => (2, 1, 6, 1, true),
     };
     assert_eq!(
         (ways, rids, shadow, sinks, rth.is_some()),
@@ -349,9 +383,10 @@ pub(crate) static EXIT_CACHE: AtomicI64 = AtomicI64::new(0);
 /// Graph sessions whose frames the fast exit may record: pairs (session
 /// id, rings id) at index `session id % SINKS`; session id 0 is free. A
 /// session is entered here only while its rings are alive: it is cleared
-/// before the quiescence wait that precedes freeing them, and the fast exit
-/// holds the recursion guard from before it reads an entry until it is done
-/// with the buffer.
+/// before the quiescence wait that precedes freeing them, and that wait
+/// waits for threads inside the fast exit's code (critical code, see
+/// `livetrace_ftrace::add_critical_code`), which reads an entry and then
+/// uses the buffer without leaving it.
 pub(crate) struct FastSinks(pub(crate) [AtomicU64; 2 * SINKS]);
 pub(crate) const SINKS: usize = 64;
 pub(crate) static EXIT_SINKS: FastSinks = FastSinks([const { AtomicU64::new(0) }; 2 * SINKS]);

@@ -53,9 +53,12 @@ pub(crate) struct Frame {
     pub(crate) sink: u32,
 }
 
-#[repr(C)]
+// 16-byte aligned frames (after a padded `depth`): the fast paths store
+// them as 16-byte pairs.
+#[repr(C, align(16))]
 pub(crate) struct Shadow {
     pub(crate) depth: Cell<usize>,
+    _pad: usize,
     pub(crate) frames: UnsafeCell<[Frame; MAX_DEPTH]>,
     overflow: Cell<u64>,
     skipped: Cell<u64>,
@@ -75,6 +78,7 @@ thread_local! {
     static SHADOW: Shadow = const {
         Shadow {
             depth: Cell::new(0),
+            _pad: 0,
             frames: UnsafeCell::new([EMPTY; MAX_DEPTH]),
             overflow: Cell::new(0),
             skipped: Cell::new(0),
@@ -318,16 +322,21 @@ std::arch::global_asm!(
     "lt_return_to_handler:",
     // The function returned here: rsp is its slot + 8, 16-byte aligned.
     // rax and rdx (and xmm0, xmm1, st0, st1, untouched here) may hold its
-    // result; rcx, rsi, rdi and r8-r11 are dead at a return, free to use.
+    // result; rcx, rsi, rdi, r8-r11 and xmm2-15 are dead at a return, free
+    // to use.
     //
     // The fast exit, for a graph frame on top whose session is in
     // EXIT_SINKS and whose thread has a buffer with room: the same work as
-    // `graph_exit` and the session's record, under the recursion guard.
+    // `graph_exit` and the session's record, with the core's busy word
+    // set, and only outside callbacks and other fast paths.
     "    cmp byte ptr [rip + {ready}], 0",
     "    je 50f",
     "    mov rcx, qword ptr [rip + {seq}]",
-    "    bts dword ptr fs:[rcx], 0",
-    "    jc 50f",
+    "    test byte ptr fs:[rcx], 1",
+    "    jnz 50f",
+    "    cmp byte ptr fs:[rcx + 4], 0",
+    "    jne 50f",
+    "    mov byte ptr fs:[rcx + 4], 1",
     "    mov r8, rax",
     "    mov r9, rdx",
     "    mov rsi, qword ptr [rip + {shadow}]",
@@ -377,29 +386,39 @@ std::arch::global_asm!(
     "    sub rsi, rdx",
     "    add qword ptr fs:[r10 + {frames} + {f_child} - {frame}], rsi",
     "3:",
+    // The record as two 16-byte stores: (ts, func), (depth, EXIT).
+    "    movq xmm14, rax",
+    "    movq xmm15, qword ptr fs:[r10 + {frames} + {f_func}]",
+    "    punpcklqdq xmm14, xmm15",
+    "    movq xmm15, rdi",
+    "    mov eax, {exit_kind}",
+    "    movq xmm13, rax",
+    "    punpcklqdq xmm15, xmm13",
     "    lea rdx, [rcx + 1]",
     "    mov qword ptr [r11 + {started}], rdx",
     "    and rcx, qword ptr [r11 + {mask}]",
     "    shl rcx, 5",
     "    add rcx, qword ptr [r11 + {slots}]",
-    "    mov qword ptr [rcx], rax",
-    "    mov rax, qword ptr fs:[r10 + {frames} + {f_func}]",
-    "    mov qword ptr [rcx + 8], rax",
-    "    mov qword ptr [rcx + 16], rdi",
-    "    mov qword ptr [rcx + 24], {exit_kind}",
+    "    movups xmmword ptr [rcx], xmm14",
+    "    movups xmmword ptr [rcx + 16], xmm15",
     "    mov qword ptr [r11 + {head}], rdx",
     "    mov r11, qword ptr fs:[r10 + {frames} + {f_ret}]",
     "    mov rcx, qword ptr [rip + {seq}]",
-    "    add dword ptr fs:[rcx], 1",
+    "    mov byte ptr fs:[rcx + 4], 0",
     "    mov rax, r8",
     "    mov rdx, r9",
     "    jmp r11",
-    // Not for the fast exit: give the guard back, take the Rust one.
+    // Not for the fast exit: clear busy, take the Rust exit.
     "49:",
     "    mov rcx, qword ptr [rip + {seq}]",
-    "    add dword ptr fs:[rcx], 1",
+    "    mov byte ptr fs:[rcx + 4], 0",
     "    mov rax, r8",
     "    mov rdx, r9",
+    // The fast exit's end: its code, from lt_return_to_handler to here, is
+    // critical code for the quiescence wait (it reads EXIT_SINKS and then
+    // a session's buffer, and calls nothing).
+    ".globl lt_return_to_handler_fast_end",
+    "lt_return_to_handler_fast_end:",
     "50:",
     // Save the return registers (8 bytes of padding keep the call below
     // aligned); graph_exit gets the slot's address.
@@ -455,6 +474,12 @@ std::arch::global_asm!(
 
 unsafe extern "C" {
     fn lt_return_to_handler();
+    static lt_return_to_handler_fast_end: u8;
+}
+
+/// The code of the return hook's fast exit.
+pub(crate) fn fast_exit_code() -> std::ops::Range<usize> {
+    return_to_handler_addr()..&raw const lt_return_to_handler_fast_end as usize
 }
 
 /// The address hooked slots hold.
