@@ -27,6 +27,20 @@
 //!   [`SEQ_PLACEHOLDER`] and [`BUSY_PLACEHOLDER`] (the dropped-call
 //!   counter as [`DROPPED_PLACEHOLDER`]); each copy gets the real
 //!   thread-pointer offsets.
+//! - A fast path made with [`FastPath::calling_original`] serves each
+//!   site through a small per-site *stub*: the site `jmp`s to the stub
+//!   (nothing pushed), which `call`s the fast path (so `[rsp]` is the
+//!   stub's return address, and the site's address is the 8-byte word
+//!   [`STUB_IP_FROM_RETURN`] bytes past it), then, if the fast path returned, calls
+//!   the function's body itself and jumps to the *exit routine* when the
+//!   body returns, with `rsp` just past the return slot (whose content the
+//!   stub's call replaced: the fast path must have saved the caller's
+//!   return address, and the exit routine must return there, with a `ret`
+//!   to keep the return-stack buffer in step). Every branch is then
+//!   predicted, where hooking a return by rewriting its slot costs a
+//!   mispredicted `ret` per call. Its fallback still sees exactly a site's
+//!   call (a thunk rewrites the stub's return address first). Stubs are
+//!   never freed, so the exit routine must be code that stays mapped.
 //! - Its last 8 bytes are the fallback word (zero in the code given); it
 //!   reaches it RIP-relatively (`jmp qword ptr [rip + fallback]`). Anything
 //!   else position dependent (absolute addresses, its own thread-locals'
@@ -49,7 +63,12 @@ pub(crate) const MAX_LEN: usize = crate::tramp::SLOT;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FastPath {
     code: Vec<u8>,
+    exit: Option<usize>,
 }
+
+/// From the return address a stub pushes when it calls a fast path to the
+/// stub's 8-byte word holding the site's address.
+pub const STUB_IP_FROM_RETURN: usize = crate::tramp::STUB_IP_FROM_RETURN;
 
 /// Why code was not accepted as a fast path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,7 +117,21 @@ impl FastPath {
         if !has(SEQ_PLACEHOLDER) || !has(BUSY_PLACEHOLDER) {
             return Err(FastPathError::NoGuard);
         }
-        Ok(FastPath { code })
+        Ok(FastPath { code, exit: None })
+    }
+
+    /// A fast path that calls the original function itself, through
+    /// per-site stubs, and has `exit` run when the function returns (see
+    /// the module documentation for the contract).
+    pub fn calling_original(code: Vec<u8>, exit: usize) -> Result<FastPath, FastPathError> {
+        let mut f = FastPath::new(code)?;
+        f.exit = Some(exit);
+        Ok(f)
+    }
+
+    /// The exit routine, for a fast path that calls the original.
+    pub fn exit(&self) -> Option<usize> {
+        self.exit
     }
 
     /// The code, placeholders unpatched.

@@ -74,7 +74,7 @@ use livetrace_sites::Table;
 
 pub use fast::{
     busy_tpoff, seq_tpoff, FastPath, FastPathError, BUSY_PLACEHOLDER, DROPPED_PLACEHOLDER,
-    SEQ_PLACEHOLDER,
+    SEQ_PLACEHOLDER, STUB_IP_FROM_RETURN,
 };
 pub use ops::{Call, Callback, Ops, OpsBuilder, Pattern};
 pub use regs::Regs;
@@ -239,6 +239,11 @@ struct Core {
     /// (ops id, window) -> copy of the ops' fast path (whose fallback is
     /// the dedicated trampoline of the same key).
     fast: HashMap<(u32, usize), usize>,
+    /// (ops id, window) -> the thunk a stub-served fast path falls back
+    /// through.
+    decline: HashMap<(u32, usize), usize>,
+    /// Per-site stubs (fast paths calling the original), never freed.
+    stubs: tramp::Stubs,
     /// Code every quiescence wait waits for threads to leave
     /// ([`add_critical_code`]).
     critical: Vec<Range<usize>>,
@@ -267,6 +272,8 @@ fn core() -> Result<MutexGuard<'static, Option<Core>>, Error> {
             shared: HashMap::new(),
             dedicated: HashMap::new(),
             fast: HashMap::new(),
+            decline: HashMap::new(),
+            stubs: tramp::Stubs::default(),
             critical: Vec::new(),
             tpoff: thread::tpoff(),
             deferred: Vec::new(),
@@ -368,16 +375,21 @@ pub fn enabled_functions() -> Result<Vec<EnabledFunction>, Error> {
             continue;
         }
         let ip = r.ip();
-        let trampoline = match insn {
-            Insn::Call(t) => by_addr.get(&t).cloned().unwrap_or(Trampoline::Other(insn)),
-            other => Trampoline::Other(other),
-        };
-        let ops = c
+        let ops: Vec<String> = c
             .registered
             .iter()
             .filter(|o| published(&o.0).is_some_and(|s| s.contains(ip)))
             .map(|o| o.0.name.clone())
             .collect();
+        let trampoline = match insn {
+            Insn::Call(t) => by_addr.get(&t).cloned().unwrap_or(Trampoline::Other(insn)),
+            // A stub calling the only ops' fast path.
+            Insn::Jmp(t) if c.stubs.of(ip) == Some(t) && ops.len() == 1 => Trampoline::Dedicated {
+                ops: ops[0].clone(),
+                addr: t,
+            },
+            other => Trampoline::Other(other),
+        };
         out.push(EnabledFunction {
             name: c.table.name(i).to_string(),
             ip,
@@ -395,7 +407,9 @@ pub fn synchronize() -> Result<(), Error> {
     let (tpoff, critical) = {
         let g = core()?;
         let c = g.as_ref().expect("initialised");
-        (c.tpoff, c.critical.clone())
+        let mut critical = c.critical.clone();
+        critical.extend(c.stubs.pages.iter().cloned());
+        (c.tpoff, critical)
     };
     quiesce(tpoff, &critical);
     Ok(())
@@ -533,9 +547,19 @@ impl Core {
                 if let Some(&a) = self.fast.get(&key) {
                     return Ok(a);
                 }
+                let fallback = if fast.exit().is_some() {
+                    let d = self
+                        .pools
+                        .create_decline(window, dedicated)
+                        .map_err(Error::Trampoline)?;
+                    self.decline.insert(key, d);
+                    d
+                } else {
+                    dedicated
+                };
                 let a = self
                     .pools
-                    .create_fast(window, tpoff, fast.code(), dedicated)
+                    .create_fast(window, tpoff, fast.code(), fallback)
                     .map_err(Error::Trampoline)?;
                 self.fast.insert(key, a);
                 Ok(a)
@@ -619,7 +643,16 @@ impl Core {
             let target = match on.len() {
                 0 => Insn::Nop,
                 _ if regs => Insn::Call(self.trampoline(w, Kind::Regs, None)?),
-                1 => Insn::Call(self.trampoline(w, Kind::Fast, Some(on[0]))?),
+                1 => {
+                    let t = self.trampoline(w, Kind::Fast, Some(on[0]))?;
+                    match on[0].fast.as_ref().and_then(|f| f.exit()) {
+                        // Stub-served: the stub calls the fast path `t`.
+                        Some(exit) if t != self.dedicated[&(on[0].id, w)] => {
+                            Insn::Jmp(self.stubs.point(ip, t, exit).map_err(Error::Trampoline)?)
+                        }
+                        _ => Insn::Call(t),
+                    }
+                }
                 _ => Insn::Call(self.trampoline(w, Kind::Fast, None)?),
             };
             changes.push((ip, target));
@@ -673,6 +706,7 @@ impl Core {
                 for k in mine {
                     garbage.trampolines.extend(self.dedicated.remove(&k));
                     garbage.trampolines.extend(self.fast.remove(&k));
+                    garbage.trampolines.extend(self.decline.remove(&k));
                 }
                 // Its (now empty) published set stays until the ops itself
                 // is dropped: the list walker may be reading it.
@@ -692,6 +726,7 @@ impl Core {
             .iter()
             .flat_map(|g| g.trampolines.iter().map(|&a| a..a + 512))
             .chain(self.critical.iter().cloned())
+            .chain(self.stubs.pages.iter().cloned())
             .collect();
         if !quiesce(self.tpoff, &dying) {
             // A thread could not be sampled: never free what it might use.

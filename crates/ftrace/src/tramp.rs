@@ -48,6 +48,8 @@ std::arch::global_asm!(
     .set LT_SEQ, 0x5eed0000
     .set LT_BUSY, 0x5eed0004
     .set LT_DROPPED, 0x5eed0008
+    // From the stub's first return address to its `ip` word.
+    .set LT_STUB_IP_FROM_RETURN, 18
     // xmm0-7 (vector and float arguments) to/from 128 aligned bytes at rsp.
     .macro lt_save_xmm
     .irp n, 0, 1, 2, 3, 4, 5, 6, 7
@@ -213,6 +215,49 @@ lt_tramp_regs_data: .quad 0
 lt_tramp_regs_func: .quad 0
     .globl lt_tramp_regs_end
 lt_tramp_regs_end:
+
+    // A per-site stub, for a fast path that calls the original (see
+    // fast.rs). The site jumps here (no return address pushed: the return
+    // stack buffer stays in step). It calls the fast path, then the
+    // function's body, so that the body returns here, predicted; then it
+    // jumps to the fast path's exit routine with rsp just past the return
+    // slot.
+    .p2align 4
+    .globl lt_stub_start
+lt_stub_start:
+    call qword ptr [rip + lt_stub_entry]
+    add rsp, 8
+    .globl lt_stub_call_body
+lt_stub_call_body:
+    .byte 0xe8
+    .long 0
+    jmp qword ptr [rip + lt_stub_exit]
+    .p2align 3
+    .globl lt_stub_ip
+lt_stub_ip: .quad 0
+lt_stub_entry: .quad 0
+lt_stub_exit: .quad 0
+    .globl lt_stub_end
+lt_stub_end:
+
+    // A fast path's fallback when it serves sites through stubs: makes the
+    // stack what the site's `call` would have made (the return address
+    // into the function, not into the stub) and goes to the ops' dedicated
+    // trampoline. Flags are not part of a function's entry state.
+    .p2align 4
+    .globl lt_decline_start
+lt_decline_start:
+    push rax
+    mov rax, qword ptr [rsp + 8]
+    mov rax, qword ptr [rax + LT_STUB_IP_FROM_RETURN]
+    add rax, 5
+    mov qword ptr [rsp + 8], rax
+    pop rax
+    jmp qword ptr [rip + lt_decline_tramp]
+    .p2align 3
+lt_decline_tramp: .quad 0
+    .globl lt_decline_end
+lt_decline_end:
     .popsection
 "#
 );
@@ -224,6 +269,131 @@ unsafe extern "C" {
     static lt_tramp_regs_start: u8;
     static lt_tramp_regs_call: u8;
     static lt_tramp_regs_end: u8;
+    static lt_stub_start: u8;
+    static lt_stub_call_body: u8;
+    static lt_stub_ip: u8;
+    static lt_stub_end: u8;
+    static lt_decline_start: u8;
+    static lt_decline_end: u8;
+}
+
+/// From the return address a stub's first call pushes to the stub's word
+/// holding the site's address (`LT_STUB_IP_FROM_RETURN` above).
+pub(crate) const STUB_IP_FROM_RETURN: usize = 18;
+/// Bytes per stub (a multiple of 16).
+const STUB: usize = 64;
+
+fn bytes_of(start: *const u8, end: *const u8) -> &'static [u8] {
+    // SAFETY: start..end is a template's code and data in our text.
+    unsafe { std::slice::from_raw_parts(start, end as usize - start as usize) }
+}
+
+/// Per-site stubs, never freed: a function may be running, its return
+/// address pointing into its stub, long after its tracer is gone.
+#[derive(Default)]
+pub(crate) struct Stubs {
+    /// site -> stub.
+    by_site: HashMap<usize, usize>,
+    /// window -> (page, next free offset).
+    open: HashMap<usize, (usize, usize)>,
+    /// Every stub page: critical code for the quiescence wait (a thread
+    /// about to call through a stub's entry word may use what it named).
+    pub pages: Vec<std::ops::Range<usize>>,
+}
+
+impl Stubs {
+    /// The stub of `site`, made if needed, now calling `entry` and jumping
+    /// to `exit`. Only called before a batch points the site at it, or
+    /// while it already serves the same fast path.
+    pub fn point(&mut self, site: usize, entry: usize, exit: usize) -> io::Result<usize> {
+        let stub = match self.by_site.get(&site) {
+            Some(&s) => s,
+            None => self.make(site)?,
+        };
+        let t = bytes_of(&raw const lt_stub_start, &raw const lt_stub_end);
+        let ip_at = &raw const lt_stub_ip as usize - &raw const lt_stub_start as usize;
+        let mut words = [0u8; 16];
+        words[..8].copy_from_slice(&(entry as u64).to_le_bytes());
+        words[8..].copy_from_slice(&(exit as u64).to_le_bytes());
+        debug_assert_eq!(t.len(), ip_at + 24);
+        write_text(stub + ip_at + 8, &words)?;
+        Ok(stub)
+    }
+
+    /// The stub of `site`, if it has one.
+    pub fn of(&self, site: usize) -> Option<usize> {
+        self.by_site.get(&site).copied()
+    }
+
+    fn make(&mut self, site: usize) -> io::Result<usize> {
+        let window = window_of(site);
+        let (page, used) = match self.open.get(&window) {
+            Some(&(p, u)) if u + STUB <= PAGE => (p, u),
+            _ => {
+                let p = map_near(window)?;
+                self.pages.push(p..p + PAGE);
+                (p, 0)
+            }
+        };
+        let stub = page + used;
+        self.open.insert(window, (page, used + STUB));
+        let mut code = bytes_of(&raw const lt_stub_start, &raw const lt_stub_end).to_vec();
+        assert!(code.len() <= STUB);
+        let call = &raw const lt_stub_call_body as usize - &raw const lt_stub_start as usize;
+        let ip_at = &raw const lt_stub_ip as usize - &raw const lt_stub_start as usize;
+        debug_assert_eq!(ip_at - 6, STUB_IP_FROM_RETURN);
+        let rel = livetrace_poke::rel32(stub + call, site + 5)
+            .ok_or_else(|| io::Error::other("site out of reach of its stub"))?;
+        code[call + 1..call + 5].copy_from_slice(&rel.to_le_bytes());
+        code[ip_at..ip_at + 8].copy_from_slice(&(site as u64).to_le_bytes());
+        write_text(stub, &code)?;
+        self.by_site.insert(site, stub);
+        Ok(stub)
+    }
+}
+
+/// Writes into one of our executable pages (PROT_EXEC stays on: other code
+/// on the page may be running; what is written is not in use yet, or is
+/// an aligned data word read atomically).
+fn write_text(at: usize, bytes: &[u8]) -> io::Result<()> {
+    let page = at & !(PAGE - 1);
+    assert!(at + bytes.len() <= page + PAGE);
+    // SAFETY: the page is one we mapped; see above for why writing is safe.
+    unsafe {
+        if libc::mprotect(
+            page as *mut _,
+            PAGE,
+            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        if bytes.len() == 8 && at % 8 == 0 {
+            (*(at as *const std::sync::atomic::AtomicU64)).store(
+                u64::from_le_bytes(bytes.try_into().expect("8 bytes")),
+                std::sync::atomic::Ordering::Release,
+            );
+        } else {
+            for (i, chunk) in bytes.chunks(8).enumerate() {
+                let mut w = [0u8; 8];
+                w[..chunk.len()].copy_from_slice(chunk);
+                if chunk.len() == 8 && (at + 8 * i) % 8 == 0 {
+                    (*((at + 8 * i) as *const std::sync::atomic::AtomicU64))
+                        .store(u64::from_le_bytes(w), std::sync::atomic::Ordering::Release);
+                } else {
+                    std::ptr::copy_nonoverlapping(
+                        chunk.as_ptr(),
+                        (at + 8 * i) as *mut u8,
+                        chunk.len(),
+                    );
+                }
+            }
+        }
+        if libc::mprotect(page as *mut _, PAGE, libc::PROT_READ | libc::PROT_EXEC) != 0 {
+            crate::fatal("cannot make a trampoline page read-only again");
+        }
+    }
+    Ok(())
 }
 
 /// Which template a trampoline is a copy of.
@@ -337,6 +507,17 @@ impl Pools {
         assert!((8..=SLOT).contains(&n));
         patch_tls_any(&mut bytes[..n - 8], tpoff);
         bytes[n - 8..].copy_from_slice(&(fallback as u64).to_le_bytes());
+        install(pool, slot, &bytes)
+    }
+
+    /// A decline thunk (see the template) going to `tramp`, in the pool for
+    /// `window`.
+    pub fn create_decline(&mut self, window: usize, tramp: usize) -> io::Result<usize> {
+        let pool = self.pool(window)?;
+        let slot = pool.free.pop().expect("refilled by pool()");
+        let mut bytes = bytes_of(&raw const lt_decline_start, &raw const lt_decline_end).to_vec();
+        let n = bytes.len();
+        bytes[n - 8..].copy_from_slice(&(tramp as u64).to_le_bytes());
         install(pool, slot, &bytes)
     }
 

@@ -17,9 +17,13 @@
 //! callback nor a signal handler's traced calls interleave with it (see
 //! `livetrace_ftrace::FastPath`).
 //!
-//! The return hook `lt_return_to_handler` (in [`crate::retstack`]) has a
-//! fast exit that does the same for graph frames whose session registered
-//! here ([`FastSinks`]); everything else takes its Rust exit.
+//! The graph tracer's fast path is served through the core's per-site
+//! stubs (`FastPath::calling_original`): the stub calls the function body
+//! after the fast path pushed the shadow frame, so the body's `ret` is
+//! predicted, and lands in `lt_return_to_stub` (in [`crate::retstack`]).
+//! That exit, and `lt_return_to_handler` where the Rust callback hooked the
+//! return slot, have a fast exit for graph frames whose session registered
+//! here ([`FastSinks`]); everything else takes their Rust exit.
 //!
 //! Templates use placeholder values, patched per session in [`patch`]:
 //!
@@ -29,7 +33,6 @@
 //! | imm32 `0x7ace1d00` | the rings' id |
 //! | disp32 `0x7ace2000 + k` | `fs:` offset of the thread's shadow stack, + k |
 //! | imm32 `0x7ace3000` | the session (sink) id |
-//! | imm64 `0x7ace7ace7ace7ace` | the address of `lt_return_to_handler` |
 //!
 //! plus the core's own (`fs:[SEQ]`), which the core patches when it copies
 //! the code.
@@ -48,7 +51,6 @@ const WAY_PH: u32 = 0x7ace_0000;
 const RID_PH: u32 = 0x7ace_1d00;
 const SHADOW_PH: u32 = 0x7ace_2000;
 const SINK_PH: u32 = 0x7ace_3000;
-const RTH_PH: u64 = 0x7ace_7ace_7ace_7ace;
 
 std::arch::global_asm!(
     ".pushsection .text.livetrace_fast,\"ax\",@progbits",
@@ -123,8 +125,8 @@ std::arch::global_asm!(
     "9: .quad 0",
     ".globl lt_fast_function_end",
     "lt_fast_function_end:",
-    // ---- graph tracer entry: push a shadow frame, hook the return, one
-    // ENTRY record (ts, ip, depth, ENTRY) ----
+    // ---- graph tracer entry, served through per-site stubs: push a
+    // shadow frame, one ENTRY record (ts, ip, depth, ENTRY) ----
     ".p2align 4",
     ".globl lt_fast_graph_start",
     "lt_fast_graph_start:",
@@ -143,7 +145,9 @@ std::arch::global_asm!(
     "    movq xmm11, rsi",
     "    movq xmm12, rdi",
     "    movq xmm13, r8",
-    // [rsp]: site + 5; [rsp + 8]: the return slot.
+    // Called by the site's stub: [rsp] is the stub's return address,
+    // [rsp + 8] the return slot. The stub hooks the return itself, by
+    // calling the body.
     "    mov rcx, qword ptr fs:[0x7ace0008]",
     "    mov rsi, qword ptr [rcx + {head}]",
     "    cmp byte ptr [rcx + {overwrite}], 0",
@@ -161,7 +165,7 @@ std::arch::global_asm!(
     "    shl rdx, 32",
     "    or rax, rdx",
     "    mov rdx, qword ptr [rsp]",
-    "    sub rdx, 5",
+    "    mov rdx, qword ptr [rdx + {stub_ip}]",
     // The frame as three pairs: (ret, slot), (func, entry), (0, sink).
     "    movq xmm14, qword ptr [rsp + 8]",
     "    movq xmm15, rsp",
@@ -174,8 +178,6 @@ std::arch::global_asm!(
     "    movups xmmword ptr fs:[rdi + 0x7ace2000 + {frames} + {f_func}], xmm14",
     "    movaps xmm15, xmmword ptr [rip + 3f]",
     "    movups xmmword ptr fs:[rdi + 0x7ace2000 + {frames} + {f_child}], xmm15",
-    "    movabs rdi, 0x7ace7ace7ace7ace",
-    "    mov qword ptr [rsp + 8], rdi",
     // The record: (ts, ip), (depth, ENTRY).
     "    pshufd xmm14, xmm14, 0x4e",
     "    movq xmm15, r8",
@@ -227,6 +229,7 @@ std::arch::global_asm!(
     depth = const offset_of!(Shadow, depth),
     frames = const offset_of!(Shadow, frames),
     frame = const std::mem::size_of::<Frame>(),
+    stub_ip = const livetrace_ftrace::STUB_IP_FROM_RETURN,
     max_depth = const MAX_DEPTH,
     f_ret = const offset_of!(Frame, ret),
     f_func = const offset_of!(Frame, func),
@@ -299,7 +302,9 @@ pub(crate) fn offsets() -> Option<Offsets> {
             return None;
         }
         let seq = livetrace_ftrace::seq_tpoff()?;
-        livetrace_ftrace::add_critical_code(retstack::fast_exit_code()).ok()?;
+        for code in retstack::fast_exit_code() {
+            livetrace_ftrace::add_critical_code(code).ok()?;
+        }
         let o = Offsets {
             cache: here.0,
             shadow: here.1,
@@ -349,23 +354,20 @@ pub(crate) fn patch(kind: Kind, o: Offsets, rings: u64, sink: u32) -> Option<Fas
         o.shadow as i64 + i64::from(v - SHADOW_PH)
     });
     let sinks = patch32(&mut code, |v| v == SINK_PH, |_| i64::from(sid));
-    let rth = code
-        .windows(8)
-        .position(|w| w == RTH_PH.to_le_bytes())
-        .map(|i| {
-            code[i..i + 8]
-                .copy_from_slice(&(retstack::return_to_handler_addr() as u64).to_le_bytes())
-        });
     let want = match kind {
-        Kind::Function => (2, 1, 0, 0, false),
-        Kind::Graph => (2, 1, 6, 1, true),
+        Kind::Function => (2, 1, 0, 0),
+        Kind::Graph => (2, 1, 6, 1),
     };
     assert_eq!(
-        (ways, rids, shadow, sinks, rth.is_some()),
+        (ways, rids, shadow, sinks),
         want,
         "fast path template placeholders"
     );
-    Some(FastPath::new(code).expect("the templates keep the fast-path contract"))
+    let fast = match kind {
+        Kind::Function => FastPath::new(code),
+        Kind::Graph => FastPath::calling_original(code, retstack::return_to_stub_addr()),
+    };
+    Some(fast.expect("the templates keep the fast-path contract"))
 }
 
 // ---------------------------------------------------------------------------

@@ -315,11 +315,13 @@ pub(crate) fn unpublish_sink(id: u32) {
     change_registry(|v| v.retain(|(i, _)| *i != id), true);
 }
 
+macro_rules! return_handler {
+    ($name:literal, $fast_end:literal, $jump:literal, $jump_slow:literal) => {
 std::arch::global_asm!(
     ".pushsection .text.livetrace_graph,\"ax\",@progbits",
     ".p2align 4",
-    ".globl lt_return_to_handler",
-    "lt_return_to_handler:",
+    concat!(".globl ", $name),
+    concat!($name, ":"),
     // The function returned here: rsp is its slot + 8, 16-byte aligned.
     // rax and rdx (and xmm0, xmm1, st0, st1, untouched here) may hold its
     // result; rcx, rsi, rdi, r8-r11 and xmm2-15 are dead at a return, free
@@ -407,7 +409,7 @@ std::arch::global_asm!(
     "    mov byte ptr fs:[rcx + 4], 0",
     "    mov rax, r8",
     "    mov rdx, r9",
-    "    jmp r11",
+    $jump,
     // Not for the fast exit: clear busy, take the Rust exit.
     "49:",
     "    mov rcx, qword ptr [rip + {seq}]",
@@ -417,8 +419,8 @@ std::arch::global_asm!(
     // The fast exit's end: its code, from lt_return_to_handler to here, is
     // critical code for the quiescence wait (it reads EXIT_SINKS and then
     // a session's buffer, and calls nothing).
-    ".globl lt_return_to_handler_fast_end",
-    "lt_return_to_handler_fast_end:",
+    concat!(".globl ", $fast_end),
+    concat!($fast_end, ":"),
     "50:",
     // Save the return registers (8 bytes of padding keep the call below
     // aligned); graph_exit gets the slot's address.
@@ -442,7 +444,7 @@ std::arch::global_asm!(
     "    pop rdx",
     "    pop rax",
     "    add rsp, 8",
-    "    jmp r11",
+    $jump_slow,
     ".popsection",
     exit = sym graph_exit,
     ready = sym crate::fast::EXIT_READY,
@@ -471,15 +473,47 @@ std::arch::global_asm!(
     f_child = const std::mem::offset_of!(Frame, child_ticks),
     f_sink = const std::mem::offset_of!(Frame, sink),
 );
+    };
+}
+
+// Where a hooked slot sends a function: its `ret` was predicted to go to
+// the caller (the return-stack buffer holds the caller's return address,
+// which that `ret` used up), so it leaves with a jump, not another `ret`.
+return_handler!(
+    "lt_return_to_handler",
+    "lt_return_to_handler_fast_end",
+    "    jmp r11",
+    "    jmp r11"
+);
+// Where a per-site stub's call of the body lands (see the core's
+// `FastPath::calling_original`): the stub's call pushed its own return-
+// stack entry, which the body's `ret` used, so the caller's entry is still
+// there and a `ret` to it is predicted.
+return_handler!(
+    "lt_return_to_stub",
+    "lt_return_to_stub_fast_end",
+    "    push r11\n    ret",
+    "    push r11\n    ret"
+);
 
 unsafe extern "C" {
     fn lt_return_to_handler();
     static lt_return_to_handler_fast_end: u8;
+    fn lt_return_to_stub();
+    static lt_return_to_stub_fast_end: u8;
 }
 
-/// The code of the return hook's fast exit.
-pub(crate) fn fast_exit_code() -> std::ops::Range<usize> {
-    return_to_handler_addr()..&raw const lt_return_to_handler_fast_end as usize
+/// The code of the return hooks' fast exits (critical code).
+pub(crate) fn fast_exit_code() -> [std::ops::Range<usize>; 2] {
+    [
+        return_to_handler_addr()..&raw const lt_return_to_handler_fast_end as usize,
+        return_to_stub_addr()..&raw const lt_return_to_stub_fast_end as usize,
+    ]
+}
+
+/// The exit routine of the graph tracer's stub-served fast path.
+pub(crate) fn return_to_stub_addr() -> usize {
+    lt_return_to_stub as *const () as usize
 }
 
 /// The address hooked slots hold.

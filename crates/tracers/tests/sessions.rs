@@ -28,7 +28,28 @@ macro_rules! traced {
     };
 }
 
-traced!(t_outer => outer_body, t_middle => middle_body, t_leaf => leaf_body, t_boom => boom_body, t_deep => deep_body);
+traced!(
+    t_outer => outer_body,
+    t_middle => middle_body,
+    t_leaf => leaf_body,
+    t_boom => boom_body,
+    t_deep => deep_body,
+    t_bt_outer => bt_outer_body,
+    t_bt => bt_body,
+);
+
+extern "C-unwind" fn bt_outer_body(n: u64) -> u64 {
+    // SAFETY: plain call through the stub.
+    std::hint::black_box(unsafe { t_bt(n) } + 1)
+}
+extern "C-unwind" fn bt_body(n: u64) -> u64 {
+    let bt = format!("{}", std::backtrace::Backtrace::force_capture());
+    assert!(
+        bt.contains("bt_outer_body") && bt.contains("graph_backtrace"),
+        "a backtrace sees through hooked frames:\n{bt}"
+    );
+    n * 2
+}
 
 extern "C-unwind" fn outer_body(n: u64) -> u64 {
     // SAFETY: plain calls through the stubs (same ABI as the bodies).
@@ -89,6 +110,8 @@ fn setup() -> std::sync::MutexGuard<'static, ()> {
             (addr(t_leaf), "t::leaf"),
             (addr(t_boom), "t::boom"),
             (addr(t_deep), "t::deep"),
+            (addr(t_bt_outer), "t::bt_outer"),
+            (addr(t_bt), "t::bt"),
         ] {
             sites.push(ExternalSite {
                 addr: f as usize,
@@ -373,4 +396,30 @@ fn too_deep(fast: bool) {
         .filter(|e| matches!(e, Event::Exit { .. }))
         .count() as u64;
     assert_eq!((entries, exits), (max, max));
+}
+
+#[test]
+fn graph_tracer_lends_backtraces_the_real_callers() {
+    graph_backtrace(true);
+    graph_backtrace(false);
+}
+
+#[inline(never)]
+fn graph_backtrace(fast: bool) {
+    let _serial = setup();
+    let s = Session::start(config(Tracer::Graph, &["t::bt_outer", "t::bt"], fast)).unwrap();
+    for _ in 0..3 {
+        // SAFETY: plain call through the stub.
+        assert_eq!(unsafe { t_bt_outer(4) }, 9);
+    }
+    let trace = s.snapshot();
+    let t = mine(&trace);
+    let got = names(&trace, &t.events);
+    assert_eq!(got.len(), 12, "{got:?}");
+    for call in got.chunks(4) {
+        assert_eq!(
+            call,
+            ["0>t::bt_outer", "1>t::bt", "1<t::bt", "0<t::bt_outer"]
+        );
+    }
 }
