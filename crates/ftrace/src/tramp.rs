@@ -338,6 +338,7 @@ impl Stubs {
         let stub = page + used;
         self.open.insert(window, (page, used + STUB));
         let mut code = bytes_of(&raw const lt_stub_start, &raw const lt_stub_end).to_vec();
+        code.resize(code.len().next_multiple_of(8), 0xcc);
         assert!(code.len() <= STUB);
         let call = &raw const lt_stub_call_body as usize - &raw const lt_stub_start as usize;
         let ip_at = &raw const lt_stub_ip as usize - &raw const lt_stub_start as usize;
@@ -352,13 +353,16 @@ impl Stubs {
     }
 }
 
-/// Writes into one of our executable pages (PROT_EXEC stays on: other code
-/// on the page may be running; what is written is not in use yet, or is
-/// an aligned data word read atomically).
+/// Writes whole 8-byte words into one of our executable pages, each with
+/// one atomic store. PROT_EXEC stays on: other code on the page may be
+/// running; what is written is either not in use yet, or a data word that
+/// threads read atomically.
 fn write_text(at: usize, bytes: &[u8]) -> io::Result<()> {
     let page = at & !(PAGE - 1);
+    assert!(at.is_multiple_of(8) && bytes.len().is_multiple_of(8));
     assert!(at + bytes.len() <= page + PAGE);
-    // SAFETY: the page is one we mapped; see above for why writing is safe.
+    // SAFETY: the page is one we mapped (map_near); the words are aligned
+    // and inside it; see above for why writing them is safe.
     unsafe {
         if libc::mprotect(
             page as *mut _,
@@ -368,26 +372,12 @@ fn write_text(at: usize, bytes: &[u8]) -> io::Result<()> {
         {
             return Err(io::Error::last_os_error());
         }
-        if bytes.len() == 8 && at % 8 == 0 {
-            (*(at as *const std::sync::atomic::AtomicU64)).store(
-                u64::from_le_bytes(bytes.try_into().expect("8 bytes")),
+        for (i, w) in bytes.chunks_exact(8).enumerate() {
+            let word = &*((at + 8 * i) as *const std::sync::atomic::AtomicU64);
+            word.store(
+                u64::from_le_bytes(w.try_into().expect("8 bytes")),
                 std::sync::atomic::Ordering::Release,
             );
-        } else {
-            for (i, chunk) in bytes.chunks(8).enumerate() {
-                let mut w = [0u8; 8];
-                w[..chunk.len()].copy_from_slice(chunk);
-                if chunk.len() == 8 && (at + 8 * i) % 8 == 0 {
-                    (*((at + 8 * i) as *const std::sync::atomic::AtomicU64))
-                        .store(u64::from_le_bytes(w), std::sync::atomic::Ordering::Release);
-                } else {
-                    std::ptr::copy_nonoverlapping(
-                        chunk.as_ptr(),
-                        (at + 8 * i) as *mut u8,
-                        chunk.len(),
-                    );
-                }
-            }
         }
         if libc::mprotect(page as *mut _, PAGE, libc::PROT_READ | libc::PROT_EXEC) != 0 {
             crate::fatal("cannot make a trampoline page read-only again");
