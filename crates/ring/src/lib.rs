@@ -21,6 +21,10 @@
 //! Readers ([`Rings::drain`] to consume, [`Rings::snapshot`] to copy) run
 //! on any thread, concurrently with writers, and never block them.
 //!
+//! Writers in machine code (a tracer's assembly fast path) follow the same
+//! protocol through the layout [`ring::raw`] publishes: the cache's
+//! thread-pointer offset, the writer fields' offsets.
+//!
 //! # Invariants
 //!
 //! - **Single writer.** A buffer is written only by the thread that created

@@ -635,8 +635,9 @@ impl Rings {
 /// records without calling into Rust (the tracers' assembly fast paths).
 ///
 /// A thread finds its buffer of a [`Rings`] with id `id` in its writer
-/// cache: the [`CacheWay`] at thread-pointer offset
-/// [`cache_tpoff`]`() + (id % WAYS) * 16`, if that way's `id` matches (on
+/// cache: the way (`id` word, then buffer pointer) at thread-pointer offset
+/// [`raw::cache_tpoff`]`() + (id % WAYS) * WAY_BYTES`, if that way's `id`
+/// matches (on
 /// a miss, the Rust [`Rings::write`] creates or finds the buffer and fills
 /// the way). The way's `buffer` points at the buffer's writer fields, at
 /// the `*_OFFSET`s below. A push of record `h = head` is exactly what

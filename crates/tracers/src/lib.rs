@@ -15,11 +15,18 @@
 //! tracing runs or after it stopped, for the writers people already use
 //! (ftrace text, Chrome/Perfetto JSON, flame graphs, `uftrace.data`).
 //!
+//! Where the session's ops is alone on a function, the function and graph
+//! tracers record through assembly fast paths instead (see `fast.rs`):
+//! the same records, about half the cost, with the callback as the
+//! fallback for everything uncommon. [`Config::fast_path`] turns them off.
+//!
 //! # Invariants
 //!
 //! - Callbacks run with tracing suppressed on their thread (the core's
-//!   recursion guard), and so does the return hook's exit path: nothing the
-//!   tracers do is ever traced.
+//!   recursion guard), and so does the return hook's exit path; the fast
+//!   paths mark the thread busy and call nothing: nothing the tracers do is
+//!   ever traced, and a signal handler's traced calls never interleave
+//!   with a record being written.
 //! - A return address is hooked only where its frame is on the shadow stack,
 //!   and every hooked address is restored before anything walks or unwinds
 //!   the stack (see [`retstack`]), so panics, C++ exceptions, thread exits
