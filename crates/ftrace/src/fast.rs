@@ -14,19 +14,21 @@
 //!   ops' ordinary dedicated trampoline, which runs the callback.
 //! - It calls nothing. So the quiescence wait covers it by its address
 //!   alone: a thread sampled inside a dying copy is waited for.
-//! - It never runs nested in a callback or in another fast path: if the
-//!   thread's seq word is odd (`test byte ptr fs:[SEQ], 1`) or its busy
-//!   word is set (`cmp byte ptr fs:[BUSY], 0`), it goes to the fallback
-//!   at once, which counts the call as dropped. While it touches
-//!   per-thread state that a callback or a signal handler's traced call
-//!   may also touch, it sets the busy word (`mov byte ptr fs:[BUSY], 1`,
-//!   then 0). Stores of constants, not read-modify-writes: fast paths
-//!   called back to back form no dependency chain through memory, and a
-//!   signal handler on the same thread sees the word as its interrupted
-//!   code left it. `SEQ` and `BUSY` are written as the disp32s
-//!   [`SEQ_PLACEHOLDER`] and [`BUSY_PLACEHOLDER`] (the dropped-call
-//!   counter as [`DROPPED_PLACEHOLDER`]); each copy gets the real
-//!   thread-pointer offsets.
+//! - It never runs inside a callback or another fast path, and marks
+//!   itself the way a callback is marked, so that neither a callback nor a
+//!   signal handler's traced calls interleave with it: if the thread's seq
+//!   word is odd (`test byte ptr fs:[SEQ], 1`) it goes to the fallback at
+//!   once (which counts the call as dropped); otherwise, before touching
+//!   per-thread state a callback may also touch, it stores the constant 1
+//!   (`mov dword ptr fs:[SEQ], 1`), and 2 when done. Constants, not
+//!   read-modify-writes: back-to-back fast paths form no dependency chain
+//!   through memory. The counter does not need to count here: the
+//!   quiescence wait only asks whether a thread's odd seq has *changed*,
+//!   and since a fast path never starts inside a callback, any change
+//!   means the callback was left. `SEQ` is written as the disp32
+//!   [`SEQ_PLACEHOLDER`] (the dropped-call counter as
+//!   [`DROPPED_PLACEHOLDER`]); each copy gets the real thread-pointer
+//!   offsets.
 //! - A fast path made with [`FastPath::calling_original`] serves each
 //!   site through a small per-site *stub*: the site `jmp`s to the stub
 //!   (nothing pushed), which `call`s the fast path (so `[rsp]` is the
@@ -50,8 +52,6 @@ use std::fmt;
 
 /// The disp32 a fast path writes for the thread's seq word (`fs:[disp32]`).
 pub const SEQ_PLACEHOLDER: u32 = 0x5eed_0000;
-/// The disp32 a fast path writes for the thread's busy word.
-pub const BUSY_PLACEHOLDER: u32 = 0x5eed_0004;
 /// The disp32 a fast path writes for the thread's dropped-call counter.
 pub const DROPPED_PLACEHOLDER: u32 = 0x5eed_0008;
 
@@ -77,8 +77,7 @@ pub enum FastPathError {
     TooLong(usize),
     /// The last 8 bytes, the fallback word, are not zero (or missing).
     NoFallbackWord,
-    /// The code never checks the seq word or never sets the busy word (no
-    /// `fs:[SEQ]` or no `fs:[BUSY]` operand).
+    /// The code never takes the recursion guard (no `fs:[SEQ]` operand).
     NoGuard,
 }
 
@@ -94,9 +93,9 @@ impl fmt::Display for FastPathError {
             FastPathError::NoFallbackWord => {
                 f.write_str("fast path does not end with a zero 8-byte fallback word")
             }
-            FastPathError::NoGuard => f.write_str(
-                "fast path never tests fs:[SEQ_PLACEHOLDER] or never sets fs:[BUSY_PLACEHOLDER]",
-            ),
+            FastPathError::NoGuard => {
+                f.write_str("fast path never takes the recursion guard (fs:[SEQ_PLACEHOLDER])")
+            }
         }
     }
 }
@@ -114,7 +113,7 @@ impl FastPath {
             return Err(FastPathError::NoFallbackWord);
         }
         let has = |v: u32| code.windows(4).any(|w| w == v.to_le_bytes());
-        if !has(SEQ_PLACEHOLDER) || !has(BUSY_PLACEHOLDER) {
+        if !has(SEQ_PLACEHOLDER) {
             return Err(FastPathError::NoGuard);
         }
         Ok(FastPath { code, exit: None })
@@ -144,17 +143,12 @@ impl FastPath {
 /// and quiescence marker), for code that is not a copy and so cannot be
 /// patched (a return hook in a library's text): it follows the same rules,
 /// reading the offset from memory, and declares itself with
-/// [`crate::add_critical_code`]. The busy word is 4 bytes further. `None`
-/// when the core cannot be set up (dynamic TLS).
+/// [`crate::add_critical_code`]. `None` when the core cannot be set up
+/// (dynamic TLS).
 pub fn seq_tpoff() -> Option<isize> {
     crate::core()
         .ok()
         .map(|g| g.as_ref().expect("initialised").tpoff)
-}
-
-/// The thread-pointer offset of the thread's busy word; see [`seq_tpoff`].
-pub fn busy_tpoff() -> Option<isize> {
-    seq_tpoff().map(|t| t + 4)
 }
 
 #[cfg(test)]
@@ -165,7 +159,6 @@ mod tests {
     fn the_contract_is_checked() {
         let mut code = vec![0x90; 16];
         code.extend(SEQ_PLACEHOLDER.to_le_bytes());
-        code.extend(BUSY_PLACEHOLDER.to_le_bytes());
         code.extend([0; 8]);
         assert!(FastPath::new(code.clone()).is_ok());
         let mut bad = code.clone();

@@ -73,8 +73,7 @@ use livetrace_poke::Insn;
 use livetrace_sites::Table;
 
 pub use fast::{
-    busy_tpoff, seq_tpoff, FastPath, FastPathError, BUSY_PLACEHOLDER, DROPPED_PLACEHOLDER,
-    SEQ_PLACEHOLDER, STUB_IP_FROM_RETURN,
+    seq_tpoff, FastPath, FastPathError, DROPPED_PLACEHOLDER, SEQ_PLACEHOLDER, STUB_IP_FROM_RETURN,
 };
 pub use ops::{Call, Callback, Ops, OpsBuilder, Pattern};
 pub use regs::Regs;

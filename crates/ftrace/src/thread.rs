@@ -8,12 +8,10 @@ use std::cell::Cell;
 #[repr(C)]
 pub(crate) struct ThreadState {
     /// Bumped on entering and on leaving a callback: odd while inside one.
+    /// (A fast path stores 1 while it runs and 2 when done; see fast.rs.
+    /// The value only ever needs to change when a callback is left.)
     pub seq: Cell<u32>,
-    /// Non-zero while the thread runs a fast path (see `fast.rs`): set and
-    /// cleared with plain stores of constants, so back-to-back fast paths
-    /// form no chain of read-modify-writes through memory. Trampolines and
-    /// fast paths that find it set treat the call as nested and drop it.
-    pub busy: Cell<u32>,
+    _pad: Cell<u32>,
     /// Calls dropped because they came from inside a callback.
     pub dropped: Cell<u64>,
 }
@@ -24,7 +22,7 @@ thread_local! {
     // the static TLS block, for the executable and libraries loaded at
     // start-up), which is what lets copied trampolines reach it.
     pub(crate) static STATE: ThreadState = const {
-        ThreadState { seq: Cell::new(0), busy: Cell::new(0), dropped: Cell::new(0) }
+        ThreadState { seq: Cell::new(0), _pad: Cell::new(0), dropped: Cell::new(0) }
     };
 }
 
@@ -51,7 +49,7 @@ pub fn recursion_dropped() -> u64 {
 
 /// Whether this thread is inside a callback (or a fast path) now.
 pub(crate) fn in_callback() -> bool {
-    STATE.with(|s| s.seq.get() & 1 != 0 || s.busy.get() != 0)
+    STATE.with(|s| s.seq.get() & 1 != 0)
 }
 
 /// Decodes a sampled word: (inside a callback, seq).
@@ -73,9 +71,7 @@ pub struct Suppress {
 pub fn suppress() -> Suppress {
     STATE.with(|s| {
         let seq = s.seq.get();
-        // Inside a fast path (a signal handler interrupted one), tracing is
-        // off already: traced calls see `busy`.
-        let entered = seq & 1 == 0 && s.busy.get() == 0;
+        let entered = seq & 1 == 0;
         if entered {
             s.seq.set(seq.wrapping_add(1));
         }

@@ -23,11 +23,10 @@
 //! every thread, so it is patched into each copy as the displacement of its
 //! `fs:[disp32]` operands: no load on the traced path.
 //!
-//! Both templates begin by testing the thread's `busy` word (set while it
-//! runs an ops' fast path) and its `seq` word, odd while the thread is in a
-//! callback: a call from inside a callback (a callback calling a traced
-//! function) or from a signal handler that interrupted a fast path is
-//! dropped and counted, never recursed into.
+//! Both templates begin by testing the thread's `seq` word, odd while the
+//! thread is in a callback (or an ops' fast path): a call from inside a
+//! callback (a callback calling a traced function, or a signal handler
+//! that interrupted one) is dropped and counted, never recursed into.
 //! Entering and leaving a callback each add one, so `seq` is at once the
 //! recursion guard, the "inside" marker and the progress counter the
 //! quiescence wait samples — one read-modify-write each way.
@@ -46,7 +45,6 @@ std::arch::global_asm!(
     // The thread-pointer offsets of ThreadState's `seq` and `dropped`, as
     // disp32 placeholders each copy gets patched with (see `patch_tls`).
     .set LT_SEQ, 0x5eed0000
-    .set LT_BUSY, 0x5eed0004
     .set LT_DROPPED, 0x5eed0008
     // From the stub's first return address to its `ip` word.
     .set LT_STUB_IP_FROM_RETURN, 18
@@ -64,10 +62,6 @@ std::arch::global_asm!(
     .p2align 4
     .globl lt_tramp_fast_start
 lt_tramp_fast_start:
-    // A call made inside a fast path (from a signal handler that
-    // interrupted one) is nested: dropped.
-    cmp byte ptr fs:[LT_BUSY], 0
-    jne 9f
     // Set the odd bit (entering a callback); if it was set already, this
     // call came from inside one and goes straight back into the function.
     // Flags are not part of any calling convention at a function's entry.
@@ -139,8 +133,6 @@ lt_tramp_regs_start:
     mov rbp, rsp
     pushfq
     push r11
-    cmp byte ptr fs:[LT_BUSY], 0
-    jne 9f
     test byte ptr fs:[LT_SEQ], 1
     jnz 9f
     add dword ptr fs:[LT_SEQ], 1
@@ -632,7 +624,7 @@ fn map_near(window: usize) -> io::Result<usize> {
     )))
 }
 
-/// Replaces the `LT_SEQ`/`LT_BUSY`/`LT_DROPPED` placeholders in a template's code with
+/// Replaces the `LT_SEQ`/`LT_DROPPED` placeholders in a template's code with
 /// the real thread-pointer offsets.
 fn patch_tls(code: &mut [u8], tpoff: isize) {
     // Each template enters, leaves, and counts a dropped call.
@@ -646,11 +638,7 @@ fn patch_tls(code: &mut [u8], tpoff: isize) {
 fn patch_tls_any(code: &mut [u8], tpoff: isize) -> usize {
     let tpoff = i32::try_from(tpoff).expect("static TLS offsets fit in 32 bits");
     let mut patched = 0;
-    for (placeholder, value) in [
-        (0x5eed_0000u32, tpoff),
-        (0x5eed_0004, tpoff + 4),
-        (0x5eed_0008, tpoff + 8),
-    ] {
+    for (placeholder, value) in [(0x5eed_0000u32, tpoff), (0x5eed_0008, tpoff + 8)] {
         let pat = placeholder.to_le_bytes();
         let mut i = 0;
         while i + 4 <= code.len() {

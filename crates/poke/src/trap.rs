@@ -169,6 +169,15 @@ static PREV_INDEX: AtomicUsize = AtomicUsize::new(usize::MAX);
 /// Set once an `SA_RESETHAND` previous handler has been delivered to.
 static PREV_RESET: AtomicBool = AtomicBool::new(false);
 
+/// A fork child has one thread, the one that called fork, and it is not in
+/// a handler; but other threads of the parent may have been (a trap
+/// delivered after its batch, a thread probe), and their counts were
+/// copied. Left as they are, the child's first batch would wait for them
+/// forever.
+extern "C" fn after_fork_in_child() {
+    IN_FLIGHT.store(0, SeqCst);
+}
+
 fn our_handler() -> usize {
     on_sigtrap as *const () as usize
 }
@@ -177,6 +186,11 @@ fn our_handler() -> usize {
 /// remembering the current one to chain to. Called under the batch lock,
 /// before every batch, after a drain (so the spare slot is free).
 pub(crate) fn ensure_installed() -> std::io::Result<bool> {
+    static AT_FORK: std::sync::Once = std::sync::Once::new();
+    AT_FORK.call_once(|| {
+        // SAFETY: registers a child-side fork handler with no other effect.
+        unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    });
     let mut cur = MaybeUninit::<libc::sigaction>::zeroed();
     // SAFETY: querying the disposition with a null new action changes
     // nothing; `cur` is valid for writes.

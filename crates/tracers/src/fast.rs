@@ -12,9 +12,10 @@
 //! misses), the buffer looks full in DropNewest mode, the shadow stack is
 //! full, or the thread is inside a callback already.
 //!
-//! Each fast path sets the core's busy word while it touches the shadow
-//! stack and the ring, and does nothing inside a callback, so neither a
-//! callback nor a signal handler's traced calls interleave with it (see
+//! Each fast path holds the core's recursion guard (an odd seq word, by
+//! constant stores) while it touches the shadow stack and the ring, and
+//! does nothing inside a callback, so neither a callback nor a signal
+//! handler's traced calls interleave with it (see
 //! `livetrace_ftrace::FastPath`).
 //!
 //! The graph tracer's fast path is served through the core's per-site
@@ -65,11 +66,9 @@ std::arch::global_asm!(
     "lt_fast_function_start:",
     "    test byte ptr fs:[0x5eed0000], 1",
     "    jnz 8f",
-    "    cmp byte ptr fs:[0x5eed0004], 0",
-    "    jne 8f",
     "    cmp qword ptr fs:[0x7ace0000], 0x7ace1d00",
     "    jne 8f",
-    "    mov byte ptr fs:[0x5eed0004], 1",
+    "    mov dword ptr fs:[0x5eed0000], 1",
     "    movq xmm8, rax",
     "    movq xmm9, rdx",
     "    movq xmm10, rcx",
@@ -109,7 +108,7 @@ std::arch::global_asm!(
     "    movq rcx, xmm10",
     "    movq rsi, xmm11",
     "    movq rdi, xmm14",
-    "    mov byte ptr fs:[0x5eed0004], 0",
+    "    mov dword ptr fs:[0x5eed0000], 2",
     "    ret",
     "6:",
     "    movq rax, xmm8",
@@ -117,7 +116,7 @@ std::arch::global_asm!(
     "    movq rcx, xmm10",
     "    movq rsi, xmm11",
     "    movq rdi, xmm14",
-    "    mov byte ptr fs:[0x5eed0004], 0",
+    "    mov dword ptr fs:[0x5eed0000], 2",
     "8:",
     "    jmp qword ptr [rip + 9f]",
     "    .p2align 3",
@@ -132,13 +131,11 @@ std::arch::global_asm!(
     "lt_fast_graph_start:",
     "    test byte ptr fs:[0x5eed0000], 1",
     "    jnz 8f",
-    "    cmp byte ptr fs:[0x5eed0004], 0",
-    "    jne 8f",
     "    cmp qword ptr fs:[0x7ace0000], 0x7ace1d00",
     "    jne 8f",
     "    cmp qword ptr fs:[0x7ace2000 + {depth}], {max_depth}",
     "    jae 8f",
-    "    mov byte ptr fs:[0x5eed0004], 1",
+    "    mov dword ptr fs:[0x5eed0000], 1",
     "    movq xmm8, rax",
     "    movq xmm9, rdx",
     "    movq xmm10, rcx",
@@ -196,7 +193,7 @@ std::arch::global_asm!(
     "    movq rsi, xmm11",
     "    movq rdi, xmm12",
     "    movq r8, xmm13",
-    "    mov byte ptr fs:[0x5eed0004], 0",
+    "    mov dword ptr fs:[0x5eed0000], 2",
     "    ret",
     "6:",
     "    movq rax, xmm8",
@@ -205,7 +202,7 @@ std::arch::global_asm!(
     "    movq rsi, xmm11",
     "    movq rdi, xmm12",
     "    movq r8, xmm13",
-    "    mov byte ptr fs:[0x5eed0004], 0",
+    "    mov dword ptr fs:[0x5eed0000], 2",
     "8:",
     "    jmp qword ptr [rip + 9f]",
     "    .p2align 4",

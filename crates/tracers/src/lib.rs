@@ -23,10 +23,10 @@
 //! # Invariants
 //!
 //! - Callbacks run with tracing suppressed on their thread (the core's
-//!   recursion guard), and so does the return hook's exit path; the fast
-//!   paths mark the thread busy and call nothing: nothing the tracers do is
-//!   ever traced, and a signal handler's traced calls never interleave
-//!   with a record being written.
+//!   recursion guard), and so do the return hook's exit path and the fast
+//!   paths, which call nothing: nothing the tracers do is ever traced, and
+//!   a signal handler's traced calls never interleave with a record being
+//!   written.
 //! - A return address is hooked only where its frame is on the shadow stack,
 //!   and every hooked address is restored before anything walks or unwinds
 //!   the stack (see [`retstack`]), so panics, C++ exceptions, thread exits

@@ -329,16 +329,14 @@ std::arch::global_asm!(
     //
     // The fast exit, for a graph frame on top whose session is in
     // EXIT_SINKS and whose thread has a buffer with room: the same work as
-    // `graph_exit` and the session's record, with the core's busy word
-    // set, and only outside callbacks and other fast paths.
+    // `graph_exit` and the session's record, holding the core's recursion
+    // guard (never inside a callback or another fast path).
     "    cmp byte ptr [rip + {ready}], 0",
     "    je 50f",
     "    mov rcx, qword ptr [rip + {seq}]",
     "    test byte ptr fs:[rcx], 1",
     "    jnz 50f",
-    "    cmp byte ptr fs:[rcx + 4], 0",
-    "    jne 50f",
-    "    mov byte ptr fs:[rcx + 4], 1",
+    "    mov dword ptr fs:[rcx], 1",
     "    mov r8, rax",
     "    mov r9, rdx",
     "    mov rsi, qword ptr [rip + {shadow}]",
@@ -406,14 +404,14 @@ std::arch::global_asm!(
     "    mov qword ptr [r11 + {head}], rdx",
     "    mov r11, qword ptr fs:[r10 + {frames} + {f_ret}]",
     "    mov rcx, qword ptr [rip + {seq}]",
-    "    mov byte ptr fs:[rcx + 4], 0",
+    "    mov dword ptr fs:[rcx], 2",
     "    mov rax, r8",
     "    mov rdx, r9",
     $jump,
-    // Not for the fast exit: clear busy, take the Rust exit.
+    // Not for the fast exit: let go of the guard, take the Rust exit.
     "49:",
     "    mov rcx, qword ptr [rip + {seq}]",
-    "    mov byte ptr fs:[rcx + 4], 0",
+    "    mov dword ptr fs:[rcx], 2",
     "    mov rax, r8",
     "    mov rdx, r9",
     // The fast exit's end: its code, from lt_return_to_handler to here, is
