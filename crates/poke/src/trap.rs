@@ -460,3 +460,32 @@ unsafe fn chain(
     // SAFETY: restores the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old.as_ptr(), ptr::null_mut()) };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fork_child_forgets_handlers_in_flight() {
+        ensure_installed().unwrap();
+        // As if another thread were inside the handler when we fork.
+        IN_FLIGHT.fetch_add(1, SeqCst);
+        // SAFETY: the child only loads an atomic and calls _exit, both
+        // async-signal-safe, as a child of a multi-threaded parent must.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let code = if IN_FLIGHT.load(SeqCst) == 0 { 0 } else { 1 };
+            // SAFETY: ends the child without running the parent's atexit.
+            unsafe { libc::_exit(code) };
+        }
+        IN_FLIGHT.fetch_sub(1, SeqCst);
+        assert!(pid > 0, "fork failed");
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child still counted a handler in flight"
+        );
+    }
+}
