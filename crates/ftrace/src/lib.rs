@@ -154,6 +154,14 @@ struct OpsList {
 
 static LIST: AtomicPtr<OpsList> = AtomicPtr::new(std::ptr::null_mut());
 
+/// The list caller's entry (a fast trampoline): see [`list_entry`].
+extern "C" fn list_entry_fast(data: usize, slot: *mut usize) {
+    // SAFETY: the trampoline passes its return slot, on the live stack for
+    // the whole call (site + 5 there, the caller's return address above).
+    let (ip, parent_slot) = unsafe { (slot.read() - 5, slot.add(1)) };
+    list_entry(data, ip, parent_slot, std::ptr::null_mut());
+}
+
 /// Walks every registered ops and delivers the call to those whose set holds
 /// `ip`: the body of the list caller and of the regs caller.
 extern "C" fn list_entry(_data: usize, ip: usize, parent_slot: *mut usize, regs: *mut Regs) {
@@ -534,7 +542,13 @@ impl Core {
                     None => {
                         let a = self
                             .pools
-                            .create(window, Kind::Fast, tpoff, Arc::as_ptr(o) as usize, o.entry)
+                            .create(
+                                window,
+                                Kind::Fast,
+                                tpoff,
+                                Arc::as_ptr(o) as usize,
+                                o.entry as usize,
+                            )
                             .map_err(Error::Trampoline)?;
                         self.dedicated.insert(key, a);
                         a
@@ -567,9 +581,13 @@ impl Core {
                 if let Some(&a) = self.shared.get(&(window, kind)) {
                     return Ok(a);
                 }
+                let entry = match kind {
+                    Kind::Fast => list_entry_fast as tramp::FastEntryFn as usize,
+                    Kind::Regs => list_entry as tramp::EntryFn as usize,
+                };
                 let a = self
                     .pools
-                    .create(window, kind, tpoff, 0, list_entry)
+                    .create(window, kind, tpoff, 0, entry)
                     .map_err(Error::Trampoline)?;
                 self.shared.insert((window, kind), a);
                 Ok(a)

@@ -130,7 +130,7 @@ pub struct OpsInner {
     pub(crate) callback: Box<Callback>,
     /// What a dedicated trampoline calls: `entry::<F>` for the callback's
     /// own type, so the callback is called directly, not through a vtable.
-    pub(crate) entry: crate::tramp::EntryFn,
+    pub(crate) entry: crate::tramp::FastEntryFn,
     pub(crate) regs: bool,
     pub(crate) ipmodify: bool,
     /// Machine code serving this ops alone on a function, if it has any.
@@ -267,25 +267,22 @@ impl OpsBuilder {
 }
 
 /// The entry of a dedicated trampoline for an ops whose callback is an `F`:
-/// `data` is the ops.
-extern "C" fn entry<F: Fn(&mut Call<'_>) + Send + Sync + 'static>(
-    data: usize,
-    ip: usize,
-    parent_slot: *mut usize,
-    regs: *mut Regs,
-) {
+/// `data` is the ops, `slot` where the return address into the function is.
+extern "C" fn entry<F: Fn(&mut Call<'_>) + Send + Sync + 'static>(data: usize, slot: *mut usize) {
     // SAFETY: a dedicated trampoline's data word is `Arc::as_ptr` of an ops
     // the core keeps alive until no thread can be inside the trampoline.
     let ops = unsafe { &*(data as *const OpsInner) };
-    // SAFETY: the regs caller passes its frame's Regs, or null.
-    let regs = unsafe { regs.as_mut() };
     // SAFETY: `entry::<F>` is stored only by `build::<F>`, next to a
     // callback box that holds an `F`.
     let f = unsafe { &*(&*ops.callback as *const Callback as *const F) };
+    // SAFETY: the trampoline passes its return slot, on the live stack for
+    // the whole call; the site's call pushed site + 5 there, and the
+    // caller's return address is the word above.
+    let (ip, parent_slot) = unsafe { (slot.read() - 5, slot.add(1)) };
     let mut call = Call {
         ip,
         parent_slot,
-        regs,
+        regs: None,
         ops,
     };
     // A panic must not unwind into the trampoline's assembly.

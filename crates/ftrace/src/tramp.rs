@@ -6,7 +6,8 @@
 //!
 //! - the *fast* template saves what the traced function can observe at
 //!   entry (rdi, rsi, rdx, rcx, r8, r9, rax for varargs, r10, r11,
-//!   xmm0-7), calls `func(data, ip, parent_slot, null)` with the stack
+//!   xmm0-7), calls `func(data, slot)` (`slot`: where the return address
+//!   into the function is, the caller's just above it) with the stack
 //!   aligned, restores, and returns into the function. With `data` an ops
 //!   and `func` the ops entry it is the ops' *dedicated* trampoline; with
 //!   `func` the list walker it is the *list caller*;
@@ -96,11 +97,11 @@ lt_tramp_fast_start:
     punpcklqdq xmm8, xmm9
     movaps xmmword ptr [rsp + 176], xmm8
     mov qword ptr [rsp + 192], r11
+    // func(data, slot): the slot holding the return address into the
+    // function (the callee finds the site and the caller's return slot
+    // from it, only if it needs them).
     movabs rdi, 0x5eed5eed5eed5eed
-    mov rsi, qword ptr [rsp + 208]
-    sub rsi, 5
-    lea rdx, [rsp + 216]
-    xor ecx, ecx
+    lea rsi, [rsp + 208]
     .globl lt_tramp_fast_call
 lt_tramp_fast_call:
     call qword ptr [rip + lt_tramp_fast_func]
@@ -416,9 +417,14 @@ impl Kind {
     }
 }
 
-/// The signature of what a trampoline calls.
+/// The signature of what a regs trampoline calls.
 pub(crate) type EntryFn =
     extern "C" fn(data: usize, ip: usize, parent_slot: *mut usize, regs: *mut crate::Regs);
+
+/// The signature of what a fast trampoline calls: `slot` holds the return
+/// address into the function (the site + 5), the caller's return address
+/// is in the next word.
+pub(crate) type FastEntryFn = extern "C" fn(data: usize, slot: *mut usize);
 
 pub(crate) const SLOT: usize = 512;
 const PAGE: usize = 4096;
@@ -442,7 +448,8 @@ pub(crate) struct Pools {
 }
 
 impl Pools {
-    /// Copies a `kind` trampoline calling `func(data, ..)` into the pool for
+    /// Copies a `kind` trampoline calling `func(data, ..)` (a [`FastEntryFn`]
+    /// for `Kind::Fast`, an [`EntryFn`] for `Kind::Regs`) into the pool for
     /// `window`, returning its address. The copy is complete and made
     /// executable before any site can be pointed at it.
     pub fn create(
@@ -451,7 +458,7 @@ impl Pools {
         kind: Kind,
         tpoff: isize,
         data: usize,
-        func: EntryFn,
+        func: usize,
     ) -> io::Result<usize> {
         let pool = self.pool(window)?;
         let slot = pool.free.pop().expect("refilled above");
@@ -462,10 +469,10 @@ impl Pools {
         patch_tls(&mut bytes[..n - 16], tpoff);
         patch_data(&mut bytes[..n - 16], data);
         bytes[n - 16..n - 8].copy_from_slice(&(data as u64).to_le_bytes());
-        bytes[n - 8..].copy_from_slice(&(func as usize as u64).to_le_bytes());
+        bytes[n - 8..].copy_from_slice(&(func as u64).to_le_bytes());
         let at = kind.call_offset();
         debug_assert_eq!(bytes[at..at + 2], [0xff, 0x15]);
-        if let Some(rel) = livetrace_poke::rel32(slot + at, func as usize) {
+        if let Some(rel) = livetrace_poke::rel32(slot + at, func) {
             bytes[at] = 0xe8;
             bytes[at + 1..at + 5].copy_from_slice(&rel.to_le_bytes());
             bytes[at + 5] = 0x90;
