@@ -16,17 +16,13 @@
 //!   alone: a thread sampled inside a dying copy is waited for.
 //! - It never runs inside a callback or another fast path, and marks
 //!   itself the way a callback is marked, so that neither a callback nor a
-//!   signal handler's traced calls interleave with it: if the thread's seq
-//!   word is odd (`test byte ptr fs:[SEQ], 1`) it goes to the fallback at
-//!   once (which counts the call as dropped); otherwise, before touching
-//!   per-thread state a callback may also touch, it stores the constant 1
-//!   (`mov dword ptr fs:[SEQ], 1`), and 2 when done. Constants, not
-//!   read-modify-writes: back-to-back fast paths form no dependency chain
-//!   through memory. The counter does not need to count here: the
-//!   quiescence wait only asks whether a thread's odd seq has *changed*,
-//!   and since a fast path never starts inside a callback, any change
-//!   means the callback was left. `SEQ` is written as the disp32
-//!   [`SEQ_PLACEHOLDER`] (the dropped-call counter as
+//!   signal handler's traced calls interleave with it: if the thread's
+//!   `inside` byte is set (`cmp byte ptr fs:[INSIDE], 0`) it goes to the
+//!   fallback at once (which counts the call as dropped); otherwise,
+//!   before touching per-thread state a callback may also touch, it
+//!   stores 1 there (`mov byte ptr fs:[INSIDE], 1`), and 0 when done, as
+//!   the trampolines do. `INSIDE` is written as the disp32
+//!   [`INSIDE_PLACEHOLDER`] (the dropped-call counter as
 //!   [`DROPPED_PLACEHOLDER`]); each copy gets the real thread-pointer
 //!   offsets.
 //! - A fast path made with [`FastPath::calling_original`] serves each
@@ -50,8 +46,9 @@
 
 use std::fmt;
 
-/// The disp32 a fast path writes for the thread's seq word (`fs:[disp32]`).
-pub const SEQ_PLACEHOLDER: u32 = 0x5eed_0000;
+/// The disp32 a fast path writes for the thread's `inside` byte
+/// (`fs:[disp32]`).
+pub const INSIDE_PLACEHOLDER: u32 = 0x5eed_0000;
 /// The disp32 a fast path writes for the thread's dropped-call counter.
 pub const DROPPED_PLACEHOLDER: u32 = 0x5eed_0008;
 
@@ -77,7 +74,7 @@ pub enum FastPathError {
     TooLong(usize),
     /// The last 8 bytes, the fallback word, are not zero (or missing).
     NoFallbackWord,
-    /// The code never takes the recursion guard (no `fs:[SEQ]` operand).
+    /// The code never takes the recursion guard (no `fs:[INSIDE]` operand).
     NoGuard,
 }
 
@@ -94,7 +91,7 @@ impl fmt::Display for FastPathError {
                 f.write_str("fast path does not end with a zero 8-byte fallback word")
             }
             FastPathError::NoGuard => {
-                f.write_str("fast path never takes the recursion guard (fs:[SEQ_PLACEHOLDER])")
+                f.write_str("fast path never takes the recursion guard (fs:[INSIDE_PLACEHOLDER])")
             }
         }
     }
@@ -113,7 +110,7 @@ impl FastPath {
             return Err(FastPathError::NoFallbackWord);
         }
         let has = |v: u32| code.windows(4).any(|w| w == v.to_le_bytes());
-        if !has(SEQ_PLACEHOLDER) {
+        if !has(INSIDE_PLACEHOLDER) {
             return Err(FastPathError::NoGuard);
         }
         Ok(FastPath { code, exit: None })
@@ -139,13 +136,13 @@ impl FastPath {
     }
 }
 
-/// The thread-pointer offset of the thread's seq word (the recursion guard
-/// and quiescence marker), for code that is not a copy and so cannot be
-/// patched (a return hook in a library's text): it follows the same rules,
-/// reading the offset from memory, and declares itself with
+/// The thread-pointer offset of the thread's `inside` byte (the recursion
+/// guard and quiescence marker), for code that is not a copy and so cannot
+/// be patched (a return hook in a library's text): it follows the same
+/// rules, reading the offset from memory, and declares itself with
 /// [`crate::add_critical_code`]. `None` when the core cannot be set up
 /// (dynamic TLS).
-pub fn seq_tpoff() -> Option<isize> {
+pub fn inside_tpoff() -> Option<isize> {
     crate::core()
         .ok()
         .map(|g| g.as_ref().expect("initialised").tpoff)
@@ -158,7 +155,7 @@ mod tests {
     #[test]
     fn the_contract_is_checked() {
         let mut code = vec![0x90; 16];
-        code.extend(SEQ_PLACEHOLDER.to_le_bytes());
+        code.extend(INSIDE_PLACEHOLDER.to_le_bytes());
         code.extend([0; 8]);
         assert!(FastPath::new(code.clone()).is_ok());
         let mut bad = code.clone();

@@ -73,7 +73,8 @@ use livetrace_poke::Insn;
 use livetrace_sites::Table;
 
 pub use fast::{
-    seq_tpoff, FastPath, FastPathError, DROPPED_PLACEHOLDER, SEQ_PLACEHOLDER, STUB_IP_FROM_RETURN,
+    inside_tpoff, FastPath, FastPathError, DROPPED_PLACEHOLDER, INSIDE_PLACEHOLDER,
+    STUB_IP_FROM_RETURN,
 };
 pub use ops::{Call, Callback, Ops, OpsBuilder, Pattern};
 pub use regs::Regs;
@@ -170,7 +171,8 @@ extern "C" fn list_entry(_data: usize, ip: usize, parent_slot: *mut usize, regs:
         return;
     }
     // SAFETY: a published list is freed only after a quiescence wait, and
-    // this thread is inside a callback (seq odd) until it returns.
+    // this thread is inside a callback (its inside byte set) until it
+    // returns.
     let list = unsafe { &*list };
     // SAFETY: the regs caller passes its frame's Regs, or null.
     let mut regs = unsafe { regs.as_mut() };
@@ -853,26 +855,38 @@ fn symmetric_difference(a: &[usize], b: &[usize]) -> Vec<usize> {
 /// Waits until every thread that existed when it was called is outside
 /// `dying` and outside any callback it was in at the first sample. Returns
 /// false when a thread could not be sampled.
+///
+/// The first sample marks every thread's `inside` byte that is INSIDE as
+/// MARKED (in the thread's own probe handler); the thread stores OUTSIDE
+/// when that callback ends and INSIDE when another begins, so a later
+/// sample that finds anything but MARKED proves the callback seen first
+/// has ended. (Another wait may mark the thread's next callback: this one
+/// then waits for that too, which is only longer, never wrong.)
 fn quiesce(tpoff: isize, dying: &[Range<usize>]) -> bool {
-    let mut pending: Option<HashMap<i32, u32>> = None;
+    use thread::{inside_of, MARKED, OUTSIDE};
+    let timeout = Duration::from_secs(2);
+    let mut pending: Option<HashSet<i32>> = None;
     for round in 0u32.. {
-        let samples = match livetrace_poke::sample_threads(tpoff, Duration::from_secs(2)) {
-            Ok(s) => s,
-            Err(_) => return false,
+        let samples = match &pending {
+            None => livetrace_poke::sample_threads_marking(tpoff, timeout, thread::INSIDE, MARKED),
+            Some(_) => livetrace_poke::sample_threads(tpoff, timeout),
         };
-        let mut still = HashMap::new();
+        let Ok(samples) = samples else {
+            return false;
+        };
+        let mut still = HashSet::new();
         for s in samples {
             let Some(rip) = s.rip else { continue };
-            let (in_callback, seq) = thread::decode(s.word);
-            let first = pending.as_ref().map(|p| p.get(&s.tid).copied());
-            let seq_then = match first {
-                None => seq,            // first round: every thread counts
-                Some(None) => continue, // quiescent already, or born since
-                Some(Some(e)) => e,
+            let inside = inside_of(s.word);
+            let busy = match &pending {
+                // First round: every thread in a callback counts.
+                None => inside != OUTSIDE,
+                // Quiescent already, or born since.
+                Some(p) if !p.contains(&s.tid) => continue,
+                Some(_) => inside == MARKED,
             };
-            let inside = in_callback && seq == seq_then;
-            if inside || dying.iter().any(|r| r.contains(&rip)) {
-                still.insert(s.tid, seq_then);
+            if busy || dying.iter().any(|r| r.contains(&rip)) {
+                still.insert(s.tid);
             }
         }
         if still.is_empty() {

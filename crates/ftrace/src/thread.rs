@@ -7,14 +7,23 @@ use std::cell::Cell;
 /// samples.
 #[repr(C)]
 pub(crate) struct ThreadState {
-    /// Bumped on entering and on leaving a callback: odd while inside one.
-    /// (A fast path stores 1 while it runs and 2 when done; see fast.rs.
-    /// The value only ever needs to change when a callback is left.)
-    pub seq: Cell<u32>,
-    _pad: Cell<u32>,
+    /// [`OUTSIDE`], or [`INSIDE`] while the thread is in a callback, a fast
+    /// path or a [`Suppress`]: set and cleared by plain stores of those
+    /// constants, by the thread itself. A quiescence wait that finds it
+    /// [`INSIDE`] turns it into [`MARKED`] (from the thread's own probe
+    /// handler, so without a race); it stays so until that span ends.
+    pub inside: Cell<u8>,
+    _pad: [Cell<u8>; 7],
     /// Calls dropped because they came from inside a callback.
     pub dropped: Cell<u64>,
 }
+
+/// The thread is in no callback, fast path or [`Suppress`].
+pub(crate) const OUTSIDE: u8 = 0;
+/// The thread is in one.
+pub(crate) const INSIDE: u8 = 1;
+/// The thread is in one that a quiescence wait has seen.
+pub(crate) const MARKED: u8 = 2;
 
 thread_local! {
     // A const-initialised thread local without Drop is plain ELF TLS: it
@@ -22,7 +31,11 @@ thread_local! {
     // the static TLS block, for the executable and libraries loaded at
     // start-up), which is what lets copied trampolines reach it.
     pub(crate) static STATE: ThreadState = const {
-        ThreadState { seq: Cell::new(0), _pad: Cell::new(0), dropped: Cell::new(0) }
+        ThreadState {
+            inside: Cell::new(OUTSIDE),
+            _pad: [const { Cell::new(0) }; 7],
+            dropped: Cell::new(0),
+        }
     };
 }
 
@@ -49,12 +62,12 @@ pub fn recursion_dropped() -> u64 {
 
 /// Whether this thread is inside a callback (or a fast path) now.
 pub(crate) fn in_callback() -> bool {
-    STATE.with(|s| s.seq.get() & 1 != 0)
+    STATE.with(|s| s.inside.get() != OUTSIDE)
 }
 
-/// Decodes a sampled word: (inside a callback, seq).
-pub(crate) fn decode(word: u64) -> (bool, u32) {
-    (word & 1 != 0, word as u32)
+/// The `inside` byte of a sampled word.
+pub(crate) fn inside_of(word: u64) -> u8 {
+    word as u8
 }
 
 /// Suppresses tracing on this thread while alive: traced calls made meanwhile
@@ -70,10 +83,9 @@ pub struct Suppress {
 #[inline]
 pub fn suppress() -> Suppress {
     STATE.with(|s| {
-        let seq = s.seq.get();
-        let entered = seq & 1 == 0;
+        let entered = s.inside.get() == OUTSIDE;
         if entered {
-            s.seq.set(seq.wrapping_add(1));
+            s.inside.set(INSIDE);
         }
         Suppress { entered }
     })
@@ -83,7 +95,7 @@ impl Drop for Suppress {
     #[inline]
     fn drop(&mut self) {
         if self.entered {
-            STATE.with(|s| s.seq.set(s.seq.get().wrapping_add(1)));
+            STATE.with(|s| s.inside.set(OUTSIDE));
         }
     }
 }

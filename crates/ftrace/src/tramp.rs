@@ -24,13 +24,15 @@
 //! every thread, so it is patched into each copy as the displacement of its
 //! `fs:[disp32]` operands: no load on the traced path.
 //!
-//! Both templates begin by testing the thread's `seq` word, odd while the
-//! thread is in a callback (or an ops' fast path): a call from inside a
-//! callback (a callback calling a traced function, or a signal handler
-//! that interrupted one) is dropped and counted, never recursed into.
-//! Entering and leaving a callback each add one, so `seq` is at once the
-//! recursion guard, the "inside" marker and the progress counter the
-//! quiescence wait samples — one read-modify-write each way.
+//! Both templates begin by testing the thread's `inside` byte, non-zero
+//! while the thread is in a callback (or an ops' fast path): a call from
+//! inside a callback (a callback calling a traced function, or a signal
+//! handler that interrupted one) is dropped and counted, never recursed
+//! into. Entering and leaving store constants (1, then 0), so back-to-back
+//! traced calls form no read-modify-write chain through memory; the
+//! quiescence wait tells a callback it saw from a later one by marking
+//! the byte (see `quiesce`). The byte is at once the recursion guard and
+//! the marker the quiescence wait samples.
 //!
 //! Copies live in pools, one per 1 GiB window of sites, mapped within
 //! 512 MiB of the window so every site in it reaches every trampoline of its
@@ -43,9 +45,9 @@ use std::io;
 std::arch::global_asm!(
     r#"
     .pushsection .text.livetrace_tramp,"ax",@progbits
-    // The thread-pointer offsets of ThreadState's `seq` and `dropped`, as
+    // The thread-pointer offsets of ThreadState's `inside` and `dropped`, as
     // disp32 placeholders each copy gets patched with (see `patch_tls`).
-    .set LT_SEQ, 0x5eed0000
+    .set LT_INSIDE, 0x5eed0000
     .set LT_DROPPED, 0x5eed0008
     // From the stub's first return address to its `ip` word.
     .set LT_STUB_IP_FROM_RETURN, 18
@@ -63,11 +65,14 @@ std::arch::global_asm!(
     .p2align 4
     .globl lt_tramp_fast_start
 lt_tramp_fast_start:
-    // Set the odd bit (entering a callback); if it was set already, this
-    // call came from inside one and goes straight back into the function.
-    // Flags are not part of any calling convention at a function's entry.
-    bts dword ptr fs:[LT_SEQ], 0
-    jc 9f
+    // Mark the thread inside a callback; if it was already, this call came
+    // from inside one and goes straight back into the function. (A signal
+    // between the test and the store runs its own traced calls to the end
+    // before we go on.) Flags are not part of any calling convention at a
+    // function's entry.
+    cmp byte ptr fs:[LT_INSIDE], 0
+    jne 9f
+    mov byte ptr fs:[LT_INSIDE], 1
     // This path is bound by stores (about one per cycle), not by
     // instructions: so the nine general registers go out as four 16-byte
     // pairs built in xmm8/xmm9 (caller-saved, never arguments) and one
@@ -116,7 +121,7 @@ lt_tramp_fast_call:
     mov r10, qword ptr [rsp + 184]
     mov r11, qword ptr [rsp + 192]
     add rsp, 208
-    add dword ptr fs:[LT_SEQ], 1
+    mov byte ptr fs:[LT_INSIDE], 0
     ret
 9:
     add qword ptr fs:[LT_DROPPED], 1
@@ -134,9 +139,9 @@ lt_tramp_regs_start:
     mov rbp, rsp
     pushfq
     push r11
-    test byte ptr fs:[LT_SEQ], 1
-    jnz 9f
-    add dword ptr fs:[LT_SEQ], 1
+    cmp byte ptr fs:[LT_INSIDE], 0
+    jne 9f
+    mov byte ptr fs:[LT_INSIDE], 1
     sub rsp, 8
     lea r11, [rbp + 16]
     push r11
@@ -191,7 +196,7 @@ lt_tramp_regs_call:
     pop rdx
     pop rsi
     pop rdi
-    add dword ptr fs:[LT_SEQ], 1
+    mov byte ptr fs:[LT_INSIDE], 0
     lea rsp, [rbp - 16]
     pop r11
     popfq
@@ -631,7 +636,7 @@ fn map_near(window: usize) -> io::Result<usize> {
     )))
 }
 
-/// Replaces the `LT_SEQ`/`LT_DROPPED` placeholders in a template's code with
+/// Replaces the `LT_INSIDE`/`LT_DROPPED` placeholders in a template's code with
 /// the real thread-pointer offsets.
 fn patch_tls(code: &mut [u8], tpoff: isize) {
     // Each template enters, leaves, and counts a dropped call.
@@ -641,7 +646,7 @@ fn patch_tls(code: &mut [u8], tpoff: isize) {
     );
 }
 
-/// Replaces every `LT_SEQ`/`LT_DROPPED` placeholder; returns how many.
+/// Replaces every `LT_INSIDE`/`LT_DROPPED` placeholder; returns how many.
 fn patch_tls_any(code: &mut [u8], tpoff: isize) -> usize {
     let tpoff = i32::try_from(tpoff).expect("static TLS offsets fit in 32 bits");
     let mut patched = 0;

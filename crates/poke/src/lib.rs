@@ -84,7 +84,10 @@ pub use batch::{
     Rejection,
 };
 pub use insn::{rel32, EncodeError, Insn, INT3, NOP1X5, NOP5};
-pub use probe::{probe_signal, sample_threads, set_probe_signal, tls_offset_of, ThreadSample};
+pub use probe::{
+    probe_signal, sample_threads, sample_threads_marking, set_probe_signal, tls_offset_of,
+    ThreadSample,
+};
 pub use trap::{trap_stats, TrapStats};
 
 /// Why a batch was not applied. When `apply` returns an error, no byte of

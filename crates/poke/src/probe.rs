@@ -130,6 +130,9 @@ struct Slot {
 struct Request {
     slots: Vec<Slot>,
     tls_offset: isize,
+    /// (from, to): the handler turns the byte at `tls_offset` from `from`
+    /// into `to`, after reading the word.
+    mark: Option<(u8, u8)>,
 }
 
 static ACTIVE_PROBE: AtomicPtr<Request> = AtomicPtr::new(std::ptr::null_mut());
@@ -145,6 +148,25 @@ fn tls_word(offset: isize) -> u64 {
         std::arch::asm!("mov {v}, qword ptr fs:[{o}]", o = in(reg) offset, v = out(reg) v, options(nostack, readonly, preserves_flags))
     };
     v
+}
+
+/// Turns the byte at `fs:[offset]` from `from` into `to` (on the current
+/// thread, so nothing races with it: the handler interrupted the thread's
+/// own code).
+fn mark_tls_byte(offset: isize, from: u8, to: u8) {
+    // SAFETY: as in `tls_word`: a static-TLS variable of this thread.
+    unsafe {
+        std::arch::asm!(
+            "cmp byte ptr fs:[{o}], {f}",
+            "jne 2f",
+            "mov byte ptr fs:[{o}], {t}",
+            "2:",
+            o = in(reg) offset,
+            f = in(reg_byte) from,
+            t = in(reg_byte) to,
+            options(nostack)
+        )
+    };
 }
 
 /// The offset from the thread pointer of `addr`, an address inside a
@@ -177,6 +199,9 @@ pub(crate) fn answer(info: *const libc::siginfo_t, rip: usize) -> bool {
         if let Some(slot) = req.slots.iter().find(|s| s.tid.load(SeqCst) == tid) {
             slot.rip.store(rip, SeqCst);
             slot.word.store(tls_word(req.tls_offset), SeqCst);
+            if let Some((from, to)) = req.mark {
+                mark_tls_byte(req.tls_offset, from, to);
+            }
             slot.done.store(1, SeqCst);
         }
     }
@@ -224,6 +249,32 @@ pub fn sample_threads(
     tls_offset: isize,
     timeout: Duration,
 ) -> Result<Vec<ThreadSample>, crate::Error> {
+    sample(tls_offset, timeout, None)
+}
+
+/// [`sample_threads`], and each other thread, in its handler, right after
+/// reading its word, also turns the byte at `tls_offset` from `from` into
+/// `to` (a thread can write that byte from its own code only, so there is
+/// no race). The reported words are the values before the marking.
+///
+/// This is how a waiter tells a busy span it saw from a later one without
+/// a counter the thread must bump: the thread sets the byte to `from` when
+/// a span starts and clears it when it ends; the waiter marks, and a later
+/// sample that does not find `to` any more proves the marked span ended.
+pub fn sample_threads_marking(
+    tls_offset: isize,
+    timeout: Duration,
+    from: u8,
+    to: u8,
+) -> Result<Vec<ThreadSample>, crate::Error> {
+    sample(tls_offset, timeout, Some((from, to)))
+}
+
+fn sample(
+    tls_offset: isize,
+    timeout: Duration,
+    mark: Option<(u8, u8)>,
+) -> Result<Vec<ThreadSample>, crate::Error> {
     let _guard = PROBE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     install_probe_handler()?;
     let sig = probe_signal();
@@ -242,6 +293,7 @@ pub fn sample_threads(
             })
             .collect(),
         tls_offset,
+        mark,
     };
     let token = &req as *const Request as usize;
     ACTIVE_PROBE.store(token as *mut Request, SeqCst);

@@ -5,7 +5,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
-use livetrace_poke::{sample_threads, tls_offset_of};
+use livetrace_poke::{sample_threads, sample_threads_marking, tls_offset_of};
 
 thread_local! {
     static WORD: Cell<u64> = const { Cell::new(0) };
@@ -87,4 +87,46 @@ fn samples_every_thread() {
     // Sampling again, alone, still works and the process is unharmed.
     let again = sample_threads(offset, Duration::from_secs(5)).unwrap();
     assert!(again.iter().any(|s| s.word == 1000));
+}
+
+thread_local! {
+    static SPAN: Cell<u64> = const { Cell::new(0) };
+}
+
+#[test]
+fn marking_turns_a_byte_on_the_sampled_threads_only() {
+    let offset = SPAN.with(|w| tls_offset_of(w.as_ptr() as usize));
+    SPAN.with(|w| w.set(1)); // the sampler's own byte is left alone
+    let release = AtomicBool::new(false);
+    let ready = AtomicUsize::new(0);
+    let seen = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for k in [1u64, 3] {
+            let (release, ready, seen) = (&release, &ready, &seen);
+            s.spawn(move || {
+                SPAN.with(|w| w.set(0x100 | k));
+                ready.fetch_add(1, SeqCst);
+                while !release.load(SeqCst) {
+                    std::hint::spin_loop();
+                }
+                seen.lock().unwrap().push(SPAN.with(|w| w.get()));
+            });
+        }
+        while ready.load(SeqCst) < 2 {
+            std::thread::yield_now();
+        }
+        let samples = sample_threads_marking(offset, Duration::from_secs(5), 1, 2).unwrap();
+        release.store(true, SeqCst);
+        let words: Vec<u64> = samples.iter().map(|s| s.word).collect();
+        // Reported before marking (other threads of the test harness have
+        // their own words).
+        for w in [1, 0x101, 0x103] {
+            assert!(words.contains(&w), "{w:#x} in {words:x?}");
+        }
+    });
+    let mut seen = seen.into_inner().unwrap();
+    seen.sort();
+    // Only the low byte, and only where it was 1.
+    assert_eq!(seen, [0x102, 0x103]);
+    assert_eq!(SPAN.with(|w| w.get()), 1);
 }

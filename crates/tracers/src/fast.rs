@@ -12,9 +12,9 @@
 //! misses), the buffer looks full in DropNewest mode, the shadow stack is
 //! full, or the thread is inside a callback already.
 //!
-//! Each fast path holds the core's recursion guard (an odd seq word, by
-//! constant stores) while it touches the shadow stack and the ring, and
-//! does nothing inside a callback, so neither a callback nor a signal
+//! Each fast path holds the core's recursion guard (the thread's `inside`
+//! byte) while it touches the shadow stack and the ring, and does nothing
+//! inside a callback, so neither a callback nor a signal
 //! handler's traced calls interleave with it (see
 //! `livetrace_ftrace::FastPath`).
 //!
@@ -64,11 +64,11 @@ std::arch::global_asm!(
     ".p2align 4",
     ".globl lt_fast_function_start",
     "lt_fast_function_start:",
-    "    test byte ptr fs:[0x5eed0000], 1",
-    "    jnz 8f",
+    "    cmp byte ptr fs:[0x5eed0000], 0",
+    "    jne 8f",
     "    cmp qword ptr fs:[0x7ace0000], 0x7ace1d00",
     "    jne 8f",
-    "    mov dword ptr fs:[0x5eed0000], 1",
+    "    mov byte ptr fs:[0x5eed0000], 1",
     "    movq xmm8, rax",
     "    movq xmm9, rdx",
     "    movq xmm10, rcx",
@@ -108,7 +108,7 @@ std::arch::global_asm!(
     "    movq rcx, xmm10",
     "    movq rsi, xmm11",
     "    movq rdi, xmm14",
-    "    mov dword ptr fs:[0x5eed0000], 2",
+    "    mov byte ptr fs:[0x5eed0000], 0",
     "    ret",
     "6:",
     "    movq rax, xmm8",
@@ -116,7 +116,7 @@ std::arch::global_asm!(
     "    movq rcx, xmm10",
     "    movq rsi, xmm11",
     "    movq rdi, xmm14",
-    "    mov dword ptr fs:[0x5eed0000], 2",
+    "    mov byte ptr fs:[0x5eed0000], 0",
     "8:",
     "    jmp qword ptr [rip + 9f]",
     "    .p2align 3",
@@ -129,13 +129,13 @@ std::arch::global_asm!(
     ".p2align 4",
     ".globl lt_fast_graph_start",
     "lt_fast_graph_start:",
-    "    test byte ptr fs:[0x5eed0000], 1",
-    "    jnz 8f",
+    "    cmp byte ptr fs:[0x5eed0000], 0",
+    "    jne 8f",
     "    cmp qword ptr fs:[0x7ace0000], 0x7ace1d00",
     "    jne 8f",
     "    cmp qword ptr fs:[0x7ace2000 + {depth}], {max_depth}",
     "    jae 8f",
-    "    mov dword ptr fs:[0x5eed0000], 1",
+    "    mov byte ptr fs:[0x5eed0000], 1",
     "    movq xmm8, rax",
     "    movq xmm9, rdx",
     "    movq xmm10, rcx",
@@ -193,7 +193,7 @@ std::arch::global_asm!(
     "    movq rsi, xmm11",
     "    movq rdi, xmm12",
     "    movq r8, xmm13",
-    "    mov dword ptr fs:[0x5eed0000], 2",
+    "    mov byte ptr fs:[0x5eed0000], 0",
     "    ret",
     "6:",
     "    movq rax, xmm8",
@@ -202,7 +202,7 @@ std::arch::global_asm!(
     "    movq rsi, xmm11",
     "    movq rdi, xmm12",
     "    movq r8, xmm13",
-    "    mov dword ptr fs:[0x5eed0000], 2",
+    "    mov byte ptr fs:[0x5eed0000], 0",
     "8:",
     "    jmp qword ptr [rip + 9f]",
     "    .p2align 4",
@@ -274,7 +274,7 @@ fn template(kind: Kind) -> &'static [u8] {
 pub(crate) struct Offsets {
     cache: isize,
     shadow: isize,
-    seq: isize,
+    inside: isize,
 }
 
 fn measure() -> (isize, isize) {
@@ -298,17 +298,17 @@ pub(crate) fn offsets() -> Option<Offsets> {
         if here != there {
             return None;
         }
-        let seq = livetrace_ftrace::seq_tpoff()?;
+        let inside = livetrace_ftrace::inside_tpoff()?;
         for code in retstack::fast_exit_code() {
             livetrace_ftrace::add_critical_code(code).ok()?;
         }
         let o = Offsets {
             cache: here.0,
             shadow: here.1,
-            seq,
+            inside,
         };
         // The return hook's fast exit reads these from memory.
-        EXIT_SEQ.store(o.seq as i64, Relaxed);
+        EXIT_INSIDE.store(o.inside as i64, Relaxed);
         EXIT_SHADOW.store(o.shadow as i64, Relaxed);
         EXIT_CACHE.store(o.cache as i64, Relaxed);
         EXIT_READY.store(1, Release);
@@ -372,8 +372,8 @@ pub(crate) fn patch(kind: Kind, o: Offsets, rings: u64, sink: u32) -> Option<Fas
 
 /// Set once the offsets below are valid.
 pub(crate) static EXIT_READY: AtomicU8 = AtomicU8::new(0);
-/// `fs:` offset of the core's seq word.
-pub(crate) static EXIT_SEQ: AtomicI64 = AtomicI64::new(0);
+/// `fs:` offset of the core's `inside` byte.
+pub(crate) static EXIT_INSIDE: AtomicI64 = AtomicI64::new(0);
 /// `fs:` offset of the shadow stack.
 pub(crate) static EXIT_SHADOW: AtomicI64 = AtomicI64::new(0);
 /// `fs:` offset of the ring crate's writer cache.
