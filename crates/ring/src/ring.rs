@@ -374,6 +374,12 @@ pub struct Rings {
     /// write, by readers to list the buffers, and to free exited ones.
     buffers: Mutex<Vec<Arc<Buffer>>>,
     unattributed: AtomicU64,
+    /// The process that made it. In a fork child, another thread of the
+    /// parent may have held `buffers` at the fork, forever as far as the
+    /// child is concerned: the child never takes that lock to create a
+    /// buffer, and its new writers' records count as unattributed (the
+    /// thread that forked keeps the buffer it had).
+    pid: i32,
 }
 
 /// A handle for several pushes from one thread at the price of one lookup;
@@ -418,6 +424,8 @@ impl Rings {
             config,
             buffers: Mutex::new(Vec::new()),
             unattributed: AtomicU64::new(0),
+            // SAFETY: getpid has no preconditions.
+            pid: unsafe { libc::getpid() },
         })
     }
 
@@ -511,6 +519,10 @@ impl Rings {
             let mut owned = owned.0.try_borrow_mut().ok()?;
             if let Some(e) = owned.iter().find(|e| e.rings == self.id) {
                 return Some(e.buffer);
+            }
+            // SAFETY: getpid has no preconditions.
+            if unsafe { libc::getpid() } != self.pid {
+                return None; // a fork child: see `pid`
             }
             // Forget buffers of dropped Rings while we are here.
             owned.retain(|e| e.weak.strong_count() > 0);
@@ -689,5 +701,46 @@ pub mod raw {
                 options(nostack, readonly, preserves_flags));
         }
         at.wrapping_sub(tp) as isize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fork_child_never_waits_for_the_parents_buffer_lock() {
+        let rings = Rings::new(Config {
+            records_per_thread: 64,
+            ..Config::default()
+        });
+        // As if another thread were registering a buffer when we fork.
+        let held = rings.lock_buffers();
+        // SAFETY: the child only writes a record (no lock taken, as this
+        // test checks; an alarm ends it if it blocks) and calls _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: alarm and _exit are async-signal-safe.
+            unsafe { libc::alarm(5) };
+            let written = rings.write(Record::default());
+            let code = if !written && rings.unattributed_lost() == 1 {
+                0
+            } else {
+                1
+            };
+            // SAFETY: as above.
+            unsafe { libc::_exit(code) };
+        }
+        drop(held);
+        assert!(pid > 0, "fork failed");
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child blocked or wrote into its parent's buffers (status {status:#x})"
+        );
+        // The parent still writes normally.
+        assert!(rings.write(Record::default()));
     }
 }

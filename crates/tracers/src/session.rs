@@ -158,6 +158,8 @@ pub(crate) struct Inner {
     profiles: Mutex<Vec<Arc<ProfileTable>>>,
     /// The ops has a fast path.
     fast: bool,
+    /// The process that started the session (see `profile_table`).
+    pid: i32,
     /// Calls recorded by the Rust callback while a fast path is installed
     /// (a thread's first call, a shared function, a full DropNewest
     /// buffer, the shadow stack full). Counted only then.
@@ -177,11 +179,18 @@ impl Inner {
         }
     }
 
-    fn profile_table(&self) -> &ProfileTable {
+    /// This thread's table, made on its first use; `None` in a fork child
+    /// (another thread of the parent may have held `profiles` at the fork:
+    /// a thread of the child never takes it).
+    fn profile_table(&self) -> Option<&ProfileTable> {
         PROFILE.with(|p| {
             // SAFETY: only this thread touches its cache.
             let cache = unsafe { &mut *p.get() };
             if cache.0 != self.id || cache.1.is_null() {
+                // SAFETY: getpid has no preconditions.
+                if unsafe { libc::getpid() } != self.pid {
+                    return None;
+                }
                 let t = Arc::new(ProfileTable::new());
                 cache.1 = Arc::as_ptr(&t);
                 cache.0 = self.id;
@@ -192,7 +201,7 @@ impl Inner {
             }
             // SAFETY: the table is kept alive by `profiles` as long as the
             // session, and the session outlives every call into it.
-            unsafe { &*cache.1 }
+            Some(unsafe { &*cache.1 })
         })
     }
 }
@@ -210,8 +219,9 @@ impl Sink for Inner {
             }
             Tracer::Profile => {
                 let total = now.wrapping_sub(entry_ticks);
-                self.profile_table()
-                    .add(func, total, total.saturating_sub(child_ticks));
+                if let Some(t) = self.profile_table() {
+                    t.add(func, total, total.saturating_sub(child_ticks));
+                }
             }
             Tracer::Function => {}
         }
@@ -253,6 +263,8 @@ impl Session {
             epoch: crate::clock_now(),
             profiles: Mutex::new(Vec::new()),
             fast: fast.is_some(),
+            // SAFETY: getpid has no preconditions.
+            pid: unsafe { libc::getpid() },
             slow_events: AtomicU64::new(0),
         });
         // SAFETY: the session keeps `inner` alive until its Drop has
