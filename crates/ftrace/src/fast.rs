@@ -1,48 +1,7 @@
 //! Fast paths: machine code an ops brings to serve its calls without
 //! entering Rust (the kernel's ftrace "direct calls", in spirit).
 //!
-//! A fast path is copied, like a trampoline, into a pool near the sites it
-//! serves, and a site calls it where its ops is alone on the function. Its
-//! contract:
-//!
-//! - It is entered by the site's `call`, with the function's entry state
-//!   plus that return address on the stack, and must either return into
-//!   the function with every register the dedicated trampoline preserves
-//!   (rdi, rsi, rdx, rcx, r8-r11, rax, xmm0-7; rbx, rbp, r12-r15 and rsp
-//!   as usual) unchanged, or jump through its *fallback word* with the
-//!   registers and stack exactly as it found them. The fallback is the
-//!   ops' ordinary dedicated trampoline, which runs the callback.
-//! - It calls nothing. So the quiescence wait covers it by its address
-//!   alone: a thread sampled inside a dying copy is waited for.
-//! - It never runs inside a callback or another fast path, and marks
-//!   itself the way a callback is marked, so that neither a callback nor a
-//!   signal handler's traced calls interleave with it: if the thread's
-//!   `inside` byte is set (`cmp byte ptr fs:[INSIDE], 0`) it goes to the
-//!   fallback at once (which counts the call as dropped); otherwise,
-//!   before touching per-thread state a callback may also touch, it
-//!   stores 1 there (`mov byte ptr fs:[INSIDE], 1`), and 0 when done, as
-//!   the trampolines do. `INSIDE` is written as the disp32
-//!   [`INSIDE_PLACEHOLDER`] (the dropped-call counter as
-//!   [`DROPPED_PLACEHOLDER`]); each copy gets the real thread-pointer
-//!   offsets.
-//! - A fast path made with [`FastPath::calling_original`] serves each
-//!   site through a small per-site *stub*: the site `jmp`s to the stub
-//!   (nothing pushed), which `call`s the fast path (so `[rsp]` is the
-//!   stub's return address, and the site's address is the 8-byte word
-//!   [`STUB_IP_FROM_RETURN`] bytes past it), then, if the fast path returned, calls
-//!   the function's body itself and jumps to the *exit routine* when the
-//!   body returns, with `rsp` just past the return slot (whose content the
-//!   stub's call replaced: the fast path must have saved the caller's
-//!   return address, and the exit routine must return there, with a `ret`
-//!   to keep the return-stack buffer in step). Every branch is then
-//!   predicted, where hooking a return by rewriting its slot costs a
-//!   mispredicted `ret` per call. Its fallback still sees exactly a site's
-//!   call (a thunk rewrites the stub's return address first). Stubs are
-//!   never freed, so the exit routine must be code that stays mapped.
-//! - Its last 8 bytes are the fallback word (zero in the code given); it
-//!   reaches it RIP-relatively (`jmp qword ptr [rip + fallback]`). Anything
-//!   else position dependent (absolute addresses, its own thread-locals'
-//!   offsets) its owner patches in before handing the code over.
+//! The contract is on [`FastPath`].
 
 use std::fmt;
 
@@ -55,8 +14,50 @@ pub const DROPPED_PLACEHOLDER: u32 = 0x5eed_0008;
 /// Most bytes a fast path may have (one pool slot).
 pub(crate) const MAX_LEN: usize = crate::tramp::SLOT;
 
-/// Machine code serving an ops' calls; see the module documentation of
-/// [`crate::OpsBuilder::fast_path`] for what it must do.
+/// Machine code serving an ops' calls ([`crate::OpsBuilder::fast_path`]).
+///
+/// A fast path is copied, like a trampoline, into a pool near the sites it
+/// serves, and a site calls it where its ops is alone on the function. Its
+/// contract:
+///
+/// - It is entered by the site's `call`, with the function's entry state
+///   plus that return address on the stack, and must either return into
+///   the function with every register the dedicated trampoline preserves
+///   (rdi, rsi, rdx, rcx, r8-r11, rax, xmm0-7; rbx, rbp, r12-r15 and rsp
+///   as usual) unchanged, or jump through its *fallback word* with the
+///   registers and stack exactly as it found them. The fallback is the
+///   ops' ordinary dedicated trampoline, which runs the callback.
+/// - It calls nothing. So the quiescence wait covers it by its address
+///   alone: a thread sampled inside a dying copy is waited for.
+/// - It never runs inside a callback or another fast path, and marks
+///   itself the way a callback is marked, so that neither a callback nor a
+///   signal handler's traced calls interleave with it: if the thread's
+///   `inside` byte is set (`cmp byte ptr fs:[INSIDE], 0`) it goes to the
+///   fallback at once (which counts the call as dropped); otherwise,
+///   before touching per-thread state a callback may also touch, it
+///   stores 1 there (`mov byte ptr fs:[INSIDE], 1`), and 0 when done, as
+///   the trampolines do. `INSIDE` is written as the disp32
+///   [`INSIDE_PLACEHOLDER`] (the dropped-call counter as
+///   [`DROPPED_PLACEHOLDER`]); each copy gets the real thread-pointer
+///   offsets.
+/// - A fast path made with [`FastPath::calling_original`] serves each
+///   site through a small per-site *stub*: the site `jmp`s to the stub
+///   (nothing pushed), which `call`s the fast path (so `[rsp]` is the
+///   stub's return address, and the site's address is the 8-byte word
+///   [`STUB_IP_FROM_RETURN`] bytes past it), then, if the fast path returned, calls
+///   the function's body itself and jumps to the *exit routine* when the
+///   body returns, with `rsp` just past the return slot (whose content the
+///   stub's call replaced: the fast path must have saved the caller's
+///   return address, and the exit routine must return there, with a `ret`
+///   to keep the return-stack buffer in step). Every branch is then
+///   predicted, where hooking a return by rewriting its slot costs a
+///   mispredicted `ret` per call. Its fallback still sees exactly a site's
+///   call (a thunk rewrites the stub's return address first). Stubs are
+///   never freed, so the exit routine must be code that stays mapped.
+/// - Its last 8 bytes are the fallback word (zero in the code given); it
+///   reaches it RIP-relatively (`jmp qword ptr [rip + fallback]`). Anything
+///   else position dependent (absolute addresses, its own thread-locals'
+///   offsets) its owner patches in before handing the code over.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FastPath {
     code: Vec<u8>,
