@@ -57,6 +57,14 @@ std::arch::global_asm!(
     movaps xmmword ptr [rsp + 16 * \n], xmm\n
     .endr
     .endm
+    // Two general registers to 16 aligned bytes at rsp + off, with one
+    // store (through xmm8/xmm9, dead at a function's entry).
+    .macro lt_save_pair lo, hi, off
+    movq xmm8, \lo
+    movq xmm9, \hi
+    punpcklqdq xmm8, xmm9
+    movaps xmmword ptr [rsp + \off], xmm8
+    .endm
     .macro lt_restore_xmm
     .irp n, 0, 1, 2, 3, 4, 5, 6, 7
     movaps xmm\n, xmmword ptr [rsp + 16 * \n]
@@ -85,22 +93,10 @@ lt_tramp_fast_start:
     //   [rsp + 208]      the return address into the function
     sub rsp, 208
     lt_save_xmm
-    movq xmm8, rdi
-    movq xmm9, rsi
-    punpcklqdq xmm8, xmm9
-    movaps xmmword ptr [rsp + 128], xmm8
-    movq xmm8, rdx
-    movq xmm9, rcx
-    punpcklqdq xmm8, xmm9
-    movaps xmmword ptr [rsp + 144], xmm8
-    movq xmm8, r8
-    movq xmm9, r9
-    punpcklqdq xmm8, xmm9
-    movaps xmmword ptr [rsp + 160], xmm8
-    movq xmm8, rax
-    movq xmm9, r10
-    punpcklqdq xmm8, xmm9
-    movaps xmmword ptr [rsp + 176], xmm8
+    lt_save_pair rdi, rsi, 128
+    lt_save_pair rdx, rcx, 144
+    lt_save_pair r8, r9, 160
+    lt_save_pair rax, r10, 176
     mov qword ptr [rsp + 192], r11
     // func(data, slot): the slot holding the return address into the
     // function (the callee finds the site and the caller's return slot
@@ -541,24 +537,11 @@ impl Pools {
 
 /// Writes a slot's code: the slot is the caller's, no site calls it yet.
 fn install(pool: &mut Pool, slot: usize, bytes: &[u8]) -> io::Result<usize> {
-    let page = slot & !(PAGE - 1);
-    // SAFETY: the page is ours (mapped by map_near); other slots of it
-    // may be executing, so PROT_EXEC stays on while we write this slot,
-    // which no site calls yet.
-    unsafe {
-        if libc::mprotect(
-            page as *mut _,
-            PAGE,
-            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
-        ) != 0
-        {
-            pool.free.push(slot);
-            return Err(io::Error::last_os_error());
-        }
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), slot as *mut u8, bytes.len());
-        if libc::mprotect(page as *mut _, PAGE, libc::PROT_READ | libc::PROT_EXEC) != 0 {
-            crate::fatal("cannot make a trampoline page read-only again");
-        }
+    let mut words = bytes.to_vec();
+    words.resize(words.len().next_multiple_of(8), 0xcc);
+    if let Err(e) = write_text(slot, &words) {
+        pool.free.push(slot);
+        return Err(e);
     }
     Ok(slot)
 }

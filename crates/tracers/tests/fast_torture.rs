@@ -8,6 +8,8 @@
 //!
 //! `LIVETRACE_SOAK_SECS=n` runs it for n seconds instead of ~40 rounds.
 
+mod common;
+use common::traced;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::time::{Duration, Instant};
 
@@ -16,32 +18,13 @@ use livetrace_output::Event;
 use livetrace_sites::ExternalSite;
 use livetrace_tracers::{Config, Session, Tracer};
 
-macro_rules! traced {
-    ($($stub:ident => $body:ident),* $(,)?) => {
-        std::arch::global_asm!(
-            ".pushsection .text.lt_fast_torture,\"ax\",@progbits",
-            $(
-                ".p2align 4",
-                concat!(".globl ", stringify!($stub)),
-                concat!(stringify!($stub), ": .byte 0x0f,0x1f,0x44,0x00,0x00"),
-                concat!("    jmp {", stringify!($body), "}"),
-            )*
-            ".popsection",
-            $($body = sym $body,)*
-        );
-        unsafe extern "C" {
-            $(fn $stub(n: u64) -> u64;)*
-        }
-    };
-}
+traced!(".text.lt_fast_torture"; ft_outer => outer_body, ft_middle => middle_body, ft_leaf => leaf_body);
 
-traced!(ft_outer => outer_body, ft_middle => middle_body, ft_leaf => leaf_body);
-
-extern "C" fn outer_body(n: u64) -> u64 {
+extern "C-unwind" fn outer_body(n: u64) -> u64 {
     // SAFETY: plain calls through the stubs (same ABI as the bodies).
     unsafe { ft_middle(n) + ft_leaf(n) }
 }
-extern "C" fn middle_body(n: u64) -> u64 {
+extern "C-unwind" fn middle_body(n: u64) -> u64 {
     let mut s = 0;
     for i in 0..n {
         // SAFETY: as above.
@@ -49,7 +32,7 @@ extern "C" fn middle_body(n: u64) -> u64 {
     }
     s
 }
-extern "C" fn leaf_body(n: u64) -> u64 {
+extern "C-unwind" fn leaf_body(n: u64) -> u64 {
     std::hint::black_box(n * 3)
 }
 

@@ -1,5 +1,7 @@
 //! The tracers end to end: what each records, on real functions.
 
+mod common;
+use common::traced;
 use std::sync::Once;
 
 use livetrace_fixtures as fx;
@@ -8,27 +10,8 @@ use livetrace_output::Event;
 use livetrace_sites::ExternalSite;
 use livetrace_tracers::{shadow_stats, Config, Session, Tracer};
 
-// Traced Rust functions: a NOP5 entry stub jumping to the body.
-macro_rules! traced {
-    ($($stub:ident => $body:ident),* $(,)?) => {
-        std::arch::global_asm!(
-            ".pushsection .text.lt_sessions_test,\"ax\",@progbits",
-            $(
-                ".p2align 4",
-                concat!(".globl ", stringify!($stub)),
-                concat!(stringify!($stub), ": .byte 0x0f,0x1f,0x44,0x00,0x00"),
-                concat!("    jmp {", stringify!($body), "}"),
-            )*
-            ".popsection",
-            $($body = sym $body,)*
-        );
-        unsafe extern "C-unwind" {
-            $(fn $stub(n: u64) -> u64;)*
-        }
-    };
-}
-
 traced!(
+    ".text.lt_sessions_test";
     t_outer => outer_body,
     t_middle => middle_body,
     t_leaf => leaf_body,
