@@ -468,34 +468,32 @@ impl Core {
                 .map(|r| r.ip())
                 .collect()
         } else {
-            let mut v = Vec::new();
-            for p in filter {
-                let found = self.matching(p);
-                if found.is_empty() {
-                    return Err(Error::NoMatch {
-                        pattern: p.to_string(),
-                        set: "filter",
-                    });
-                }
-                v.extend(found);
-            }
-            v
+            self.matching_each(filter, "filter")?
         };
-        let mut skip = HashSet::new();
-        for p in notrace {
-            let found = self.matching(p);
-            if found.is_empty() {
-                return Err(Error::NoMatch {
-                    pattern: p.to_string(),
-                    set: "notrace",
-                });
-            }
-            skip.extend(found);
-        }
+        let skip: HashSet<usize> = self
+            .matching_each(notrace, "notrace")?
+            .into_iter()
+            .collect();
         want.retain(|ip| !skip.contains(ip));
         want.sort_unstable();
         want.dedup();
         Ok(want)
+    }
+
+    /// Live sites the patterns of `set` name; each must name one.
+    fn matching_each(&self, patterns: &[Pattern], set: &'static str) -> Result<Vec<usize>, Error> {
+        let mut v = Vec::new();
+        for p in patterns {
+            let found = self.matching(p);
+            if found.is_empty() {
+                return Err(Error::NoMatch {
+                    pattern: p.to_string(),
+                    set,
+                });
+            }
+            v.extend(found);
+        }
+        Ok(v)
     }
 
     /// Live sites a pattern names.
@@ -663,13 +661,15 @@ impl Core {
                 0 => Insn::Nop,
                 _ if regs => Insn::Call(self.trampoline(w, Kind::Regs, None)?),
                 1 => {
+                    // The ops' fast path if it has one, else its dedicated
+                    // trampoline.
                     let t = self.trampoline(w, Kind::Fast, Some(on[0]))?;
                     match on[0].fast.as_ref().and_then(|f| f.exit()) {
                         // Stub-served: the stub calls the fast path `t`.
-                        Some(exit) if t != self.dedicated[&(on[0].id, w)] => {
+                        Some(exit) => {
                             Insn::Jmp(self.stubs.point(ip, t, exit).map_err(Error::Trampoline)?)
                         }
-                        _ => Insn::Call(t),
+                        None => Insn::Call(t),
                     }
                 }
                 _ => Insn::Call(self.trampoline(w, Kind::Fast, None)?),

@@ -304,12 +304,11 @@ impl Stubs {
             Some(&s) => s,
             None => self.make(site)?,
         };
-        let t = bytes_of(&raw const lt_stub_start, &raw const lt_stub_end);
+        // The entry and exit words follow the ip word.
         let ip_at = &raw const lt_stub_ip as usize - &raw const lt_stub_start as usize;
         let mut words = [0u8; 16];
         words[..8].copy_from_slice(&(entry as u64).to_le_bytes());
         words[8..].copy_from_slice(&(exit as u64).to_le_bytes());
-        debug_assert_eq!(t.len(), ip_at + 24);
         write_text(stub + ip_at + 8, &words)?;
         Ok(stub)
     }
@@ -408,13 +407,10 @@ impl Kind {
 
     /// The template's bytes; its last 16 bytes are the two data words.
     fn template(self) -> &'static [u8] {
-        let (start, end) = match self {
-            Kind::Fast => (&raw const lt_tramp_fast_start, &raw const lt_tramp_fast_end),
-            Kind::Regs => (&raw const lt_tramp_regs_start, &raw const lt_tramp_regs_end),
-        };
-        let len = end as usize - start as usize;
-        // SAFETY: start..end is the template's code and data in our text.
-        unsafe { std::slice::from_raw_parts(start, len) }
+        match self {
+            Kind::Fast => bytes_of(&raw const lt_tramp_fast_start, &raw const lt_tramp_fast_end),
+            Kind::Regs => bytes_of(&raw const lt_tramp_regs_start, &raw const lt_tramp_regs_end),
+        }
     }
 }
 

@@ -46,7 +46,7 @@ use livetrace_ftrace::FastPath;
 use livetrace_ring::ring::raw;
 
 use crate::retstack::{self, Frame, Shadow, MAX_DEPTH};
-use crate::session::{CALL, ENTRY, EXIT};
+use crate::session::{CALL, ENTRY};
 
 const WAY_PH: u32 = 0x7ace_0000;
 const RID_PH: u32 = 0x7ace_1d00;
@@ -399,5 +399,3 @@ pub(crate) fn remove_sink(sink: u32) {
     let i = sink as usize % SINKS;
     let _ = EXIT_SINKS.0[2 * i].compare_exchange(u64::from(sink), 0, SeqCst, SeqCst);
 }
-
-pub(crate) const EXIT_RECORD: u64 = EXIT;

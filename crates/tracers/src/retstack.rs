@@ -110,14 +110,7 @@ pub fn shadow_stats() -> ShadowStats {
 /// The shadow stack's offset from the thread pointer, measured on the
 /// calling thread (the same in every thread when it is in static TLS).
 pub(crate) fn shadow_tpoff() -> isize {
-    let at = SHADOW.with(|s| s as *const Shadow as usize);
-    let tp: usize;
-    // SAFETY: on x86-64 Linux, fs:0 holds the thread pointer itself.
-    unsafe {
-        std::arch::asm!("mov {}, qword ptr fs:0", out(reg) tp,
-            options(nostack, readonly, preserves_flags));
-    }
-    at.wrapping_sub(tp) as isize
+    livetrace_poke::tls_offset_of(SHADOW.with(|s| s as *const Shadow as usize))
 }
 
 /// This thread's shadow-stack depth: hooked frames not yet returned.
@@ -316,7 +309,7 @@ pub(crate) fn unpublish_sink(id: u32) {
 }
 
 macro_rules! return_handler {
-    ($name:literal, $fast_end:literal, $jump:literal, $jump_slow:literal) => {
+    ($name:literal, $fast_end:literal, $jump:literal) => {
 std::arch::global_asm!(
     ".pushsection .text.livetrace_graph,\"ax\",@progbits",
     ".p2align 4",
@@ -442,7 +435,7 @@ std::arch::global_asm!(
     "    pop rdx",
     "    pop rax",
     "    add rsp, 8",
-    $jump_slow,
+    $jump,
     ".popsection",
     exit = sym graph_exit,
     ready = sym crate::fast::EXIT_READY,
@@ -460,7 +453,7 @@ std::arch::global_asm!(
     tail_seen = const livetrace_ring::ring::raw::TAIL_SEEN_OFFSET,
     mask = const livetrace_ring::ring::raw::MASK_OFFSET,
     slots = const livetrace_ring::ring::raw::SLOTS_OFFSET,
-    exit_kind = const crate::fast::EXIT_RECORD,
+    exit_kind = const crate::session::EXIT,
     depth = const std::mem::offset_of!(Shadow, depth),
     frames = const std::mem::offset_of!(Shadow, frames),
     frame = const std::mem::size_of::<Frame>(),
@@ -480,7 +473,6 @@ std::arch::global_asm!(
 return_handler!(
     "lt_return_to_handler",
     "lt_return_to_handler_fast_end",
-    "    jmp r11",
     "    jmp r11"
 );
 // Where a per-site stub's call of the body lands (see the core's
@@ -490,7 +482,6 @@ return_handler!(
 return_handler!(
     "lt_return_to_stub",
     "lt_return_to_stub_fast_end",
-    "    push r11\n    ret",
     "    push r11\n    ret"
 );
 

@@ -155,35 +155,46 @@ pub(crate) struct Inner {
     /// A tick value from the session's start: durations in ticks become
     /// nanoseconds as `to_ns(epoch + d) - to_ns(epoch)`.
     epoch: u64,
-    profiles: Mutex<Vec<Arc<ProfileTable>>>,
+    /// Every thread's [`PerThread`], for the readers.
+    threads: Mutex<Vec<Arc<PerThread>>>,
     /// The ops has a fast path.
     fast: bool,
-    /// The process that started the session (see `profile_table`).
+    /// The process that started the session (see `per_thread`).
     pid: i32,
-    /// Calls recorded by the Rust callback while a fast path is installed
-    /// (a thread's first call, a shared function, a full DropNewest
-    /// buffer, the shadow stack full). Counted only then.
+}
+
+/// What one thread keeps for one session, written by that thread only
+/// (plain loads and stores: no read-modify-write, no shared cache line).
+struct PerThread {
+    /// Calls the Rust callback recorded while a fast path is installed (a
+    /// thread's first call, a shared function, a full DropNewest buffer,
+    /// the shadow stack full). Counted only then.
     slow_events: AtomicU64,
+    /// The profiler's table (profile sessions only).
+    profile: Option<ProfileTable>,
 }
 
 thread_local! {
-    /// This thread's profile table for the session with the given id.
-    static PROFILE: UnsafeCell<(u32, *const ProfileTable)> = const { UnsafeCell::new((0, std::ptr::null())) };
+    /// This thread's [`PerThread`] for the session with the given id.
+    static PER_THREAD: UnsafeCell<(u32, *const PerThread)> = const { UnsafeCell::new((0, std::ptr::null())) };
 }
 
 impl Inner {
     #[inline]
     fn count_slow(&self) {
         if self.fast {
-            self.slow_events.fetch_add(1, Relaxed);
+            if let Some(t) = self.per_thread() {
+                t.slow_events
+                    .store(t.slow_events.load(Relaxed) + 1, Relaxed);
+            }
         }
     }
 
-    /// This thread's table, made on its first use; `None` in a fork child
-    /// (another thread of the parent may have held `profiles` at the fork:
+    /// This thread's state, made on its first use; `None` in a fork child
+    /// (another thread of the parent may have held `threads` at the fork:
     /// a thread of the child never takes it).
-    fn profile_table(&self) -> Option<&ProfileTable> {
-        PROFILE.with(|p| {
+    fn per_thread(&self) -> Option<&PerThread> {
+        PER_THREAD.with(|p| {
             // SAFETY: only this thread touches its cache.
             let cache = unsafe { &mut *p.get() };
             if cache.0 != self.id || cache.1.is_null() {
@@ -191,16 +202,19 @@ impl Inner {
                 if unsafe { libc::getpid() } != self.pid {
                     return None;
                 }
-                let t = Arc::new(ProfileTable::new());
+                let t = Arc::new(PerThread {
+                    slow_events: AtomicU64::new(0),
+                    profile: (self.tracer == Tracer::Profile).then(ProfileTable::new),
+                });
                 cache.1 = Arc::as_ptr(&t);
                 cache.0 = self.id;
-                self.profiles
+                self.threads
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push(t);
             }
-            // SAFETY: the table is kept alive by `profiles` as long as the
-            // session, and the session outlives every call into it.
+            // SAFETY: kept alive by `threads` as long as the session, and
+            // the session outlives every call into it.
             Some(unsafe { &*cache.1 })
         })
     }
@@ -219,7 +233,7 @@ impl Sink for Inner {
             }
             Tracer::Profile => {
                 let total = now.wrapping_sub(entry_ticks);
-                if let Some(t) = self.profile_table() {
+                if let Some(t) = self.per_thread().and_then(|t| t.profile.as_ref()) {
                     t.add(func, total, total.saturating_sub(child_ticks));
                 }
             }
@@ -261,11 +275,10 @@ impl Session {
             tracer: cfg.tracer,
             rings,
             epoch: crate::clock_now(),
-            profiles: Mutex::new(Vec::new()),
+            threads: Mutex::new(Vec::new()),
             fast: fast.is_some(),
             // SAFETY: getpid has no preconditions.
             pid: unsafe { libc::getpid() },
-            slow_events: AtomicU64::new(0),
         });
         // SAFETY: the session keeps `inner` alive until its Drop has
         // unpublished it.
@@ -356,7 +369,13 @@ impl Session {
     /// thread's first call, functions shared with another ops, a full
     /// DropNewest buffer, overflowing shadow stacks). Zero without one.
     pub fn slow_path_events(&self) -> u64 {
-        self.inner.slow_events.load(Relaxed)
+        self.inner
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|t| t.slow_events.load(Relaxed))
+            .sum()
     }
 
     /// The ops attached (for introspection).
@@ -412,10 +431,11 @@ impl Session {
         let mut by_func: HashMap<u64, ProfileRow> = HashMap::new();
         for t in self
             .inner
-            .profiles
+            .threads
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
+            .filter_map(|t| t.profile.as_ref())
         {
             for s in t.slots.iter() {
                 let f = s.func.load(Acquire);
