@@ -522,6 +522,23 @@ impl Pools {
         Ok(pool)
     }
 
+    /// Where a thread inside a callback called from a trampoline returns
+    /// to: for every slot of every pool, the byte after each template's
+    /// call (direct `call rel32; nop` or indirect `call [rip + func]`), as
+    /// two-byte ranges. A word on a blocked thread's stack that equals one
+    /// of them means it is inside a callback (for the quiescence wait);
+    /// anything narrower than the whole page keeps stale pointers to a
+    /// trampoline (its start, kept in some local) from looking like one.
+    pub fn return_addresses(&self) -> Vec<std::ops::Range<usize>> {
+        let offsets = [Kind::Fast, Kind::Regs].map(|k| k.call_offset() + 5);
+        self.pools
+            .values()
+            .flat_map(|p| p.pages.iter())
+            .flat_map(|&page| (0..PAGE / SLOT).map(move |i| page + i * SLOT))
+            .flat_map(|slot| offsets.map(|o| slot + o..slot + o + 2))
+            .collect()
+    }
+
     /// Returns a slot to its pool. Only after the quiescence wait has shown
     /// that no thread can be executing it.
     pub fn release(&mut self, addr: usize) {

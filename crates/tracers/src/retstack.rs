@@ -267,7 +267,7 @@ static GRAVEYARD: std::sync::Mutex<Graveyard> = std::sync::Mutex::new(Graveyard(
 /// Replaces the registry. Old registries are freed only when a sink is
 /// removed (which must wait for quiescence anyway, before its owner frees
 /// it): publishing a sink never probes the program's threads.
-fn change_registry(change: impl FnOnce(&mut Vec<(u32, *const dyn Sink)>), removing: bool) {
+fn change_registry(change: impl FnOnce(&mut Vec<(u32, *const dyn Sink)>), removing: bool) -> bool {
     use std::sync::atomic::Ordering::{AcqRel, Acquire};
     let _g = REGISTRY_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let old = REGISTRY.load(Acquire);
@@ -285,12 +285,17 @@ fn change_registry(change: impl FnOnce(&mut Vec<(u32, *const dyn Sink)>), removi
     }
     if removing {
         // Exit paths may still hold an old registry, or the sink removed.
-        let _ = livetrace_ftrace::synchronize();
+        if livetrace_ftrace::synchronize().is_err() {
+            // The wait gave up: keep every old registry (and the caller
+            // keeps the sink) rather than free what a thread may read.
+            return false;
+        }
         for r in grave.0.drain(..) {
             // SAFETY: from Box::into_raw above; no reader is left.
             drop(unsafe { Box::from_raw(r) });
         }
     }
+    true
 }
 
 /// Publishes `sink` under `id` for hooked frames to report to.
@@ -298,18 +303,27 @@ fn change_registry(change: impl FnOnce(&mut Vec<(u32, *const dyn Sink)>), removi
 /// # Safety
 /// `sink` stays valid until [`unpublish_sink`]`(id)` has returned.
 pub(crate) unsafe fn publish_sink(id: u32, sink: *const dyn Sink) {
+    static HOOK_CODE: std::sync::Once = std::sync::Once::new();
+    HOOK_CODE.call_once(|| {
+        for code in slow_exit_code() {
+            let _ = livetrace_ftrace::add_callback_caller(code);
+        }
+    });
     change_registry(|v| v.push((id, sink)), false);
 }
 
-/// Removes sink `id`; when this returns no exit path can still be using it.
-pub(crate) fn unpublish_sink(id: u32) {
+/// Removes sink `id`. Returns true when no exit path can still be using it;
+/// false when the quiescence wait gave up — the caller must then keep the
+/// sink alive (leak it) rather than free it.
+#[must_use]
+pub(crate) fn unpublish_sink(id: u32) -> bool {
     // The fast exit first: the wait below covers it too.
     crate::fast::remove_sink(id);
-    change_registry(|v| v.retain(|(i, _)| *i != id), true);
+    change_registry(|v| v.retain(|(i, _)| *i != id), true)
 }
 
 macro_rules! return_handler {
-    ($name:literal, $fast_end:literal, $jump:literal) => {
+    ($name:literal, $fast_end:literal, $end:literal, $jump:literal) => {
 std::arch::global_asm!(
     ".pushsection .text.livetrace_graph,\"ax\",@progbits",
     ".p2align 4",
@@ -436,6 +450,8 @@ std::arch::global_asm!(
     "    pop rax",
     "    add rsp, 8",
     $jump,
+    concat!(".globl ", $end),
+    concat!($end, ":"),
     ".popsection",
     exit = sym graph_exit,
     ready = sym crate::fast::EXIT_READY,
@@ -473,6 +489,7 @@ std::arch::global_asm!(
 return_handler!(
     "lt_return_to_handler",
     "lt_return_to_handler_fast_end",
+    "lt_return_to_handler_end",
     "    jmp r11"
 );
 // Where a per-site stub's call of the body lands (see the core's
@@ -482,14 +499,29 @@ return_handler!(
 return_handler!(
     "lt_return_to_stub",
     "lt_return_to_stub_fast_end",
+    "lt_return_to_stub_end",
     "    push r11\n    ret"
 );
 
 unsafe extern "C" {
     fn lt_return_to_handler();
     static lt_return_to_handler_fast_end: u8;
+    static lt_return_to_handler_end: u8;
     fn lt_return_to_stub();
     static lt_return_to_stub_fast_end: u8;
+    static lt_return_to_stub_end: u8;
+}
+
+/// The return hooks' slow paths, which call `graph_exit` under the
+/// recursion guard: a return address into them means a thread is inside
+/// (the quiescence wait must not take a thread blocked there for one that
+/// is clear).
+fn slow_exit_code() -> [std::ops::Range<usize>; 2] {
+    [
+        &raw const lt_return_to_handler_fast_end as usize
+            ..&raw const lt_return_to_handler_end as usize,
+        &raw const lt_return_to_stub_fast_end as usize..&raw const lt_return_to_stub_end as usize,
+    ]
 }
 
 /// The code of the return hooks' fast exits (critical code).
@@ -707,6 +739,6 @@ mod tests {
         assert_eq!(unsafe { lt_g_outer(98) }, 197);
         assert_eq!(log.0.lock().unwrap().len(), 4);
         unregister(&ops).unwrap();
-        unpublish_sink(9999);
+        assert!(unpublish_sink(9999));
     }
 }

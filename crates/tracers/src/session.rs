@@ -344,7 +344,10 @@ impl Session {
             }
         };
         if let Err(e) = livetrace_ftrace::register(&ops) {
-            retstack::unpublish_sink(inner.id);
+            if !retstack::unpublish_sink(inner.id) {
+                // A thread may still report to it: never free it.
+                std::mem::forget(inner.clone());
+            }
             return Err(e);
         }
         Ok(Session {
@@ -536,6 +539,10 @@ impl Drop for Session {
     fn drop(&mut self) {
         let _ = self.stop();
         // Frames still hooked find no session from here on.
-        retstack::unpublish_sink(self.inner.id);
+        if !retstack::unpublish_sink(self.inner.id) {
+            // The wait gave up: a thread may still be in an exit path
+            // reporting to this session. Keep it alive for good.
+            std::mem::forget(self.inner.clone());
+        }
     }
 }
