@@ -372,17 +372,11 @@ impl Image {
         let mut fde_starts: Vec<u64> = unwind.fdes.iter().map(|f| f.start).collect();
         fde_starts.sort_unstable();
 
-        let mut mid_frame: Vec<u64> = unwind
-            .fdes
-            .iter()
-            .filter(|f| f.mid_frame)
-            .map(|f| f.start)
-            .collect();
-        mid_frame.sort_unstable();
+        let mut uctx = gimli::UnwindContext::new();
         // Exclusions first: BranchToEntry needs to know the cold parts.
         let exclusions: Vec<Option<Refusal>> = cands
             .iter()
-            .map(|c| exclusion(c, &sections, &refs, &mid_frame))
+            .map(|c| exclusion(c, &sections, &refs, unwind.shape(c.addr, &mut uctx)))
             .collect();
         let cold: Vec<(u64, u64)> = cands
             .iter()
@@ -501,7 +495,7 @@ impl Coverage {
     }
 }
 
-fn exclusion(c: &Cand, sections: &Sections, refs: &[Ref], mid_frame: &[u64]) -> Option<Refusal> {
+fn exclusion(c: &Cand, sections: &Sections, refs: &[Ref], shape: Shape) -> Option<Refusal> {
     let section = sections.containing(c.addr);
     if c.ifunc {
         return Some(Refusal::IfuncResolver);
@@ -515,8 +509,11 @@ fn exclusion(c: &Cand, sections: &Sections, refs: &[Ref], mid_frame: &[u64]) -> 
     if !section.is_some_and(|s| s.exec) {
         return Some(Refusal::NotCode);
     }
-    if mid_frame.binary_search(&c.addr).is_ok() {
-        return Some(Refusal::MidFrame);
+    match shape {
+        Shape::Entry => {}
+        Shape::MidFrame => return Some(Refusal::MidFrame),
+        Shape::Signal => return Some(Refusal::SignalTrampoline),
+        Shape::Outermost => return Some(Refusal::Outermost),
     }
     if c.origin == Origin::Unwind {
         let lo = refs.partition_point(|r| r.target < c.addr);
@@ -894,26 +891,71 @@ fn data_pointers(sections: &Sections, refs: &mut Vec<Ref>) {
     }
 }
 
-struct Fde {
+type Slice<'a> = gimli::EndianSlice<'a, gimli::LittleEndian>;
+
+struct Fde<'a> {
     start: u64,
     len: u64,
-    /// At `start`, the unwind rules are not those of a function entry: the
-    /// CFA is not `rsp+8`, or a callee-saved register is already saved.
-    mid_frame: bool,
+    parsed: gimli::FrameDescriptionEntry<Slice<'a>>,
 }
 
-struct Unwind {
-    fdes: Vec<Fde>,
+struct Unwind<'a> {
+    /// By start address.
+    fdes: Vec<Fde<'a>>,
+    frame: Option<(gimli::EhFrame<Slice<'a>>, gimli::BaseAddresses)>,
     /// (LSDA, landing pad).
     pads: Vec<(u64, u64)>,
     /// Starts of FDEs whose LSDA could not be read.
     unreadable: Vec<u64>,
 }
 
-fn read_eh_frame(file: &object::File, sections: &Sections) -> Result<Unwind, Error> {
+/// What the unwind information says about an address a candidate starts
+/// at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// No FDE covers it, or its rules there are those of a function entry.
+    Entry,
+    /// The CFA is not `rsp+8`, or callee-saved registers are saved.
+    MidFrame,
+    /// A signal-return trampoline (CIE augmentation `S`).
+    Signal,
+    /// The return address is undefined: an outermost frame (`_start`, a
+    /// thread's first function).
+    Outermost,
+}
+
+impl Unwind<'_> {
+    fn shape(&self, addr: u64, ctx: &mut gimli::UnwindContext<usize>) -> Shape {
+        let i = self.fdes.partition_point(|f| f.start <= addr);
+        let Some(f) = i
+            .checked_sub(1)
+            .map(|i| &self.fdes[i])
+            .filter(|f| addr - f.start < f.len)
+        else {
+            return Shape::Entry;
+        };
+        if f.parsed.is_signal_trampoline() {
+            return Shape::Signal;
+        }
+        let Some((frame, bases)) = &self.frame else {
+            return Shape::Entry;
+        };
+        match f.parsed.unwind_info_for_address(frame, bases, ctx, addr) {
+            Ok(row) => entry_shape(row),
+            // Rules that cannot be evaluated say nothing about an entry.
+            Err(_) => Shape::MidFrame,
+        }
+    }
+}
+
+fn read_eh_frame<'a>(
+    file: &object::File<'a>,
+    sections: &Sections<'a>,
+) -> Result<Unwind<'a>, Error> {
     use gimli::UnwindSection;
     let mut out = Unwind {
         fdes: Vec::new(),
+        frame: None,
         pads: Vec::new(),
         unreadable: Vec::new(),
     };
@@ -931,7 +973,6 @@ fn read_eh_frame(file: &object::File, sections: &Sections) -> Result<Unwind, Err
         bases = bases.set_got(got.address());
     }
     let eh_frame = gimli::EhFrame::new(data, gimli::LittleEndian);
-    let mut ctx = Box::new(gimli::UnwindContext::new());
     let mut entries = eh_frame.entries(&bases);
     while let Some(entry) = entries.next().map_err(Error::Unwind)? {
         let gimli::CieOrFde::Fde(partial) = entry else {
@@ -941,14 +982,6 @@ fn read_eh_frame(file: &object::File, sections: &Sections) -> Result<Unwind, Err
             .parse(gimli::EhFrame::cie_from_offset)
             .map_err(Error::Unwind)?;
         let start = fde.initial_address();
-        let row = fde
-            .unwind_info_for_address(&eh_frame, &bases, &mut ctx, start)
-            .map_err(Error::Unwind)?;
-        out.fdes.push(Fde {
-            start,
-            len: fde.len(),
-            mid_frame: !is_entry_row(row),
-        });
         if let Some(lsda) = fde.lsda() {
             let lsda = match lsda {
                 gimli::Pointer::Direct(a) => Some(a),
@@ -961,15 +994,25 @@ fn read_eh_frame(file: &object::File, sections: &Sections) -> Result<Unwind, Err
                 None => out.unreadable.push(start),
             }
         }
+        out.fdes.push(Fde {
+            start,
+            len: fde.len(),
+            parsed: fde,
+        });
     }
+    out.fdes.sort_by_key(|f| f.start);
+    out.frame = Some((eh_frame, bases));
     Ok(out)
 }
 
-/// Whether an unwind row is that of a function's first instruction: the
-/// return address just pushed (CFA = `rsp+8`), no callee-saved register
-/// saved yet.
-fn is_entry_row<T: gimli::ReaderOffset>(row: &gimli::UnwindTableRow<T>) -> bool {
+/// What an unwind row says: a function's first instruction has the return
+/// address just pushed (CFA = `rsp+8`, return address defined) and no
+/// callee-saved register saved yet.
+fn entry_shape<T: gimli::ReaderOffset>(row: &gimli::UnwindTableRow<T>) -> Shape {
     use gimli::{CfaRule, RegisterRule, X86_64};
+    if matches!(row.register(X86_64::RA), Some(RegisterRule::Undefined)) {
+        return Shape::Outermost;
+    }
     let cfa_ok = matches!(row.cfa(), CfaRule::RegisterAndOffset { register, offset: 8 } if *register == X86_64::RSP);
     let callee_saved = [
         X86_64::RBX,
@@ -983,5 +1026,9 @@ fn is_entry_row<T: gimli::ReaderOffset>(row: &gimli::UnwindTableRow<T>) -> bool 
         callee_saved.contains(reg)
             && !matches!(rule, RegisterRule::Undefined | RegisterRule::SameValue)
     });
-    cfa_ok && !saved
+    if cfa_ok && !saved {
+        Shape::Entry
+    } else {
+        Shape::MidFrame
+    }
 }

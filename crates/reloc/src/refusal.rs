@@ -24,6 +24,14 @@ pub enum Refusal {
     /// already saved): code entered in the middle of another function's
     /// frame, such as a cold part in a stripped object.
     MidFrame,
+    /// A signal-return trampoline (`__restore_rt`; its CIE has the `S`
+    /// augmentation): entered by a signal handler's `ret`, with the signal
+    /// frame, not a return address, on top of the stack.
+    SignalTrampoline,
+    /// The unwind information marks the return address undefined: an
+    /// outermost frame such as `_start` or a thread's first function,
+    /// entered by the kernel with no return address.
+    Outermost,
     /// Unnamed code (an `.eh_frame` range with no symbol) that is only ever
     /// entered by conditional jumps from other functions, and that nothing
     /// calls or takes the address of: a cold part of another function (no
@@ -174,6 +182,8 @@ impl Refusal {
             Refusal::ColdPart => "cold-part",
             Refusal::MidFrame => "mid-frame",
             Refusal::JumpedIntoOnly => "jumped-into-only",
+            Refusal::SignalTrampoline => "signal-trampoline",
+            Refusal::Outermost => "outermost",
             Refusal::UnknownSize => "unknown-size",
             Refusal::NotCode => "not-code",
             Refusal::TooShort { .. } => "too-short",
@@ -202,6 +212,8 @@ impl Refusal {
                 | Refusal::ColdPart
                 | Refusal::MidFrame
                 | Refusal::JumpedIntoOnly
+                | Refusal::SignalTrampoline
+                | Refusal::Outermost
                 | Refusal::NotCode
         )
     }
@@ -252,6 +264,12 @@ impl fmt::Display for Refusal {
             Refusal::ColdPart => f.write_str("the cold part of another function (entered by a jump, not a call)"),
             Refusal::MidFrame => f.write_str(
                 "starts inside another function's frame (unwind info), so it is not an entry",
+            ),
+            Refusal::SignalTrampoline => f.write_str(
+                "a signal-return trampoline (entered by a handler's return, not a call)",
+            ),
+            Refusal::Outermost => f.write_str(
+                "an outermost frame (no return address: entered by the kernel or a new thread)",
             ),
             Refusal::JumpedIntoOnly => f.write_str(
                 "unnamed code only entered by conditional jumps from other functions (a cold part)",

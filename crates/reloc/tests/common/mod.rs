@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod exec;
+
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 use livetrace_reloc::{Detour, Prologue, NOP5};
 
