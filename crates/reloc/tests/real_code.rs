@@ -38,14 +38,48 @@ fn registry_src(prefix: &str, sub: &str) -> Option<PathBuf> {
     found.pop()
 }
 
+/// Builds a shared object at -O2 from `args`, flags and C or assembly
+/// sources: each source compiled on its own, as many at once as there are
+/// cores, then linked.
 fn build(compiler: &str, out: &Path, args: &[String]) {
+    let (sources, flags): (Vec<&String>, Vec<&String>) = args
+        .iter()
+        .partition(|a| a.ends_with(".c") || a.ends_with(".S"));
+    let objs: Vec<PathBuf> = (0..sources.len())
+        .map(|i| out.with_extension(format!("{i}.o")))
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(src) = sources.get(i) else { break };
+                let o = Command::new(compiler)
+                    .args(["-O2", "-fPIC", "-c", "-o"])
+                    .arg(&objs[i])
+                    .args(&flags)
+                    .arg(src)
+                    .output()
+                    .unwrap();
+                assert!(
+                    o.status.success(),
+                    "{src}: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            });
+        }
+    });
     let o = Command::new(compiler)
-        .args(["-O2", "-shared", "-fPIC", "-o"])
+        .args(["-shared", "-o"])
         .arg(out)
-        .args(args)
+        .args(&objs)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for o in objs {
+        let _ = std::fs::remove_file(o);
+    }
 }
 
 fn out_dir() -> PathBuf {
