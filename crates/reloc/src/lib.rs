@@ -47,10 +47,14 @@
 //! 2. **Calls are counted once.** A jump from the function's own body (or a
 //!    cold part) back to its entry is a loop, not a call: such functions are
 //!    refused ([`Refusal::BranchToEntry`]); a branch inside the region to the
-//!    site goes to the relocated copy, not to the detour's site. Ifunc
-//!    resolvers, PLT stubs and cold parts (by name `*.cold*`, or by unwind
-//!    info that starts mid-frame, or unnamed code only entered by
-//!    conditional jumps) are not functions and are excluded.
+//!    site goes to the relocated copy, not to the detour's site.
+//!    Only code entered by a call is a function: ifunc resolvers, PLT stubs,
+//!    cold parts (by name `*.cold*`, by unwind rules that are not those of
+//!    an entry at its first byte, or unnamed code only entered by
+//!    conditional jumps), signal-return trampolines (CIE augmentation `S`)
+//!    and outermost frames (return address undefined: `_start`) are
+//!    excluded, since a tracer would take what is on top of their stack for
+//!    a return address.
 //! 3. **The detour behaves as the region did**, including what the stack
 //!    shows: a `call` (only allowed as the region's last instruction; an
 //!    earlier one would return into the region) is emulated by pushing the
@@ -77,6 +81,16 @@
 //! 6. **Detour sizes do not depend on the address**; rel32 reach does:
 //!    [`Prologue::relocate`] fails with [`Refusal::OutOfReach`] outside
 //!    [`Prologue::detour_window`], never produces a truncated displacement.
+//!
+//! Candidates are the `STT_FUNC` symbols of `.symtab` and `.dynsym` (aliases
+//! merged; a size-0 symbol ends where the next symbol starts) and, where no
+//! symbol covers them, `.eh_frame` FDE ranges (`sub_<address>`), so
+//! stripped objects such as a distribution's libc are covered too.
+//!
+//! Not covered: references to a region from *another* object (a symbol
+//! relocation `f+3` elsewhere), code generated at run time, and text that
+//! differs from the file (another tool's breakpoint): the engine compares
+//! the bytes it replaces with [`Detour::original`] before writing.
 //!
 //! The bytes of the region past the 5-byte jump are left as they were:
 //! nothing branches to them (invariant 1) and, once the jump is whole, no
