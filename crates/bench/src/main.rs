@@ -8,6 +8,7 @@ mod c;
 mod callback;
 mod disabled;
 mod patch;
+mod relocated;
 mod stats;
 mod tracers;
 mod trap;
@@ -38,6 +39,9 @@ enum Bench {
     Function(tracers::Args),
     /// Cost per call recorded by the function-graph tracer (entry and exit).
     Graph(tracers::Args),
+    /// Share of a stock object's functions whose prologue can be relocated
+    /// (no compiler site needed), with the refusal reasons.
+    Relocated(relocated::Args),
 }
 
 fn main() {
@@ -49,5 +53,6 @@ fn main() {
         Bench::C => c::run(),
         Bench::Function(a) => tracers::run(livetrace_tracers::Tracer::Function, a),
         Bench::Graph(a) => tracers::run(livetrace_tracers::Tracer::Graph, a),
+        Bench::Relocated(a) => relocated::run(a),
     }
 }
