@@ -6,8 +6,10 @@
 
 mod c;
 mod callback;
+mod convert;
 mod disabled;
 mod patch;
+mod quiesce;
 mod relocated;
 mod stats;
 mod tracers;
@@ -39,6 +41,11 @@ enum Bench {
     Function(tracers::Args),
     /// Cost per call recorded by the function-graph tracer (entry and exit).
     Graph(tracers::Args),
+    /// Register/unregister cycles with threads blocked in `poll`: the
+    /// quiescence wait's time, the signals it sends, the EINTRs seen.
+    Quiesce(quiesce::Args),
+    /// Sled conversion under one stop of the world, per site.
+    Convert(convert::Args),
     /// Share of a stock object's functions whose prologue can be relocated
     /// (no compiler site needed), with the refusal reasons.
     Relocated(relocated::Args),
@@ -54,5 +61,7 @@ fn main() {
         Bench::Function(a) => tracers::run(livetrace_tracers::Tracer::Function, a),
         Bench::Graph(a) => tracers::run(livetrace_tracers::Tracer::Graph, a),
         Bench::Relocated(a) => relocated::run(a),
+        Bench::Quiesce(a) => quiesce::run(a),
+        Bench::Convert(a) => convert::run(a),
     }
 }

@@ -20,11 +20,14 @@ pub(crate) fn lock() -> crate::lock::EngineGuard {
 /// Patch even while a debugger traces the process.
 static ALLOW_TRACER: AtomicBool = AtomicBool::new(false);
 
-/// Lets batches run while a ptrace tracer (a debugger) is attached, which
-/// they refuse by default ([`Error::Traced`]): a debugger stops on the
-/// engine's `int3`s and, unless told to pass SIGTRAP on (gdb: `handle
-/// SIGTRAP nostop noprint pass`), resumes the thread at `site + 1`, in the
-/// middle of the instruction. Also set by `LIVETRACE_ALLOW_PTRACE=1`.
+/// Lets batches run while a ptrace tracer is attached, which they refuse by
+/// default ([`Error::Traced`]): a debugger stops on the engine's `int3`s as
+/// on its own breakpoints and resumes the thread at `site + 1`, in the
+/// middle of the instruction, without the signal. (gdb's `handle SIGTRAP
+/// nostop pass` does not help: it passes gdb's own internal breakpoint
+/// traps on too, which kills the program.) Only for a tracer that passes
+/// every signal on, as `strace` does. Also set by
+/// `LIVETRACE_ALLOW_PTRACE=1`.
 pub fn allow_tracer(allow: bool) {
     ALLOW_TRACER.store(allow, SeqCst);
 }

@@ -200,9 +200,12 @@ impl fmt::Display for Error {
             }
             Error::Traced { pid, name } => write!(
                 f,
-                "refusing to patch: the process is traced by pid {pid} ({name}); a debugger stops \
-                 on livetrace's int3s and by default resumes at the wrong byte. In gdb: `handle \
-                 SIGTRAP nostop noprint pass`, then allow it with LIVETRACE_ALLOW_PTRACE=1"
+                "refusing to patch: the process is traced by pid {pid} ({name}). A debugger stops \
+                 on livetrace's int3s as on its own breakpoints and resumes the thread one byte \
+                 into the instruction (and gdb cannot pass SIGTRAP on without also passing its \
+                 own internal breakpoints, which kills the program). Detach the debugger while \
+                 tracing, or, for a tracer that passes every signal on (strace), set \
+                 LIVETRACE_ALLOW_PTRACE=1"
             ),
             Error::Io(e) => write!(f, "system call failed: {e}"),
         }

@@ -109,6 +109,17 @@ impl Drop for EngineGuard {
 }
 
 pub(crate) static BATCH: EngineLock = EngineLock::new();
+
+/// The fork handlers go in when the engine is loaded, before the program
+/// can fork with a batch or a set-up under way in another thread.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static REGISTER_AT_LOAD: extern "C" fn() = {
+    extern "C" fn at_load() {
+        register_atfork();
+    }
+    at_load
+};
 pub(crate) static WORLD: EngineLock = EngineLock::new();
 
 /// Whether the forking thread took the locks in prepare (it did not if it
@@ -158,7 +169,9 @@ extern "C" fn child() {
     }
     crate::trap::forget_in_flight();
     crate::world::forget_in_flight();
+    crate::world::signal::forget_in_child();
     crate::signals::forget_in_child();
+    crate::sync::forget_in_child();
 }
 
 /// Registers the engine's fork handlers, once. Called at the engine's first

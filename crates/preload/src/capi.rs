@@ -32,6 +32,9 @@ pub const LT_EIO: c_int = -4;
 pub const LT_ESTATE: c_int = -5;
 /// An internal panic, caught.
 pub const LT_EINTERNAL: c_int = -6;
+/// Detached, but a thread may still be inside the callback (the bounded
+/// quiescence wait gave up): the callback's data must not be freed yet.
+pub const LT_EBUSY: c_int = -7;
 
 /// A failure: code and message.
 struct Fail {
@@ -53,6 +56,7 @@ impl From<livetrace::Error> for Fail {
         let code = match e {
             livetrace::Error::NoMatch { .. } => LT_ENOMATCH,
             livetrace::Error::InCallback | livetrace::Error::DynamicTls => LT_ESTATE,
+            livetrace::Error::NotQuiescent { .. } => LT_EBUSY,
             _ => LT_ETRACE,
         };
         Fail::new(code, e.to_string())

@@ -18,7 +18,6 @@
 
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering::SeqCst};
-use std::sync::Mutex;
 
 use crate::signals::{real_sigaction, ProgramAction};
 use crate::world::{probe, stop};
@@ -27,7 +26,34 @@ use crate::world::{probe, stop};
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
 /// Our handler is installed on [`SIGNAL`].
 static INSTALLED: AtomicBool = AtomicBool::new(false);
-static INSTALL_LOCK: Mutex<()> = Mutex::new(());
+/// Held while installing (a spin lock a fork child can reset: a `Mutex`
+/// held by a parent thread at the fork would stay held in the child).
+static INSTALLING: AtomicBool = AtomicBool::new(false);
+
+struct Installing;
+
+impl Installing {
+    fn lock() -> Installing {
+        while INSTALLING
+            .compare_exchange(false, true, SeqCst, SeqCst)
+            .is_err()
+        {
+            std::thread::yield_now();
+        }
+        Installing
+    }
+}
+
+impl Drop for Installing {
+    fn drop(&mut self) {
+        INSTALLING.store(false, SeqCst);
+    }
+}
+
+/// In a fork child: no install is under way.
+pub(crate) fn forget_in_child() {
+    INSTALLING.store(false, SeqCst);
+}
 /// The program's own disposition of the world signal.
 pub(crate) static PROGRAM: ProgramAction = ProgramAction::new();
 
@@ -51,7 +77,7 @@ pub fn set_signal(sig: libc::c_int) -> Result<(), crate::Error> {
             libc::SIGRTMAX()
         ))));
     }
-    let _g = INSTALL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = Installing::lock();
     if INSTALLED.load(SeqCst) && sig != signal() {
         return Err(crate::Error::Io(std::io::Error::other(format!(
             "livetrace's world signal is already installed on signal {}",
@@ -73,7 +99,7 @@ pub(crate) fn install() -> Result<libc::c_int, crate::Error> {
     if INSTALLED.load(SeqCst) {
         return Ok(signal());
     }
-    let _g = INSTALL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = Installing::lock();
     let sig = signal();
     if INSTALLED.load(SeqCst) {
         return Ok(sig);
