@@ -23,10 +23,14 @@ pub(crate) const MAX_LEN: usize = crate::tramp::SLOT;
 /// - It is entered by the site's `call`, with the function's entry state
 ///   plus that return address on the stack, and must either return into
 ///   the function with every register the dedicated trampoline preserves
-///   (rdi, rsi, rdx, rcx, r8-r11, rax, xmm0-7; rbx, rbp, r12-r15 and rsp
-///   as usual) unchanged, or jump through its *fallback word* with the
-///   registers and stack exactly as it found them. The fallback is the
-///   ops' ordinary dedicated trampoline, which runs the callback.
+///   (rdi, rsi, rdx, rcx, r8-r11, rax, vector registers 0-7 at their full
+///   width; rbx, rbp, r12-r15 and rsp as usual) unchanged, or jump through
+///   its *fallback word* with the registers and stack exactly as it found
+///   them. The fallback is the ops' ordinary dedicated trampoline, which
+///   runs the callback. It may use xmm8-15 as scratch with SSE (or VEX
+///   128-bit) instructions: they are never arguments, nor are their upper
+///   halves. `rsp` is only 8-aligned (gcc calls local functions with the
+///   stack 8 bytes off), so it must not assume more.
 /// - It calls nothing. So the quiescence wait covers it by its address
 ///   alone: a thread sampled inside a dying copy is waited for.
 /// - It never runs inside a callback or another fast path, and marks

@@ -79,6 +79,7 @@ pub use fast::{
 pub use ops::{Call, Callback, Ops, OpsBuilder, Pattern};
 pub use regs::Regs;
 pub use thread::{recursion_dropped, suppress, Suppress};
+pub use tramp::{vector_state, VectorState};
 
 use ops::{FuncSet, OpsInner};
 use tramp::{window_of, Kind, Pools};
@@ -180,8 +181,44 @@ extern "C" fn list_entry(_data: usize, ip: usize, parent_slot: *mut usize, regs:
         let set = ops.funcs.load(Acquire);
         // SAFETY: as for the list: replaced sets are freed after a wait.
         if !set.is_null() && unsafe { &*set }.contains(ip) {
-            let r = if ops.regs { regs.as_deref_mut() } else { None };
+            let mut r = if ops.regs { regs.as_deref_mut() } else { None };
+            if let (Some(t), Some(r)) = (ops.redirect, r.as_deref_mut()) {
+                r.ip = t as u64;
+            }
             ops::deliver(ops, ip, parent_slot, r);
+        }
+    }
+}
+
+/// The regs caller's entry inside a callback (the recursion guard set):
+/// no callback runs, but redirections declared as data
+/// ([`OpsBuilder::redirect_to`], live patches) are applied, so a live
+/// patch holds for every caller. Runs with the thread inside a callback,
+/// like the list walk, so what it reads stays alive.
+pub(crate) extern "C" fn guarded_entry(
+    _data: usize,
+    ip: usize,
+    _parent_slot: *mut usize,
+    regs: *mut Regs,
+) {
+    let list = LIST.load(Acquire);
+    if list.is_null() {
+        return;
+    }
+    // SAFETY: as in `list_entry`: the thread's inside byte is set (by the
+    // callback or fast path this call interrupted or came from).
+    let list = unsafe { &*list };
+    // SAFETY: the regs caller passes its frame's Regs.
+    let Some(regs) = (unsafe { regs.as_mut() }) else {
+        return;
+    };
+    for ops in &list.ops {
+        let Some(t) = ops.redirect else { continue };
+        let set = ops.funcs.load(Acquire);
+        // SAFETY: as in `list_entry`.
+        if !set.is_null() && unsafe { &*set }.contains(ip) {
+            regs.ip = t as u64;
+            return;
         }
     }
 }
@@ -973,12 +1010,8 @@ pub fn livepatch_addr(original: usize, replacement: usize) -> Result<LivePatch, 
     };
     let ops = Ops::builder(format!("livepatch:{name}"))
         .filter(Pattern::Addr(site))
-        .ipmodify()
-        .build(move |call| {
-            if let Some(r) = call.regs() {
-                r.ip = replacement as u64;
-            }
-        });
+        .redirect_to(replacement)
+        .build(|_| {});
     register(&ops)?;
     Ok(LivePatch {
         ops,

@@ -293,11 +293,19 @@ fn change_registry(change: impl FnOnce(&mut Vec<(u32, *const dyn Sink)>), removi
     }
 }
 
+/// The vector state the return hooks save (`livetrace_ftrace::VectorState`
+/// as 0, 1, 2), set before the first frame is hooked.
+static VECTOR_STATE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
 /// Publishes `sink` under `id` for hooked frames to report to.
 ///
 /// # Safety
 /// `sink` stays valid until [`unpublish_sink`]`(id)` has returned.
 pub(crate) unsafe fn publish_sink(id: u32, sink: *const dyn Sink) {
+    VECTOR_STATE.store(
+        livetrace_ftrace::vector_state() as u8,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     change_registry(|v| v.push((id, sink)), false);
 }
 
@@ -413,15 +421,47 @@ std::arch::global_asm!(
     concat!(".globl ", $fast_end),
     concat!($fast_end, ":"),
     "50:",
-    // Save the return registers (8 bytes of padding keep the call below
-    // aligned); graph_exit gets the slot's address.
-    "    sub rsp, 8",
-    "    push rax",
-    "    push rdx",
-    "    sub rsp, 40",
+    // Save the result registers: rax, rdx, vector register 0 at its full
+    // width (a __m256 or __m512 result), xmm1, and st0/st1 when the x87
+    // stack holds a long double result (the ABI wants it empty at a call).
+    // rsp (the slot + 8) is only 8-aligned: gcc may have called the
+    // function with the stack 8 off; realign for the call.
+    "    mov rcx, rsp",
+    "    and rsp, -64",
+    "    sub rsp, 192",
+    "    mov qword ptr [rsp + 128], rcx",
+    "    mov qword ptr [rsp + 136], rax",
+    "    mov qword ptr [rsp + 144], rdx",
+    "    cmp byte ptr [rip + {vstate}], 1",
+    "    jb 51f",
+    "    je 52f",
+    "    vmovdqa64 zmmword ptr [rsp], zmm0",
+    "    vmovdqa xmmword ptr [rsp + 64], xmm1",
+    "    vzeroupper",
+    "    jmp 53f",
+    "52:",
+    "    vmovdqa ymmword ptr [rsp], ymm0",
+    "    vmovdqa xmmword ptr [rsp + 64], xmm1",
+    "    vzeroupper",
+    "    jmp 53f",
+    "51:",
     "    movaps xmmword ptr [rsp], xmm0",
-    "    movaps xmmword ptr [rsp + 16], xmm1",
-    "    lea rdi, [rsp + 56]",
+    "    movaps xmmword ptr [rsp + 64], xmm1",
+    "53:",
+    // x87 TOP: 0 when empty; 7 with one value (long double), 6 with two
+    // (complex long double). Anything else is left alone.
+    "    fnstsw ax",
+    "    shr eax, 11",
+    "    and eax, 7",
+    "    mov qword ptr [rsp + 152], rax",
+    "    cmp eax, 6",
+    "    jb 54f",
+    "    fstp tbyte ptr [rsp + 160]",
+    "    cmp eax, 7",
+    "    je 54f",
+    "    fstp tbyte ptr [rsp + 176]",
+    "54:",
+    "    lea rdi, [rcx - 8]",
     "    call {exit}",
     // Back to the real return address with a jump, not a `ret`: the
     // function's own `ret` already used up the return-stack-buffer entry
@@ -429,15 +469,35 @@ std::arch::global_asm!(
     // mispredict too and leave the buffer out of step for the caller's
     // returns. r11 is scratch at a return (never a return register).
     "    mov r11, rax",
+    "    mov rax, qword ptr [rsp + 152]",
+    "    cmp eax, 6",
+    "    jb 55f",
+    "    jne 56f",
+    "    fld tbyte ptr [rsp + 176]",
+    "56:",
+    "    fld tbyte ptr [rsp + 160]",
+    "55:",
+    "    cmp byte ptr [rip + {vstate}], 1",
+    "    jb 57f",
+    "    je 58f",
+    "    vmovdqa64 zmm0, zmmword ptr [rsp]",
+    "    vmovdqa xmm1, xmmword ptr [rsp + 64]",
+    "    jmp 59f",
+    "58:",
+    "    vmovdqa ymm0, ymmword ptr [rsp]",
+    "    vmovdqa xmm1, xmmword ptr [rsp + 64]",
+    "    jmp 59f",
+    "57:",
     "    movaps xmm0, xmmword ptr [rsp]",
-    "    movaps xmm1, xmmword ptr [rsp + 16]",
-    "    add rsp, 40",
-    "    pop rdx",
-    "    pop rax",
-    "    add rsp, 8",
+    "    movaps xmm1, xmmword ptr [rsp + 64]",
+    "59:",
+    "    mov rax, qword ptr [rsp + 136]",
+    "    mov rdx, qword ptr [rsp + 144]",
+    "    mov rsp, qword ptr [rsp + 128]",
     $jump,
     ".popsection",
     exit = sym graph_exit,
+    vstate = sym VECTOR_STATE,
     ready = sym crate::fast::EXIT_READY,
     inside = sym crate::fast::EXIT_INSIDE,
     shadow = sym crate::fast::EXIT_SHADOW,
@@ -708,5 +768,184 @@ mod tests {
         assert_eq!(log.0.lock().unwrap().len(), 4);
         unregister(&ops).unwrap();
         unpublish_sink(9999);
+    }
+
+    // A traced function returning in every result register at once (rax,
+    // rdx, vector register 0 at width 16 << V, xmm1, st0 and st1), and a
+    // caller entering it with rsp aligned or 8 off that stores what came
+    // back.
+    std::arch::global_asm!(
+        ".pushsection .text.lt_graph_test,\"ax\",@progbits",
+        ".macro ret_values V",
+        ".p2align 4",
+        ".globl lt_g_ret\\V",
+        "lt_g_ret\\V: .byte 0x0f,0x1f,0x44,0x00,0x00",
+        "    mov rax, [rdi]",
+        "    mov rdx, [rdi + 8]",
+        "    .if \\V == 0",
+        "    movups xmm0, [rdi + 64]",
+        "    .elseif \\V == 1",
+        "    vmovdqu ymm0, [rdi + 64]",
+        "    .else",
+        "    vmovdqu64 zmm0, [rdi + 64]",
+        "    .endif",
+        "    movups xmm1, [rdi + 128]",
+        "    fld tbyte ptr [rdi + 176]",
+        "    fld tbyte ptr [rdi + 160]",
+        "    ret",
+        ".p2align 4",
+        ".globl lt_g_call_ret\\V",
+        "lt_g_call_ret\\V:",
+        "    push rbx",
+        "    push rbp",
+        "    mov rbx, rsi",
+        "    mov rbp, rsp",
+        "    and rsp, -16",
+        "    test rdx, rdx",
+        "    jz 1f",
+        "    sub rsp, 8",
+        "1:",
+        "    call lt_g_ret\\V",
+        "    mov [rbx], rax",
+        "    mov [rbx + 8], rdx",
+        "    .if \\V == 0",
+        "    movups [rbx + 64], xmm0",
+        "    .elseif \\V == 1",
+        "    vmovdqu [rbx + 64], ymm0",
+        "    .else",
+        "    vmovdqu64 [rbx + 64], zmm0",
+        "    .endif",
+        "    movups [rbx + 128], xmm1",
+        "    fstp tbyte ptr [rbx + 160]",
+        "    fstp tbyte ptr [rbx + 176]",
+        "    mov rsp, rbp",
+        "    pop rbp",
+        "    pop rbx",
+        "    ret",
+        ".endm",
+        "ret_values 0",
+        "ret_values 1",
+        "ret_values 2",
+        ".popsection",
+    );
+    unsafe extern "C" {
+        fn lt_g_ret0();
+        fn lt_g_ret1();
+        fn lt_g_ret2();
+        fn lt_g_call_ret0(values: *const u8, out: *mut u8, misalign: u64);
+        fn lt_g_call_ret1(values: *const u8, out: *mut u8, misalign: u64);
+        fn lt_g_call_ret2(values: *const u8, out: *mut u8, misalign: u64);
+    }
+
+    /// A sink whose exit clobbers every register a function may: general,
+    /// vector at full width, and the x87 stack (`fninit` empties it).
+    struct Clobber(std::sync::atomic::AtomicU64);
+    impl Sink for Clobber {
+        fn exit(&self, _: usize, _: u64, _: u64, _: u64, _: u32) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let v = livetrace_ftrace::vector_state();
+            // SAFETY: only caller-saved state is written, declared through
+            // clobber_abi; the x87 stack is empty at a call (the ABI), so
+            // `fninit` loses nothing of a correct caller's; the vector
+            // instructions exist at the state the hooks were chosen for.
+            unsafe {
+                std::arch::asm!(
+                    "fninit",
+                    "mov rax, -1",
+                    "mov rdx, -1",
+                    "mov rcx, -1",
+                    "mov rsi, -1",
+                    "mov rdi, -1",
+                    "mov r8, -1",
+                    "mov r9, -1",
+                    "mov r10, -1",
+                    "mov r11, -1",
+                    "pcmpeqd xmm0, xmm0",
+                    "pcmpeqd xmm1, xmm1",
+                    clobber_abi("C"),
+                );
+                match v {
+                    livetrace_ftrace::VectorState::Xmm => {}
+                    livetrace_ftrace::VectorState::Ymm => {
+                        std::arch::asm!("vpcmpeqd ymm0, ymm0, ymm0", "vzeroupper", clobber_abi("C"),)
+                    }
+                    livetrace_ftrace::VectorState::Zmm => std::arch::asm!(
+                        "vpternlogd zmm0, zmm0, zmm0, 0xff",
+                        "vzeroupper",
+                        clobber_abi("C"),
+                    ),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_return_hook_keeps_every_result_register_at_any_alignment() {
+        let v = livetrace_ftrace::vector_state();
+        let (f, call): (
+            unsafe extern "C" fn(),
+            unsafe extern "C" fn(*const u8, *mut u8, u64),
+        ) = match v {
+            livetrace_ftrace::VectorState::Xmm => (lt_g_ret0, lt_g_call_ret0),
+            livetrace_ftrace::VectorState::Ymm => (lt_g_ret1, lt_g_call_ret1),
+            livetrace_ftrace::VectorState::Zmm => (lt_g_ret2, lt_g_call_ret2),
+        };
+        let site = f as *const () as usize;
+        let sites = [ExternalSite {
+            addr: site,
+            name: "g::ret_values",
+            file: file!(),
+            line: 0,
+        }];
+        with_table(|t| t.insert_external(&sites)).unwrap().unwrap();
+        let sink: &'static Clobber = Box::leak(Box::new(Clobber(Default::default())));
+        // SAFETY: leaked, so it outlives its publication.
+        unsafe { publish_sink(9998, sink as *const dyn Sink) };
+        let ops = Ops::builder("graph-ret-test")
+            .filter(Pattern::Addr(site))
+            .build(move |call| {
+                // SAFETY: the slot is this call's return slot.
+                unsafe { hook(call.return_slot(), call.ip(), crate::clock_now(), 9998) };
+            });
+        register(&ops).unwrap();
+        let mut values = [0u8; 192];
+        for (i, b) in values.iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(29).wrapping_add(3);
+        }
+        // Two valid x87 extended values (1.5 and -2.25): 64-bit mantissa
+        // with the integer bit, 15-bit exponent and sign.
+        let ext = |m: u64, e: u16| {
+            let mut b = [0u8; 16];
+            b[..8].copy_from_slice(&m.to_le_bytes());
+            b[8..10].copy_from_slice(&e.to_le_bytes());
+            b
+        };
+        values[160..176].copy_from_slice(&ext(0xc000_0000_0000_0000, 0x3fff));
+        values[176..192].copy_from_slice(&ext(0x9000_0000_0000_0000, 0xc000));
+        let w = v.width();
+        for misalign in [false, true] {
+            let before = sink.0.load(std::sync::atomic::Ordering::Relaxed);
+            let mut out = [0u8; 192];
+            // SAFETY: the caller reads and writes 192 bytes at each pointer.
+            unsafe { call(values.as_ptr(), out.as_mut_ptr(), misalign.into()) };
+            assert_eq!(
+                sink.0.load(std::sync::atomic::Ordering::Relaxed),
+                before + 1,
+                "the return went through the hook's exit"
+            );
+            let what = if misalign { "entered 8 off" } else { "aligned" };
+            assert_eq!(out[..16], values[..16], "{what}: rax, rdx");
+            assert_eq!(
+                out[64..64 + w],
+                values[64..64 + w],
+                "{what}: vector register 0"
+            );
+            assert_eq!(out[128..144], values[128..144], "{what}: xmm1");
+            assert_eq!(out[160..170], values[160..170], "{what}: st0");
+            assert_eq!(out[176..186], values[176..186], "{what}: st1");
+        }
+        assert_eq!(depth(), 0);
+        unregister(&ops).unwrap();
+        unpublish_sink(9998);
     }
 }
