@@ -74,7 +74,7 @@ use livetrace_sites::Table;
 
 pub use fast::{
     inside_tpoff, FastPath, FastPathError, DROPPED_PLACEHOLDER, INSIDE_PLACEHOLDER,
-    STUB_IP_FROM_RETURN,
+    STUB_BODY_RETURN_FROM_RETURN, STUB_IP_FROM_RETURN,
 };
 pub use ops::{Call, Callback, Ops, OpsBuilder, Pattern};
 pub use regs::Regs;
@@ -701,10 +701,16 @@ impl Core {
                     // The ops' fast path if it has one, else its dedicated
                     // trampoline.
                     let t = self.trampoline(w, Kind::Fast, Some(on[0]))?;
-                    match on[0].fast.as_ref().and_then(|f| f.exit()) {
+                    let fast = on[0].fast.as_ref();
+                    match fast.and_then(|f| f.exit()) {
                         // Stub-served: the stub calls the fast path `t`.
                         Some(exit) => {
-                            Insn::Jmp(self.stubs.point(ip, t, exit).map_err(Error::Trampoline)?)
+                            let p = fast.map_or(0, |f| f.personality());
+                            Insn::Jmp(
+                                self.stubs
+                                    .point(ip, t, exit, p)
+                                    .map_err(Error::Trampoline)?,
+                            )
                         }
                         None => Insn::Call(t),
                     }

@@ -346,22 +346,29 @@ lt_tramp_regs\V\()_end:
     // stack buffer stays in step). It calls the fast path, then the
     // function's body, so that the body returns here, predicted; then it
     // jumps to the fast path's exit routine with rsp just past the return
-    // slot. Nothing here depends on rsp's alignment.
+    // slot. Nothing here depends on rsp's alignment. Its unwind
+    // information is made with it (`stub_eh_frame`); the personality
+    // routine it names is read from the last word.
     .p2align 4
     .globl lt_stub_start
 lt_stub_start:
     call qword ptr [rip + lt_stub_entry]
+    .globl lt_stub_add
+lt_stub_add:
     add rsp, 8
     .globl lt_stub_call_body
 lt_stub_call_body:
     .byte 0xe8
     .long 0
+    .globl lt_stub_body_return
+lt_stub_body_return:
     jmp qword ptr [rip + lt_stub_exit]
     .p2align 3
     .globl lt_stub_ip
 lt_stub_ip: .quad 0
 lt_stub_entry: .quad 0
 lt_stub_exit: .quad 0
+lt_stub_personality: .quad 0
     .globl lt_stub_end
 lt_stub_end:
 
@@ -407,8 +414,11 @@ unsafe extern "C" {
     static lt_tramp_regs2_call: u8;
     static lt_tramp_regs2_end: u8;
     static lt_stub_start: u8;
+    static lt_stub_add: u8;
     static lt_stub_call_body: u8;
+    static lt_stub_body_return: u8;
     static lt_stub_ip: u8;
+    static lt_stub_personality: u8;
     static lt_stub_end: u8;
     static lt_decline_start: u8;
     static lt_decline_end: u8;
@@ -417,8 +427,16 @@ unsafe extern "C" {
 /// From the return address a stub's first call pushes to the stub's word
 /// holding the site's address (`LT_STUB_IP_FROM_RETURN` above).
 pub(crate) const STUB_IP_FROM_RETURN: usize = 18;
+/// From the return address a stub's first call pushes to the return
+/// address its call of the body pushes (what the return slot holds while
+/// the body runs).
+pub(crate) const STUB_BODY_RETURN_FROM_RETURN: usize = 9;
 /// Bytes per stub (a multiple of 16).
 const STUB: usize = 64;
+
+fn stub_offset(label: *const u8) -> usize {
+    label as usize - &raw const lt_stub_start as usize
+}
 
 fn bytes_of(start: *const u8, end: *const u8) -> &'static [u8] {
     // SAFETY: start..end is a template's code and data in our text.
@@ -439,19 +457,27 @@ pub(crate) struct Stubs {
 }
 
 impl Stubs {
-    /// The stub of `site`, made if needed, now calling `entry` and jumping
-    /// to `exit`. Only called before a batch points the site at it, or
+    /// The stub of `site`, made if needed, now calling `entry`, jumping to
+    /// `exit`, and naming `personality` (0: none) in its unwind
+    /// information. Only called before a batch points the site at it, or
     /// while it already serves the same fast path.
-    pub fn point(&mut self, site: usize, entry: usize, exit: usize) -> io::Result<usize> {
+    pub fn point(
+        &mut self,
+        site: usize,
+        entry: usize,
+        exit: usize,
+        personality: usize,
+    ) -> io::Result<usize> {
         let stub = match self.by_site.get(&site) {
             Some(&s) => s,
             None => self.make(site)?,
         };
-        // The entry and exit words follow the ip word.
-        let ip_at = &raw const lt_stub_ip as usize - &raw const lt_stub_start as usize;
-        let mut words = [0u8; 16];
+        // The entry, exit and personality words follow the ip word.
+        let ip_at = stub_offset(&raw const lt_stub_ip);
+        let mut words = [0u8; 24];
         words[..8].copy_from_slice(&(entry as u64).to_le_bytes());
-        words[8..].copy_from_slice(&(exit as u64).to_le_bytes());
+        words[8..16].copy_from_slice(&(exit as u64).to_le_bytes());
+        words[16..].copy_from_slice(&(personality as u64).to_le_bytes());
         write_text(stub + ip_at + 8, &words)?;
         Ok(stub)
     }
@@ -467,6 +493,7 @@ impl Stubs {
             Some(&(p, u)) if u + STUB <= PAGE => (p, u),
             _ => {
                 let p = map_near(window)?;
+                register_stub_page(p);
                 self.pages.push(p..p + PAGE);
                 (p, 0)
             }
@@ -476,9 +503,13 @@ impl Stubs {
         let mut code = bytes_of(&raw const lt_stub_start, &raw const lt_stub_end).to_vec();
         code.resize(code.len().next_multiple_of(8), 0xcc);
         assert!(code.len() <= STUB);
-        let call = &raw const lt_stub_call_body as usize - &raw const lt_stub_start as usize;
-        let ip_at = &raw const lt_stub_ip as usize - &raw const lt_stub_start as usize;
+        let call = stub_offset(&raw const lt_stub_call_body);
+        let ip_at = stub_offset(&raw const lt_stub_ip);
         debug_assert_eq!(ip_at - 6, STUB_IP_FROM_RETURN);
+        debug_assert_eq!(
+            stub_offset(&raw const lt_stub_body_return) - 6,
+            STUB_BODY_RETURN_FROM_RETURN
+        );
         let rel = livetrace_poke::rel32(stub + call, site + 5)
             .ok_or_else(|| io::Error::other("site out of reach of its stub"))?;
         code[call + 1..call + 5].copy_from_slice(&rel.to_le_bytes());
@@ -487,6 +518,83 @@ impl Stubs {
         self.by_site.insert(site, stub);
         Ok(stub)
     }
+}
+
+unsafe extern "C" {
+    // libgcc's (the unwinder every Rust and C++ program here uses).
+    fn __register_frame(begin: *const u8);
+}
+
+/// Unwind information (`.eh_frame`: a CIE and an FDE per stub) for the
+/// stubs of a new page, registered with the unwinder and never freed.
+///
+/// In a stub, until its `add rsp, 8` the caller's frame is as at a
+/// function's entry (CFA = rsp + 8); from there on, CFA = rsp. The return
+/// address is always in the return slot (CFA - 8). After the body's call,
+/// the slot holds the stub's own return address until a personality
+/// routine or a backtrace puts the real one back (the fast path's owner
+/// knows it): an unwinder that finds the stub's address there stops
+/// (return address 0) rather than walk the same frame forever. Each stub
+/// has its own CIE, naming the personality routine through the stub's
+/// last word (DW_EH_PE_indirect), so the fast path serving it decides.
+fn stub_eh_frame(page: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let pad = |v: &mut Vec<u8>, start: usize| {
+        while !(v.len() - start).is_multiple_of(8) {
+            v.push(0); // DW_CFA_nop
+        }
+    };
+    let personality_at = stub_offset(&raw const lt_stub_personality);
+    let add_at = stub_offset(&raw const lt_stub_add);
+    let after_add = stub_offset(&raw const lt_stub_call_body);
+    let body_return = stub_offset(&raw const lt_stub_body_return);
+    assert!(after_add - add_at == 4 && after_add < 64);
+    for stub in (page..page + PAGE).step_by(STUB) {
+        // CIE.
+        let cie = out.len();
+        out.extend([0u8; 4]); // length, below
+        out.extend(0u32.to_le_bytes()); // CIE id
+        out.push(1); // version
+        out.extend(b"zPR\0");
+        out.push(1); // code alignment
+        out.push(0x78); // data alignment: -8
+        out.push(16); // return address column
+        out.push(1 + 8 + 1); // augmentation data length
+        out.push(0x80); // personality: DW_EH_PE_indirect | absptr
+        out.extend(((stub + personality_at) as u64).to_le_bytes());
+        out.push(0x00); // FDE addresses: absptr
+        out.extend([0x0c, 0x07, 0x08]); // DW_CFA_def_cfa rsp, 8
+                                        // DW_CFA_val_expression rip: x = [CFA - 8]; x != stub's body
+                                        // return ? x : 0.
+        out.extend([0x16, 16, 16]);
+        out.extend([0x10, 0x08, 0x1c, 0x06, 0x12, 0x0e]);
+        out.extend(((stub + body_return) as u64).to_le_bytes());
+        out.extend([0x2e, 0x1e]);
+        pad(&mut out, cie + 4);
+        let len = (out.len() - cie - 4) as u32;
+        out[cie..cie + 4].copy_from_slice(&len.to_le_bytes());
+        // FDE.
+        let fde = out.len();
+        out.extend([0u8; 4]);
+        out.extend(((fde + 4 - cie) as u32).to_le_bytes()); // CIE pointer
+        out.extend((stub as u64).to_le_bytes());
+        out.extend((STUB as u64).to_le_bytes());
+        out.push(0); // augmentation data length
+        out.push(0x40 | after_add as u8); // DW_CFA_advance_loc
+        out.extend([0x0e, 0x00]); // DW_CFA_def_cfa_offset 0
+        pad(&mut out, fde + 4);
+        let len = (out.len() - fde - 4) as u32;
+        out[fde..fde + 4].copy_from_slice(&len.to_le_bytes());
+    }
+    out.extend(0u32.to_le_bytes());
+    out
+}
+
+fn register_stub_page(page: usize) {
+    let eh = Box::leak(stub_eh_frame(page).into_boxed_slice());
+    // SAFETY: a complete .eh_frame section (terminated by a zero length)
+    // that stays alive for the process's life, describing code that does.
+    unsafe { __register_frame(eh.as_ptr()) };
 }
 
 /// Writes whole 8-byte words into one of our executable pages, each with
