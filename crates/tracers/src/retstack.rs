@@ -554,7 +554,7 @@ pub(crate) unsafe fn take(found: &Found, slot: usize) -> usize {
     } else {
         // Another thread's frame: free it only if it still is this one.
         let _ = f.slot.compare_exchange(slot, 0, AcqRel, Relaxed);
-        if let Some(b) = current() {
+        if let Some(b) = block() {
             b.migrated.fetch_add(1, Relaxed);
         }
     }

@@ -19,7 +19,8 @@ use livetrace_tracers::{shadow_stats, Config, Session, Tracer};
 
 traced!(".text.lt_runtimes";
     r_outer => outer_body, r_yielding => yielding_body, r_leaf => leaf_body,
-    p_outer => p_outer_body, p_middle => p_middle_body, p_leaf => p_leaf_body);
+    p_outer => p_outer_body, p_middle => p_middle_body, p_leaf => p_leaf_body,
+    m_yielding => m_yielding_body);
 
 // ---- coroutines ----
 
@@ -65,6 +66,7 @@ fn setup() -> std::sync::MutexGuard<'static, ()> {
             (f(p_outer), "prof::outer"),
             (f(p_middle), "prof::middle"),
             (f(p_leaf), "prof::leaf"),
+            (f(m_yielding), "migr::yielding"),
         ];
         let sites: Vec<ExternalSite<'_>> = sites
             .iter()
@@ -146,6 +148,93 @@ fn coroutines(fast: bool) {
 fn coroutines_switching_inside_traced_frames_with_a_panic_in_one() {
     coroutines(std::env::var_os("LIVETRACE_NO_FAST_PATH").is_none());
     coroutines(false);
+}
+
+// ---- a coroutine resumed on another thread ----
+
+struct Contexts {
+    coro: libc::ucontext_t,
+    back: libc::ucontext_t,
+    stack: Vec<u8>,
+    result: u64,
+}
+static MIGR: AtomicPtr<Contexts> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Yields in the middle (to whichever thread resumed the coroutine).
+extern "C-unwind" fn m_yielding_body(x: u64) -> u64 {
+    let c = MIGR.load(Acquire);
+    // SAFETY: the contexts outlive the coroutine; switching back to the
+    // thread that resumed it.
+    unsafe { libc::swapcontext(&mut (*c).coro, &(*c).back) };
+    x * 2
+}
+
+extern "C" fn migr_start() {
+    // SAFETY: plain call through the stub.
+    let v = unsafe { m_yielding(21) };
+    let c = MIGR.load(Acquire);
+    // SAFETY: as above.
+    unsafe {
+        (*c).result = v;
+        libc::swapcontext(&mut (*c).coro, &(*c).back);
+    }
+}
+
+#[test]
+fn a_coroutine_resumed_on_another_thread_returns_through_its_frames() {
+    let _serial = setup();
+    for fast in [true, false] {
+        let mut cfg = Config::new(Tracer::Graph, &["migr::*"]);
+        cfg.fast_path = fast && std::env::var_os("LIVETRACE_NO_FAST_PATH").is_none();
+        let session = Session::start(cfg).unwrap();
+        let c = Box::into_raw(Box::new(Contexts {
+            // SAFETY: all-zero is a valid ucontext_t to overwrite.
+            coro: unsafe { std::mem::zeroed() },
+            // SAFETY: as above.
+            back: unsafe { std::mem::zeroed() },
+            stack: vec![0; coro::STACK],
+            result: 0,
+        }));
+        MIGR.store(c, Release);
+        // SAFETY: the contexts are boxed (never move) and outlive both
+        // threads' use of them; each thread resumes the coroutine once and
+        // is switched back to.
+        unsafe {
+            libc::getcontext(&mut (*c).coro);
+            (*c).coro.uc_stack.ss_sp = (*c).stack.as_mut_ptr().cast();
+            (*c).coro.uc_stack.ss_size = coro::STACK;
+            libc::makecontext(&mut (*c).coro, migr_start, 0);
+        }
+        let first = std::thread::spawn(|| {
+            let c = MIGR.load(Acquire);
+            // SAFETY: as above: runs the coroutine to its yield.
+            unsafe { libc::swapcontext(&mut (*c).back, &(*c).coro) };
+            livetrace_tracers::retstack::depth()
+        });
+        assert_eq!(first.join().unwrap(), 1, "the first thread hooked the call");
+        let second = std::thread::spawn(|| {
+            let c = MIGR.load(Acquire);
+            // SAFETY: as above: the coroutine returns on this thread.
+            unsafe { libc::swapcontext(&mut (*c).back, &(*c).coro) };
+            shadow_stats().migrated
+        });
+        assert_eq!(second.join().unwrap(), 1, "fast path {fast}");
+        // SAFETY: both threads are done with the contexts.
+        let c = unsafe { Box::from_raw(c) };
+        assert_eq!(c.result, 42);
+        let exits: usize = session
+            .snapshot()
+            .threads
+            .iter()
+            .map(|t| {
+                t.events
+                    .iter()
+                    .filter(|e| matches!(e, Event::Exit { .. }))
+                    .count()
+            })
+            .sum();
+        assert_eq!(exits, 1, "the exit is recorded, on the second thread");
+    }
 }
 
 // ---- a sampling profiler ----
