@@ -346,7 +346,7 @@ extern "C" fn on_prof(_: libc::c_int) {
             }
         }
         // Now and then the std backtrace too, when not inside malloc.
-        if n % 8 == 0 && IN_ALLOC.with(|c| c.get()) == 0 {
+        if n.is_multiple_of(8) && IN_ALLOC.with(|c| c.get()) == 0 {
             let bt = Box::new(std::backtrace::Backtrace::force_capture());
             CAPTURED.fetch_add(1, Relaxed);
             let old = KEPT.swap(Box::into_raw(bt), AcqRel);

@@ -21,6 +21,8 @@ struct Coro {
 
 struct Scheduler {
     main: libc::ucontext_t,
+    // Boxed: a ucontext_t points into itself and must never move.
+    #[allow(clippy::vec_box)]
     coros: Vec<Box<Coro>>,
     current: usize,
 }
