@@ -48,7 +48,9 @@
 //! - At most one IPMODIFY ops per function: a second is refused, naming the
 //!   function and the owner.
 //! - A callback never recurses: a traced call made while the thread is in a
-//!   callback runs untraced and is counted ([`recursion_dropped`]).
+//!   callback runs untraced and is counted ([`recursion_dropped`]). The
+//!   guard suppresses callbacks, not redirection: a live patch
+//!   ([`OpsBuilder::redirect_to`]) holds for those calls too.
 //! - Bad input changes nothing: a pattern that matches no function is an
 //!   error, and any failure before or during the batch leaves every site,
 //!   every count and the ops list as they were.

@@ -78,8 +78,11 @@ fn livetrace(args: &[&str]) -> common::Output {
 #[test]
 fn a_misaligned_static_function_traced_by_the_command() {
     for fast in [true, false] {
-        let mut cmd = command(&["run", "6"], fast);
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut cmd = command(&["run", "80"], fast);
+        // The program runs until its standard input ends.
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("starting the program");
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
@@ -89,6 +92,17 @@ fn a_misaligned_static_function_traced_by_the_command() {
             .strip_prefix("ready pid=")
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
             .to_string();
+        // The control socket comes up in the background: wait for it.
+        let sock = socket_dir().join(format!("{pid}.sock"));
+        let t0 = std::time::Instant::now();
+        while !sock.exists() {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(30),
+                "no control socket at {}",
+                sock.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let dir = scratch(&format!("misaligned-cli-{fast}"));
         let report = livetrace(&["report", &pid, "-d", "1s"]);
         report.assert_ok();
@@ -113,6 +127,7 @@ fn a_misaligned_static_function_traced_by_the_command() {
                 "{tracer}: {t}"
             );
         }
+        drop(child.stdin.take());
         let status = child.wait().unwrap();
         let mut rest = String::new();
         std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();

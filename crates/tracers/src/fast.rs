@@ -9,8 +9,11 @@
 //! fallback: a fast path hands a call over to it (the core's fallback word)
 //! whenever anything is not the common case — the thread has no buffer in
 //! this session's rings yet (its way of the ring crate's writer cache
-//! misses), the buffer looks full in DropNewest mode, the shadow stack is
-//! full, or the thread is inside a callback already.
+//! misses), the buffer looks full in DropNewest mode, the thread has no
+//! shadow stack yet or it is full, the newest frame on it is not this
+//! call's parent on the same stack (a hole, or another stack's frame after
+//! a coroutine switch: the callback searches), or the thread is inside a
+//! callback already.
 //!
 //! Each fast path holds the core's recursion guard (the thread's `inside`
 //! byte) while it touches the shadow stack and the ring, and does nothing
@@ -23,8 +26,14 @@
 //! after the fast path pushed the shadow frame, so the body's `ret` is
 //! predicted, and lands in `lt_return_to_stub` (in [`crate::retstack`]).
 //! That exit, and `lt_return_to_handler` where the Rust callback hooked the
-//! return slot, have a fast exit for graph frames whose session registered
-//! here ([`FastSinks`]); everything else takes their Rust exit.
+//! return slot, have a fast exit for the thread's newest frame when its
+//! session registered here ([`FastSinks`]); everything else takes their
+//! Rust exit. The entry writes the frame before it publishes the depth,
+//! and the exits put the real return address back in the slot before they
+//! pop it, so a signal handler's backtrace at any instruction sees a
+//! consistent shadow stack. The stubs' unwind information names
+//! `crate::unwind::personality`, so exceptions and thread exits unwind
+//! through stub-served calls too.
 //!
 //! Templates use placeholder values, patched per session in [`patch`]:
 //!

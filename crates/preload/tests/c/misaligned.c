@@ -6,8 +6,8 @@
  *   misaligned api          traces `leaf` through the C API: one ops (the
  *                           dedicated trampoline), two (the list caller),
  *                           then the function, graph and profile tracers
- *   misaligned run SECONDS  calls it until SECONDS have passed (for the
- *                           livetrace command)
+ *   misaligned run SECONDS  calls it until its standard input ends, or
+ *                           SECONDS have passed (for the livetrace command)
  *
  * Every result is checked; the last line says how many entries of `leaf`
  * were misaligned (the test wants some). */
@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <poll.h>
 #include <unistd.h>
 
 #include "livetrace.h"
@@ -74,9 +75,14 @@ int main(int argc, char **argv) {
         printf("ready pid=%d\n", (int)getpid());
         fflush(stdout);
         time_t end = time(NULL) + atoi(argv[2]);
-        while (time(NULL) < end)
+        while (time(NULL) < end) {
             if (work(10000))
                 return 1;
+            struct pollfd in = {0, POLLIN, 0};
+            char c;
+            if (poll(&in, 1, 0) > 0 && read(0, &c, 1) <= 0)
+                break;
+        }
     } else if (argc > 1 && !strcmp(argv[1], "api")) {
         if (!lt_ops_register)
             return fail("liblivetrace.so is not loaded");
