@@ -129,13 +129,15 @@ std::arch::global_asm!(
     // rsp at a site's entry is *not* always the ABI's: gcc lets a caller
     // skip the 16-byte alignment before calling a local function it knows
     // does not need it (-fipa-stack-alignment), so rsp here is 8-aligned,
-    // nothing more. The frame is realigned once, to the vector width, and
-    // the entry rsp (the return slot's address, which the callback gets
-    // anyway) is stored in it with r11, in the same 16-byte store:
+    // nothing more. A frame record (push rbp; mov rbp, rsp: also what a
+    // frame-pointer unwinder follows) keeps the entry rsp in a register the
+    // callee preserves, so the frame below is realigned once, to the vector
+    // width, and left with `mov rsp, rbp`, no load on rsp's path:
     //   [rsp + 0 .. 8W)            vector registers 0-7
     //   [rsp + 8W + 0 .. 64)       rdi rsi rdx rcx r8 r9 rax r10
     //   [rsp + 8W + 64]            r11
-    //   [rsp + 8W + 72]            the entry rsp (the return slot)
+    //   [rbp]                      the function's rbp
+    //   [rbp + 8]                  the return address into the function
     .macro lt_tramp_fast V
     .set W, 16 << \V
     .set VB, 8 * W
@@ -150,31 +152,20 @@ lt_tramp_fast\V\()_start:
     cmp byte ptr fs:[LT_INSIDE], 0
     jne 9f
     mov byte ptr fs:[LT_INSIDE], 1
+    push rbp
+    mov rbp, rsp
     // This path is bound by stores (about one per cycle), not by
-    // instructions: so the nine general registers go out as five 16-byte
-    // pairs built in xmm8-10, not nine pushes.
-    .if \V == 0
-    movq xmm10, rsp
-    .else
-    vmovq xmm10, rsp
-    .endif
-    sub rsp, VB + 80
+    // instructions: so eight of the nine general registers go out as four
+    // 16-byte pairs built in xmm8/xmm9, not eight pushes.
+    sub rsp, VB + 72
     and rsp, -W
     lt_vsave \V, 0
     lt_save_pair \V, rdi, rsi, VB
     lt_save_pair \V, rdx, rcx, VB + 16
     lt_save_pair \V, r8, r9, VB + 32
     lt_save_pair \V, rax, r10, VB + 48
-    .if \V == 0
-    movq xmm8, r11
-    punpcklqdq xmm8, xmm10
-    movaps xmmword ptr [rsp + VB + 64], xmm8
-    movq rsi, xmm10
-    .else
-    vmovq xmm8, r11
-    vpunpcklqdq xmm8, xmm8, xmm10
-    vmovdqa xmmword ptr [rsp + VB + 64], xmm8
-    vmovq rsi, xmm10
+    mov qword ptr [rsp + VB + 64], r11
+    .if \V > 0
     // Rust code is SSE code: no dirty upper halves under it.
     vzeroupper
     .endif
@@ -182,6 +173,7 @@ lt_tramp_fast\V\()_start:
     // function (the callee finds the site and the caller's return slot
     // from it, only if it needs them).
     movabs rdi, 0x5eed5eed5eed5eed
+    lea rsi, [rbp + 8]
     .globl lt_tramp_fast\V\()_call
 lt_tramp_fast\V\()_call:
     call qword ptr [rip + 8f]
@@ -195,7 +187,8 @@ lt_tramp_fast\V\()_call:
     mov rax, qword ptr [rsp + VB + 48]
     mov r10, qword ptr [rsp + VB + 56]
     mov r11, qword ptr [rsp + VB + 64]
-    mov rsp, qword ptr [rsp + VB + 72]
+    mov rsp, rbp
+    pop rbp
     mov byte ptr fs:[LT_INSIDE], 0
     ret
 9:
