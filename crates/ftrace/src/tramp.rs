@@ -513,9 +513,18 @@ impl Stubs {
     }
 }
 
+/// libgcc's `struct dwarf_eh_bases`.
+#[repr(C)]
+struct EhBases {
+    tbase: *mut libc::c_void,
+    dbase: *mut libc::c_void,
+    func: *mut libc::c_void,
+}
+
 unsafe extern "C" {
     // libgcc's (the unwinder every Rust and C++ program here uses).
     fn __register_frame(begin: *const u8);
+    fn _Unwind_Find_FDE(pc: *const libc::c_void, bases: *mut EhBases) -> *const libc::c_void;
 }
 
 /// Unwind information (`.eh_frame`: a CIE and an FDE per stub) for the
@@ -588,6 +597,20 @@ fn register_stub_page(page: usize) {
     // SAFETY: a complete .eh_frame section (terminated by a zero length)
     // that stays alive for the process's life, describing code that does.
     unsafe { __register_frame(eh.as_ptr()) };
+    // libgcc sorts a registered object's FDEs, with malloc, at the first
+    // lookup that reaches it: do that lookup here, so that none made later
+    // by a signal handler (a profiler's backtrace) allocates.
+    let mut bases = EhBases {
+        tbase: std::ptr::null_mut(),
+        dbase: std::ptr::null_mut(),
+        func: std::ptr::null_mut(),
+    };
+    // SAFETY: a lookup only; `bases` is written.
+    let fde = unsafe { _Unwind_Find_FDE((page + 1) as *const libc::c_void, &mut bases) };
+    debug_assert!(
+        !fde.is_null(),
+        "the stub page's unwind information is found"
+    );
 }
 
 /// Writes whole 8-byte words into one of our executable pages, each with

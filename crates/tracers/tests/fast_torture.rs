@@ -227,8 +227,23 @@ fn fast_paths_under_signals_and_session_churn() {
                 ids.lock()
                     .unwrap()
                     .push(unsafe { libc::pthread_self() } as usize);
+                // The signal handler's traced call may be this thread's
+                // first in a session, which allocates: it must not
+                // interrupt malloc. So making and dropping the coroutines
+                // (which allocate) happens with the signal blocked; running
+                // them does not allocate.
+                let block = |how| {
+                    // SAFETY: plain signal mask changes of this thread.
+                    unsafe {
+                        let mut set: libc::sigset_t = std::mem::zeroed();
+                        libc::sigemptyset(&mut set);
+                        libc::sigaddset(&mut set, sig);
+                        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
+                    }
+                };
                 let mut n = 0u64;
                 while !stop.load(Relaxed) {
+                    block(libc::SIG_BLOCK);
                     let bodies: Vec<Box<dyn FnOnce()>> = (0..4u64)
                         .map(|c| {
                             Box::new(move || {
@@ -242,9 +257,15 @@ fn fast_paths_under_signals_and_session_churn() {
                             }) as Box<dyn FnOnce()>
                         })
                         .collect();
-                    if coro::run(bodies).iter().any(|&p| p) {
+                    let mut coros = coro::Coros::new(bodies);
+                    block(libc::SIG_UNBLOCK);
+                    coros.run();
+                    block(libc::SIG_BLOCK);
+                    if (0..4).any(|i| coros.panicked(i)) {
                         BAD.fetch_add(1, Relaxed);
                     }
+                    drop(coros);
+                    block(libc::SIG_UNBLOCK);
                     n += 32;
                 }
                 calls.fetch_add(n, Relaxed);
