@@ -121,7 +121,16 @@ struct Walk {
     /// The first frame is the walk's own (this crate's
     /// `_Unwind_Backtrace`), not the caller's.
     first: bool,
+    /// Frames seen, and the last one's (ip, cfa): a walk that goes round
+    /// in a circle (a stack the unwinder cannot make sense of, a frame it
+    /// keeps finding again) is ended rather than left to spin forever in a
+    /// signal handler.
+    seen: usize,
+    last: (usize, usize),
 }
+
+/// Frames a backtrace walks at most.
+const MAX_WALK: usize = 4096;
 
 unsafe extern "C" fn walk_frame(ctx: *mut c_void, arg: *mut c_void) -> c_int {
     // SAFETY: `arg` is the Walk `_Unwind_Backtrace` below passed.
@@ -131,6 +140,11 @@ unsafe extern "C" fn walk_frame(ctx: *mut c_void, arg: *mut c_void) -> c_int {
     }
     // SAFETY: the unwinder's context for this frame.
     let (ip, cfa) = unsafe { (_Unwind_GetIP(ctx), _Unwind_GetCFA(ctx)) };
+    w.seen += 1;
+    if w.seen > MAX_WALK || (ip, cfa) == w.last {
+        return URC_END_OF_STACK;
+    }
+    w.last = (ip, cfa);
     let slot = cfa.wrapping_sub(8);
     if w.n < MAX_DEPTH {
         if let Some(found) = retstack::find_frame(slot, ip) {
@@ -172,6 +186,8 @@ pub unsafe extern "C" fn _Unwind_Backtrace(trace: TraceFn, arg: *mut c_void) -> 
         lent: [(0, 0); MAX_DEPTH],
         n: 0,
         first: true,
+        seen: 0,
+        last: (0, 0),
     };
     // SAFETY: walk_frame is a trace function; `w` outlives the walk.
     let r = unsafe { real(walk_frame, (&raw mut w).cast()) };
