@@ -1,6 +1,7 @@
 //! Writes livetrace traces in the formats people already read: ftrace text,
-//! Chrome Trace Event JSON (Perfetto, `chrome://tracing`), folded stacks and
-//! flame graphs, `uftrace.data` directories, and profile tables.
+//! Chrome Trace Event JSON (Perfetto, `chrome://tracing`), Perfetto's
+//! protobuf trace format, folded stacks and flame graphs, `uftrace.data`
+//! directories, and profile tables.
 //!
 //! This crate is pure formatting: it depends on no other livetrace crate, so
 //! a trace can be converted anywhere, long after the traced process is gone.
@@ -53,6 +54,7 @@
 //! |---|---|---|
 //! | [`text`] | ftrace's `function` and `function_graph` text layouts | [`text::FunctionText`], [`text::GraphText`] |
 //! | [`chrome`] | Chrome Trace Event Format JSON | [`chrome::ChromeJson`] |
+//! | [`perfetto`] | Perfetto's protobuf trace (`.perfetto-trace`) | [`perfetto::PerfettoTrace`] |
 //! | [`folded`] | folded stacks; flame graph SVG via `inferno` | [`folded::FoldedWriter`], [`folded::FlameGraph`] |
 //! | [`profile`] | per-function rows and a `uftrace report`-like table | [`profile::Profile`], [`profile::ProfileTable`] |
 //! | [`uftrace`] | a `uftrace.data` directory for the `uftrace` tool | [`uftrace::UftraceDir`] |
@@ -64,6 +66,7 @@ mod calls;
 pub mod chrome;
 pub mod folded;
 pub mod model;
+pub mod perfetto;
 pub mod profile;
 pub mod sink;
 pub mod text;
