@@ -108,22 +108,11 @@ mod sys;
 pub use clock::{Clock, Source};
 pub use ring::{Config, Mode, Rings, ThreadBuffer, Writer, DEFAULT_RECORDS_PER_THREAD};
 
-/// One trace event: a timestamp ([`Clock::now`] ticks) and three words the
-/// tracer defines. 32 bytes, so two share a cache line.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Record {
-    /// Timestamp in clock ticks; convert with [`Clock::to_ns`].
-    pub ts: u64,
-    /// Tracer-defined.
-    pub a: u64,
-    /// Tracer-defined.
-    pub b: u64,
-    /// Tracer-defined.
-    pub c: u64,
-}
-
-const _: () = assert!(std::mem::size_of::<Record>() == 32);
+/// One trace event: a timestamp ([`Clock::now`] ticks) and three words whose
+/// meaning is the tracer's. 32 bytes, so two share a cache line; defined by
+/// the trace file format (`livetrace-format`), whose files hold these very
+/// bytes.
+pub use livetrace_format::Record;
 
 /// The calling thread's kernel thread id, as the buffers report it.
 pub fn gettid() -> i32 {
