@@ -288,7 +288,7 @@ impl<W: Write> Sink for ChromeJson<W> {
                         "name": name,
                         "events": s.events,
                         "lost": s.losses.events(),
-                        "depth_overflows": s.losses.depth_limit,
+                        "depth_overflows": s.losses.get(LossReason::DepthLimit),
                         "orphan_exits": t.state.orphans,
                         "lost_by_reason": by_reason,
                     },

@@ -3,8 +3,9 @@
 //! protobuf trace format, folded stacks and flame graphs, `uftrace.data`
 //! directories, and profile tables.
 //!
-//! This crate is pure formatting: it depends on no other livetrace crate, so
-//! a trace can be converted anywhere, long after the traced process is gone.
+//! This crate is pure formatting: it depends on no livetrace crate but the
+//! recorded-trace file format it converts from ([`convert`]), so a trace
+//! can be converted anywhere, long after the traced process is gone.
 //!
 //! # The model
 //!
@@ -64,6 +65,7 @@
 #[cfg(test)]
 mod calls;
 pub mod chrome;
+pub mod convert;
 pub mod folded;
 pub mod model;
 pub mod perfetto;
@@ -73,4 +75,4 @@ pub mod text;
 pub mod uftrace;
 
 pub use model::*;
-pub use sink::{feed, merge_by_time, Order, Sink};
+pub use sink::{feed, merge_by_time, Order, Sink, Tee};

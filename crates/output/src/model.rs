@@ -67,24 +67,49 @@ pub enum LossReason {
     /// The buffer was full when the thread recorded, because the consumer
     /// had not yet emptied it (stream mode): the new events were dropped.
     BufferFull,
+    /// The thread had no buffer (the session's memory budget was used up,
+    /// or it wrote while exiting).
+    NoBuffer,
+    /// The consumer could not store them (a write error, such as a full
+    /// disk).
+    NotWritten,
     /// Calls nested deeper than the tracer's depth limit were not recorded
     /// (counted in calls, not events).
     DepthLimit,
+    /// A reason the producer named and this version does not know.
+    Unknown,
 }
 
 impl LossReason {
-    pub const ALL: [LossReason; 3] = [
+    pub const ALL: [LossReason; 6] = [
         LossReason::Overwritten,
         LossReason::BufferFull,
+        LossReason::NoBuffer,
+        LossReason::NotWritten,
         LossReason::DepthLimit,
+        LossReason::Unknown,
     ];
+
+    fn index(self) -> usize {
+        match self {
+            LossReason::Overwritten => 0,
+            LossReason::BufferFull => 1,
+            LossReason::NoBuffer => 2,
+            LossReason::NotWritten => 3,
+            LossReason::DepthLimit => 4,
+            LossReason::Unknown => 5,
+        }
+    }
 
     /// A short machine-readable key (JSON and protobuf annotations).
     pub fn key(self) -> &'static str {
         match self {
             LossReason::Overwritten => "overwritten",
             LossReason::BufferFull => "buffer_full",
+            LossReason::NoBuffer => "no_buffer",
+            LossReason::NotWritten => "not_written",
             LossReason::DepthLimit => "depth_limit",
+            LossReason::Unknown => "unknown",
         }
     }
 
@@ -93,7 +118,10 @@ impl LossReason {
         match self {
             LossReason::Overwritten => "ring full, oldest events overwritten",
             LossReason::BufferFull => "buffer full, the consumer was late",
+            LossReason::NoBuffer => "no buffer, the memory budget was used up",
+            LossReason::NotWritten => "not written, an output error",
             LossReason::DepthLimit => "calls deeper than the depth limit, not recorded",
+            LossReason::Unknown => "for a reason this version does not know",
         }
     }
 }
@@ -101,33 +129,24 @@ impl LossReason {
 /// Per-reason loss counts of one thread.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Losses {
-    pub overwritten: u64,
-    pub buffer_full: u64,
-    /// Calls, not events.
-    pub depth_limit: u64,
+    counts: [u64; 6],
 }
 
 impl Losses {
     pub fn add(&mut self, reason: LossReason, count: u64) {
-        let slot = match reason {
-            LossReason::Overwritten => &mut self.overwritten,
-            LossReason::BufferFull => &mut self.buffer_full,
-            LossReason::DepthLimit => &mut self.depth_limit,
-        };
+        let slot = &mut self.counts[reason.index()];
         *slot = slot.saturating_add(count);
     }
 
     pub fn get(&self, reason: LossReason) -> u64 {
-        match reason {
-            LossReason::Overwritten => self.overwritten,
-            LossReason::BufferFull => self.buffer_full,
-            LossReason::DepthLimit => self.depth_limit,
-        }
+        self.counts[reason.index()]
     }
 
     /// Events lost, whatever the reason (depth-limit calls are not events).
     pub fn events(&self) -> u64 {
-        self.overwritten.saturating_add(self.buffer_full)
+        self.iter()
+            .filter(|&(r, _)| r != LossReason::DepthLimit)
+            .fold(0u64, |sum, (_, n)| sum.saturating_add(n))
     }
 
     /// The non-zero counts, by reason.

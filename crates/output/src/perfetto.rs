@@ -494,19 +494,17 @@ impl<W: Write> Sink for PerfettoTrace<W> {
             for _ in &open {
                 self.end(track, last, true)?;
             }
-            self.note(
-                track,
-                last,
-                "livetrace: thread summary",
-                &[
-                    ("events", AnnotationValue::Uint(s.events)),
-                    ("lost", AnnotationValue::Uint(s.losses.events())),
-                    ("overwritten", AnnotationValue::Uint(s.losses.overwritten)),
-                    ("buffer_full", AnnotationValue::Uint(s.losses.buffer_full)),
-                    ("depth_limit", AnnotationValue::Uint(s.losses.depth_limit)),
-                    ("orphan_exits", AnnotationValue::Uint(orphans)),
-                ],
-            )?;
+            let mut notes = vec![
+                ("events", AnnotationValue::Uint(s.events)),
+                ("lost", AnnotationValue::Uint(s.losses.events())),
+                ("orphan_exits", AnnotationValue::Uint(orphans)),
+            ];
+            notes.extend(
+                s.losses
+                    .iter()
+                    .map(|(r, n)| (r.key(), AnnotationValue::Uint(n))),
+            );
+            self.note(track, last, "livetrace: thread summary", &notes)?;
         }
         let summary = self.threads.summary();
         if summary.lost() > 0 {

@@ -70,6 +70,39 @@ impl<S: Sink + ?Sized> Sink for Box<S> {
     }
 }
 
+/// Several sinks fed the same stream (a terminal view and a file, or
+/// several files from one read). Each gets every call; the first error
+/// stops the stream. `finish` returns the first sink's summary (all see
+/// the same events).
+pub struct Tee(pub Vec<Box<dyn Sink>>);
+
+impl Sink for Tee {
+    fn begin(&mut self, process: &Process) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|s| s.begin(process))
+    }
+    fn thread(&mut self, tid: u32, name: &str) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|s| s.thread(tid, name))
+    }
+    fn event(&mut self, tid: u32, event: Event, names: &Symbols) -> io::Result<()> {
+        self.0
+            .iter_mut()
+            .try_for_each(|s| s.event(tid, event, names))
+    }
+    fn lost(&mut self, tid: u32, count: u64, reason: LossReason) -> io::Result<()> {
+        self.0
+            .iter_mut()
+            .try_for_each(|s| s.lost(tid, count, reason))
+    }
+    fn finish(&mut self, names: &Symbols) -> io::Result<Summary> {
+        let mut first = None;
+        for s in &mut self.0 {
+            let summary = s.finish(names)?;
+            first.get_or_insert(summary);
+        }
+        Ok(first.unwrap_or_default())
+    }
+}
+
 /// The order [`feed`] gives a trace's events in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Order {
