@@ -9,6 +9,7 @@
 //! every site is left as it was. The one exception is `patch`, whose patch
 //! must outlive the command: it stays until `patch --revert`.
 
+mod convert;
 mod output;
 mod ui;
 
@@ -91,8 +92,9 @@ enum Cmd {
     /// then prints the table; with --watch, refreshes it in place every
     /// --interval until Ctrl-C.
     Report {
-        /// The process
-        pid: u32,
+        /// The process, or a recorded trace (.lttrace) to report on offline
+        #[arg(value_parser = convert::parse_target, value_name = "PID|FILE")]
+        pid: convert::Target,
         /// Functions to profile (name, glob or 0x site address; repeatable)
         /// [default: all]
         #[arg(short = 'f', long = "filter", value_name = "GLOB")]
@@ -126,6 +128,8 @@ enum Cmd {
         #[arg(long)]
         revert: bool,
     },
+    /// Convert a recorded trace (.lttrace) to another format
+    Convert(convert::ConvertArgs),
     /// Run a program traced from its start to its exit
     ///
     /// The program is started with LIVETRACE=1 and LIVETRACE_RECORD set: it
@@ -218,7 +222,11 @@ fn main() -> ExitCode {
             out,
         } => trace(&dir, pid, sel, duration, out),
         Cmd::Report {
-            pid,
+            pid: convert::Target::File(path),
+            ..
+        } => convert::report_file(&path).map_err(|(msg, code)| Fail(msg, code)),
+        Cmd::Report {
+            pid: convert::Target::Pid(pid),
             filter,
             notrace,
             watch,
@@ -232,6 +240,7 @@ fn main() -> ExitCode {
             revert,
         } => patch(&dir, pid, &original, &replacement, revert),
         Cmd::Record { sel, out, cmd } => record(sel, out, cmd),
+        Cmd::Convert(args) => convert::run(args).map_err(|(msg, code)| Fail(msg, code)),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

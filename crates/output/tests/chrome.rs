@@ -80,7 +80,11 @@ fn complete_events_nest_per_thread() {
         }
     }
 
-    // The spans themselves, in ns from the trace start.
+    // The spans themselves, in ns from the trace start (written as calls
+    // return: a caller after its callees).
+    for spans in by_tid.values_mut() {
+        spans.sort_by_key(|&(start, end, _)| (start, std::cmp::Reverse(end)));
+    }
     let main = by_tid[&u64::from(common::PID)].clone();
     let s = |a: u64, b: u64, n: &str| (a, b, n.to_string());
     assert_eq!(
@@ -133,6 +137,10 @@ fn metadata_names_threads_and_reports_losses() {
     assert_eq!(worker["args"]["lost"], 7);
     assert_eq!(worker["args"]["depth_overflows"], 2);
     assert_eq!(worker["args"]["orphan_exits"], 3);
+    assert_eq!(worker["args"]["events"], 11);
+    assert_eq!(worker["args"]["lost_by_reason"]["overwritten"], 7);
+    assert_eq!(worker["args"]["lost_by_reason"]["depth_limit"], 2);
+    assert_eq!(value["otherData"]["events"]["4242"], 19);
     assert_eq!(value["otherData"]["lost_events"]["4243"], 7);
     assert_eq!(value["otherData"]["cmdline"], "demo --fast");
 }

@@ -156,7 +156,11 @@ pub(crate) fn name_events(trace: &mut Trace) {
     for a in addrs {
         let a = a as usize;
         if let Some(n) = table_name(a) {
-            trace.symbols.insert(a as u64, 0, n);
+            // Sized when the symbol table says where it ends, so a return
+            // address inside it (it calls other traced functions) resolves
+            // even in a piece of the trace that names it only as a callee.
+            let size = symbol(a).filter(|s| s.addr == a).map_or(0, |s| s.size);
+            trace.symbols.insert(a as u64, size as u64, n);
         } else if let Some(s) = symbol(a) {
             // The whole function, so every address inside it (each call
             // site of a caller) resolves to the same plain name.
