@@ -68,7 +68,8 @@ pub struct SlotView {
     pub started: u64,
     /// Records refused (buffer full or frozen).
     pub dropped: u64,
-    /// The owner exited (its exit hook ran, or the process marked it).
+    /// The owner exited (its exit hook ran, or the process marked it):
+    /// `head` is final.
     pub exited: bool,
     /// The consumer tail word now.
     pub tail: u64,
@@ -208,7 +209,9 @@ impl Consumer {
         let mut name = [0u8; 16];
         name[..8].copy_from_slice(&h.m.name[0].load(Relaxed).to_ne_bytes());
         name[8..].copy_from_slice(&h.m.name[1].load(Relaxed).to_ne_bytes());
-        let exited = h.m.state.load(Acquire) == EXITED;
+        // From the state loaded first: if it said EXITED, the `head` loaded
+        // after it is the thread's final one.
+        let exited = st == EXITED;
         if h.m.generation.load(Acquire) != generation {
             return None;
         }

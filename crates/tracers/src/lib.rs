@@ -41,7 +41,7 @@ mod session;
 mod symbols;
 
 pub use retstack::{shadow_stats, ShadowStats, MAX_DEPTH};
-pub use session::{Config, Session, Tracer};
+pub use session::{Config, Controls, Session, Tracer};
 pub use symbols::process_identity;
 
 /// The trace clock, calibrated once.

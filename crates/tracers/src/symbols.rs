@@ -77,28 +77,6 @@ fn table_name(addr: usize) -> Option<String> {
         .flatten()
 }
 
-/// How a symbol reads to people: the hidden body function of a `#[traced]`
-/// function (which is where its callees return to) is named after the
-/// function itself.
-fn display_name(symbol: String) -> String {
-    // Trait-impl bodies: `<T as path::__livetrace_bodies_HEX>::__livetrace_body_m`.
-    if let Some(body) = symbol.find(">::__livetrace_body_") {
-        if let (Some(start), Some(as_)) = (symbol.find('<'), symbol.find(" as ")) {
-            if start == 0 && as_ < body {
-                let ty = &symbol[1..as_];
-                let m = &symbol[body + ">::__livetrace_body_".len()..];
-                return format!("{ty}::{m}");
-            }
-        }
-    }
-    // Methods: `path::Type::__livetrace_body_m`; free functions:
-    // `path::f::__livetrace_body`.
-    if let Some(p) = symbol.strip_suffix("::__livetrace_body") {
-        return p.to_string();
-    }
-    symbol.replacen("::__livetrace_body_", "::", 1)
-}
-
 /// The function symbol containing `addr`, from the loaded objects' symbol
 /// tables (read once per object).
 fn symbol(addr: usize) -> Option<livetrace_sites::Symbol> {
@@ -112,7 +90,7 @@ fn symbol(addr: usize) -> Option<livetrace_sites::Symbol> {
         *g = Some((n, s));
     }
     g.as_ref()?.1.lookup(addr).map(|mut s| {
-        s.name = display_name(s.name);
+        s.name = livetrace_format::display_symbol(&s.name);
         s
     })
 }
@@ -168,32 +146,5 @@ pub(crate) fn name_events(trace: &mut Trace) {
         } else {
             trace.symbols.insert(a as u64, 0, name_of(a));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::display_name;
-
-    #[test]
-    fn traced_bodies_read_as_their_functions() {
-        assert_eq!(
-            display_name("shop::checkout::__livetrace_body".into()),
-            "shop::checkout"
-        );
-        assert_eq!(
-            display_name("shop::Cart::__livetrace_body_total".into()),
-            "shop::Cart::total"
-        );
-        assert_eq!(
-            display_name(
-                "<shop::Cart as shop::__livetrace_bodies_00ff>::__livetrace_body_fmt".into()
-            ),
-            "shop::Cart::fmt"
-        );
-        assert_eq!(
-            display_name("std::rt::lang_start".into()),
-            "std::rt::lang_start"
-        );
     }
 }
