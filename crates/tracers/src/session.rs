@@ -762,6 +762,108 @@ impl Session {
         finish(threads)
     }
 
+    /// Writes what the buffers hold now (without consuming it; the profile
+    /// table for a profile session) as a trace file (`livetrace-format`),
+    /// with the names of every address its records mention, the process's
+    /// mappings and the clock's calibration: a file the converters read
+    /// like one the command recorded. Returns the records written.
+    pub fn write_recording<W: std::io::Write>(&self, out: W) -> std::io::Result<u64> {
+        use livetrace_format as lf;
+        let overwrite = self.inner.rings.config().mode == livetrace_ring::Mode::Overwrite;
+        let (program, cmdline) = crate::symbols::process_identity();
+        let mut w = lf::Writer::new(
+            out,
+            &lf::Info {
+                pid: std::process::id(),
+                tracer: Some(self.inner.tracer),
+                mode: Some(if overwrite {
+                    lf::Mode::Flight
+                } else {
+                    lf::Mode::Stream
+                }),
+                program,
+                cmdline,
+            },
+        )?;
+        let c = crate::clock();
+        let (base_ticks, base_ns, mult) = c.calibration();
+        w.clock(&lf::ClockCal {
+            tsc: c.source() == livetrace_ring::Source::Tsc,
+            hz: c.frequency_hz(),
+            base_ticks,
+            base_ns,
+            mult,
+        })?;
+        let buffers = self.inner.rings.snapshot();
+        let mut addrs = Vec::new();
+        for b in &buffers {
+            for r in &b.records {
+                addrs.push(r.a);
+                if r.c == CALL {
+                    addrs.push(r.b);
+                }
+            }
+        }
+        let maps: Vec<lf::Mapping> = crate::symbols::process_trace()
+            .maps
+            .into_iter()
+            .map(|m| lf::Mapping {
+                start: m.start,
+                end: m.end,
+                offset: m.offset,
+                path: m.path,
+            })
+            .collect();
+        w.maps(&maps)?;
+        let symbols: Vec<lf::Symbol> = crate::symbols::name_addrs(addrs)
+            .into_iter()
+            .map(|(addr, size, name)| lf::Symbol { addr, size, name })
+            .collect();
+        w.symbols(&symbols)?;
+        let reason = if overwrite {
+            lf::LossReason::Overwritten
+        } else {
+            lf::LossReason::BufferFull
+        };
+        let mut n = 0;
+        for b in &buffers {
+            let tid = b.tid as u32;
+            w.thread(tid, &b.name, b.exited)?;
+            w.loss(tid, reason, b.lost)?;
+            // Overwritten records are the oldest: the first kept one's
+            // index says how many came before.
+            w.records(tid, if overwrite { b.lost } else { 0 }, &b.records)?;
+            n += b.records.len() as u64;
+        }
+        w.loss(
+            0,
+            lf::LossReason::NoBuffer,
+            self.inner.rings.unattributed_lost(),
+        )?;
+        if self.inner.tracer == Tracer::Profile {
+            let rows: Vec<lf::ProfileRow> = self
+                .profile()
+                .into_iter()
+                .map(|r| lf::ProfileRow {
+                    name: r.name,
+                    calls: r.calls,
+                    total_ns: r.total_ns,
+                    self_ns: r.self_ns,
+                    min_ns: r.min_ns,
+                    max_ns: r.max_ns,
+                })
+                .collect();
+            w.profile(&rows)?;
+        }
+        w.end(&lf::End {
+            reason: lf::EndReason::Snapshot,
+            status: 0,
+            message: String::new(),
+        })?;
+        w.into_inner()?;
+        Ok(n)
+    }
+
     /// The profile so far: one row per function, merged over threads.
     pub fn profile(&self) -> Vec<ProfileRow> {
         let clock = crate::clock();

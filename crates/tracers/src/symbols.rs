@@ -129,22 +129,39 @@ pub(crate) fn name_events(trace: &mut Trace) {
             }
         }
     }
+    for (addr, size, name) in name_addrs(addrs) {
+        trace.symbols.insert(addr, size, name);
+    }
+}
+
+/// Names for `addrs` (functions and callers): `(address, size, name)`,
+/// sorted. A traced function by the record table's name; another address
+/// by the whole function symbol around it, so every address inside it (each
+/// call site of a caller) resolves to the same plain name.
+pub(crate) fn name_addrs(mut addrs: Vec<u64>) -> Vec<(u64, u64, String)> {
     addrs.sort_unstable();
     addrs.dedup();
+    let mut out = Vec::with_capacity(addrs.len());
     for a in addrs {
         let a = a as usize;
         if let Some(n) = table_name(a) {
-            // Sized when the symbol table says where it ends, so a return
-            // address inside it (it calls other traced functions) resolves
-            // even in a piece of the trace that names it only as a callee.
-            let size = symbol(a).filter(|s| s.addr == a).map_or(0, |s| s.size);
-            trace.symbols.insert(a as u64, size as u64, n);
+            out.push((a as u64, 0, n));
         } else if let Some(s) = symbol(a) {
-            // The whole function, so every address inside it (each call
-            // site of a caller) resolves to the same plain name.
-            trace.symbols.insert(s.addr as u64, s.size as u64, s.name);
+            out.push((s.addr as u64, s.size as u64, s.name));
         } else {
-            trace.symbols.insert(a as u64, 0, name_of(a));
+            out.push((a as u64, 0, name_of(a)));
         }
     }
+    // One symbol per address: a traced function's table name (pushed for
+    // its site) with the size of the ELF symbol there (pushed for a call
+    // site inside it), so callers inside it resolve to it too.
+    out.sort_by_key(|s| s.0);
+    let mut merged: Vec<(u64, u64, String)> = Vec::with_capacity(out.len());
+    for (addr, size, name) in out {
+        match merged.last_mut() {
+            Some(last) if last.0 == addr => last.1 = last.1.max(size),
+            _ => merged.push((addr, size, name)),
+        }
+    }
+    merged
 }
