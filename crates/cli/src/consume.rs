@@ -303,33 +303,26 @@ impl Out for FileOut {
         pieces: &[(u64, u64)],
     ) -> io::Result<bool> {
         let total: u64 = pieces.iter().map(|p| p.1).sum();
+        let block = self.w.bytes();
         self.w.begin_records(tid, first, total as usize)?;
         // The block header is buffered: out first, then the records by
         // sendfile, at the file's position.
         self.w.get_mut().flush()?;
         let out = self.w.get_mut().get_ref().as_raw_fd();
-        for &(off, n) in pieces {
-            let mut off = off as libc::off_t;
-            let mut left = (n * 32) as usize;
-            while left > 0 {
-                // SAFETY: sendfile between two descriptors we hold, with an
-                // offset of ours; it touches no memory of this process.
-                let r = unsafe { libc::sendfile(out, fd.as_raw_fd(), &mut off, left) };
-                if r < 0 {
-                    let e = io::Error::last_os_error();
-                    if e.kind() == io::ErrorKind::Interrupted {
-                        continue;
-                    }
-                    return Err(e);
-                }
-                if r == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the buffers' memory file ended early",
-                    ));
-                }
-                left -= r as usize;
+        let mut sent = 0u64;
+        if let Err(e) = send(out, fd, pieces, &mut sent) {
+            // Keep the records that made it (a full disk): the block says
+            // how many, and a partial record is cut off. Both only shrink
+            // what the file holds, which needs no space.
+            let whole = sent / 32;
+            let len = (16 + 32 * whole).to_le_bytes();
+            // SAFETY: pwrite of 8 bytes from a local array into our file;
+            // ftruncate of our file.
+            unsafe {
+                libc::pwrite(out, len.as_ptr().cast(), 8, (block + 8) as libc::off_t);
+                libc::ftruncate(out, (block + 32 + 32 * whole) as libc::off_t);
             }
+            return Err(e);
         }
         self.w.end_records(total as usize);
         Ok(true)
@@ -352,6 +345,36 @@ impl Out for FileOut {
         }
         Ok(())
     }
+}
+
+/// Copies `pieces` (offset, records) of `fd` to `out` at its position,
+/// counting the bytes sent in `sent`.
+fn send(out: i32, fd: BorrowedFd<'_>, pieces: &[(u64, u64)], sent: &mut u64) -> io::Result<()> {
+    for &(off, n) in pieces {
+        let mut off = off as libc::off_t;
+        let mut left = (n * 32) as usize;
+        while left > 0 {
+            // SAFETY: sendfile between two descriptors we hold, with an
+            // offset of ours; it touches no memory of this process.
+            let r = unsafe { libc::sendfile(out, fd.as_raw_fd(), &mut off, left) };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if r == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the buffers' memory file ended early",
+                ));
+            }
+            left -= r as usize;
+            *sent += r as u64;
+        }
+    }
+    Ok(())
 }
 
 /// A streaming writer of `livetrace-output` fed as records arrive: the

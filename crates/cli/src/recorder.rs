@@ -40,6 +40,8 @@ pub struct Attached {
     clock: ClockCal,
     names: Vec<Symbol>,
     known: Known,
+    /// Names learnt before the output was open, to write first.
+    pending: Option<(Vec<livetrace_format::Mapping>, Vec<Symbol>)>,
     alive: bool,
     last_ping: Instant,
     last_names: Instant,
@@ -77,6 +79,34 @@ impl Attached {
         snapshot: bool,
     ) -> Result<Attached, Fail> {
         let pid = client.server().pid;
+        // Names first: a recorded program that ends at once waits at its
+        // exit only until its buffers are mapped, and its maps and function
+        // table go with it.
+        let mut names = Vec::new();
+        if !snapshot {
+            let mut from = 0;
+            loop {
+                let Response::FunctionNames { functions, next } =
+                    client.call(&Request::Functions {
+                        session: id.unwrap_or(0),
+                        from,
+                    })?
+                else {
+                    return Err("unexpected reply".to_string().into());
+                };
+                names.extend(functions.into_iter().map(|f| Symbol {
+                    addr: f.addr,
+                    size: f.size,
+                    name: f.name,
+                }));
+                match next {
+                    Some(n) => from = n,
+                    None => break,
+                }
+            }
+        }
+        let mut known = Known::default();
+        let pending = known.refresh(pid, &names);
         let mut source = None;
         let mut clock = ClockCal::default();
         let mut id = id.unwrap_or(0);
@@ -125,26 +155,6 @@ impl Attached {
             id = session;
             tracer = t;
         }
-        let mut names = Vec::new();
-        if !snapshot {
-            let mut from = 0;
-            loop {
-                let Response::FunctionNames { functions, next } =
-                    client.call(&Request::Functions { session: id, from })?
-                else {
-                    return Err("unexpected reply".to_string().into());
-                };
-                names.extend(functions.into_iter().map(|f| Symbol {
-                    addr: f.addr,
-                    size: f.size,
-                    name: f.name,
-                }));
-                match next {
-                    Some(n) => from = n,
-                    None => break,
-                }
-            }
-        }
         Ok(Attached {
             client,
             id,
@@ -154,7 +164,8 @@ impl Attached {
             source,
             clock,
             names,
-            known: Known::default(),
+            known,
+            pending: Some(pending),
             alive: true,
             last_ping: Instant::now(),
             last_names: Instant::now(),
@@ -205,6 +216,9 @@ impl Attached {
 
     /// Writes the names of what the process maps now and did not before.
     pub fn names(&mut self, out: &mut dyn Out) -> io::Result<()> {
+        if let Some((maps, symbols)) = self.pending.take() {
+            out.names(&maps, &symbols)?;
+        }
         let (maps, symbols) = self.known.refresh(self.pid, &self.names);
         if !maps.is_empty() || !symbols.is_empty() {
             out.names(&maps, &symbols)?;

@@ -54,7 +54,13 @@ impl Known {
             .filter(|m| self.maps.insert((m.start, m.end, m.offset, m.path.clone())))
             .collect();
         let mut symbols = Vec::new();
-        for m in new.iter().filter(|m| m.path.starts_with('/')) {
+        // livetrace's own library is never traced nor a traced function's
+        // caller: its thousands of symbols would only weigh on the file.
+        let own = |p: &str| p.rsplit('/').next() == Some("liblivetrace.so");
+        for m in new
+            .iter()
+            .filter(|m| m.path.starts_with('/') && !own(&m.path))
+        {
             if self
                 .objects
                 .insert((m.path.clone(), m.start.wrapping_sub(m.offset)))

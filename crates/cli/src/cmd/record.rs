@@ -73,6 +73,18 @@ pub fn run(a: Args) -> Result<(), Fail> {
         mode: Some(if a.flight { Mode::Flight } else { Mode::Stream }),
         controls: a.sel.controls(&[]),
     };
+    // What the program would refuse, refused here, before it runs.
+    Request::StartTrace {
+        tracer,
+        filter: spec.filter.clone(),
+        notrace: spec.notrace.clone(),
+        buffer_records: spec.buffer_records,
+        mode: spec.mode,
+        memory_budget: spec.memory_budget,
+        controls: spec.controls.clone(),
+    }
+    .validate()
+    .map_err(usage)?;
     // Ctrl-C goes to the whole foreground group: the program decides what
     // it does with it; this command records until it ends.
     ui::catch_interrupts();
@@ -182,12 +194,11 @@ fn record(
         Ok(h)
     });
     if let Err(Fail(msg, code)) = run {
-        let kept = at.stats().kept();
         output.abandon();
         return Err(Fail(
             format!(
-                "{msg}; recording stopped after {} events ({program} goes on, untraced)",
-                ui::count(kept)
+                "{msg}; recording stopped there, the output holds what came before ({program} \
+                 goes on, untraced)"
             ),
             code,
         ));

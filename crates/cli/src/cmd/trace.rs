@@ -47,10 +47,8 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
             "the profile tracer keeps a table, not records: no flight recorder",
         ));
     }
-    ui::catch_interrupts();
-    let mut c = connect(dir, a.pid)?;
     let mode = if a.flight { Mode::Flight } else { Mode::Stream };
-    let Response::Started { session } = c.call(&Request::StartTrace {
+    let start = Request::StartTrace {
         tracer,
         filter: a.sel.filter(),
         notrace: a.sel.notrace.clone(),
@@ -61,8 +59,11 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
         mode: Some(mode),
         memory_budget: a.sel.memory,
         controls: a.sel.controls(&a.snapshot_at),
-    })?
-    else {
+    };
+    start.validate().map_err(usage)?;
+    ui::catch_interrupts();
+    let mut c = connect(dir, a.pid)?;
+    let Response::Started { session } = c.call(&start)? else {
         return Err("unexpected reply".to_string().into());
     };
     let mut at = Attached::new(c, Some(session), tracer, a.flight, false)?;
@@ -99,12 +100,11 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
     }) {
         Ok(h) => h,
         Err(Fail(msg, code)) => {
-            let kept = at.stats().kept();
             output.abandon();
             return Err(Fail(
                 format!(
-                    "{msg}; tracing stopped after {} events (the process goes on, untraced)",
-                    ui::count(kept)
+                    "{msg}; tracing stopped there, the output holds what came before (the \
+                     process goes on, untraced)"
                 ),
                 code,
             ));
