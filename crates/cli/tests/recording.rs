@@ -88,7 +88,9 @@ struct Ran {
     max_rss_kb: i64,
 }
 
-/// Runs `cmd` to its end, with its peak memory.
+/// Runs `cmd` to its end, with its peak memory (reaped with `wait4`, for
+/// the rusage, not `Child::wait`).
+#[allow(clippy::zombie_processes)]
 fn run(mut cmd: Command) -> Ran {
     let child = cmd
         .stdout(Stdio::piped())
