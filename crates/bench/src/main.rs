@@ -6,6 +6,7 @@
 
 mod c;
 mod callback;
+mod datapath;
 mod disabled;
 mod patch;
 mod stats;
@@ -38,6 +39,10 @@ enum Bench {
     Function(tracers::Args),
     /// Cost per call recorded by the function-graph tracer (entry and exit).
     Graph(tracers::Args),
+    /// Records from a hot C program to a file with `livetrace record`:
+    /// kept, lost, bandwidth against write(2), the command's memory, JSON
+    /// conversion, uftrace on the same program.
+    Datapath(datapath::Args),
 }
 
 fn main() {
@@ -49,5 +54,6 @@ fn main() {
         Bench::C => c::run(),
         Bench::Function(a) => tracers::run(livetrace_tracers::Tracer::Function, a),
         Bench::Graph(a) => tracers::run(livetrace_tracers::Tracer::Graph, a),
+        Bench::Datapath(a) => datapath::run_bench(a),
     }
 }
