@@ -6,6 +6,7 @@
 
 mod c;
 mod callback;
+mod convert;
 mod disabled;
 mod patch;
 mod stats;
@@ -38,6 +39,12 @@ enum Bench {
     Function(tracers::Args),
     /// Cost per call recorded by the function-graph tracer (entry and exit).
     Graph(tracers::Args),
+    /// Converting a recorded trace: events/s and the converter's peak RSS
+    /// (JSON by default; --formats for others).
+    ConvertJson(convert::Args),
+    /// The converter process `convert-json` measures.
+    #[command(hide = true)]
+    ConvertChild(convert::ChildArgs),
 }
 
 fn main() {
@@ -49,5 +56,7 @@ fn main() {
         Bench::C => c::run(),
         Bench::Function(a) => tracers::run(livetrace_tracers::Tracer::Function, a),
         Bench::Graph(a) => tracers::run(livetrace_tracers::Tracer::Graph, a),
+        Bench::ConvertJson(a) => convert::run(a),
+        Bench::ConvertChild(a) => convert::child(a),
     }
 }
