@@ -97,8 +97,9 @@ impl<R: Read + Seek> Recording<R> {
         let clock = reader.clock();
         // Each thread's first record, read alone.
         let mut firsts: Vec<lf::BlockRef> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for b in reader.record_blocks() {
-            if b.count > 0 && !firsts.iter().any(|f| f.tid == b.tid) {
+            if b.count > 0 && seen.insert(b.tid) {
                 let mut one = *b;
                 one.count = 1;
                 firsts.push(one);

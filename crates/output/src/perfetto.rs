@@ -292,8 +292,11 @@ impl<W: Write> PerfettoTrace<W> {
     }
 
     /// The thread's track uuid, describing the track first if its name is
-    /// new.
+    /// new. Tid 0 (losses no thread can be blamed for) is the process's.
     fn track(&mut self, tid: u32) -> io::Result<u64> {
+        if tid == 0 {
+            return Ok(PROCESS_TRACK);
+        }
         let idx = self.threads.index(tid);
         let t = self.threads.get(tid);
         if t.state.uuid == 0 {
