@@ -6,6 +6,7 @@
 
 mod c;
 mod callback;
+mod convert;
 mod datapath;
 mod disabled;
 mod patch;
@@ -43,6 +44,12 @@ enum Bench {
     /// kept, lost, bandwidth against write(2), the command's memory, JSON
     /// conversion, uftrace on the same program.
     Datapath(datapath::Args),
+    /// Converting a recorded trace: events/s and the converter's peak RSS
+    /// (JSON by default; --formats for others).
+    ConvertJson(convert::Args),
+    /// The converter process `convert-json` measures.
+    #[command(hide = true)]
+    ConvertChild(convert::ChildArgs),
 }
 
 fn main() {
@@ -55,5 +62,7 @@ fn main() {
         Bench::Function(a) => tracers::run(livetrace_tracers::Tracer::Function, a),
         Bench::Graph(a) => tracers::run(livetrace_tracers::Tracer::Graph, a),
         Bench::Datapath(a) => datapath::run_bench(a),
+        Bench::ConvertJson(a) => convert::run(a),
+        Bench::ConvertChild(a) => convert::child(a),
     }
 }

@@ -4,13 +4,13 @@
 //! until the user, the program or a trigger ends it; and the outputs it
 //! can write to.
 
-use std::io::{self, BufWriter, Write};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use livetrace_format::{ClockCal, End, EndReason, Format, Info, Mode, ProfileRow, Symbol, Tracer};
-use livetrace_output::{Process, Sink};
+use livetrace_output::Process;
 use livetrace_proto::{Client, ClientError, Request, Response};
 
 use crate::consume::{FileOut, LiveOut, Out, Source, Stats};
@@ -437,17 +437,18 @@ fn part_path(dest: &Path) -> PathBuf {
     dest.with_file_name(format!(".{name}.{}.lttrace.part", std::process::id()))
 }
 
-fn live_sink(format: Format, tracer: Tracer, w: Box<dyn Write>) -> Box<dyn Sink> {
-    use livetrace_output::{chrome, folded, perfetto, profile, text};
-    match format {
-        Format::Text if tracer == Tracer::Graph => Box::new(text::GraphText::new(w)),
-        Format::Text => Box::new(text::FunctionText::new(w)),
-        Format::Json => Box::new(chrome::ChromeJson::new(w)),
-        Format::Perfetto => Box::new(perfetto::PerfettoTrace::new(w)),
-        Format::Folded => Box::new(folded::FoldedWriter::new(None, w)),
-        Format::Svg => Box::new(folded::FlameGraph::new(None, w)),
-        _ => Box::new(profile::ProfileTable::new(w)),
-    }
+/// A streaming writer of `livetrace-output` for `format` to `dest`.
+fn live(format: Format, dest: Option<&Path>, a: &Attached) -> Result<Output, Fail> {
+    use livetrace_output::convert::{sink_for, Dest};
+    let d = dest.map_or(Dest::Stdout, |p| Dest::Path(p.to_path_buf()));
+    let (sink, _) = sink_for(format, a.tracer, &d).map_err(|e| match dest {
+        Some(p) => Fail(format!("cannot write {}: {e}", p.display()), 1),
+        None => Fail(e.to_string(), 2),
+    })?;
+    Ok(Output::Live {
+        out: LiveOut::new(sink, &a.process(), a.clock()).map_err(write_error)?,
+        dest: dest.map(Path::to_path_buf),
+    })
 }
 
 impl Output {
@@ -465,22 +466,8 @@ impl Output {
             }),
             // Written as records come: the aggregating outputs (small,
             // whatever the trace's length), and anything to the terminal.
-            (Format::Folded | Format::Svg | Format::Profile, Some(p)) => {
-                let f = std::fs::File::create(p)
-                    .map_err(|e| Fail(format!("cannot create {}: {e}", p.display()), 1))?;
-                let sink = live_sink(format, a.tracer, Box::new(BufWriter::new(f)));
-                Ok(Output::Live {
-                    out: LiveOut::new(sink, &a.process(), a.clock()).map_err(write_error)?,
-                    dest: Some(p.to_path_buf()),
-                })
-            }
-            (_, None) => {
-                let sink = live_sink(format, a.tracer, Box::new(BufWriter::new(io::stdout())));
-                Ok(Output::Live {
-                    out: LiveOut::new(sink, &a.process(), a.clock()).map_err(write_error)?,
-                    dest: None,
-                })
-            }
+            (Format::Folded | Format::Svg | Format::Profile, Some(p)) => live(format, Some(p), a),
+            (_, None) => live(format, None, a),
             // Recorded as is, converted at the end: binary all the way.
             (_, Some(p)) => {
                 let part = part_path(p);
@@ -553,10 +540,16 @@ pub fn write_profile(
     info: &Info,
     end: &End,
 ) -> Result<(), Fail> {
-    let what = |e: io::Error| match dest {
+    let what = |e: String| match dest {
         Some(p) => Fail(format!("cannot write {}: {e}", p.display()), 1),
-        None => write_error(e),
+        None => Fail(format!("cannot write the output: {e}"), 1),
     };
+    if let (Format::Lttrace, Some(p)) = (format, dest) {
+        let io = |e: io::Error| what(e.to_string());
+        let mut out = FileOut::create(p, info, &ClockCal::default()).map_err(io)?;
+        out.profile(rows).map_err(io)?;
+        return out.finish(end).map_err(io);
+    }
     let out_rows: Vec<livetrace_output::ProfileRow> = rows
         .iter()
         .map(|r| livetrace_output::ProfileRow {
@@ -568,29 +561,12 @@ pub fn write_profile(
             max_ns: r.max_ns,
         })
         .collect();
-    let write = |w: &mut dyn Write| -> io::Result<()> {
-        match format {
-            Format::Json => livetrace_output::convert::write_profile_json(&out_rows, &mut *w),
-            _ => livetrace_output::profile::write_table(&out_rows, &mut *w),
-        }
-    };
-    match (format, dest) {
-        (Format::Lttrace, Some(p)) => {
-            let mut out = FileOut::create(p, info, &ClockCal::default()).map_err(what)?;
-            out.profile(rows).map_err(what)?;
-            out.finish(end).map_err(what)
-        }
-        (_, Some(p)) => {
-            let mut f = BufWriter::new(std::fs::File::create(p).map_err(what)?);
-            write(&mut f).and_then(|()| f.flush()).map_err(what)
-        }
-        (_, None) => {
-            let mut o = io::stdout().lock();
-            match write(&mut o).and_then(|()| o.flush()) {
-                Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(what(e)),
-                _ => Ok(()),
-            }
-        }
+    use livetrace_output::convert::{write_profile as write, Dest, Error};
+    let d = dest.map_or(Dest::Stdout, |p| Dest::Path(p.to_path_buf()));
+    match write(&out_rows, format, &d) {
+        Ok(()) => Ok(()),
+        Err(Error::Io(e)) if dest.is_none() && e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(what(e.to_string())),
     }
 }
 

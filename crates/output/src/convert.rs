@@ -97,8 +97,9 @@ impl<R: Read + Seek> Recording<R> {
         let clock = reader.clock();
         // Each thread's first record, read alone.
         let mut firsts: Vec<lf::BlockRef> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for b in reader.record_blocks() {
-            if b.count > 0 && !firsts.iter().any(|f| f.tid == b.tid) {
+            if b.count > 0 && seen.insert(b.tid) {
                 let mut one = *b;
                 one.count = 1;
                 firsts.push(one);
@@ -396,24 +397,6 @@ pub struct Converted {
     pub rows: usize,
 }
 
-fn with_dest<T>(dest: &Dest, f: impl FnOnce(&mut dyn Write) -> io::Result<T>) -> io::Result<T> {
-    match dest {
-        Dest::Stdout => {
-            let stdout = io::stdout();
-            let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
-            let v = f(&mut out)?;
-            out.flush()?;
-            Ok(v)
-        }
-        Dest::Path(p) => {
-            let mut out = BufWriter::with_capacity(1 << 16, File::create(p)?);
-            let v = f(&mut out)?;
-            out.flush()?;
-            Ok(v)
-        }
-    }
-}
-
 /// Profile rows as a JSON array (the profile tracer's JSON output).
 pub fn write_profile_json<W: Write>(rows: &[ProfileRow], mut out: W) -> io::Result<()> {
     let rows: Vec<serde_json::Value> = rows
@@ -429,14 +412,17 @@ pub fn write_profile_json<W: Write>(rows: &[ProfileRow], mut out: W) -> io::Resu
     writeln!(out)
 }
 
-/// Writes `recording` in `format` to `dest`.
-pub fn convert<R: Read + Seek>(
-    recording: &mut Recording<R>,
+/// The writer for `format` (of a `tracer` recording) writing to `dest`,
+/// and the order it wants events in when the source can choose. Every
+/// writer also takes events in any order (per thread in time order); a
+/// live stream gives them as they come. The profile tracer's table is not
+/// an event stream: see [`write_profile`].
+pub fn sink_for(
     format: Format,
+    tracer: lf::Tracer,
     dest: &Dest,
-) -> Result<Converted, Error> {
+) -> Result<(Box<dyn Sink>, FileOrder), Error> {
     use crate::{chrome, folded, perfetto, profile, text, uftrace};
-    let tracer = recording.tracer().unwrap_or(lf::Tracer::Graph);
     format.suits(tracer).map_err(Error::Unsuited)?;
     if format.is_directory() && *dest == Dest::Stdout {
         return Err(Error::Unsuited(format!(
@@ -444,51 +430,74 @@ pub fn convert<R: Read + Seek>(
             format.name()
         )));
     }
+    if format == Format::Lttrace {
+        return Err(Error::Unsuited(
+            "lttrace is the recording format itself, not a conversion".to_string(),
+        ));
+    }
+    if let (Format::Uftrace, Dest::Path(p)) = (format, dest) {
+        return Ok((Box::new(uftrace::UftraceDir::new(p)), FileOrder::Blocks));
+    }
+    let out: Box<dyn Write> = match dest {
+        Dest::Stdout => Box::new(BufWriter::with_capacity(1 << 16, io::stdout())),
+        Dest::Path(p) => Box::new(BufWriter::with_capacity(1 << 16, File::create(p)?)),
+    };
+    Ok(match format {
+        Format::Text if tracer == lf::Tracer::Function => {
+            (Box::new(text::FunctionText::new(out)), FileOrder::ByTime)
+        }
+        Format::Text => (Box::new(text::GraphText::new(out)), FileOrder::ByThread),
+        Format::Json => (Box::new(chrome::ChromeJson::new(out)), FileOrder::Blocks),
+        Format::Perfetto => (
+            Box::new(perfetto::PerfettoTrace::new(out)),
+            FileOrder::Blocks,
+        ),
+        Format::Folded => (
+            Box::new(folded::FoldedWriter::new(None, out)),
+            FileOrder::Blocks,
+        ),
+        Format::Svg => (
+            Box::new(folded::FlameGraph::new(None, out)),
+            FileOrder::Blocks,
+        ),
+        Format::Profile => (Box::new(profile::ProfileTable::new(out)), FileOrder::Blocks),
+        Format::Lttrace | Format::Uftrace => unreachable!("handled above"),
+    })
+}
+
+/// The profile tracer's rows in `format` (text, profile: the table; json:
+/// an array).
+pub fn write_profile(rows: &[ProfileRow], format: Format, dest: &Dest) -> Result<(), Error> {
+    format.suits(lf::Tracer::Profile).map_err(Error::Unsuited)?;
+    let mut out: Box<dyn Write> = match dest {
+        Dest::Stdout => Box::new(BufWriter::new(io::stdout())),
+        Dest::Path(p) => Box::new(BufWriter::new(File::create(p)?)),
+    };
+    match format {
+        Format::Json => write_profile_json(rows, &mut out)?,
+        _ => crate::profile::write_table(rows, &mut out)?,
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Writes `recording` in `format` to `dest`.
+pub fn convert<R: Read + Seek>(
+    recording: &mut Recording<R>,
+    format: Format,
+    dest: &Dest,
+) -> Result<Converted, Error> {
+    let tracer = recording.tracer().unwrap_or(lf::Tracer::Graph);
     if tracer == lf::Tracer::Profile {
         let rows = recording.profile_rows();
-        match format {
-            Format::Json => with_dest(dest, |w| write_profile_json(&rows, w))?,
-            _ => with_dest(dest, |w| profile::write_table(&rows, w))?,
-        }
+        write_profile(&rows, format, dest)?;
         return Ok(Converted {
             summary: Summary::default(),
             rows: rows.len(),
         });
     }
-    let summary = match format {
-        Format::Lttrace => {
-            return Err(Error::Unsuited(
-                "the input is already a .lttrace recording; copy it".to_string(),
-            ))
-        }
-        Format::Text if tracer == lf::Tracer::Graph => with_dest(dest, |w| {
-            recording.feed(FileOrder::ByThread, &mut text::GraphText::new(w))
-        })?,
-        Format::Text => with_dest(dest, |w| {
-            recording.feed(FileOrder::ByTime, &mut text::FunctionText::new(w))
-        })?,
-        Format::Json => with_dest(dest, |w| {
-            recording.feed(FileOrder::Blocks, &mut chrome::ChromeJson::new(w))
-        })?,
-        Format::Perfetto => with_dest(dest, |w| {
-            recording.feed(FileOrder::Blocks, &mut perfetto::PerfettoTrace::new(w))
-        })?,
-        Format::Folded => with_dest(dest, |w| {
-            recording.feed(FileOrder::Blocks, &mut folded::FoldedWriter::new(None, w))
-        })?,
-        Format::Svg => with_dest(dest, |w| {
-            recording.feed(FileOrder::Blocks, &mut folded::FlameGraph::new(None, w))
-        })?,
-        Format::Profile => with_dest(dest, |w| {
-            recording.feed(FileOrder::Blocks, &mut profile::ProfileTable::new(w))
-        })?,
-        Format::Uftrace => {
-            let Dest::Path(p) = dest else {
-                unreachable!("refused above")
-            };
-            recording.feed(FileOrder::Blocks, &mut uftrace::UftraceDir::new(p))?
-        }
-    };
+    let (mut sink, order) = sink_for(format, tracer, dest)?;
+    let summary = recording.feed(order, &mut sink)?;
     Ok(Converted { summary, rows: 0 })
 }
 

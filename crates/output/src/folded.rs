@@ -464,6 +464,7 @@ impl<W: Write> Sink for FlameGraph<W> {
             lines.iter().map(String::as_str),
             &mut self.out,
         )?;
+        self.out.flush()?;
         Ok(summary)
     }
 }

@@ -32,13 +32,17 @@
 //!   profile and folded self times leave it out.
 //! * **Orphan exits**: in ring overwrite mode the oldest events are lost, so
 //!   a thread's first events can be Exits of calls whose Entries were
-//!   overwritten. Each writer rebuilds, from them, the stack the thread was
-//!   on when recording began, so the calls that follow keep their callers.
-//!   An exit that matches no open call anywhere else is treated the same
-//!   way, and open calls above a matching exit are taken to have ended
-//!   there (their exits were lost).
-//! * **Lost events and depth overflows**: per-thread counts, reported by
-//!   every writer that has a place for them.
+//!   overwritten. The folded stacks and `uftrace.data` rebuild, from them,
+//!   the stack the thread was on when recording began, so the calls that
+//!   came before keep their callers; the writers that draw events as they
+//!   come (text, JSON, protobuf) cannot go back, so they count orphans and
+//!   draw nothing for them. Open calls at an orphan's depth or deeper, and
+//!   open calls above a matching exit, are taken to have ended there (their
+//!   exits were lost).
+//! * **Lost events and depth overflows**: per-thread counts by reason
+//!   ([`LossReason`]), at the point of the stream where they happened when
+//!   the source knows it, reported by every writer that has a place for
+//!   them.
 //!
 //! # Writers
 //!

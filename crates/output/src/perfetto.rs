@@ -154,6 +154,8 @@ struct ThreadTrack {
     uuid: u64,
     /// The name its track was last described with; `None` before then.
     described: Option<String>,
+    /// `described` is the thread's name (no rename since).
+    current: bool,
     stack: Vec<Open>,
     orphans: u64,
 }
@@ -230,10 +232,17 @@ impl<W: Write> PerfettoTrace<W> {
 
     /// Writes `self.packet` as one `Trace.packet`.
     fn emit(&mut self) -> io::Result<()> {
-        let mut head = Vec::with_capacity(12);
-        put_varint(&mut head, (u64::from(TRACE_PACKET) << 3) | 2);
-        put_varint(&mut head, self.packet.len() as u64);
-        self.out.write_all(&head)?;
+        let mut head = [0u8; 11];
+        head[0] = ((TRACE_PACKET << 3) | 2) as u8;
+        let mut n = 1;
+        let mut len = self.packet.len() as u64;
+        while len >= 0x80 {
+            head[n] = (len as u8) | 0x80;
+            len >>= 7;
+            n += 1;
+        }
+        head[n] = len as u8;
+        self.out.write_all(&head[..=n])?;
         self.out.write_all(&self.packet)
     }
 
@@ -283,14 +292,21 @@ impl<W: Write> PerfettoTrace<W> {
     }
 
     /// The thread's track uuid, describing the track first if its name is
-    /// new.
+    /// new. Tid 0 (losses no thread can be blamed for) is the process's.
     fn track(&mut self, tid: u32) -> io::Result<u64> {
+        if tid == 0 {
+            return Ok(PROCESS_TRACK);
+        }
         let idx = self.threads.index(tid);
         let t = self.threads.get(tid);
         if t.state.uuid == 0 {
             t.state.uuid = PROCESS_TRACK + 1 + idx as u64;
         }
         let uuid = t.state.uuid;
+        if t.state.current {
+            return Ok(uuid);
+        }
+        t.state.current = true;
         if t.state.described.as_deref() == Some(t.summary.name.as_str()) {
             return Ok(uuid);
         }
@@ -392,7 +408,7 @@ impl<W: Write> Sink for PerfettoTrace<W> {
     }
 
     fn thread(&mut self, tid: u32, name: &str) -> io::Result<()> {
-        self.threads.name(tid, name);
+        self.threads.name(tid, name).state.current = false;
         Ok(())
     }
 

@@ -260,6 +260,9 @@ pub struct GraphText<W: Write> {
     /// The current thread's latest Entry and its name, not printed yet: a
     /// leaf if its exit comes next.
     pending: Option<(Open, String)>,
+    /// ` TID) ` of the current thread.
+    prefix: String,
+    line: String,
 }
 
 impl<W: Write> GraphText<W> {
@@ -270,6 +273,8 @@ impl<W: Write> GraphText<W> {
             width: 3,
             current: None,
             pending: None,
+            prefix: String::new(),
+            line: String::with_capacity(256),
         }
     }
 
@@ -278,23 +283,27 @@ impl<W: Write> GraphText<W> {
         self.out
     }
 
-    fn prefix(&self, tid: u32) -> String {
-        format!(" {:>width$}) ", tid, width = self.width)
+    /// Writes one line: prefix, duration column, indent, then `body`'s
+    /// parts.
+    fn write_line(&mut self, duration: Option<u64>, depth: u32, body: &[&str]) -> io::Result<()> {
+        let line = &mut self.line;
+        line.clear();
+        line.push_str(&self.prefix);
+        push_duration(line, duration);
+        push_indent(line, depth);
+        for part in body {
+            line.push_str(part);
+        }
+        line.push('\n');
+        self.out.write_all(line.as_bytes())
     }
 
     /// Prints the pending entry as an opening line.
     fn flush_pending(&mut self) -> io::Result<()> {
-        let (Some((open, name)), Some(tid)) = (self.pending.take(), self.current) else {
+        let Some((open, name)) = self.pending.take() else {
             return Ok(());
         };
-        let parens = parens(&name);
-        writeln!(
-            self.out,
-            "{}{}{}{name}{parens} {{",
-            self.prefix(tid),
-            duration_field(None),
-            indent(open.depth)
-        )
+        self.write_line(None, open.depth, &[&name, parens(&name), " {"])
     }
 
     /// Makes `tid` the thread being printed, under a separator.
@@ -305,7 +314,8 @@ impl<W: Write> GraphText<W> {
         self.flush_pending()?;
         self.current = Some(tid);
         let name = self.threads.get(tid).summary.name.clone();
-        let prefix = self.prefix(tid);
+        self.prefix = format!(" {:>width$}) ", tid, width = self.width);
+        let prefix = &self.prefix;
         writeln!(self.out)?;
         writeln!(self.out, " ------------------------------------------")?;
         writeln!(self.out, "{prefix} {}-{tid}", comm(&name))?;
@@ -314,8 +324,14 @@ impl<W: Write> GraphText<W> {
     }
 }
 
-fn indent(depth: u32) -> String {
-    "  ".repeat(depth as usize)
+fn push_indent(line: &mut String, depth: u32) {
+    const SPACES: &str = "                                                                ";
+    let mut n = depth as usize * 2;
+    while n > 0 {
+        let k = n.min(SPACES.len());
+        line.push_str(&SPACES[..k]);
+        n -= k;
+    }
 }
 
 /// C++ names already carry their parameter list.
@@ -354,7 +370,6 @@ impl<W: Write> Sink for GraphText<W> {
     fn event(&mut self, tid: u32, event: Event, names: &Symbols) -> io::Result<()> {
         self.threads.event(tid, event.ts());
         self.switch_to(tid)?;
-        let prefix = self.prefix(tid);
         match event {
             Event::Entry { ts, func, depth } => {
                 self.flush_pending()?;
@@ -387,36 +402,19 @@ impl<W: Write> Sink for GraphText<W> {
                         None
                     }
                 };
-                let name = names.display(func);
-                if leaf.is_some() {
-                    writeln!(
-                        self.out,
-                        "{prefix}{}{}{name}{};",
-                        duration_field(duration),
-                        indent(depth),
-                        parens(&name)
-                    )?;
+                if let Some((_, name)) = leaf {
+                    self.write_line(duration, depth, &[&name, parens(&name), ";"])?;
                 } else {
                     self.flush_pending()?;
-                    writeln!(
-                        self.out,
-                        "{prefix}{}{}}} /* {name} */",
-                        duration_field(duration),
-                        indent(depth),
-                    )?;
+                    let name = names.display(func);
+                    self.write_line(duration, depth, &["} /* ", &name, " */"])?;
                 }
             }
             Event::Call { func, caller, .. } => {
                 self.flush_pending()?;
                 let depth_now = self.threads.get(tid).state.depth_now;
-                writeln!(
-                    self.out,
-                    "{prefix}{}{}/* {} <-{} */",
-                    duration_field(None),
-                    indent(depth_now),
-                    names.display(func),
-                    names.display(caller)
-                )?;
+                let (f, c) = (names.display(func), names.display(caller));
+                self.write_line(None, depth_now, &["/* ", &f, " <-", &c, " */"])?;
             }
         }
         Ok(())
@@ -478,26 +476,41 @@ fn mark(ns: u64) -> char {
 /// The duration column up to and including `|  `: 14 columns then the bar,
 /// as the kernel's `print_graph_duration` and `trace_print_graph_duration`
 /// print it (at most 7 digits in all: 1234567 us drops the decimals).
+#[cfg(test)]
 fn duration_field(ns: Option<u64>) -> String {
+    let mut field = String::new();
+    push_duration(&mut field, ns);
+    field
+}
+
+fn push_duration(line: &mut String, ns: Option<u64>) {
     let Some(ns) = ns else {
-        return format!("{:14}|  ", "");
+        line.push_str("              |  ");
+        return;
     };
-    let usecs = (ns / 1000).to_string();
-    let mut field = format!("{} {usecs}", mark(ns));
+    line.push(mark(ns));
+    line.push(' ');
+    let mut buf = itoa::Buffer::new();
+    let usecs = buf.format(ns / 1000);
+    line.push_str(usecs);
     let mut len = usecs.len();
     if len < 7 {
-        let decimals = format!("{:03}", ns % 1000);
+        let frac = ns % 1000;
+        let digits = [
+            (b'0' + (frac / 100) as u8) as char,
+            (b'0' + (frac / 10 % 10) as u8) as char,
+            (b'0' + (frac % 10) as u8) as char,
+        ];
         let keep = (7 - len).min(3);
-        field.push('.');
-        field.push_str(&decimals[..keep]);
+        line.push('.');
+        line.extend(&digits[..keep]);
         len += keep + 1;
     }
-    field.push_str(" us ");
+    line.push_str(" us ");
     for _ in len..8 {
-        field.push(' ');
+        line.push(' ');
     }
-    field.push_str("|  ");
-    field
+    line.push_str("|  ");
 }
 
 #[cfg(test)]

@@ -553,3 +553,68 @@ fn a_trace_that_starts_mid_stack_has_no_unknown_root() {
     let text = run(&dir.0, &["graph"]);
     assert!(!text.contains("<0>"), "{text}");
 }
+
+/// Many threads fed interleaved, a chunk at a time, as a recording holds
+/// them: more threads than the writer keeps files open, so files are
+/// closed and reopened to append, and every thread's calls still replay
+/// whole and in order.
+#[test]
+fn interleaved_threads_beyond_the_open_file_limit_replay_whole() {
+    if !have_uftrace("interleaved_threads_beyond_the_open_file_limit_replay_whole") {
+        return;
+    }
+    use livetrace_output::Sink;
+    let dir = TempDir::new("many");
+    let names = common::symbols();
+    let mut w = uftrace::UftraceDir::new(&dir.0);
+    w.begin(&common::graph_trace().process()).unwrap();
+    let threads = uftrace::OPEN_FILES as u32 + 36;
+    let t0 = common::T0;
+    for round in 0..3u64 {
+        for i in 0..threads {
+            let tid = 20_000 + i;
+            if round == 0 {
+                w.thread(tid, &format!("w{i}")).unwrap();
+            }
+            let ts = t0 + round * 1_000 + u64::from(i);
+            for e in [
+                Event::Entry {
+                    ts,
+                    func: common::PARSE,
+                    depth: 0,
+                },
+                Event::Entry {
+                    ts: ts + 100,
+                    func: common::LEX,
+                    depth: 1,
+                },
+                Event::Exit {
+                    ts: ts + 200,
+                    func: common::LEX,
+                    depth: 1,
+                },
+                Event::Exit {
+                    ts: ts + 300,
+                    func: common::PARSE,
+                    depth: 0,
+                },
+            ] {
+                w.event(tid, e, &names).unwrap();
+            }
+        }
+    }
+    let summary = w.finish(&names).unwrap();
+    assert_eq!(summary.events(), u64::from(threads) * 12);
+    let by_tid = replay_by_tid(&run(&dir.0, &["replay"]));
+    assert_eq!(by_tid.len(), threads as usize);
+    let one = [
+        (0, "parse() {"),
+        (1, "lex() {"),
+        (1, "} /* lex */"),
+        (0, "} /* parse */"),
+    ];
+    let want: Vec<(usize, &str)> = one.iter().cycle().take(12).copied().collect();
+    for (tid, lines) in &by_tid {
+        assert_eq!(lines, &tree(&want), "tid {tid}");
+    }
+}
