@@ -80,7 +80,11 @@ pub fn run(tracer: Tracer, a: Args) {
     drop(session);
     drop(slow);
     drop(controlled);
-    let ctl = if ctl.is_empty() { f64::NAN } else { median(&mut ctl) };
+    let ctl = if ctl.is_empty() {
+        f64::NAN
+    } else {
+        median(&mut ctl)
+    };
     let (b, t) = (median(&mut base), median(&mut traced));
     let (cb, ck) = (median(&mut callback), median(&mut clock));
     let name = match tracer {

@@ -456,7 +456,40 @@ fn the_flight_recorder_snapshot_holds_each_threads_newest_records() {
     let n = counts(&last);
     assert!(n.records >= 2 * 4000, "{} records", n.records);
     assert!(n.lost > 0);
-    assert!(enabled(dir.path(), p.pid).is_empty() || !enabled(dir.path(), p.pid).contains("hot_"));
+    // A trigger takes the snapshot: the buffers freeze at the first call of
+    // hot_b after the start, and the command writes them and ends.
+    let trig = dir.path().join("trig.lttrace");
+    let o = livetrace(dir.path())
+        .args([
+            "trace",
+            &pid,
+            "--flight",
+            "-t",
+            "graph",
+            "-f",
+            "hot_*",
+            "--buffer",
+            "1024",
+            "--snapshot-at",
+            "hot_b",
+            "-d",
+            "60s",
+            "-o",
+        ])
+        .arg(&trig)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("the snapshot trigger fired"), "{err}");
+    let r = Reader::open(&trig).unwrap();
+    assert_eq!(r.end().unwrap().reason, EndReason::Snapshot);
+    assert!(r.record_count() > 0 && r.record_count() <= 2 * 1024);
+    wait_for(
+        Duration::from_secs(20),
+        || !enabled(dir.path(), p.pid).contains("hot_"),
+        || "still traced".to_string(),
+    );
 }
 
 /// Records `controls` with `args`; the entries per function.

@@ -32,9 +32,20 @@
 //!   protocol can make the server write to an address a client chose: live
 //!   patches go from one known, signature-checked function to another.
 //!
-//! Traces travel as [`WireTrace`], a serde mirror of
-//! [`livetrace_output::Trace`] (which itself has no serde support), with
-//! events as compact `[kind, ts, func, caller_or_depth]` arrays.
+//! # Records travel by shared memory
+//!
+//! A consumer does not receive records in frames: [`Request::MapBuffers`]
+//! (and [`Request::Snapshot`] for a flight recorder) are answered with a
+//! frame that carries the session's two memory files as `SCM_RIGHTS`
+//! ([`Client::call_with_fds`], [`write_frame_with_fds`]); the consumer maps
+//! them and reads the records itself, storing what it consumed in the
+//! shared tails (see `livetrace_ring::shm`). The frames stay for control:
+//! starting and stopping, names ([`Request::Functions`]), profiles,
+//! patches. [`Request::PollEvents`] remains for simple clients: it drains
+//! the buffers in the process and sends events as [`WireTrace`], a serde
+//! mirror of [`livetrace_output::Trace`] with events as compact `[kind, ts,
+//! func, caller_or_depth]` arrays, at most [`MAX_EVENTS_PER_REPLY`] a
+//! frame.
 
 #![warn(missing_docs)]
 
