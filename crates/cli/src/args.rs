@@ -24,8 +24,9 @@ pub struct Selection {
     /// durations) or profile (a table, no events)
     #[arg(short = 't', long, default_value = "function", value_parser = parse_tracer)]
     pub tracer: Tracer,
-    /// Ring buffer records per thread (a power of two; 32 bytes each)
-    #[arg(long, value_name = "RECORDS")]
+    /// Each thread's buffer: records (a power of two; 32 bytes each), or a
+    /// size (8M: 262144 records). Stream default 8M, flight recorder 2M
+    #[arg(long, value_name = "RECORDS|SIZE", value_parser = parse_buffer)]
     pub buffer: Option<u64>,
     /// Memory the session's buffers may use in all (e.g. 256M): how many
     /// threads can have a buffer at once; records of threads beyond it are
@@ -55,6 +56,17 @@ pub struct Volume {
     /// traceoff trigger
     #[arg(long, value_name = "FUNC")]
     pub stop_at: Vec<String>,
+}
+
+/// A record count, or a size in bytes with a K, M or G suffix.
+fn parse_buffer(s: &str) -> Result<u64, String> {
+    if s.trim().ends_with(|c: char| c.is_ascii_alphabetic()) {
+        Ok(ui::parse_size(s)? / 32)
+    } else {
+        s.trim()
+            .parse()
+            .map_err(|_| format!("'{s}' is not a record count or a size (like 65536 or 8M)"))
+    }
 }
 
 fn parse_tracer(s: &str) -> Result<Tracer, String> {
@@ -115,5 +127,18 @@ impl OutputArgs {
             ));
         }
         Ok(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_buffer;
+
+    #[test]
+    fn buffers_in_records_or_bytes() {
+        assert_eq!(parse_buffer("65536"), Ok(65536));
+        assert_eq!(parse_buffer("8M"), Ok(262_144));
+        assert_eq!(parse_buffer("64K"), Ok(2048));
+        assert!(parse_buffer("lots").is_err());
     }
 }
