@@ -104,6 +104,28 @@ fn run(mut cmd: Command) -> Ran {
         .spawn()
         .expect("spawn");
     let pid = child.id() as libc::pid_t;
+    // The command's own peak memory: wait4's rusage would include the
+    // traced program's (its reaped child). VmHWM only grows: the last value
+    // read before the process ends is its peak but for its last moments.
+    let sampler = std::thread::spawn(move || {
+        let mut peak = 0i64;
+        while let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            if let Some(kb) = s
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            {
+                peak = peak.max(kb);
+            }
+            if s.lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'))
+            {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        peak
+    });
     let (mut o, mut e) = (child.stdout.unwrap(), child.stderr.unwrap());
     let out = std::thread::spawn(move || {
         let mut s = String::new();
@@ -124,7 +146,12 @@ fn run(mut cmd: Command) -> Ran {
     Ran {
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
-        max_rss_kb: ru.ru_maxrss,
+        // Sampled; wait4's figure only if the command ended before the
+        // first sample (it would include a traced child's memory).
+        max_rss_kb: match sampler.join().unwrap_or(0) {
+            0 => ru.ru_maxrss,
+            kb => kb,
+        },
         wall: t.elapsed().as_secs_f64(),
         ok: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
     }
