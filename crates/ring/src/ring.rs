@@ -110,6 +110,8 @@ pub(crate) struct WriterLine {
     pub(crate) mask: u64,
     /// Overwrite mode (cleared while the set is frozen).
     pub(crate) overwrite: AtomicBool,
+    /// The set is frozen ([`Rings::freeze`]): refuse every record.
+    pub(crate) frozen: AtomicBool,
     /// Records ever pushed; the next one goes to slot `head & mask`.
     pub(crate) head: AtomicU64,
     /// Records whose storing has begun: `head + 1` while a push is storing
@@ -126,6 +128,13 @@ pub(crate) struct WriterLine {
     /// This buffer's consumer tail word (in the tails mapping).
     pub(crate) tail: *const AtomicU64,
 }
+
+// The writer's words fit one cache line, at fixed offsets the assembly
+// writers were built against.
+const _: () = {
+    assert!(std::mem::size_of::<WriterLine>() == 64);
+    assert!(std::mem::offset_of!(WriterLine, head) == 24);
+};
 
 /// Who owns a buffer, on the header's second line.
 #[repr(C, align(64))]
@@ -260,7 +269,7 @@ impl Header {
     #[inline(never)]
     fn room_after_reload(&self, h: u64, pool: &PoolHeader) -> bool {
         let w = &self.w;
-        let room = if pool.frozen.load(Acquire) != 0 {
+        let room = if w.frozen.load(Acquire) || pool.frozen.load(Acquire) != 0 {
             // Frozen: `tail_seen` was set to keep every push here; leave it.
             false
         } else {
@@ -860,6 +869,7 @@ impl Rings {
             // this buffer (not yet counted in `used`, or overwritten by the
             // stores above): freeze it ourselves (the same stores).
             if !frozen && pool.frozen.load(SeqCst) != 0 {
+                w.frozen.store(true, SeqCst);
                 w.tail_seen.store(frozen_tail(0, w.mask), SeqCst);
                 w.overwrite.store(false, SeqCst);
             }
@@ -1034,6 +1044,7 @@ impl Rings {
             // sees `frozen` and refuses. `tail_seen` is the writer's only
             // in DropNewest mode, and its own store there happens only when
             // not frozen.
+            w.frozen.store(true, SeqCst);
             w.tail_seen
                 .store(frozen_tail(w.head.load(Acquire), w.mask), SeqCst);
             w.overwrite.store(false, SeqCst);
@@ -1050,6 +1061,7 @@ impl Rings {
                 w.tail_seen.store(0, SeqCst);
             }
             w.overwrite.store(overwrite, SeqCst);
+            w.frozen.store(false, SeqCst);
         }
         pool.frozen.store(0, SeqCst);
     }
@@ -1188,6 +1200,20 @@ pub mod raw {
     pub const STARTED_OFFSET: usize = offset_of!(Header, w) + offset_of!(WriterLine, started);
     /// Offset of `tail_seen`, the writer's stale copy of the consumer's tail.
     pub const TAIL_SEEN_OFFSET: usize = offset_of!(Header, w) + offset_of!(WriterLine, tail_seen);
+    /// Offset of `dropped`, the count of records the writer refused. Only
+    /// the owning thread stores to it (a plain add is enough).
+    pub const DROPPED_OFFSET: usize = offset_of!(Header, w) + offset_of!(WriterLine, dropped);
+    /// Offset of the pointer to the consumer's tail word (a `u64` another
+    /// process may store to: its value may be anything, never an address).
+    /// A writer that finds the buffer full by `tail_seen` may reload the
+    /// tail through it, store it as `tail_seen`, and, still full, count the
+    /// refusal in `dropped` and skip the record, as the Rust path does:
+    /// only while the `frozen` byte is 0 (a frozen buffer refuses every
+    /// record whatever the tail).
+    pub const TAIL_PTR_OFFSET: usize = offset_of!(Header, w) + offset_of!(WriterLine, tail);
+    /// Offset of the `frozen` byte (1 while [`super::Rings::freeze`] holds
+    /// the buffer still).
+    pub const FROZEN_OFFSET: usize = offset_of!(Header, w) + offset_of!(WriterLine, frozen);
 
     /// The writer cache's offset from the thread pointer, measured on the
     /// calling thread. It is the same in every thread when this crate's
