@@ -9,6 +9,7 @@
 //! every site is left as it was. The one exception is `patch`, whose patch
 //! must outlive the command: it stays until `patch --revert`.
 
+mod attach;
 mod output;
 mod ui;
 
@@ -42,17 +43,31 @@ struct Cli {
     #[arg(long, global = true, value_name = "DIR")]
     socket_dir: Option<PathBuf>,
 
+    #[command(flatten)]
+    attach: attach::AttachArgs,
+
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// List the processes that have livetrace loaded (a live control socket)
+    /// List your processes that run livetrace or have sites, and which can
+    /// be attached to
     ///
     /// Sockets left by processes that died without removing them (killed by
     /// a signal) are removed.
-    Ps,
+    Ps(attach::PsArgs),
+    /// Load livetrace into a running process that was started without it
+    Attach {
+        /// The process
+        pid: u32,
+    },
+    /// Stop all tracing in a process and unload livetrace from it
+    Detach {
+        /// The process
+        pid: u32,
+    },
     /// List a process's traceable functions: name, address, state, source
     Ls {
         /// The process
@@ -203,8 +218,11 @@ fn main() -> ExitCode {
         .socket_dir
         .clone()
         .unwrap_or_else(livetrace_proto::socket_dir);
+    attach::configure(cli.attach.clone());
     let r = match cli.cmd {
-        Cmd::Ps => ps(&dir),
+        Cmd::Ps(a) => attach::ps(&dir, &a).map_err(Fail::from),
+        Cmd::Attach { pid } => attach::cmd_attach(&dir, pid).map_err(Fail::from),
+        Cmd::Detach { pid } => attach::cmd_detach(pid).map_err(Fail::from),
         Cmd::Ls {
             pid,
             glob,
@@ -243,49 +261,7 @@ fn main() -> ExitCode {
 }
 
 fn connect(dir: &Path, pid: u32) -> Result<Client, Fail> {
-    Ok(Client::connect_path(&dir.join(format!("{pid}.sock")))?)
-}
-
-fn cmdline_of(pid: u32) -> Option<String> {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let words: Vec<String> = raw
-        .split(|&b| b == 0)
-        .filter(|w| !w.is_empty())
-        .map(|w| String::from_utf8_lossy(w).into_owned())
-        .collect();
-    Some(words.join(" "))
-}
-
-fn ps(dir: &Path) -> Result<(), Fail> {
-    let style = Style::stdout();
-    let mut pids: Vec<u32> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                name.strip_suffix(".sock")?.parse().ok()
-            })
-            .filter(|pid| {
-                let alive = Path::new(&format!("/proc/{pid}")).exists();
-                if !alive {
-                    // A process killed by a signal cannot remove its
-                    // socket; the directory is ours, so tidy it.
-                    let _ = std::fs::remove_file(dir.join(format!("{pid}.sock")));
-                }
-                alive
-            })
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(format!("cannot read {}: {e}", dir.display()).into()),
-    };
-    pids.sort_unstable();
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}", style.bold(&format!("{:>8}  COMMAND", "PID")));
-    for pid in pids {
-        let cmd = cmdline_of(pid).unwrap_or_default();
-        let _ = writeln!(out, "{pid:>8}  {cmd}");
-    }
-    Ok(())
+    Ok(Client::connect_path(&attach::socket(dir, pid)?)?)
 }
 
 fn ls(

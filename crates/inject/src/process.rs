@@ -480,6 +480,17 @@ impl Process {
         }
     }
 
+    /// Lets the process run (passing its events through) until `cond`
+    /// holds or `timeout` passes; returns whether it held. `cond` may read
+    /// the process's memory.
+    pub fn wait_until(
+        &mut self,
+        timeout: Duration,
+        cond: impl FnMut(&Process) -> bool,
+    ) -> Result<bool, Error> {
+        self.pump_until(timeout, cond)
+    }
+
     // -----------------------------------------------------------------
     // Holding the world.
 
