@@ -263,6 +263,8 @@ struct Library {
     start: u64,
     convert: u64,
     detach: u64,
+    unload: u64,
+    code: u64,
 }
 
 impl Library {
@@ -286,6 +288,8 @@ impl Library {
             start: sym("livetrace_attach_start")?,
             convert: sym("livetrace_attach_convert")?,
             detach: sym("livetrace_detach_start")?,
+            unload: sym("livetrace_attach_unload")?,
+            code: sym("livetrace_attach_code")?,
             module,
         })
     }
@@ -732,28 +736,24 @@ fn unload(p: &mut Process, l: &Library) -> Result<(), String> {
         }
         l.wait_for(p, &[protocol::UNLOADABLE], "tearing down")?;
     }
-    // No thread may be inside the library (its own threads exiting, a
-    // handler of ours still running) when it goes.
-    let ranges: Vec<(u64, u64)> = l.module.maps.iter().map(|m| (m.start, m.end)).collect();
-    let inside = |a: u64| ranges.iter().any(|&(lo, hi)| lo <= a && a < hi);
+    // Nothing may be inside the library when it goes (see `inside_library`).
+    let mut last = String::new();
     let mut clear = false;
-    let mut last = None;
     for attempt in 1..=HOLD_ATTEMPTS * 4 {
-        p.hold().map_err(e)?;
-        let busy = p.find_inside(inside).map_err(e)?;
-        p.release().map_err(e)?;
-        if busy.is_none() {
-            clear = true;
-            break;
+        match inside_library(p, l)? {
+            None => {
+                clear = true;
+                break;
+            }
+            Some(why) => last = why,
         }
-        last = busy;
         let _ = p.wait_until(Duration::from_millis(u64::from(attempt).min(20)), |_| false);
     }
     if !clear {
-        let b = last.expect("set when retrying");
         return Err(format!(
-            "thread {} stays inside liblivetrace.so ({:#x}); not unloading",
-            b.tid, b.addr
+            "{last}; livetrace is stopped in the process but stays loaded: `livetrace detach \
+             {}` again unloads it once that is over",
+            p.pid()
         ));
     }
     let path = l
@@ -778,17 +778,98 @@ fn unload(p: &mut Process, l: &Library) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether anything of the process can still run library code, and what:
+/// one of its own threads not yet exited; with every thread held, a thread
+/// executing in it, a thread inside livetrace by its per-thread byte (a
+/// callback, a return hook's exit path: the byte the quiescence wait
+/// reads), or a frame whose return the graph tracer hooked and that has
+/// not returned yet (the hook's address in its live stack). Once
+/// sessions are torn down nothing else leads into the library: sites are
+/// NOPs, its signal handlers are the program's again, its thread-local
+/// destructors are forgotten.
+fn inside_library(p: &mut Process, l: &Library) -> Result<Option<String>, String> {
+    let e = |e: Error| e.to_string();
+    for tid in p.tids() {
+        let comm = std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", p.pid()))
+            .unwrap_or_default();
+        if comm.starts_with("livetrace-") {
+            return Ok(Some(format!(
+                "livetrace's thread {tid} ({}) has not exited",
+                comm.trim()
+            )));
+        }
+    }
+    let hook = p.read_u64(l.unload).map_err(e)?;
+    let inside_off = p.read_u64(l.unload + 8).map_err(e)? as i64;
+    let mut ranges: Vec<(u64, u64)> = l.module.maps.iter().map(|m| (m.start, m.end)).collect();
+    // Its trampolines and stubs, which it unmaps as it goes.
+    let (at, n) = (
+        p.read_u64(l.code).map_err(e)?,
+        p.read_u64(l.code + 8).map_err(e)? as usize,
+    );
+    if at != 0 && n > 0 && n < 1 << 20 {
+        let mut raw = vec![0u8; n * 16];
+        p.read(at, &mut raw).map_err(e)?;
+        ranges.extend(raw.chunks_exact(16).map(|c| {
+            (
+                u64::from_le_bytes(c[..8].try_into().expect("8 bytes")),
+                u64::from_le_bytes(c[8..].try_into().expect("8 bytes")),
+            )
+        }));
+    }
+    p.hold().map_err(e)?;
+    let r = (|| -> Result<Option<String>, Error> {
+        for tid in p.tids() {
+            let regs = p.registers(tid)?;
+            if ranges
+                .iter()
+                .any(|&(lo, hi)| lo <= regs.rip && regs.rip < hi)
+            {
+                return Ok(Some(format!(
+                    "thread {tid} is executing livetrace's code ({:#x})",
+                    regs.rip
+                )));
+            }
+            if inside_off != 0 && regs.fs_base != 0 {
+                let mut b = [0u8; 1];
+                if p.read(regs.fs_base.wrapping_add(inside_off as u64), &mut b)
+                    .is_ok()
+                    && b[0] != 0
+                {
+                    return Ok(Some(format!("thread {tid} is inside livetrace")));
+                }
+            }
+        }
+        if hook != 0 {
+            if let Some(b) = p.find_inside(|w| w == hook)? {
+                if b.addr == 0 {
+                    return Ok(Some(format!("thread {}'s stack cannot be checked", b.tid)));
+                }
+                return Ok(Some(format!(
+                    "thread {} is in a function entered while the graph tracer traced it, which \
+                     has not returned yet (its return is hooked)",
+                    b.tid
+                )));
+            }
+        }
+        Ok(None)
+    })();
+    p.release().map_err(e)?;
+    r.map_err(e)
+}
+
 /// `livetrace attach PID`.
 pub fn cmd_attach(dir: &Path, pid: u32) -> Result<(), String> {
     let direct = dir.join(format!("{pid}.sock"));
     if direct.exists() || find_socket(pid as i32).is_some() {
-        println!("livetrace already runs in process {pid}");
+        let _ = writeln!(std::io::stdout(), "livetrace already runs in process {pid}");
         return Ok(());
     }
     let a = attach_process(pid as i32, config().lib.as_deref())?;
-    println!("{}", a.summary(pid));
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{}", a.summary(pid));
     if !a.already {
-        println!("control socket: {}", a.socket.display());
+        let _ = writeln!(out, "control socket: {}", a.socket.display());
     }
     Ok(())
 }
@@ -805,7 +886,8 @@ pub fn cmd_detach(pid: u32) -> Result<(), String> {
     let mut p = Process::seize(target).map_err(|e| e.to_string())?;
     unload(&mut p, &l)?;
     let stats = p.detach().map_err(|e| e.to_string())?;
-    println!(
+    let _ = writeln!(
+        std::io::stdout(),
         "detached from process {pid} in {:.0} ms (no thread stopped longer than {:.1} ms); \
          liblivetrace.so is unloaded",
         t0.elapsed().as_secs_f64() * 1e3,

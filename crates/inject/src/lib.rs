@@ -75,3 +75,6 @@ pub use elf::{kind as elf_kind, modules, ElfKind, Module, Symbol};
 pub use error::Error;
 pub use process::{Arg, Busy, Process, Safety, Stats};
 pub use target::{privileged, LoaderCalls, Refusal, Target};
+
+/// A thread's general registers, as ptrace gives them.
+pub type Regs = libc::user_regs_struct;

@@ -566,6 +566,11 @@ impl Process {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// The registers of a stopped thread (every thread, while held).
+    pub fn registers(&self, tid: i32) -> Result<Regs, Error> {
+        sys::get_regs(tid).map_err(ptrace_err("getregs", tid))
+    }
+
     /// With every thread held: the first thread whose instruction pointer,
     /// or any word of its live stack (from its stack pointer to the end of
     /// its stack's mapping), satisfies `inside`. A thread whose stack

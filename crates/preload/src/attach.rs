@@ -88,6 +88,19 @@ pub static livetrace_attach_sleds: [AtomicUsize; 2] = [AtomicUsize::new(0), Atom
 #[unsafe(no_mangle)]
 pub static livetrace_attach_message: Message = Message(UnsafeCell::new([0; MESSAGE_LEN]));
 
+/// What the injector checks before unloading, once `SERVING`: the graph
+/// tracer's return hook (a frame still hooked holds it on its stack) and
+/// the thread-pointer offset of the byte that is non-zero while a thread
+/// is inside livetrace (a callback, a fast path, a return hook's exit).
+#[unsafe(no_mangle)]
+pub static livetrace_attach_unload: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+
+/// Once `UNLOADABLE`: the executable memory livetrace mapped (trampolines,
+/// stubs), as `(start, end)` `u64` pairs and their count, which no thread
+/// may be executing when the library goes (it unmaps them then).
+#[unsafe(no_mangle)]
+pub static livetrace_attach_code: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+
 const MESSAGE_LEN: usize = 1024;
 
 /// A message buffer, written by one thread before it publishes a state,
@@ -325,6 +338,14 @@ fn attach(flags: u64) {
             e => e.to_string(),
         });
     }
+    match livetrace_ftrace::inside_tpoff() {
+        Some(off) => livetrace_attach_unload[1].store(off as usize, Release),
+        None => return fail("livetrace's thread-local state is not in static TLS"),
+    }
+    livetrace_attach_unload[0].store(
+        livetrace_tracers::retstack::return_to_handler_addr(),
+        Release,
+    );
     let serial = crate::interpose::serialize();
     let prepared = livetrace_ftrace::with_table(|t| -> Result<(Vec<u64>, Vec<Pin>), String> {
         let scan = t.rescan().map_err(|e| e.to_string())?;
@@ -565,8 +586,31 @@ fn choose_signals() -> Result<(), String> {
     Ok(())
 }
 
+/// Signals pending for some thread or for the process.
+fn pending_anywhere() -> u64 {
+    let mut mask = 0u64;
+    if let Ok(rd) = std::fs::read_dir("/proc/self/task") {
+        for e in rd.flatten() {
+            if let Ok(s) = std::fs::read_to_string(e.path().join("status")) {
+                for l in s.lines() {
+                    if let Some(v) = l
+                        .strip_prefix("SigPnd:")
+                        .or_else(|| l.strip_prefix("ShdPnd:"))
+                    {
+                        mask |= u64::from_str_radix(v.trim(), 16).unwrap_or(0);
+                    }
+                }
+            }
+        }
+    }
+    mask
+}
+
 /// Puts back the dispositions livetrace changed: only those whose handler
-/// is still ours (the program may have set its own since).
+/// is still ours (the program may have set its own since). A real-time
+/// signal of ours still pending somewhere (a probe a thread never
+/// answered) would kill the process under its default action: that one is
+/// ignored instead.
 fn restore_signals() {
     let saved = SAVED.swap(std::ptr::null_mut(), AcqRel);
     if saved.is_null() {
@@ -582,10 +626,19 @@ fn restore_signals() {
         }
         // SAFETY: filled by sigaction.
         let cur = unsafe { cur.assume_init() };
-        if crate::interpose::is_own(cur.sa_sigaction) {
-            // SAFETY: reinstalls the disposition the program had.
-            unsafe { libc::sigaction(*sig, old, std::ptr::null_mut()) };
+        if !crate::interpose::is_own(cur.sa_sigaction) {
+            continue;
         }
+        let mut put = *old;
+        if *sig != libc::SIGTRAP
+            && old.sa_sigaction == libc::SIG_DFL
+            && pending_anywhere() & (1u64 << (*sig - 1)) != 0
+        {
+            put.sa_sigaction = libc::SIG_IGN;
+        }
+        // SAFETY: reinstalls the disposition the program had (or ignores a
+        // stray signal of ours).
+        unsafe { libc::sigaction(*sig, &put, std::ptr::null_mut()) };
     }
 }
 
@@ -659,6 +712,14 @@ fn detach() {
     crate::STATE.store(crate::OFF, Release);
     restore_signals();
     crate::tls::forget_destructors();
+    let code: Vec<u64> = crate::code::ranges()
+        .into_iter()
+        .flat_map(|(a, b)| [a as u64, b as u64])
+        .collect();
+    let code = Box::leak(code.into_boxed_slice());
+    livetrace_attach_code[0].store(code.as_ptr() as usize, Release);
+    livetrace_attach_code[1].store(code.len() / 2, Release);
+    crate::code::release_at_unload();
     publish(UNLOADABLE, "");
 }
 

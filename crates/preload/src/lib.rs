@@ -102,6 +102,7 @@
 
 pub mod attach;
 pub mod capi;
+mod code;
 mod ctor;
 mod interpose;
 mod tls;
