@@ -10,13 +10,15 @@
 //! every site is left as it was. The one exception is `patch`, whose patch
 //! must outlive the command: it stays until `patch --revert`.
 //!
-//! One module per command (`cmd/`), each with its arguments and its `run`;
+//! One module per command (`cmd/`), each with its arguments and its `run`
+//! (`attach`, `detach` and `ps`: [`attach`]);
 //! what several share: the selection and output arguments ([`args`]),
 //! moving records out of a process's buffers ([`consume`]) and the
 //! recording loop around it ([`recorder`]), naming addresses from outside
 //! the process ([`symtab`]), terminal niceties ([`ui`]).
 
 mod args;
+mod attach;
 mod cmd;
 mod consume;
 mod convert;
@@ -46,17 +48,31 @@ struct Cli {
     #[arg(long, global = true, value_name = "DIR")]
     socket_dir: Option<PathBuf>,
 
+    #[command(flatten)]
+    attach: attach::AttachArgs,
+
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// List the processes that have livetrace loaded (a live control socket)
+    /// List your processes that run livetrace or have sites, and which can
+    /// be attached to
     ///
     /// Sockets left by processes that died without removing them (killed by
     /// a signal) are removed.
-    Ps,
+    Ps(attach::PsArgs),
+    /// Load livetrace into a running process that was started without it
+    Attach {
+        /// The process
+        pid: u32,
+    },
+    /// Stop all tracing in a process and unload livetrace from it
+    Detach {
+        /// The process
+        pid: u32,
+    },
     /// List a process's traceable functions: name, address, state, source
     Ls(cmd::ls::Args),
     /// Attach a tracer and stream its events to the terminal or a file
@@ -124,9 +140,10 @@ pub fn usage(msg: impl Into<String>) -> Fail {
     Fail(msg.into(), 2)
 }
 
-/// Connects to process `pid`'s socket in `dir`.
+/// Connects to process `pid`'s socket in `dir` (loading livetrace into it
+/// first if it runs without: see [`attach`]).
 pub fn connect(dir: &Path, pid: u32) -> Result<Client, Fail> {
-    Ok(Client::connect_path(&dir.join(format!("{pid}.sock")))?)
+    Ok(Client::connect_path(&attach::socket(dir, pid)?)?)
 }
 
 fn main() -> ExitCode {
@@ -135,8 +152,11 @@ fn main() -> ExitCode {
         .socket_dir
         .clone()
         .unwrap_or_else(livetrace_proto::socket_dir);
+    attach::configure(cli.attach.clone());
     let r = match cli.cmd {
-        Cmd::Ps => cmd::ps::run(&dir),
+        Cmd::Ps(a) => attach::ps(&dir, &a).map_err(Fail::from),
+        Cmd::Attach { pid } => attach::cmd_attach(&dir, pid).map_err(Fail::from),
+        Cmd::Detach { pid } => attach::cmd_detach(pid).map_err(Fail::from),
         Cmd::Ls(a) => cmd::ls::run(&dir, a),
         Cmd::Trace(a) => cmd::trace::run(&dir, a),
         Cmd::Report(a) => cmd::report::run(&dir, a),

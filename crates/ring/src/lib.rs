@@ -129,8 +129,8 @@ mod sys;
 
 pub use clock::{Clock, Source};
 pub use ring::{
-    thread_serial, Config, Layout, Mode, Rings, ThreadBuffer, Writer, DEFAULT_MEMORY_BUDGET,
-    DEFAULT_RECORDS_PER_THREAD,
+    forget_exit_hook, thread_serial, Config, Layout, Mode, Rings, ThreadBuffer, Writer,
+    DEFAULT_MEMORY_BUDGET, DEFAULT_RECORDS_PER_THREAD,
 };
 
 /// One trace event: a timestamp ([`Clock::now`] ticks) and three words whose

@@ -428,6 +428,18 @@ fn process_setup() {
     });
 }
 
+/// Before this code is unloaded (a library detached from a process): no
+/// thread's exit calls into it any more (the exit hook's key is deleted;
+/// fork handlers of a library go with it at `dlclose`). Every `Rings` must
+/// be gone already. Threads' exits are then seen by their tids only.
+pub fn forget_exit_hook() {
+    if let Some(Some(key)) = EXIT_KEY.get() {
+        // SAFETY: our key; deleting it runs no destructor, and no code of
+        // ours sets it afterwards (no Rings is left to write to).
+        unsafe { libc::pthread_key_delete(*key) };
+    }
+}
+
 /// Makes this thread's exit run [`on_thread_exit`]: a store into the
 /// thread's own key slot (glibc keeps the first 32 in the thread
 /// descriptor), so no allocation and no lock, even in a signal handler.

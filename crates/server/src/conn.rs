@@ -43,6 +43,27 @@ fn patches() -> std::sync::MutexGuard<'static, BTreeMap<u32, PatchEntry>> {
     PATCHES.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Reverts every patch in place, persistent ones included (before the
+/// library is unloaded). Returns how many were reverted, or the first
+/// failure (the patches not reverted stay listed).
+pub(crate) fn revert_all_patches() -> Result<usize, String> {
+    let all = std::mem::take(&mut *patches());
+    let mut n = 0;
+    let mut first_err = None;
+    for (id, p) in all {
+        let info = p.info.clone();
+        match p.patch.revert() {
+            Ok(()) => n += 1,
+            Err(e) => {
+                first_err.get_or_insert_with(|| {
+                    format!("patch {id} {} -> {}: {e}", info.original, info.replacement)
+                });
+            }
+        }
+    }
+    first_err.map_or(Ok(n), Err)
+}
+
 /// Counts a connection thread for as long as it lives.
 struct Counted;
 

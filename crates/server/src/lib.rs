@@ -205,6 +205,9 @@ pub fn shutdown(timeout: Duration) {
     let running = RUNNING.lock().unwrap_or_else(|e| e.into_inner()).take();
     let Some(mut r) = running else { return };
     r.stop.store(true, Ordering::SeqCst);
+    // Wake the accept thread now rather than at its next tick (detaching
+    // from a process waits for it).
+    let _ = std::os::unix::net::UnixStream::connect(&r.path);
     if let Some(t) = r.thread.take() {
         let _ = t.join();
     }
@@ -214,6 +217,13 @@ pub fn shutdown(timeout: Duration) {
     while CONNECTIONS.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Reverts every live patch, persistent ones included: what detaching
+/// from a process needs after [`shutdown`] (which leaves persistent patches
+/// in place). Returns how many were reverted.
+pub fn revert_all_patches() -> Result<usize, String> {
+    conn::revert_all_patches()
 }
 
 /// Creates `dir` 0700 or checks that it is a private directory of ours.
@@ -289,7 +299,7 @@ fn accept_loop(listener: UnixListener, stop: Arc<AtomicBool>) {
         };
         // SAFETY: one valid pollfd, for the duration of the call.
         let n = unsafe { libc::poll(&mut pfd, 1, TICK.as_millis() as libc::c_int) };
-        if n <= 0 {
+        if n <= 0 || stop.load(Ordering::SeqCst) {
             continue;
         }
         let stream = match listener.accept() {

@@ -2,7 +2,6 @@
 
 pub mod ls;
 pub mod patch;
-pub mod ps;
 pub mod record;
 pub mod report;
 pub mod snapshot;
