@@ -48,7 +48,9 @@
 //! - At most one IPMODIFY ops per function: a second is refused, naming the
 //!   function and the owner.
 //! - A callback never recurses: a traced call made while the thread is in a
-//!   callback runs untraced and is counted ([`recursion_dropped`]).
+//!   callback runs untraced and is counted ([`recursion_dropped`]). The
+//!   guard suppresses callbacks, not redirection: a live patch
+//!   ([`OpsBuilder::redirect_to`]) holds for those calls too.
 //! - Bad input changes nothing: a pattern that matches no function is an
 //!   error, and any failure before or during the batch leaves every site,
 //!   every count and the ops list as they were.
@@ -74,11 +76,12 @@ use livetrace_sites::Table;
 
 pub use fast::{
     inside_tpoff, FastPath, FastPathError, DROPPED_PLACEHOLDER, INSIDE_PLACEHOLDER,
-    STUB_IP_FROM_RETURN,
+    STUB_BODY_RETURN_FROM_RETURN, STUB_IP_FROM_RETURN,
 };
 pub use ops::{Call, Callback, Ops, OpsBuilder, Pattern};
 pub use regs::Regs;
 pub use thread::{recursion_dropped, suppress, Suppress};
+pub use tramp::{vector_state, VectorState};
 
 use ops::{FuncSet, OpsInner};
 use tramp::{window_of, Kind, Pools};
@@ -180,8 +183,44 @@ extern "C" fn list_entry(_data: usize, ip: usize, parent_slot: *mut usize, regs:
         let set = ops.funcs.load(Acquire);
         // SAFETY: as for the list: replaced sets are freed after a wait.
         if !set.is_null() && unsafe { &*set }.contains(ip) {
-            let r = if ops.regs { regs.as_deref_mut() } else { None };
+            let mut r = if ops.regs { regs.as_deref_mut() } else { None };
+            if let (Some(t), Some(r)) = (ops.redirect, r.as_deref_mut()) {
+                r.ip = t as u64;
+            }
             ops::deliver(ops, ip, parent_slot, r);
+        }
+    }
+}
+
+/// The regs caller's entry inside a callback (the recursion guard set):
+/// no callback runs, but redirections declared as data
+/// ([`OpsBuilder::redirect_to`], live patches) are applied, so a live
+/// patch holds for every caller. Runs with the thread inside a callback,
+/// like the list walk, so what it reads stays alive.
+pub(crate) extern "C" fn guarded_entry(
+    _data: usize,
+    ip: usize,
+    _parent_slot: *mut usize,
+    regs: *mut Regs,
+) {
+    let list = LIST.load(Acquire);
+    if list.is_null() {
+        return;
+    }
+    // SAFETY: as in `list_entry`: the thread's inside byte is set (by the
+    // callback or fast path this call interrupted or came from).
+    let list = unsafe { &*list };
+    // SAFETY: the regs caller passes its frame's Regs.
+    let Some(regs) = (unsafe { regs.as_mut() }) else {
+        return;
+    };
+    for ops in &list.ops {
+        let Some(t) = ops.redirect else { continue };
+        let set = ops.funcs.load(Acquire);
+        // SAFETY: as in `list_entry`.
+        if !set.is_null() && unsafe { &*set }.contains(ip) {
+            regs.ip = t as u64;
+            return;
         }
     }
 }
@@ -664,10 +703,16 @@ impl Core {
                     // The ops' fast path if it has one, else its dedicated
                     // trampoline.
                     let t = self.trampoline(w, Kind::Fast, Some(on[0]))?;
-                    match on[0].fast.as_ref().and_then(|f| f.exit()) {
+                    let fast = on[0].fast.as_ref();
+                    match fast.and_then(|f| f.exit()) {
                         // Stub-served: the stub calls the fast path `t`.
                         Some(exit) => {
-                            Insn::Jmp(self.stubs.point(ip, t, exit).map_err(Error::Trampoline)?)
+                            let p = fast.map_or(0, |f| f.personality());
+                            Insn::Jmp(
+                                self.stubs
+                                    .point(ip, t, exit, p)
+                                    .map_err(Error::Trampoline)?,
+                            )
                         }
                         None => Insn::Call(t),
                     }
@@ -973,12 +1018,8 @@ pub fn livepatch_addr(original: usize, replacement: usize) -> Result<LivePatch, 
     };
     let ops = Ops::builder(format!("livepatch:{name}"))
         .filter(Pattern::Addr(site))
-        .ipmodify()
-        .build(move |call| {
-            if let Some(r) = call.regs() {
-                r.ip = replacement as u64;
-            }
-        });
+        .redirect_to(replacement)
+        .build(|_| {});
     register(&ops)?;
     Ok(LivePatch {
         ops,

@@ -19,6 +19,8 @@ __attribute__((noinline)) void outer(void) {
     fast();
     slow();
     fast();
+    /* Not a tail call: every fast() is outer's callee, at depth 2. */
+    sink += 4;
 }
 
 __attribute__((noinline)) void begin(void) { sink += 2; }
