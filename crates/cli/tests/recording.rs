@@ -671,3 +671,37 @@ fn memory_stays_bounded_over_ten_million_events() {
         "{s}"
     );
 }
+
+#[test]
+fn a_program_that_ends_mid_trace_leaves_everything_received_written() {
+    let dir = TempDir::new("ends");
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let p = Running::start(dir.path(), "hot", &["1.5", "2", "300"]);
+    let out = dir.path().join("x.folded");
+    let o = livetrace(dir.path())
+        .args([
+            "trace",
+            &p.pid.to_string(),
+            "-t",
+            "graph",
+            "-f",
+            "hot_*",
+            "-d",
+            "20s",
+            "-o",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("the program ended"), "{err}");
+    assert!(!err.contains("Broken pipe"), "{err}");
+    let folded = std::fs::read_to_string(&out).unwrap();
+    let calls: u64 = folded
+        .lines()
+        .filter_map(|l| l.strip_prefix("hot_a;hot_b;hot_c "))
+        .map(|n| n.parse::<u64>().unwrap())
+        .sum();
+    assert!(calls > 0, "{folded}");
+}
