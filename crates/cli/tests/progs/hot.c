@@ -30,13 +30,17 @@ __attribute__((noinline)) void hot_c(unsigned long x) {
     sink += x;
 }
 
+/* The stores after the calls keep them calls, not tail jumps: a 3-level
+ * tree, each function returning to its caller. */
 __attribute__((noinline)) void hot_b(unsigned long x) {
     hot_c(x);
     hot_c(x + 1);
+    sink += 1;
 }
 
 __attribute__((noinline)) void hot_a(unsigned long x) {
     hot_b(x);
+    sink += 2;
 }
 
 static void *worker(void *arg) {
