@@ -130,14 +130,16 @@ lt_session *lt_trace_start_n(const char *tracer, const char *const *patterns, si
 int lt_trace_stop(lt_session *session);
 
 /* Writes what the session recorded so far (it may still be running) to
- * `path` in `format`:
- *   "text"    ftrace's function / function_graph layout; the profile table
- *             for the profile tracer
- *   "json"    Chrome Trace Event JSON (Perfetto, chrome://tracing)
- *   "folded"  folded stacks (graph tracer; call counts for function)
- *   "svg"     a flame graph
- *   "uftrace" a uftrace.data directory at `path` (`uftrace replay -d path`)
- *   "profile" per-function table (graph or profile tracer)
+ * `path` in `format`, as `livetrace convert` writes it:
+ *   "lttrace"  livetrace's recording file (`livetrace convert` reads it)
+ *   "text"     ftrace's function / function_graph layout; the profile table
+ *              for the profile tracer
+ *   "json"     Chrome Trace Event JSON (Perfetto, chrome://tracing)
+ *   "perfetto" Perfetto's protobuf trace
+ *   "folded"   folded stacks (graph tracer; call counts for function)
+ *   "svg"      a flame graph
+ *   "uftrace"  a uftrace.data directory at `path` (`uftrace replay -d path`)
+ *   "profile"  per-function table (graph or profile tracer)
  * Returns the number of events written (rows for the profile table), or an
  * LT_E* code. */
 long lt_trace_write(lt_session *session, const char *path, const char *format);

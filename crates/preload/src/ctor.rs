@@ -10,6 +10,11 @@
 //! entries (the control-socket crate's, which reads `LIVETRACE=1` /
 //! `LIVETRACE_RECORD` for `livetrace record`).
 //!
+//! A library loaded late, with `dlopen` (by `livetrace attach`, or by the
+//! program), is not at start-up: its constructor does nothing, and
+//! livetrace starts only when asked ([`crate::attach`]). See
+//! [`loaded_late`].
+//!
 //! Environment:
 //! - `LIVETRACE_PRELOAD=0`: do nothing (interposers pass through).
 //! - `LIVETRACE_SERVE=0`: no control socket.
@@ -34,6 +39,14 @@ fn env_is(name: &str, value: &str) -> bool {
 }
 
 fn start() {
+    if loaded_late() {
+        // Another thread may be anywhere, even inside a sled, and nothing
+        // here is to start behind the back of whoever loaded us.
+        crate::tls::set_loaded_late(true);
+        return;
+    }
+    crate::tls::set_loaded_late(false);
+    crate::attach::mark_startup();
     if env_is("LIVETRACE_PRELOAD", "0") {
         crate::turn_off("turned off by LIVETRACE_PRELOAD=0".into());
         return;
@@ -98,6 +111,76 @@ fn start() {
     }
 }
 
+/// Whether this library was loaded after start-up, with `dlopen`. Loaded
+/// at start-up (`LD_PRELOAD`, or as a dependency of the program) it is in
+/// the loader's global scope ahead of the C library, so `dlopen` resolves
+/// to its interposer, and it was loaded before the C library; loaded with
+/// `dlopen` (`RTLD_LOCAL`, as `livetrace attach` does) neither holds.
+pub(crate) fn loaded_late() -> bool {
+    // SAFETY: RTLD_DEFAULT lookup of a NUL-terminated name.
+    let global = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"dlopen".as_ptr()) } as usize;
+    // (Not `global == interpose::dlopen as usize`: taking the address of an
+    // exported function goes through the GOT, which gives the global
+    // definition, whoever's it is.)
+    if crate::interpose::is_own(global) {
+        return false;
+    }
+    !loaded_before_libc()
+}
+
+/// Whether this library comes before the C library in load order.
+fn loaded_before_libc() -> bool {
+    struct Find {
+        me: usize,
+        seen_me: bool,
+        seen_libc: bool,
+        before: bool,
+    }
+    unsafe extern "C" fn cb(
+        info: *mut libc::dl_phdr_info,
+        _size: usize,
+        data: *mut std::ffi::c_void,
+    ) -> libc::c_int {
+        // SAFETY: the loader passes a valid info; `data` is our Find.
+        let (info, f) = unsafe { (&*info, &mut *(data as *mut Find)) };
+        let name = if info.dlpi_name.is_null() {
+            &b""[..]
+        } else {
+            // SAFETY: the loader's NUL-terminated object name.
+            unsafe { std::ffi::CStr::from_ptr(info.dlpi_name) }.to_bytes()
+        };
+        let base = name.rsplit(|&b| b == b'/').next().unwrap_or(name);
+        if base.starts_with(b"libc.so") {
+            f.seen_libc = true;
+        }
+        let phdrs = if info.dlpi_phdr.is_null() {
+            &[][..]
+        } else {
+            // SAFETY: the loader's program headers of this object.
+            unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) }
+        };
+        let mine = phdrs.iter().any(|p| {
+            let lo = (info.dlpi_addr as usize).wrapping_add(p.p_vaddr as usize);
+            p.p_type == libc::PT_LOAD && lo <= f.me && f.me < lo.wrapping_add(p.p_memsz as usize)
+        });
+        if mine {
+            f.seen_me = true;
+            f.before = !f.seen_libc;
+            return 1;
+        }
+        0
+    }
+    let mut f = Find {
+        me: loaded_before_libc as *const () as usize,
+        seen_me: false,
+        seen_libc: false,
+        before: false,
+    };
+    // SAFETY: the callback only reads the loader's data and writes `f`.
+    unsafe { libc::dl_iterate_phdr(Some(cb), &mut f as *mut Find as *mut std::ffi::c_void) };
+    f.seen_me && f.before
+}
+
 /// Waits (briefly) until this is the only thread: a thread that was just
 /// joined can still be listed in `/proc/self/task` for a moment.
 fn wait_single_threaded(limit: Duration) {
@@ -111,12 +194,18 @@ fn wait_single_threaded(limit: Duration) {
 /// links the `livetrace` crate has its `livetrace_sites` section (the crate
 /// always contributes one), and section headers survive `strip`.
 fn main_links_livetrace() -> bool {
-    elf_section_names("/proc/self/exe")
-        .is_some_and(|names| names.iter().any(|n| n == "livetrace_sites"))
+    elf_sections("/proc/self/exe").is_some_and(|s| s.iter().any(|s| s.name == "livetrace_sites"))
 }
 
-/// The section names of an ELF64 file, read from its headers only.
-fn elf_section_names(path: &str) -> Option<Vec<String>> {
+/// One section header's name, address and size.
+pub(crate) struct Section {
+    pub name: String,
+    pub addr: u64,
+    pub size: u64,
+}
+
+/// The sections of an ELF64 file, read from its headers only.
+pub(crate) fn elf_sections(path: &str) -> Option<Vec<Section>> {
     let f = std::fs::File::open(path).ok()?;
     let mut eh = [0u8; 64];
     (&f).read_exact(&mut eh).ok()?;
@@ -145,10 +234,14 @@ fn elf_section_names(path: &str) -> Option<Vec<String>> {
     Some(
         (0..shnum)
             .filter_map(|i| {
-                let name = u32_at(&sh[i * shentsize..], 0);
-                let rest = strtab.get(name..)?;
+                let h = &sh[i * shentsize..];
+                let rest = strtab.get(u32_at(h, 0)..)?;
                 let end = rest.iter().position(|&b| b == 0)?;
-                Some(String::from_utf8_lossy(&rest[..end]).into_owned())
+                Some(Section {
+                    name: String::from_utf8_lossy(&rest[..end]).into_owned(),
+                    addr: u64_at(h, 0x10) as u64,
+                    size: u64_at(h, 0x20) as u64,
+                })
             })
             .collect(),
     )

@@ -203,7 +203,7 @@ fn own_text() -> &'static [(usize, usize)] {
     OWN.get_or_init(|| exec_segments_of(own_text as *const () as usize))
 }
 
-fn is_own(addr: usize) -> bool {
+pub(crate) fn is_own(addr: usize) -> bool {
     own_text().iter().any(|&(lo, hi)| lo <= addr && addr < hi)
 }
 

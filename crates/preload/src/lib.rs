@@ -99,9 +99,12 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod attach;
 pub mod capi;
+mod code;
 mod ctor;
 mod interpose;
+mod tls;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
@@ -130,9 +133,11 @@ fn turn_off(reason: String) {
 /// Why livetrace is not active, for error messages.
 fn off_reason() -> String {
     match STATE.load(Ordering::Acquire) {
-        NOT_STARTED => "liblivetrace.so was not initialised: load it at start-up \
-                        (LD_PRELOAD or -llivetrace), not with dlopen"
-            .into(),
+        NOT_STARTED => {
+            "liblivetrace.so was loaded with dlopen and not started: load it at \
+                        start-up (LD_PRELOAD or -llivetrace), or attach with `livetrace attach PID`"
+                .into()
+        }
         _ => OFF_REASON.lock().unwrap_or_else(|e| e.into_inner()).clone(),
     }
 }

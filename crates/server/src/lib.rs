@@ -10,8 +10,8 @@
 //!   The crate must actually be linked: a dependency that no code names is
 //!   dropped by rustc, so name it once (`use livetrace_server as _;`).
 //!   With `LIVETRACE_RECORD` also set (by `livetrace record`), the
-//!   constructor starts tracing before `main` and writes everything
-//!   recorded to a file at exit (see [`record`]).
+//!   constructor starts tracing before `main` and serves the connection the
+//!   command passed it, which streams the records out (see [`record`]).
 //!
 //! # The socket
 //!
@@ -38,6 +38,14 @@
 //!   request names an arbitrary address: filters and patches resolve to the
 //!   process's known sites only, and a patch needs two `#[traced]`
 //!   functions whose recorded signatures are known and equal.
+//! - **Records leave by shared memory, not by the socket.** A session's
+//!   buffers are memory files ([`livetrace_ring::shm`]) whose descriptors
+//!   `MapBuffers` passes with `SCM_RIGHTS`; the consumer maps them (the data
+//!   read-only: the files are sealed so that only this process can write
+//!   them) and moves records to disk itself, so the process does no work
+//!   per record for it and the JSON frames stay for control. Nothing a
+//!   consumer stores in the shared tails (what it consumed) is ever used
+//!   as an address.
 //! - **Nothing outlives its connection** (with one exception, below). Each
 //!   connection runs on its own thread and owns the tracing sessions it
 //!   started and the non-persistent patches it made; when the connection
@@ -197,6 +205,9 @@ pub fn shutdown(timeout: Duration) {
     let running = RUNNING.lock().unwrap_or_else(|e| e.into_inner()).take();
     let Some(mut r) = running else { return };
     r.stop.store(true, Ordering::SeqCst);
+    // Wake the accept thread now rather than at its next tick (detaching
+    // from a process waits for it).
+    let _ = std::os::unix::net::UnixStream::connect(&r.path);
     if let Some(t) = r.thread.take() {
         let _ = t.join();
     }
@@ -206,6 +217,13 @@ pub fn shutdown(timeout: Duration) {
     while CONNECTIONS.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Reverts every live patch, persistent ones included: what detaching
+/// from a process needs after [`shutdown`] (which leaves persistent patches
+/// in place). Returns how many were reverted.
+pub fn revert_all_patches() -> Result<usize, String> {
+    conn::revert_all_patches()
 }
 
 /// Creates `dir` 0700 or checks that it is a private directory of ours.
@@ -281,7 +299,7 @@ fn accept_loop(listener: UnixListener, stop: Arc<AtomicBool>) {
         };
         // SAFETY: one valid pollfd, for the duration of the call.
         let n = unsafe { libc::poll(&mut pfd, 1, TICK.as_millis() as libc::c_int) };
-        if n <= 0 {
+        if n <= 0 || stop.load(Ordering::SeqCst) {
             continue;
         }
         let stream = match listener.accept() {
@@ -296,7 +314,7 @@ fn accept_loop(listener: UnixListener, stop: Arc<AtomicBool>) {
         if stream.set_nonblocking(false).is_err() {
             continue;
         }
-        conn::spawn(stream, stop.clone());
+        conn::spawn(stream, stop.clone(), false);
     }
 }
 

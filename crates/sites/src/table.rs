@@ -1006,6 +1006,12 @@ impl Table {
             self.records[i].set_converted();
             report.converted += 1;
         }
+        if sites.is_empty() {
+            // Nothing left to write (someone converted them already, e.g.
+            // with every thread held by a ptrace injector): no need to
+            // stop anyone.
+            return Ok(report);
+        }
         let (done, result) = convert::convert_sites(&sites, policy, &mut report);
         for ip in done {
             if let Some(i) = self.find(ip) {

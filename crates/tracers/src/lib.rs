@@ -48,7 +48,7 @@ mod symbols;
 mod unwind;
 
 pub use retstack::{no_shadow_stack, shadow_stats, ShadowStats, MAX_DEPTH, NEAR};
-pub use session::{Config, Session, Tracer};
+pub use session::{Config, Controls, Session, Tracer};
 pub use symbols::process_identity;
 
 /// The trace clock, calibrated once.

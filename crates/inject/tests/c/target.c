@@ -1,0 +1,112 @@
+/* A program that never heard of injection: three busy threads checking
+ * their own register state, two threads blocked in poll (one without and
+ * one with a timeout), and a main thread reading commands on stdin.
+ *
+ * Commands: "poke" wakes both poll threads (a byte on their pipe),
+ * "status" prints counters, "quit" exits. Every line printed is one
+ * `key=value ...` record. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static _Atomic uint64_t progress[3];
+static _Atomic int corrupt;
+static _Atomic int poll_tid[2];
+static _Atomic int poll_eintr, poll_other_err, poll_zero;
+static _Atomic int poll_woken[2];
+static int pipes[2][2];
+
+/* Integer and floating-point state live in registers across iterations;
+ * an injected call that did not restore them exactly shows up here. */
+static void *busy(void *arg) {
+    int id = (int)(intptr_t)arg;
+    uint64_t i = 0, s = 0;
+    double x = 1.0, y = 0.5;
+    for (;;) {
+        i++;
+        s += i;
+        x += 1.0;
+        y = y * 0.5 + 0.25;
+        if ((i & 0xffff) == 0) {
+            if (s != i * (i + 1) / 2 || x != (double)i + 1.0 || y != 0.5)
+                atomic_fetch_add(&corrupt, 1);
+            atomic_store(&progress[id], i);
+        }
+    }
+    return NULL;
+}
+
+static void *poller(void *arg) {
+    int id = (int)(intptr_t)arg;
+    atomic_store(&poll_tid[id], (int)syscall(SYS_gettid));
+    for (;;) {
+        struct pollfd p = {.fd = pipes[id][0], .events = POLLIN};
+        /* Thread 0 waits forever (-ERESTARTNOHAND when interrupted),
+         * thread 1 with a timeout (-ERESTART_RESTARTBLOCK). */
+        int rc = poll(&p, 1, id == 0 ? -1 : 600000);
+        if (rc < 0 && errno == EINTR) {
+            atomic_fetch_add(&poll_eintr, 1);
+            continue;
+        }
+        if (rc < 0) {
+            atomic_fetch_add(&poll_other_err, 1);
+            continue;
+        }
+        if (rc == 0) {
+            atomic_fetch_add(&poll_zero, 1);
+            continue;
+        }
+        char c;
+        if (read(pipes[id][0], &c, 1) == 1 && (p.revents & POLLIN))
+            atomic_fetch_add(&poll_woken[id], 1);
+    }
+    return NULL;
+}
+
+int main(void) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    pthread_t t;
+    for (int i = 0; i < 2; i++) {
+        if (pipe(pipes[i]) != 0)
+            return 1;
+        pthread_create(&t, NULL, poller, (void *)(intptr_t)i);
+    }
+    for (int i = 0; i < 3; i++)
+        pthread_create(&t, NULL, busy, (void *)(intptr_t)i);
+    while (!atomic_load(&poll_tid[0]) || !atomic_load(&poll_tid[1]))
+        usleep(1000);
+    usleep(20000); /* let them block */
+    printf("ready pid=%d poll0=%d poll1=%d\n", getpid(), atomic_load(&poll_tid[0]),
+           atomic_load(&poll_tid[1]));
+    char line[128];
+    while (fgets(line, sizeof line, stdin)) {
+        if (!strncmp(line, "poke", 4)) {
+            int before0 = atomic_load(&poll_woken[0]), before1 = atomic_load(&poll_woken[1]);
+            if (write(pipes[0][1], "x", 1) != 1 || write(pipes[1][1], "x", 1) != 1)
+                return 1;
+            for (int i = 0; i < 5000; i++) {
+                if (atomic_load(&poll_woken[0]) > before0 && atomic_load(&poll_woken[1]) > before1)
+                    break;
+                usleep(1000);
+            }
+            printf("woken0=%d woken1=%d\n", atomic_load(&poll_woken[0]), atomic_load(&poll_woken[1]));
+        } else if (!strncmp(line, "status", 6)) {
+            printf("progress=%llu,%llu,%llu corrupt=%d eintr=%d errors=%d timeouts=%d\n",
+                   (unsigned long long)atomic_load(&progress[0]),
+                   (unsigned long long)atomic_load(&progress[1]),
+                   (unsigned long long)atomic_load(&progress[2]), atomic_load(&corrupt),
+                   atomic_load(&poll_eintr), atomic_load(&poll_other_err), atomic_load(&poll_zero));
+        } else if (!strncmp(line, "quit", 4)) {
+            return 0;
+        }
+    }
+    return 0;
+}
