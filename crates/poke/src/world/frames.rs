@@ -41,9 +41,12 @@ pub const MAX_CONTEXTS: usize = 16;
 /// Stacks followed per thread at most (the interrupted one, alternate
 /// signal stacks, the stacks they interrupted).
 const MAX_STACKS: usize = 8;
-/// The most stack scanned from one starting point: beyond it the walk is
-/// reported incomplete (which callers treat as "cannot prove anything").
-pub const MAX_SCAN: usize = 16 << 20;
+/// The most stack scanned above one starting stack pointer. A thread's
+/// stack is one mapping, scanned to its end; but a stack carved out of a
+/// larger mapping (a coroutine's, in the heap) has no end the walk can
+/// know, and the walk stops here. A signal frame is only missed if the
+/// code running on top of it has since used more than this much stack.
+pub const MAX_SCAN: usize = 1 << 20;
 
 /// A readable mapping, for bounding scans.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,12 +165,7 @@ pub(crate) fn walk(
             complete = false;
             continue;
         };
-        let end = if end - sp > MAX_SCAN {
-            complete = false;
-            sp + MAX_SCAN
-        } else {
-            end
-        };
+        let end = end.min(sp.saturating_add(MAX_SCAN));
         if ndone < MAX_STACKS {
             done[ndone] = sp..end;
             ndone += 1;
