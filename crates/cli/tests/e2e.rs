@@ -363,6 +363,19 @@ fn patch_and_revert() {
             && e.contains("fn(u32) -> u32"),
         "{e}"
     );
+    // The same types spelled another way are the same signature.
+    let o = t.cli(&["patch", &pid, &f("compute"), &f("compute_spelled")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let n = t.wait_line(n, |l| l == "compute(21) = 2042");
+    let o = t.cli(&[
+        "patch",
+        &pid,
+        &f("compute"),
+        &f("compute_spelled"),
+        "--revert",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    t.wait_line(n, |l| l == "compute(21) = 42");
     let o = t.cli(&["patch", &pid, &f("compute"), &f("identity")]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("no known signature"), "{}", stderr(&o));
