@@ -146,6 +146,22 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
         return Err("unexpected reply".to_string().into());
     };
     drop(progress);
+    // Where the target recorded no `file:line` (C and C++ functions, Rust
+    // ones without `#[traced]`), the object's DWARF may have it.
+    let mut sources = crate::source::Sources::new(pid);
+    let source_of = |f: &livetrace_proto::FunctionInfo, sources: &mut Option<_>| {
+        let has_line = f
+            .source
+            .rsplit_once(':')
+            .is_some_and(|(_, l)| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()));
+        if has_line {
+            return f.source.clone();
+        }
+        sources
+            .as_mut()
+            .and_then(|s: &mut crate::source::Sources| s.lookup(f.addr))
+            .unwrap_or_else(|| f.source.clone())
+    };
     let names = Names::new(functions.iter().map(|f| f.name.as_str()), wide);
     let w = names.width;
     let _ = writeln!(
@@ -170,7 +186,7 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
             "{}  {:<14}  {state}  {}",
             style.name(&names.fit(&f.name)),
             format!("{:#x}", f.addr),
-            f.source
+            source_of(f, &mut sources)
         );
         if signatures {
             let _ = write!(out, "  {}", f.signature.as_deref().unwrap_or("-"));
