@@ -59,7 +59,11 @@ fn cli_traces_a_running_c_program() {
     }
     assert!(!ls.stdout.contains("unconverted"), "{ls}");
     // C functions get their source line from the program's DWARF.
-    let row = ls.stdout.lines().find(|l| l.starts_with("work_item ")).unwrap();
+    let row = ls
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("work_item "))
+        .unwrap();
     assert!(row.contains("worker.c:"), "{row}");
 
     let dir = scratch("cli");
