@@ -42,6 +42,7 @@
 #![warn(missing_docs)]
 
 mod fast;
+mod layout;
 pub mod retstack;
 mod session;
 mod symbols;

@@ -727,7 +727,7 @@ pub(crate) unsafe fn publish_sink(id: u32, sink: *const dyn Sink) {
 #[must_use]
 pub(crate) fn unpublish_sink(id: u32) -> bool {
     // The fast exit first: the wait below covers it too.
-    crate::fast::remove_sink(id);
+    crate::layout::remove_sink(id);
     change_registry(|v| v.retain(|(i, _)| *i != id), true)
 }
 
@@ -960,12 +960,12 @@ std::arch::global_asm!(
     ".popsection",
     exit = sym graph_exit,
     vstate = sym VECTOR_STATE,
-    ready = sym crate::fast::EXIT_READY,
-    inside = sym crate::fast::EXIT_INSIDE,
-    shadow = sym crate::fast::EXIT_SHADOW,
-    cache = sym crate::fast::EXIT_CACHE,
-    sinks = sym crate::fast::EXIT_SINKS,
-    sinks_mask = const crate::fast::SINKS - 1,
+    ready = sym crate::layout::EXIT_READY,
+    inside = sym crate::layout::EXIT_INSIDE,
+    shadow = sym crate::layout::EXIT_SHADOW,
+    cache = sym crate::layout::EXIT_CACHE,
+    sinks = sym crate::layout::EXIT_SINKS,
+    sinks_mask = const crate::layout::SINKS - 1,
     ways_mask = const livetrace_ring::ring::raw::WAYS - 1,
     way_bytes = const livetrace_ring::ring::raw::WAY_BYTES,
     way_buffer = const livetrace_ring::ring::raw::WAY_BUFFER_OFFSET,
@@ -975,7 +975,7 @@ std::arch::global_asm!(
     tail_seen = const livetrace_ring::ring::raw::TAIL_SEEN_OFFSET,
     mask = const livetrace_ring::ring::raw::MASK_OFFSET,
     slots = const livetrace_ring::ring::raw::SLOTS_OFFSET,
-    exit_kind = const crate::session::EXIT,
+    exit_kind = const crate::layout::EXIT,
     depth = const std::mem::offset_of!(Block, depth),
     f_ret = const std::mem::offset_of!(Frame, ret),
     f_slot = const std::mem::offset_of!(Frame, slot),

@@ -47,11 +47,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering::*};
 use std::sync::Arc;
 
-use livetrace_format::Kind;
 use livetrace_ftrace::{Call, Ops, Pattern};
 use livetrace_output::{Event, ProfileRow, ThreadTrace, Trace};
 use livetrace_ring::{Record, Rings};
 
+use crate::layout::{CALL, ENTRY, EXIT, OVERFLOW};
 use crate::retstack::{self, Sink, MAX_DEPTH};
 
 /// Which tracer a session runs (the shared vocabulary's).
@@ -118,12 +118,6 @@ impl Config {
         }
     }
 }
-
-pub(crate) const CALL: u64 = Kind::Call.code();
-pub(crate) const ENTRY: u64 = Kind::Entry.code();
-pub(crate) const EXIT: u64 = Kind::Exit.code();
-/// A call not followed because the shadow stack was full.
-pub(crate) const OVERFLOW: u64 = Kind::Overflow.code();
 
 /// The profiler's per-thread table: open addressing on the function
 /// address, owned (written) by one thread, read by anyone. Zeroed memory
@@ -628,7 +622,7 @@ impl Session {
             // A graph session's frames also get the fast exit, if its slot
             // there is free (otherwise they take the Rust exit).
             if cfg.tracer == Tracer::Graph {
-                crate::fast::add_sink(inner.id, inner.rings.id());
+                crate::layout::add_sink(inner.id, inner.rings.id());
             }
             b = b.fast_path(code);
         }
