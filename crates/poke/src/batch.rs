@@ -585,10 +585,11 @@ impl ParkedSet {
 
 impl ParkedSets {
     fn new(registry: &Registry, relocs: &[RelocStep]) -> ParkedSets {
+        // `relocs` is sorted by site (and holds each site once).
         let unparks = |site: usize| {
             relocs
-                .iter()
-                .any(|r| r.site == site && matches!(r.step, Step::Jump | Step::Abort))
+                .binary_search_by_key(&site, |r| r.site)
+                .is_ok_and(|i| matches!(relocs[i].step, Step::Jump | Step::Abort))
         };
         let parks = relocs.iter().any(|r| r.step == Step::Park);
         let mut before = registry.parked();
