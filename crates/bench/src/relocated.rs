@@ -171,7 +171,10 @@ fn live(a: &Args) {
     let path = stock::build(&dir, "libstock_bench.so", n + stock::HAND.len());
     let twin_path = dir.join("libstock_bench_twin.so");
     std::fs::copy(&path, &twin_path).expect("copy");
-    eprintln!("relocated: built {n} stock functions in {:.1?}", t.elapsed());
+    eprintln!(
+        "relocated: built {n} stock functions in {:.1?}",
+        t.elapsed()
+    );
     let lib = Stock::open(&path, n + stock::HAND.len());
     let twin = Stock::open(&twin_path, n + stock::HAND.len());
     livetrace_ftrace::with_table(|t| t.rescan())
@@ -211,7 +214,12 @@ fn live(a: &Args) {
     let fast = traced_reloc.has_fast_path() && traced_site.has_fast_path();
     drop(traced_reloc);
     drop(traced_site);
-    let (rb, rt, sb, st) = (median(&mut rb), median(&mut rt), median(&mut sb), median(&mut st));
+    let (rb, rt, sb, st) = (
+        median(&mut rb),
+        median(&mut rt),
+        median(&mut sb),
+        median(&mut st),
+    );
     let (ro, so) = (rt - rb, st - sb);
     println!(
         "RESULT bench=relocated live=overhead plain_ns={rb:.2} relocated_traced_ns={rt:.2} \
@@ -246,9 +254,12 @@ fn live(a: &Args) {
         // The twin's functions have the same names: trace only ours.
         let ours: Vec<Pattern> = (0..n)
             .filter_map(|i| {
-                livetrace_ftrace::with_table(|t| t.find_relocated_entry(lib.addr(i)).map(|j| t.record(j).ip()))
-                    .expect("core")
-                    .map(Pattern::Addr)
+                livetrace_ftrace::with_table(|t| {
+                    t.find_relocated_entry(lib.addr(i))
+                        .map(|j| t.record(j).ip())
+                })
+                .expect("core")
+                .map(Pattern::Addr)
             })
             .collect();
         let k = ours.len();
