@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use crate::insn::{Hex5, Insn, INT3};
 use crate::maps::Maps;
+use crate::relocation::{self, Region, Registry};
 use crate::text::Unlocked;
-use crate::trap::{self, Emulate, Entry, Published};
+use crate::trap::{self, Emulate, Entry, Parked, Published};
 use crate::{sync, Error};
 
 /// One batch at a time per process: the handler serves one active batch, and
@@ -86,6 +87,24 @@ pub enum RejectReason {
     /// The text is mapped `MAP_SHARED`: writing it would change the file
     /// on disk (or every process mapping it).
     Shared,
+    /// The five bytes are inside (or at) the region of a relocated
+    /// function, whose site is given: they are not a site of their own,
+    /// and only the relocation's own steps may change them.
+    Relocated {
+        /// The relocated function's site.
+        site: usize,
+    },
+    /// A relocation step found its site in the wrong state: parking a site
+    /// already parked or relocated, placing the jump or aborting at a site
+    /// not parked for this detour, or removing a relocation that is not
+    /// installed with this detour and these original bytes.
+    RelocationState,
+    /// The original bytes past the first five, which the relocation moves
+    /// out of line too, differ from what the caller said at this address.
+    RegionMismatch {
+        /// The first differing byte.
+        at: usize,
+    },
 }
 
 impl fmt::Display for Rejection {
@@ -101,6 +120,17 @@ impl fmt::Display for Rejection {
             RejectReason::Shared => {
                 f.write_str("text mapped MAP_SHARED (writing it would write the file on disk); ")?
             }
+            RejectReason::Relocated { site } => write!(
+                f,
+                "inside the relocated prologue of the function whose site is {site:#x}; "
+            )?,
+            RejectReason::RelocationState => {
+                f.write_str("not in the state this relocation step starts from; ")?
+            }
+            RejectReason::RegionMismatch { at } => write!(
+                f,
+                "the relocated bytes differ from the original at {at:#x}; "
+            )?,
         }
         write!(f, "expected {}", Hex5(self.expected))?;
         match self.found {
@@ -143,6 +173,33 @@ pub struct Applied {
 #[derive(Default, Debug)]
 pub struct Batch {
     entries: Vec<Entry>,
+    /// The entries that are steps of prologue relocations (crate-internal:
+    /// only [`crate::relocation`] queues them), by site.
+    relocs: Vec<RelocStep>,
+}
+
+/// One step of a prologue relocation's protocol (see [`crate::relocation`]).
+/// Each is an entry whose trap is emulated as "jump to the detour", and
+/// whose old and new bytes are those of the step; `region` is the function's
+/// original bytes at the site (N ≥ 5), all of which the batch validates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Original bytes -> `int3` over them; the site becomes parked.
+    Park,
+    /// Parked `int3` -> `jmp detour`; the site is unparked, relocated.
+    Jump,
+    /// Parked `int3` -> the original first byte; unparked, not relocated.
+    Abort,
+    /// `jmp detour` -> the original bytes; not relocated any more.
+    Unjump,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct RelocStep {
+    pub site: usize,
+    pub detour: usize,
+    pub region: Vec<u8>,
+    pub step: Step,
 }
 
 impl Batch {
@@ -155,6 +212,7 @@ impl Batch {
     pub fn with_capacity(n: usize) -> Batch {
         Batch {
             entries: Vec::with_capacity(n),
+            relocs: Vec::new(),
         }
     }
 
@@ -208,6 +266,48 @@ impl Batch {
         Ok(())
     }
 
+    /// Queues one step of the relocation of the prologue at `site` (whose
+    /// original bytes are `region`, N ≥ 5) to the detour at `detour`. The
+    /// old and new bytes follow from the step; a trap at the site during
+    /// the batch is sent to the detour, whatever the step.
+    pub(crate) fn queue_relocation(
+        &mut self,
+        site: usize,
+        detour: usize,
+        region: &[u8],
+        step: Step,
+    ) -> Result<(), Error> {
+        let Some(orig) = region.get(..5) else {
+            return Err(Error::Form {
+                site,
+                bytes: [0; 5],
+            });
+        };
+        let orig: [u8; 5] = orig.try_into().expect("five bytes");
+        let jmp = Insn::Jmp(detour).encode(site)?;
+        let parked = [INT3, orig[1], orig[2], orig[3], orig[4]];
+        let (old, new) = match step {
+            Step::Park => (orig, parked),
+            Step::Jump => (parked, jmp),
+            Step::Abort => (parked, orig),
+            Step::Unjump => (jmp, orig),
+        };
+        self.entries.push(Entry {
+            site,
+            target: detour,
+            emulate: Emulate::Jmp,
+            old,
+            new,
+        });
+        self.relocs.push(RelocStep {
+            site,
+            detour,
+            region: region.to_vec(),
+            step,
+        });
+        Ok(())
+    }
+
     /// Rewrites every queued site, live, as one batch. See the crate docs for
     /// the protocol. Either every site is rewritten or, on error, none is.
     pub fn apply(self) -> Result<Applied, Error> {
@@ -227,24 +327,43 @@ impl Batch {
         let _guard = lock();
 
         self.entries.sort_unstable_by_key(|e| e.site);
+        self.relocs.sort_unstable_by_key(|r| r.site);
         let maps = Maps::read().map_err(Error::Io)?;
-        validate(&self.entries, &maps)?;
+        let mut registry = relocation::registry();
+        validate(&self.entries, &self.relocs, &registry, &maps)?;
         check_process()?;
 
         trap::ensure_installed().map_err(Error::Io)?;
+        // The parked sets to publish before the first int3 and after the
+        // batch, built now: nothing allocates once text is being written.
+        let parked = (!self.relocs.is_empty()).then(|| ParkedSets::new(&registry, &self.relocs));
         let old_known = publish_known(&self.entries);
 
         let text = match Unlocked::new(&maps, self.entries.iter().map(|e| e.site)) {
             Ok(t) => t,
             Err(e) => {
                 retire_known(old_known);
+                if let Some(p) = parked {
+                    p.retire();
+                }
                 return Err(Error::Io(e));
             }
         };
         let runs = text.runs();
-        let poked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.poke(&mut hook)));
+        let poked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.poke(parked.as_ref(), &mut hook)
+        }));
         drop(text);
         retire_known(old_known);
+        // The batch is done (a panicking hook only stopped being called):
+        // the registry follows the text.
+        if let Some(p) = parked {
+            p.retire();
+            for r in &self.relocs {
+                registry.record(r);
+            }
+        }
+        drop(registry);
         let syncs = poked.unwrap_or_else(|payload| std::panic::resume_unwind(payload));
         Ok(Applied {
             sites: self.entries.len(),
@@ -257,7 +376,7 @@ impl Batch {
     /// The protocol proper (the kernel's `text_poke_bp_batch`). Nothing in
     /// here can fail: everything that could was checked before the first
     /// byte was written, so no batch is ever left half-applied.
-    fn poke(&self, hook: &mut impl FnMut(Phase)) -> usize {
+    fn poke(&self, parked: Option<&ParkedSets>, hook: &mut impl FnMut(Phase)) -> usize {
         // A panicking hook must not unwind out of here with the batch
         // published from this stack frame and int3s in text: finish the
         // protocol, then let the panic go on from `apply_with`.
@@ -268,18 +387,23 @@ impl Batch {
                 panicked.get_or_insert(payload);
             }
         };
-        let syncs = self.protocol(&mut hook);
+        let syncs = self.protocol(parked, &mut hook);
         if let Some(payload) = panicked {
             std::panic::resume_unwind(payload);
         }
         syncs
     }
 
-    fn protocol(&self, hook: &mut impl FnMut(Phase)) -> usize {
+    fn protocol(&self, parked: Option<&ParkedSets>, hook: &mut impl FnMut(Phase)) -> usize {
         let desc = Published {
             ptr: self.entries.as_ptr(),
             len: self.entries.len(),
         };
+        // Sites this batch parks are parked before their int3 can be
+        // written: a trap on one delivered after the batch still finds it.
+        if let Some(p) = parked {
+            p.publish_before();
+        }
         // Publish before the first int3 is written: a thread that traps on
         // one must find the batch.
         trap::ACTIVE.store(&desc as *const _ as *mut _, SeqCst);
@@ -324,27 +448,49 @@ impl Batch {
         // (which lives on this stack frame) or the entries.
         trap::ACTIVE.store(std::ptr::null_mut(), SeqCst);
         trap::SEQ.fetch_add(1, SeqCst);
+        // Sites whose int3 this batch replaced are unparked only now: until
+        // the batch was unpublished a late handler could still look.
+        if let Some(p) = parked {
+            p.publish_after();
+        }
         trap::drain();
         syncs
     }
 }
 
-/// Checks every entry (sorted by site) before anything is written.
-fn validate(entries: &[Entry], maps: &Maps) -> Result<(), Error> {
+/// Checks every entry (sorted by site) before anything is written. An entry
+/// that is a relocation step (in `relocs`, sorted too) covers its whole
+/// region, whose bytes past the first five must be the original ones; no
+/// other entry may touch a relocated function's region; and each step must
+/// find its site in the state it starts from (`registry`).
+fn validate(
+    entries: &[Entry],
+    relocs: &[RelocStep],
+    registry: &Registry,
+    maps: &Maps,
+) -> Result<(), Error> {
     let mut bad = Vec::new();
-    let mut prev: Option<&Entry> = None;
-    // Sites are sorted: remember the last text range found, so a batch of
-    // thousands of sites does a handful of map lookups, not one each.
+    let mut prev: Option<(usize, usize)> = None; // (site, extent)
+                                                 // Sites are sorted: remember the last text range found, so a batch of
+                                                 // thousands of sites does a handful of map lookups, not one each.
     let mut text = 0..0;
+    let step_of = |site: usize| {
+        relocs
+            .binary_search_by_key(&site, |r| r.site)
+            .ok()
+            .map(|i| &relocs[i])
+    };
     for e in entries {
+        let step = step_of(e.site);
+        let extent = step.map_or(5, |r| r.region.len());
         let reason = match prev {
-            Some(p) if p.site == e.site => Some(RejectReason::Duplicate),
-            Some(p) if e.site < p.site + 5 => Some(RejectReason::Overlap { other: p.site }),
+            Some((p, _)) if p == e.site => Some(RejectReason::Duplicate),
+            Some((p, n)) if e.site < p + n => Some(RejectReason::Overlap { other: p }),
             _ => None,
         };
-        prev = Some(e);
-        let readable = (text.start <= e.site && e.site.saturating_add(5) <= text.end) || {
-            match maps.text_range(e.site, 5) {
+        prev = Some((e.site, extent));
+        let readable = (text.start <= e.site && e.site.saturating_add(extent) <= text.end) || {
+            match maps.text_range(e.site, extent) {
                 Some(r) => {
                     text = r;
                     true
@@ -353,12 +499,19 @@ fn validate(entries: &[Entry], maps: &Maps) -> Result<(), Error> {
             }
         };
         let found = readable.then(|| read5(e.site));
-        let reason = reason.or(match found {
-            None => Some(RejectReason::NotText),
-            Some(b) if b != e.old => Some(RejectReason::Mismatch),
-            Some(_) if maps.is_shared(e.site, 5) => Some(RejectReason::Shared),
-            Some(_) => None,
-        });
+        let reason = reason
+            .or(match found {
+                None => Some(RejectReason::NotText),
+                Some(b) if b != e.old => Some(RejectReason::Mismatch),
+                Some(_) if maps.is_shared(e.site, extent) => Some(RejectReason::Shared),
+                Some(_) => None,
+            })
+            .or_else(|| match step {
+                None => registry
+                    .touching(e.site, 5)
+                    .map(|r| RejectReason::Relocated { site: r.site }),
+                Some(r) => check_step(r, registry),
+            });
         if let Some(reason) = reason {
             bad.push(Rejection {
                 site: e.site,
@@ -372,6 +525,144 @@ fn validate(entries: &[Entry], maps: &Maps) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::Rejected(bad))
+    }
+}
+
+/// Whether a relocation step may run: the rest of its region holds the
+/// original bytes, and its site is in the state the step starts from.
+fn check_step(r: &RelocStep, registry: &Registry) -> Option<RejectReason> {
+    let n = r.region.len();
+    for (i, &want) in r.region.iter().enumerate().skip(5) {
+        // SAFETY: validation found [site, site+n) mapped text.
+        let b = unsafe { std::ptr::read_volatile((r.site + i) as *const u8) };
+        if b != want {
+            return Some(RejectReason::RegionMismatch { at: r.site + i });
+        }
+    }
+    let same = |g: &Region| g.detour == r.detour && g.original == r.region;
+    match (r.step, registry.at(r.site)) {
+        (Step::Park, None) => registry
+            .touching(r.site, n)
+            .map(|g| RejectReason::Relocated { site: g.site }),
+        (Step::Jump | Step::Abort, Some(g)) if g.parked && same(g) => None,
+        (Step::Unjump, Some(g)) if !g.parked && same(g) => None,
+        _ => Some(RejectReason::RelocationState),
+    }
+}
+
+/// The parked sets a relocation batch publishes: the current one plus the
+/// sites it parks (before its first int3), and that minus the sites whose
+/// int3 it replaces (after it). Built before the batch writes anything.
+struct ParkedSets {
+    /// The two new sets (null when the batch parks, or unparks, nothing),
+    /// owned here until published, then by `trap::PARKED`.
+    sets: [*mut ParkedSet; 2],
+    /// What each publication replaced (null: not published yet), freed in
+    /// `retire`, after the batch's drain.
+    replaced: std::cell::Cell<[Option<*mut Published<Parked>>; 2]>,
+}
+
+/// A published parked set: its header first, so a pointer to the whole is
+/// a pointer to what the handler reads.
+#[repr(C)]
+struct ParkedSet {
+    header: Published<Parked>,
+    list: Vec<Parked>,
+}
+
+impl ParkedSet {
+    fn raw(mut list: Vec<Parked>) -> *mut ParkedSet {
+        list.sort_unstable_by_key(|p| p.site);
+        Box::into_raw(Box::new(ParkedSet {
+            header: Published {
+                ptr: list.as_ptr(),
+                len: list.len(),
+            },
+            list,
+        }))
+    }
+}
+
+impl ParkedSets {
+    fn new(registry: &Registry, relocs: &[RelocStep]) -> ParkedSets {
+        // `relocs` is sorted by site (and holds each site once).
+        let unparks = |site: usize| {
+            relocs
+                .binary_search_by_key(&site, |r| r.site)
+                .is_ok_and(|i| matches!(relocs[i].step, Step::Jump | Step::Abort))
+        };
+        let parks = relocs.iter().any(|r| r.step == Step::Park);
+        let mut before = registry.parked();
+        before.extend(
+            relocs
+                .iter()
+                .filter(|r| r.step == Step::Park)
+                .map(|r| Parked {
+                    site: r.site,
+                    detour: r.detour,
+                }),
+        );
+        let any_unpark = before.iter().any(|p| unparks(p.site));
+        let after: Vec<Parked> = before
+            .iter()
+            .filter(|p| !unparks(p.site))
+            .copied()
+            .collect();
+        ParkedSets {
+            sets: [
+                if parks {
+                    ParkedSet::raw(before)
+                } else {
+                    std::ptr::null_mut()
+                },
+                if any_unpark {
+                    ParkedSet::raw(after)
+                } else {
+                    std::ptr::null_mut()
+                },
+            ],
+            replaced: std::cell::Cell::new([None; 2]),
+        }
+    }
+
+    fn publish(&self, which: usize) {
+        let set = self.sets[which];
+        if set.is_null() {
+            return;
+        }
+        let old = trap::PARKED.swap(set as *mut Published<Parked>, SeqCst);
+        trap::SEQ.fetch_add(1, SeqCst);
+        let mut r = self.replaced.get();
+        r[which] = Some(old);
+        self.replaced.set(r);
+    }
+
+    fn publish_before(&self) {
+        self.publish(0);
+    }
+
+    fn publish_after(&self) {
+        self.publish(1);
+    }
+
+    /// After the batch's drain: frees what the publications replaced (no
+    /// handler can read it any more) and any set never published.
+    fn retire(self) {
+        let replaced = self.replaced.get();
+        for (which, set) in self.sets.into_iter().enumerate() {
+            if !set.is_null() && replaced[which].is_none() {
+                // SAFETY: from ParkedSet::raw, never published.
+                drop(unsafe { Box::from_raw(set) });
+            }
+        }
+        for old in replaced.into_iter().flatten() {
+            if !old.is_null() {
+                // SAFETY: every parked set ever published came from
+                // `ParkedSet::raw` (its header first); this one was
+                // replaced by this batch, which drained afterwards.
+                drop(unsafe { Box::from_raw(old as *mut ParkedSet) });
+            }
+        }
     }
 }
 

@@ -95,6 +95,7 @@ mod convert;
 mod insn;
 mod lock;
 mod maps;
+pub mod relocation;
 pub mod signals;
 mod sync;
 mod text;
@@ -165,6 +166,28 @@ pub enum Error {
     },
     /// A system call failed (reading the memory map, `mprotect`, `sigaction`).
     Io(std::io::Error),
+    /// A prologue relocation could not finish: these threads stayed inside
+    /// the instructions it moves (or could not be observed) until the
+    /// timeout. Everything was put back as it was.
+    NotClear {
+        /// The threads, and why each is not clear.
+        threads: Vec<world::Inside>,
+    },
+    /// No free address space for detour memory within reach.
+    NoRoom {
+        /// The function the detour would serve.
+        near: usize,
+        /// Bytes asked for.
+        len: usize,
+    },
+    /// Detour memory used in a way its state does not allow (not from
+    /// `alloc_detour`, not written, already installed).
+    Detour {
+        /// The detour address.
+        addr: usize,
+        /// What is wrong.
+        why: &'static str,
+    },
 }
 
 impl fmt::Display for Error {
@@ -208,6 +231,21 @@ impl fmt::Display for Error {
                  LIVETRACE_ALLOW_PTRACE=1"
             ),
             Error::Io(e) => write!(f, "system call failed: {e}"),
+            Error::NotClear { threads } => {
+                write!(
+                    f,
+                    "threads stayed inside the instructions a relocation moves (nothing was changed):"
+                )?;
+                for t in threads {
+                    write!(f, "\n  {t}")?;
+                }
+                Ok(())
+            }
+            Error::NoRoom { near, len } => write!(
+                f,
+                "no free address space for {len} bytes of detour memory within reach of {near:#x}"
+            ),
+            Error::Detour { addr, why } => write!(f, "detour memory {addr:#x}: {why}"),
         }
     }
 }

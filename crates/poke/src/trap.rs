@@ -20,13 +20,29 @@
 //! two-byte `int 3` of the program's, the site must be one the engine has
 //! ever patched (the *known* set).
 //!
+//! A relocated function's site has a third state, between batches: the
+//! *parked* `int3` of prologue relocation (see [`crate::relocation`]). Its
+//! first byte holds `int3` over the function's original bytes, which are
+//! several instructions, not one, so there is no instruction to emulate:
+//! the handler finds the site in the [`PARKED`] set and sends the thread to
+//! the site's detour, which runs the relocated copy of those instructions
+//! and jumps back. The parked set is consulted after the active batch (a
+//! relocation batch's entries emulate the same jump to the detour) and
+//! before the byte is read, under the same `SEQ` check, so a trap is never
+//! taken for a foreign breakpoint because the set changed under it: a site
+//! is parked before the batch that writes its `int3` is published, and
+//! unparked only after the batch that replaced its `int3` is unpublished.
+//! A trap delivered after its site was unparked finds the jump (or the
+//! original first byte) in place, and re-executes it like any late trap.
+//!
 //! Anything else is not ours: it is passed to the handler the program had
 //! installed before us, honouring its flags, or gets the default action.
 //!
 //! # Publication and lifetime
 //!
-//! The batch being applied is published in [`ACTIVE`], with [`SEQ`] bumped
-//! on every publish and unpublish. A handler counts itself in [`IN_FLIGHT`]
+//! The batch being applied is published in [`ACTIVE`], and the parked
+//! sites in [`PARKED`], with [`SEQ`] bumped on every publish and unpublish
+//! of either. A handler counts itself in [`IN_FLIGHT`]
 //! before it loads any pointer, and the patcher, after unpublishing, waits
 //! for `IN_FLIGHT` to reach zero before it frees or reuses anything a handler
 //! may read (the batch, an old known set, a chained-handler slot). Both sides
@@ -73,7 +89,17 @@ pub(crate) struct Entry {
     pub new: [u8; 5],
 }
 
-/// A sorted slice published to handlers: the active batch or the known set.
+/// A parked site: its first byte is the `int3` of a relocation under way,
+/// over original bytes; a thread trapping there goes to `detour`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub(crate) struct Parked {
+    pub site: usize,
+    pub detour: usize,
+}
+
+/// A sorted slice published to handlers: the active batch, the parked
+/// sites or the known set.
 #[repr(C)]
 pub(crate) struct Published<T> {
     pub ptr: *const T,
@@ -102,10 +128,14 @@ pub(crate) static SEQ: AtomicU64 = AtomicU64::new(0);
 pub(crate) static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 /// Every site any batch has ever contained, sorted; or null.
 pub(crate) static KNOWN: AtomicPtr<Published<usize>> = AtomicPtr::new(ptr::null_mut());
+/// The parked sites, sorted; or null. Replaced only under the batch lock,
+/// with `SEQ` bumped; a replaced array is freed after a [`drain`].
+pub(crate) static PARKED: AtomicPtr<Published<Parked>> = AtomicPtr::new(ptr::null_mut());
 
 static EMULATED: AtomicU64 = AtomicU64::new(0);
 static REEXECUTED: AtomicU64 = AtomicU64::new(0);
 static CHAINED: AtomicU64 = AtomicU64::new(0);
+static REDIRECTED: AtomicU64 = AtomicU64::new(0);
 
 /// Counts of what the SIGTRAP handler did, since the process started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -119,6 +149,9 @@ pub struct TrapStats {
     /// Traps that were not ours, passed to the program's handler or the
     /// default action.
     pub chained: u64,
+    /// Traps on a parked site of a prologue relocation between its batches,
+    /// sent to the detour.
+    pub redirected: u64,
 }
 
 /// What the SIGTRAP handler has done so far in this process.
@@ -127,6 +160,7 @@ pub fn trap_stats() -> TrapStats {
         emulated: EMULATED.load(Relaxed),
         reexecuted: REEXECUTED.load(Relaxed),
         chained: CHAINED.load(Relaxed),
+        redirected: REDIRECTED.load(Relaxed),
     }
 }
 
@@ -295,8 +329,16 @@ fn emulate(regs: &Regs, e: &Entry) {
 /// What a handler found, decided while counted in flight.
 enum Verdict {
     Emulated,
+    Redirected,
     Reexecute,
     Foreign,
+}
+
+fn find_parked(parked: &[Parked], site: usize) -> Option<&Parked> {
+    parked
+        .binary_search_by(|p| p.site.cmp(&site))
+        .ok()
+        .and_then(|i| parked.get(i))
 }
 
 fn decide(regs: &Regs, site: usize) -> Verdict {
@@ -312,6 +354,21 @@ fn decide(regs: &Regs, site: usize) -> Verdict {
                 emulate(regs, e);
                 IN_FLIGHT.fetch_sub(1, SeqCst);
                 return Verdict::Emulated;
+            }
+        }
+        let parked = PARKED.load(SeqCst);
+        if !parked.is_null() {
+            // SAFETY: as for ACTIVE: a replaced parked set is freed only
+            // after a drain, and we are counted.
+            let list = unsafe { (*parked).as_slice() };
+            if let Some(p) = find_parked(list, site) {
+                // The detour runs the relocated copy of the instructions
+                // the int3 sits on, then jumps back past them. RIP is set
+                // before we stop being counted: whoever frees the detour
+                // drains first, then finds the thread's saved RIP in it.
+                regs.set_rip(p.detour);
+                IN_FLIGHT.fetch_sub(1, SeqCst);
+                return Verdict::Redirected;
             }
         }
         fence(SeqCst);
@@ -358,6 +415,9 @@ extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut 
     match verdict {
         Verdict::Emulated => {
             EMULATED.fetch_add(1, Relaxed);
+        }
+        Verdict::Redirected => {
+            REDIRECTED.fetch_add(1, Relaxed);
         }
         Verdict::Reexecute => {
             regs.set_rip(regs.rip().wrapping_sub(1));

@@ -121,6 +121,7 @@ pub use symbolize::{Symbol, Symbolizer};
 pub use table::{
     ExternalSite, FunctionInfo, InsertReport, Object, RejectReason, Rejected, ScanReport, Table,
 };
+pub use table::{RelocateReport, Relocated, WhyNot};
 
 /// Why a table operation failed.
 #[derive(Debug)]

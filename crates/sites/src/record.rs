@@ -27,6 +27,10 @@ pub enum Origin {
     Mcount,
     /// Described by the program itself (the `#[traced]` macro).
     Macro,
+    /// Given by prologue relocation to a function compiled without a site:
+    /// the site is the 5-byte NOP at the start of the function's detour
+    /// (see [`crate::Relocated`]).
+    Relocated,
 }
 
 /// What a site holds, as far as the table knows.
@@ -75,6 +79,7 @@ impl Record {
             Origin::Patchable => 0,
             Origin::Mcount => 1,
             Origin::Macro => 2,
+            Origin::Relocated => 3,
         };
         let mut flags = o << ORIGIN_SHIFT;
         if unconverted {
@@ -105,7 +110,8 @@ impl Record {
         match (self.flags & ORIGIN_MASK) >> ORIGIN_SHIFT {
             0 => Origin::Patchable,
             1 => Origin::Mcount,
-            _ => Origin::Macro,
+            2 => Origin::Macro,
+            _ => Origin::Relocated,
         }
     }
 

@@ -14,6 +14,9 @@ use crate::loaded::{self, Loaded, Pin};
 use crate::record::{ObjectId, Origin, Record, SiteState};
 use crate::Error;
 
+mod relocate;
+pub use relocate::{RelocateReport, Relocated, WhyNot};
+
 /// What five bytes at a site are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Found {
@@ -132,6 +135,10 @@ pub struct Object {
     pin: Option<Pin>,
     /// Why its file could not be used, if so.
     error: Option<String>,
+    /// Functions of it given a site by prologue relocation: while there are
+    /// any, it stays pinned (its text jumps to detours, and the detours
+    /// back into it).
+    relocated: u32,
 }
 
 impl Object {
@@ -287,6 +294,9 @@ impl fmt::Display for FunctionInfo<'_> {
             SiteState::Live(Insn::Jmp(t)) => write!(f, "jmp {t:#x}")?,
         }
         let r = self.record;
+        if r.origin() == Origin::Relocated {
+            f.write_str(" relocated")?;
+        }
         if r.nr_ops() > 0 {
             write!(f, " ops={}", r.nr_ops())?;
         }
@@ -320,6 +330,9 @@ pub struct Table {
     /// `dlpi_subs` at the last scan: unloads since then mean an object
     /// could have been unloaded and reloaded at the same address.
     last_subs: Option<u64>,
+    /// Prologue relocation: relocated functions by site, and analysed
+    /// objects (see `relocate.rs`).
+    reloc: relocate::State,
 }
 
 /// A record about to be inserted, with its strings.
@@ -585,6 +598,14 @@ impl Table {
             .iter()
             .map(|r| !ids.contains(&r.object()))
             .collect();
+        self.retain_records(&keep);
+        self.objects.retain(|o| !ids.contains(&o.id));
+        self.rejected.retain(|(id, _)| !ids.contains(id));
+        self.reloc.forget(ids);
+    }
+
+    /// Keeps the records whose `keep` entry is true (with their strings).
+    fn retain_records(&mut self, keep: &[bool]) {
         let mut new_records = Vec::with_capacity(self.records.len());
         let mut new_cold = Vec::with_capacity(self.cold.len());
         let mut arena = String::with_capacity(self.arena.len());
@@ -612,8 +633,6 @@ impl Table {
         self.records = new_records;
         self.cold = new_cold;
         self.arena = arena;
-        self.objects.retain(|o| !ids.contains(&o.id));
-        self.rejected.retain(|(id, _)| !ids.contains(id));
         self.rebuild_name_index();
     }
 
@@ -682,6 +701,7 @@ impl Table {
             enabled: 0,
             pin: None,
             error: None,
+            relocated: 0,
         };
         let Some(path) = obj.path.clone() else {
             return obj;
@@ -936,7 +956,7 @@ impl Table {
         for (id, d) in delta {
             let o = self.object_mut(id).expect("known");
             o.enabled = (i64::from(o.enabled) + d) as u32;
-            if o.enabled == 0 {
+            if o.enabled == 0 && o.relocated == 0 {
                 // Every site of the library is a NOP again: nothing can
                 // call into it from its sites any more, so it may go.
                 o.pin = None;
@@ -1100,6 +1120,7 @@ mod tests {
             enabled: 0,
             pin: None,
             error: None,
+            relocated: 0,
         });
         let fresh = names
             .iter()
@@ -1218,6 +1239,7 @@ mod tests {
                 enabled: 0,
                 pin: None,
                 error: None,
+                relocated: 0,
             }
         }
     }

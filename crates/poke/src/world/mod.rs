@@ -8,6 +8,9 @@
 //!   thread-local storage — without signalling the threads the kernel
 //!   shows blocked (`/proc/self/task/TID/syscall`), probing only the
 //!   others (the quiescence wait of the tracing core is built on it);
+//! - [`wait_outside`] asks, until the answer is no, whether any thread's
+//!   RIP, signal-frame RIP or stack word lies in given ranges (prologue
+//!   relocation's step between `int3` and jump, and freeing detours);
 //! - stopping the world (crate-internal: only the engine writes code) holds
 //!   every other thread in a signal handler while several instructions are
 //!   rewritten at once (sled conversion).
@@ -21,12 +24,14 @@
 //! `signal` owns the world signal's handler, [`probe`] observes, `stop`
 //! holds.
 
+pub(crate) mod clear;
 pub(crate) mod frames;
 pub(crate) mod probe;
 pub(crate) mod proc;
 pub(crate) mod signal;
 pub(crate) mod stop;
 
+pub use clear::{wait_outside, Inside};
 pub use frames::Context;
 pub use probe::{
     observe, world_stats, Observation, Observe, Seen, Target, Unresponsive, WorldStats,
