@@ -138,3 +138,64 @@ fn cli_records_a_c_program_run_with_ld_preload() {
     assert!(text.contains("work_item() {"), "{text:.2000}");
     assert!(text.contains("work_hash();"), "{text:.2000}");
 }
+
+/// A C program compiled without any site: `trace -f` gives the functions
+/// it names a site by prologue relocation, `ls` then shows them
+/// `relocated` (at their own entry, with their source line), and
+/// `ls --why-not` lists what cannot be relocated.
+#[test]
+fn cli_traces_a_c_program_built_without_sites() {
+    let mut cmd = command("plain", "worker", &["run", "120"]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut program = Program(cmd.spawn().expect("starting the worker"));
+    let mut line = String::new();
+    BufReader::new(program.0.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let pid = line
+        .trim()
+        .strip_prefix("ready pid=")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_string();
+
+    let before = livetrace(&["ls", &pid, "work_item"]);
+    assert!(!before.stdout.contains("relocated"), "{before}");
+
+    let why = livetrace(&["ls", &pid, "--why-not", "work_*"]);
+    why.assert_ok();
+    assert!(
+        !why.stdout.lines().any(|l| l.starts_with("work_item ")),
+        "work_item is relocatable: {why}"
+    );
+
+    let dir = scratch("plain");
+    let txt = dir.join("function.txt");
+    let out = livetrace(&[
+        "trace",
+        &pid,
+        "-t",
+        "function",
+        "-f",
+        "work_item",
+        "-d",
+        "300ms",
+        "-o",
+        txt.to_str().unwrap(),
+    ]);
+    out.assert_ok();
+    let text = read(&txt);
+    assert!(text.contains("work_item"), "{text:.400}");
+
+    let after = livetrace(&["ls", &pid, "work_item"]);
+    after.assert_ok();
+    let row = after
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("work_item "))
+        .unwrap_or_else(|| panic!("{after}"));
+    assert!(
+        row.contains("relocated") && row.contains("worker.c:"),
+        "{row}"
+    );
+    assert!(program.0.try_wait().unwrap().is_none(), "the worker died");
+}

@@ -191,6 +191,12 @@ pub enum Request {
     },
     /// Every enabled function, with its ops and trampoline.
     EnabledFunctions,
+    /// Functions compiled without a site that `glob` names and that
+    /// cannot be given one by prologue relocation, each with its reason.
+    WhyNot {
+        /// A glob over full names.
+        glob: String,
+    },
     /// Starts a tracing session owned by this connection.
     StartTrace {
         /// The tracer.
@@ -289,7 +295,9 @@ impl Request {
     pub fn validate(&self) -> Result<(), String> {
         let long = |p: &String| p.len() > MAX_NAME;
         match self {
-            Request::ListFunctions { glob: Some(g), .. } if long(g) => {
+            Request::ListFunctions { glob: Some(g), .. } | Request::WhyNot { glob: g }
+                if long(g) =>
+            {
                 Err(format!("glob longer than {MAX_NAME} bytes"))
             }
             Request::StartTrace {
@@ -414,6 +422,21 @@ pub struct FunctionInfo {
     pub signature: Option<String>,
 }
 
+/// A function without a site that prologue relocation refuses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// Full name.
+    pub name: String,
+    /// Its entry.
+    pub entry: u64,
+    /// The object it lives in.
+    pub object: String,
+    /// A short kind (`branch-into-region`, `too-short`, …).
+    pub kind: String,
+    /// The reason in words.
+    pub reason: String,
+}
+
 /// One enabled function.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnabledInfo {
@@ -509,6 +532,11 @@ pub enum Response {
     Functions {
         /// The functions, by name.
         functions: Vec<FunctionInfo>,
+    },
+    /// Answers `WhyNot`.
+    NotRelocatable {
+        /// The functions refused, by name.
+        functions: Vec<Refusal>,
     },
     /// Answers `EnabledFunctions`.
     Enabled {

@@ -59,6 +59,7 @@ fn request() -> impl Strategy<Value = Request> {
         (proptest::option::of(s()), any::<bool>())
             .prop_map(|(glob, enabled_only)| Request::ListFunctions { glob, enabled_only }),
         Just(Request::EnabledFunctions),
+        ".{0,40}".prop_map(|glob| Request::WhyNot { glob }),
         (
             tracer(),
             proptest::collection::vec(s(), 0..4),

@@ -15,7 +15,7 @@ use livetrace::{Config, Session};
 use livetrace_proto::{
     decode_request, encode, read_frame, write_frame, write_frame_with_fds, BufferLayout, ClockInfo,
     Controls, EnabledInfo, ErrorCode, FrameError, FunctionInfo, Mode, PatchInfo, ProfileEntry,
-    Request, Response, TracerKind, WireSymbol, WireTrace, MAX_EVENTS_PER_REPLY, MAX_FRAME,
+    Refusal, Request, Response, TracerKind, WireSymbol, WireTrace, MAX_EVENTS_PER_REPLY, MAX_FRAME,
     MAX_FUNCTIONS_PER_REPLY, PROTOCOL_VERSION,
 };
 
@@ -420,6 +420,7 @@ impl Conn {
             Request::Ping => (Response::Pong, false),
             Request::ListFunctions { glob, enabled_only } => list_functions(glob, enabled_only),
             Request::EnabledFunctions => enabled(),
+            Request::WhyNot { glob } => why_not(&glob),
             Request::StartTrace {
                 tracer,
                 filter,
@@ -908,6 +909,10 @@ fn list_functions(glob: Option<String>, enabled_only: bool) -> (Response, bool) 
                 if enabled.as_ref().is_some_and(|e| !e.contains(&info.addr)) {
                     return None;
                 }
+                // A function given a site by prologue relocation is shown
+                // at its own entry (what `-f 0x…` and debug info name),
+                // marked as such; its site is in its detour.
+                let relocated = t.relocated(i).map(|r| r.entry);
                 // `file:line` where the compiler or `#[traced]` recorded it,
                 // else the object the function lives in.
                 let source = match (info.file, info.line) {
@@ -915,13 +920,18 @@ fn list_functions(glob: Option<String>, enabled_only: bool) -> (Response, bool) 
                     (Some(f), None) => f.to_string(),
                     _ => info.object.to_string(),
                 };
+                let state = match info.record.state() {
+                    livetrace::sites::SiteState::Unconverted => "unconverted".into(),
+                    livetrace::sites::SiteState::Live(insn) => insn.to_string(),
+                };
                 Some(FunctionInfo {
                     name: info.name.to_string(),
-                    addr: info.addr as u64,
+                    addr: relocated.unwrap_or(info.addr) as u64,
                     source,
-                    state: match info.record.state() {
-                        livetrace::sites::SiteState::Unconverted => "unconverted".into(),
-                        livetrace::sites::SiteState::Live(insn) => insn.to_string(),
+                    state: if relocated.is_some() {
+                        format!("{state} relocated")
+                    } else {
+                        state
                     },
                     signature: sigs
                         .get(&info.addr)
@@ -935,6 +945,30 @@ fn list_functions(glob: Option<String>, enabled_only: bool) -> (Response, bool) 
         Ok(mut functions) => {
             functions.sort_by(|a, b| a.name.cmp(&b.name).then(a.addr.cmp(&b.addr)));
             (Response::Functions { functions }, false)
+        }
+        Err(e) => tracing_error(e),
+    }
+}
+
+/// The functions `glob` names that have no site and cannot be given one.
+fn why_not(glob: &str) -> (Response, bool) {
+    if let Err(e) = livetrace::init() {
+        return tracing_error(e);
+    }
+    match livetrace_ftrace::why_not(&livetrace::Pattern::parse(glob)) {
+        Ok(list) => {
+            let mut functions: Vec<Refusal> = list
+                .into_iter()
+                .map(|w| Refusal {
+                    name: w.name,
+                    entry: w.entry as u64,
+                    object: w.object,
+                    kind: w.kind.to_string(),
+                    reason: w.reason,
+                })
+                .collect();
+            functions.sort_by(|a, b| a.name.cmp(&b.name).then(a.entry.cmp(&b.entry)));
+            (Response::NotRelocatable { functions }, false)
         }
         Err(e) => tracing_error(e),
     }

@@ -21,6 +21,10 @@ pub struct Args {
     /// Also show each function's recorded signature
     #[arg(long, short = 's')]
     signatures: bool,
+    /// Functions compiled without a site that GLOB names and that cannot
+    /// be given one by prologue relocation, each with the reason
+    #[arg(long)]
+    why_not: bool,
     /// Never shorten names (to a terminal, names longer than the NAME
     /// column are shortened in the middle)
     #[arg(long, short = 'w')]
@@ -73,6 +77,7 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
         glob,
         enabled,
         signatures,
+        why_not,
         wide,
     } = a;
     let style = Style::stdout();
@@ -90,6 +95,52 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
         }
     };
     let mut out = std::io::stdout().lock();
+    if why_not {
+        let glob = glob.unwrap_or_else(|| "*".to_string());
+        let Response::NotRelocatable { functions } =
+            c.call_with_progress(&Request::WhyNot { glob: glob.clone() }, &mut report)?
+        else {
+            return Err("unexpected reply".to_string().into());
+        };
+        if functions.is_empty() {
+            let _ = writeln!(
+                out,
+                "{}",
+                style.dim(&format!(
+                    "no function matching '{glob}' is refused: each has a site or can be given one"
+                ))
+            );
+            return Ok(());
+        }
+        let names = Names::new(functions.iter().map(|f| f.name.as_str()), wide);
+        let w = names.width;
+        let kw = functions
+            .iter()
+            .map(|f| f.kind.len())
+            .max()
+            .unwrap_or(0)
+            .max(4);
+        let _ = writeln!(
+            out,
+            "{}",
+            style.bold(&format!(
+                "{:<w$}  {:<14}  {:<kw$}  REASON",
+                "NAME", "ENTRY", "KIND"
+            ))
+        );
+        for f in &functions {
+            let _ = writeln!(
+                out,
+                "{}  {:<14}  {:<kw$}  {} ({})",
+                style.name(&names.fit(&f.name)),
+                format!("{:#x}", f.entry),
+                f.kind,
+                f.reason,
+                f.object
+            );
+        }
+        return Ok(());
+    }
     if enabled {
         let Response::Enabled { functions } =
             c.call_with_progress(&Request::EnabledFunctions, &mut report)?

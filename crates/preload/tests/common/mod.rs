@@ -128,7 +128,7 @@ pub fn examples() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = scratch("examples");
-        let mut variants = vec!["gcc", "mcount", "cxx"];
+        let mut variants = vec!["gcc", "mcount", "cxx", "plain"];
         if want_clang() {
             variants.push("clang");
         }
