@@ -59,10 +59,13 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+mod error;
 mod fast;
+mod livepatch;
 mod ops;
 mod quiesce;
 mod regs;
+mod relocate;
 mod thread;
 mod tramp;
 
@@ -71,111 +74,27 @@ use std::collections::{HashMap, HashSet};
 use quiesce::{normalize, quiesce, Watch};
 use std::fmt;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering::*};
+use std::sync::atomic::{AtomicPtr, Ordering::*};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use livetrace_poke::Insn;
 use livetrace_sites::Table;
 
+pub use error::Error;
 pub use fast::{
     inside_tpoff, FastPath, FastPathError, DROPPED_PLACEHOLDER, INSIDE_PLACEHOLDER,
     STUB_BODY_RETURN_FROM_RETURN, STUB_IP_FROM_RETURN,
 };
+pub use livepatch::{livepatch, livepatch_addr, LivePatch};
 pub use ops::{Call, Callback, Ops, OpsBuilder, Pattern};
 pub use quiesce::{quiesce_stats, set_quiescence_timeout, QuiesceStats, Straggler};
 pub use regs::Regs;
+pub use relocate::{relocate, set_relocate_on_demand, why_not};
 pub use thread::{in_callback, recursion_dropped, suppress, Suppress};
 pub use tramp::{vector_state, VectorState};
 
 use ops::{FuncSet, OpsInner};
 use tramp::{window_of, Kind, Pools};
-
-/// Why a tracing change was refused. Nothing changed when one is returned.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum Error {
-    /// A filter pattern matches no function.
-    NoMatch {
-        /// The pattern.
-        pattern: String,
-        /// Which set it was in ("filter" or "notrace").
-        set: &'static str,
-    },
-    /// A function already has an IPMODIFY ops.
-    IpModifyTaken {
-        /// The function.
-        function: String,
-        /// The ops that owns it.
-        owner: String,
-    },
-    /// The ops is already registered.
-    AlreadyRegistered(String),
-    /// The ops is not registered.
-    NotRegistered(String),
-    /// Tracing cannot be changed from inside a callback.
-    InCallback,
-    /// No traceable function at this address.
-    NoSuchFunction(usize),
-    /// The per-thread state is not in static TLS (livetrace was loaded with
-    /// `dlopen` into a running program), so trampolines cannot reach it.
-    DynamicTls,
-    /// A trampoline could not be created.
-    Trampoline(std::io::Error),
-    /// A quiescence wait gave up: these threads may still be using state
-    /// the change retired (inside a callback that began before it, or
-    /// about to execute a retired trampoline). The change itself was made
-    /// (an unregistered ops is detached and its callback is not called for
-    /// new calls), but nothing was freed: a later `unregister` of the same
-    /// ops, or [`synchronize`], tries again.
-    NotQuiescent {
-        /// The threads and why each is not clear.
-        threads: Vec<Straggler>,
-    },
-    /// The record table or the engine refused the change.
-    Sites(livetrace_sites::Error),
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::NoMatch { pattern, set } => {
-                write!(f, "{set} pattern '{pattern}' matches no traceable function")
-            }
-            Error::IpModifyTaken { function, owner } => {
-                write!(f, "{function} is already modified by ops '{owner}'; only one IPMODIFY ops per function")
-            }
-            Error::AlreadyRegistered(n) => write!(f, "ops '{n}' is already registered"),
-            Error::NotRegistered(n) => write!(f, "ops '{n}' is not registered"),
-            Error::InCallback => f.write_str("tracing cannot be changed from inside a callback"),
-            Error::NoSuchFunction(a) => write!(f, "no traceable function at {a:#x}"),
-            Error::DynamicTls => {
-                f.write_str("livetrace's thread state is not in static TLS; load it at start-up")
-            }
-            Error::Trampoline(e) => write!(f, "cannot create a trampoline: {e}"),
-            Error::NotQuiescent { threads } => {
-                write!(
-                    f,
-                    "threads still inside retired tracing state after {:?} (nothing was freed; \
-                     try again later):",
-                    quiesce::timeout()
-                )?;
-                for t in threads {
-                    write!(f, "\n  {t}")?;
-                }
-                Ok(())
-            }
-            Error::Sites(e) => e.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for Error {}
-
-impl From<livetrace_sites::Error> for Error {
-    fn from(e: livetrace_sites::Error) -> Error {
-        Error::Sites(e)
-    }
-}
 
 /// The registered ops, as the list walker reads it.
 struct OpsList {
@@ -554,71 +473,7 @@ enum Change {
     Refilter,
 }
 
-/// Whether a filter pattern that names no site relocates the functions it
-/// names (see [`set_relocate_on_demand`]).
-static RELOCATE_ON_DEMAND: AtomicBool = AtomicBool::new(true);
-
-/// Turns relocation on demand on (the default) or off: when a filter
-/// pattern of an ops being registered or refiltered names no traceable
-/// function, the functions it names that were compiled without a site are
-/// given one by prologue relocation ([`Table::relocate`]) before the
-/// pattern is resolved, and those that cannot be are reported by
-/// [`why_not`]. `LIVETRACE_NO_RELOCATE=1` turns it off at start-up.
-pub fn set_relocate_on_demand(on: bool) {
-    RELOCATE_ON_DEMAND.store(on, SeqCst);
-}
-
-fn relocate_on_demand_enabled() -> bool {
-    RELOCATE_ON_DEMAND.load(SeqCst) && std::env::var_os("LIVETRACE_NO_RELOCATE").is_none()
-}
-
-/// Picks functions by (name, raw name, entry).
-type Select<'a> = dyn Fn(&str, &str, usize) -> bool + 'a;
-
-/// A selector over function names and entries for a filter pattern, as
-/// [`Table::relocate`] and [`Table::why_not`] take it.
-fn selector(p: &Pattern) -> Box<Select<'_>> {
-    match p {
-        Pattern::Glob(g) => {
-            let g = livetrace_sites::Glob::new(g);
-            Box::new(move |name, _, _| g.matches(name))
-        }
-        Pattern::Name(n) => Box::new(move |name, raw, _| name == n || raw == n),
-        Pattern::Addr(a) => Box::new(move |_, _, entry| entry == *a),
-    }
-}
-
-/// The functions `pattern` names that have no site and cannot be given one
-/// by relocation, with the reason (`livetrace ls --why-not`).
-pub fn why_not(pattern: &Pattern) -> Result<Vec<livetrace_sites::WhyNot>, Error> {
-    let mut g = core()?;
-    let c = g.as_mut().expect("initialised");
-    Ok(c.table.why_not(&*selector(pattern)))
-}
-
-/// Gives a site, by prologue relocation, to the functions `pattern` names
-/// that have none (what registering an ops whose filter names them does on
-/// its own; see [`set_relocate_on_demand`]).
-pub fn relocate(pattern: &Pattern) -> Result<livetrace_sites::RelocateReport, Error> {
-    let mut g = core()?;
-    let c = g.as_mut().expect("initialised");
-    Ok(c.table.relocate(&*selector(pattern), quiesce::timeout())?)
-}
-
 impl Core {
-    /// Relocates what each filter pattern that names no site names.
-    fn relocate_on_demand(&mut self, filter: &[Pattern]) -> Result<(), Error> {
-        if !relocate_on_demand_enabled() {
-            return Ok(());
-        }
-        for p in filter {
-            if self.matching(p).is_empty() {
-                self.table.relocate(&*selector(p), quiesce::timeout())?;
-            }
-        }
-        Ok(())
-    }
-
     /// The sites named by `filter` minus those named by `notrace`, sorted.
     fn resolve(&self, filter: &[Pattern], notrace: &[Pattern]) -> Result<Vec<usize>, Error> {
         let mut want: Vec<usize> = if filter.is_empty() {
@@ -688,7 +543,7 @@ impl Core {
                 return Some(i);
             }
         }
-        wrapper_target(addr, |a| self.table.find(a))
+        livepatch::wrapper_target(addr, |a| self.table.find(a))
     }
 
     fn trampoline(
@@ -976,50 +831,6 @@ struct Garbage {
 // belong to anything published; only the core, under its lock, frees them.
 unsafe impl Send for Garbage {}
 
-/// Looks through the first instructions at `addr` for the site a wrapper
-/// calls: `call`/`jmp rel32` (optimised builds), `lea r64, [rip + disp32]`
-/// followed by an indirect call (unoptimised builds), or `mov r64, [rip +
-/// disp32]` loading it from the GOT (calls across crates). A candidate
-/// counts only if it is exactly the address of a known site, so stray
-/// byte patterns inside other instructions cannot match anything else.
-fn wrapper_target(addr: usize, find: impl Fn(usize) -> Option<usize>) -> Option<usize> {
-    const SCAN: usize = 96;
-    let code = (0..=SCAN)
-        .rev()
-        .step_by(16)
-        .find_map(|n| livetrace_poke::read_text(addr, n).ok())?;
-    let rel = |at: usize| -> Option<usize> {
-        let d = i32::from_le_bytes(code.get(at..at + 4)?.try_into().ok()?);
-        Some((addr + at + 4).wrapping_add(d as isize as usize))
-    };
-    for i in 0..code.len() {
-        let direct = matches!(code[i], 0xe8 | 0xe9).then(|| rel(i + 1)).flatten();
-        if let Some(i) = direct.and_then(&find) {
-            return Some(i);
-        }
-        // REX.W (+R) 8d/8b with ModRM mod=00 rm=101: RIP-relative.
-        let rip_rel = matches!(code[i], 0x48 | 0x4c)
-            && code.get(i + 2).is_some_and(|m| m & 0xc7 == 0x05)
-            && matches!(code.get(i + 1), Some(0x8d | 0x8b));
-        if rip_rel {
-            let Some(t) = rel(i + 3) else { continue };
-            let target = if code[i + 1] == 0x8d {
-                Some(t)
-            } else {
-                // The GOT is data: a checked read, since a byte pattern
-                // found by scanning may point anywhere.
-                livetrace_poke::read_memory(t, 8)
-                    .ok()
-                    .map(|b| usize::from_le_bytes(b.try_into().expect("8 bytes")))
-            };
-            if let Some(i) = target.and_then(&find) {
-                return Some(i);
-            }
-        }
-    }
-    None
-}
-
 fn symmetric_difference(a: &[usize], b: &[usize]) -> Vec<usize> {
     let (mut i, mut j, mut out) = (0, 0, Vec::new());
     while i < a.len() || j < b.len() {
@@ -1044,86 +855,6 @@ fn symmetric_difference(a: &[usize], b: &[usize]) -> Vec<usize> {
         }
     }
     out
-}
-
-/// Redirects every call of a function to a replacement of the same type, and
-/// back with [`LivePatch::revert`].
-pub struct LivePatch {
-    ops: Ops,
-    reverted: bool,
-}
-
-impl LivePatch {
-    /// The ops doing the redirection (it is an IPMODIFY ops).
-    pub fn ops(&self) -> &Ops {
-        &self.ops
-    }
-
-    /// Sends calls back to the original function. Returns once no thread
-    /// can still be on its way to the replacement through the patch.
-    pub fn revert(mut self) -> Result<(), Error> {
-        self.reverted = true;
-        unregister(&self.ops)
-    }
-
-    /// Leaves the patch in place for the rest of the process's life.
-    pub fn forget(mut self) {
-        self.reverted = true;
-    }
-}
-
-impl Drop for LivePatch {
-    fn drop(&mut self) {
-        if !self.reverted {
-            let _ = unregister(&self.ops);
-        }
-    }
-}
-
-/// Redirects every call of `original` to `replacement`. Both are function
-/// pointers of the same type `F` — so a mismatch of signatures is a compile
-/// error: `livepatch::<fn(u32) -> u32>(old, new)`. The running function is
-/// redirected live: during the switch each call runs the old or the new
-/// body; once this returns, only the new one.
-pub fn livepatch<F: Copy>(original: F, replacement: F) -> Result<LivePatch, Error> {
-    const {
-        assert!(
-            std::mem::size_of::<F>() == std::mem::size_of::<usize>(),
-            "livepatch takes function pointers"
-        )
-    };
-    // SAFETY: F is pointer-sized (checked above); for a function pointer
-    // this is its address. Anything else is caught below: it names no
-    // traceable function.
-    let (o, r) = unsafe {
-        (
-            std::mem::transmute_copy::<F, usize>(&original),
-            std::mem::transmute_copy::<F, usize>(&replacement),
-        )
-    };
-    livepatch_addr(o, r)
-}
-
-/// [`livepatch`] by address, for callers that have checked the signatures
-/// themselves (the control socket checks the records' signatures).
-pub fn livepatch_addr(original: usize, replacement: usize) -> Result<LivePatch, Error> {
-    let (site, name) = {
-        let g = core()?;
-        let c = g.as_ref().expect("initialised");
-        let i = c
-            .record_at(original)
-            .ok_or(Error::NoSuchFunction(original))?;
-        (c.table.record(i).ip(), c.table.name(i).to_string())
-    };
-    let ops = Ops::builder(format!("livepatch:{name}"))
-        .filter(Pattern::Addr(site))
-        .redirect_to(replacement)
-        .build(|_| {});
-    register(&ops)?;
-    Ok(LivePatch {
-        ops,
-        reverted: false,
-    })
 }
 
 /// Ends the process when a step that cannot be undone fails, or a callback

@@ -981,16 +981,19 @@ pub fn masks_repaired() -> u32 {
     REPAIRED.load(SeqCst)
 }
 
-/// glibc's mask for a thread whose start routine has returned: every
-/// signal but SIGSETXID (33) blocked with a raw `rt_sigprocmask` in
-/// `start_thread`, so that no program code (a handler) runs on a thread
-/// that is about to exit (glibc bugs 12889 and 28361). Such a thread never
-/// reaches a site again — its TLS destructors have run — but under load it
-/// can take a while to be gone (it frees its stack with `madvise` first).
-fn exiting_mask(m: u64) -> bool {
-    let unblockable = (1u64 << (libc::SIGKILL - 1)) | (1u64 << (libc::SIGSTOP - 1));
-    let setxid = 1u64 << (33 - 1);
-    m & setxid == 0 && (m | unblockable | setxid) == u64::MAX
+/// Whether a mask can only be glibc's own, set with a raw `rt_sigprocmask`
+/// around code that runs no program function: it blocks SIGCANCEL (32),
+/// which glibc's `pthread_sigmask` and `sigprocmask` never let a program
+/// block. glibc blocks everything while it creates a thread (the parent
+/// around `clone`, the child until `start_thread` restores its mask before
+/// the start routine) and, once a start routine has returned, everything
+/// but SIGSETXID until the thread is gone (glibc bugs 12889 and 28361: no
+/// handler may run on a thread about to exit). Neither reaches a site with
+/// that mask, but under load — or while the thread is held by a ptrace
+/// stop — it can outlast the re-reads.
+fn glibc_internal_mask(m: u64) -> bool {
+    let sigcancel = 1u64 << (32 - 1);
+    m & sigcancel != 0
 }
 
 /// Before a batch: every thread must take SIGTRAP. A thread found blocking
@@ -998,7 +1001,8 @@ fn exiting_mask(m: u64) -> bool {
 /// signal for a few instructions in `pthread_create`, `raise` and thread
 /// exit), then given it back through a probe if the world signal reaches
 /// it; otherwise the batch is refused naming it, unless its mask is glibc's
-/// for a thread on its way out ([`exiting_mask`]).
+/// for a thread in the middle of its creation or exit
+/// ([`glibc_internal_mask`]).
 pub(crate) fn check_threads() -> Result<(), crate::Error> {
     let me = world::proc::gettid();
     let trap = 1u64 << (libc::SIGTRAP - 1);
@@ -1035,7 +1039,7 @@ pub(crate) fn check_threads() -> Result<(), crate::Error> {
         }
         if !ok {
             let still = world::proc::blocked_signals(tid).filter(|m| m & trap != 0);
-            if let Some(m) = still.filter(|&m| !exiting_mask(m)) {
+            if let Some(m) = still.filter(|&m| !glibc_internal_mask(m)) {
                 let mut name = [0u8; 32];
                 let n = world::proc::read_task_file(tid, b"comm", &mut name);
                 let name =
@@ -1073,14 +1077,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_glibcs_exit_mask_counts_as_exiting() {
+    fn only_glibcs_own_masks_count_as_internal() {
         let all = !(1u64 << 8) & !(1 << 18);
-        assert!(exiting_mask(all & !(1 << 32)));
-        // Every signal, SIGSETXID included: not glibc's exit.
-        assert!(!exiting_mask(all));
-        // A program's mask that leaves some signal deliverable.
-        assert!(!exiting_mask(all & !(1 << 32) & !(1 << 1)));
-        assert!(!exiting_mask(1 << 4));
+        // Thread exit: everything but SIGSETXID.
+        assert!(glibc_internal_mask(all & !(1 << 32)));
+        // Thread creation: everything.
+        assert!(glibc_internal_mask(all));
+        // What a program's pthread_sigmask(sigfillset) leaves: SIGCANCEL
+        // and SIGSETXID deliverable.
+        assert!(!glibc_internal_mask(all & !(1 << 31) & !(1 << 32)));
+        assert!(!glibc_internal_mask(1 << 4));
     }
 
     #[test]

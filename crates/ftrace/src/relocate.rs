@@ -1,0 +1,74 @@
+//! Relocation on demand: a filter pattern that names no site gives the
+//! functions it names one by prologue relocation (`livetrace_sites`'
+//! `Table::relocate`, installed by the engine) before it is resolved, so a
+//! binary built without any patchable entry is traced like any other.
+
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+
+use crate::{core, quiesce, Core, Error, Pattern};
+
+/// Whether a filter pattern that names no site relocates the functions it
+/// names (see [`set_relocate_on_demand`]).
+static RELOCATE_ON_DEMAND: AtomicBool = AtomicBool::new(true);
+
+/// Turns relocation on demand on (the default) or off: when a filter
+/// pattern of an ops being registered or refiltered names no traceable
+/// function, the functions it names that were compiled without a site are
+/// given one by prologue relocation ([`livetrace_sites::Table::relocate`]) before the
+/// pattern is resolved, and those that cannot be are reported by
+/// [`why_not`]. `LIVETRACE_NO_RELOCATE=1` turns it off at start-up.
+pub fn set_relocate_on_demand(on: bool) {
+    RELOCATE_ON_DEMAND.store(on, SeqCst);
+}
+
+fn relocate_on_demand_enabled() -> bool {
+    RELOCATE_ON_DEMAND.load(SeqCst) && std::env::var_os("LIVETRACE_NO_RELOCATE").is_none()
+}
+
+/// Picks functions by (name, raw name, entry).
+type Select<'a> = dyn Fn(&str, &str, usize) -> bool + 'a;
+
+/// A selector over function names and entries for a filter pattern, as
+/// [`livetrace_sites::Table::relocate`] and [`Table::why_not`] take it.
+fn selector(p: &Pattern) -> Box<Select<'_>> {
+    match p {
+        Pattern::Glob(g) => {
+            let g = livetrace_sites::Glob::new(g);
+            Box::new(move |name, _, _| g.matches(name))
+        }
+        Pattern::Name(n) => Box::new(move |name, raw, _| name == n || raw == n),
+        Pattern::Addr(a) => Box::new(move |_, _, entry| entry == *a),
+    }
+}
+
+/// The functions `pattern` names that have no site and cannot be given one
+/// by relocation, with the reason (`livetrace ls --why-not`).
+pub fn why_not(pattern: &Pattern) -> Result<Vec<livetrace_sites::WhyNot>, Error> {
+    let mut g = core()?;
+    let c = g.as_mut().expect("initialised");
+    Ok(c.table.why_not(&*selector(pattern)))
+}
+
+/// Gives a site, by prologue relocation, to the functions `pattern` names
+/// that have none (what registering an ops whose filter names them does on
+/// its own; see [`set_relocate_on_demand`]).
+pub fn relocate(pattern: &Pattern) -> Result<livetrace_sites::RelocateReport, Error> {
+    let mut g = core()?;
+    let c = g.as_mut().expect("initialised");
+    Ok(c.table.relocate(&*selector(pattern), quiesce::timeout())?)
+}
+
+impl Core {
+    /// Relocates what each filter pattern that names no site names.
+    pub(crate) fn relocate_on_demand(&mut self, filter: &[Pattern]) -> Result<(), Error> {
+        if !relocate_on_demand_enabled() {
+            return Ok(());
+        }
+        for p in filter {
+            if self.matching(p).is_empty() {
+                self.table.relocate(&*selector(p), quiesce::timeout())?;
+            }
+        }
+        Ok(())
+    }
+}
