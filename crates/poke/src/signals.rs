@@ -24,14 +24,14 @@
 //!    `uc_sigmask`. Threads inherit their creator's mask, so threads created
 //!    later are covered too. Once our handler is on SIGTRAP (or the world
 //!    signal), a disposition the program sets for it is recorded as the
-//!    program's ([`ProgramAction`]) and ours stays: the program's handler
+//!    program's (`ProgramAction`) and ours stays: the program's handler
 //!    then receives exactly the deliveries that are not ours, and
 //!    `sigaction` reports the program's own disposition back to it (so a
 //!    handler that chains to its "previous" one never chains to ours).
 //!    The definitions bind the program's own calls at link time (a Rust
 //!    program linking livetrace) or every object's calls through the
 //!    loader's search order (`liblivetrace.so` preloaded or injected).
-//! 2. **Checking before every batch** ([`check_threads`]), for what
+//! 2. **Checking before every batch** (`check_threads`), for what
 //!    interposition cannot see (raw system calls, C libraries in a Rust
 //!    program, masks set before livetrace was loaded): every thread's
 //!    blocked set is read from `/proc/self/task/TID/status`; a thread that
@@ -39,7 +39,7 @@
 //!    handler edits the mask its signal frame will restore; a thread that
 //!    blocks the world signal as well cannot be reached, and the batch is
 //!    refused before anything is written, naming the thread. Dispositions
-//!    installed before us are cleaned the same way once ([`sanitize`]).
+//!    installed before us are cleaned the same way once (`sanitize`).
 //!
 //! What a program gives up: it cannot block SIGTRAP (a SIGTRAP it sends
 //! itself with `kill` is delivered to its handler at once instead of being
@@ -54,6 +54,13 @@ use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::SeqCst};
 
 use crate::world;
+
+mod action;
+mod check;
+
+pub(crate) use action::*;
+pub(crate) use check::check_threads;
+pub use check::{masks_repaired, BlockedThread};
 
 // ---------------------------------------------------------------------------
 // The real functions.
@@ -163,336 +170,6 @@ pub(crate) fn strip(set: &mut libc::sigset_t) {
 
 fn protected(sig: c_int) -> bool {
     sig == libc::SIGTRAP || sig == world::signal()
-}
-
-// ---------------------------------------------------------------------------
-// The program's view of a protected signal's disposition.
-
-/// Words of a `sigaction`, copied as atomics so that a reader racing a
-/// writer is never undefined behaviour (a torn copy is detected by the
-/// generation and retried).
-const WORDS: usize = std::mem::size_of::<libc::sigaction>().div_ceil(8);
-
-struct Slot {
-    gen: AtomicU64,
-    words: [AtomicU64; WORDS],
-}
-
-/// A disposition the program set for a signal whose real disposition is
-/// ours: read from signal handlers (to pass foreign deliveries on), written
-/// by the interposed `sigaction` and by the check that notices a handler
-/// installed behind our back.
-///
-/// Two slots and an index; a writer fills the slot not in use and flips
-/// the index, with the slot's generation odd while it writes; a reader
-/// copies the indexed slot and retries if the generation moved. Nobody
-/// ever waits for a reader, so a handler interrupted mid-copy by a signal
-/// whose handler calls `sigaction` cannot deadlock. Writers are serialised
-/// by a spin lock taken with every signal blocked.
-pub(crate) struct ProgramAction {
-    slots: [Slot; 2],
-    /// Index of the slot in use; `usize::MAX` when the program has none
-    /// recorded (then the default action applies).
-    index: AtomicUsize,
-    writer: AtomicBool,
-    /// The disposition before the current one, when the current one was
-    /// found installed behind our back: it may chain to its own previous
-    /// disposition, which was ours, and must then get this one.
-    outer: UnsafeCell<Option<libc::sigaction>>,
-    /// Set once an `SA_RESETHAND` disposition has been delivered to.
-    reset: AtomicBool,
-}
-
-// SAFETY: every field is atomic except `outer`, which is only accessed by
-// writers under `writer` and by readers through `outer_copy`, itself only
-// called with the writer lock held (see `deliver`).
-unsafe impl Sync for ProgramAction {}
-
-#[allow(clippy::declare_interior_mutable_const)]
-const EMPTY_SLOT: Slot = Slot {
-    gen: AtomicU64::new(0),
-    words: [const { AtomicU64::new(0) }; WORDS],
-};
-
-impl ProgramAction {
-    pub(crate) const fn new() -> ProgramAction {
-        ProgramAction {
-            slots: [EMPTY_SLOT, EMPTY_SLOT],
-            index: AtomicUsize::new(usize::MAX),
-            writer: AtomicBool::new(false),
-            outer: UnsafeCell::new(None),
-            reset: AtomicBool::new(false),
-        }
-    }
-
-    /// In a fork child: a parent thread may have been writing.
-    fn forget_writer(&self) {
-        self.writer.store(false, SeqCst);
-    }
-
-    fn lock(&self) -> AllBlocked {
-        let blocked = AllBlocked::new();
-        while self
-            .writer
-            .compare_exchange(false, true, SeqCst, SeqCst)
-            .is_err()
-        {
-            std::hint::spin_loop();
-        }
-        blocked
-    }
-
-    fn unlock(&self) {
-        self.writer.store(false, SeqCst);
-    }
-
-    /// Records `act` as the program's disposition; returns the previous one.
-    pub(crate) fn set(&self, act: libc::sigaction) -> Option<libc::sigaction> {
-        let _blocked = self.lock();
-        let old = self.get();
-        self.store(act);
-        self.unlock();
-        old
-    }
-
-    /// [`Self::set`] for a handler found installed behind our back: the one
-    /// it replaced is kept as its "outer" disposition.
-    pub(crate) fn replace_found(&self, act: libc::sigaction) {
-        let _blocked = self.lock();
-        let old = self.get();
-        // SAFETY: written under the writer lock.
-        unsafe { *self.outer.get() = old };
-        self.store(act);
-        self.unlock();
-    }
-
-    fn store(&self, act: libc::sigaction) {
-        let cur = self.index.load(SeqCst);
-        let spare = if cur == 0 { 1 } else { 0 };
-        let slot = &self.slots[spare];
-        let mut words = [0u64; WORDS];
-        // SAFETY: copies the sigaction's bytes into a buffer at least as
-        // large.
-        unsafe {
-            ptr::copy_nonoverlapping(
-                &act as *const libc::sigaction as *const u8,
-                words.as_mut_ptr() as *mut u8,
-                std::mem::size_of::<libc::sigaction>(),
-            )
-        };
-        slot.gen.fetch_add(1, SeqCst);
-        for (w, v) in slot.words.iter().zip(words) {
-            w.store(v, SeqCst);
-        }
-        slot.gen.fetch_add(1, SeqCst);
-        self.reset.store(false, SeqCst);
-        self.index.store(spare, SeqCst);
-    }
-
-    /// The program's disposition, if it has one recorded.
-    pub(crate) fn get(&self) -> Option<libc::sigaction> {
-        loop {
-            let i = self.index.load(SeqCst);
-            let slot = self.slots.get(i)?;
-            let g1 = slot.gen.load(SeqCst);
-            if g1 & 1 == 1 {
-                std::hint::spin_loop();
-                continue;
-            }
-            let mut words = [0u64; WORDS];
-            for (v, w) in words.iter_mut().zip(&slot.words) {
-                *v = w.load(SeqCst);
-            }
-            if slot.gen.load(SeqCst) != g1 || self.index.load(SeqCst) != i {
-                continue;
-            }
-            let mut act = MaybeUninit::<libc::sigaction>::zeroed();
-            // SAFETY: the words were copied from a whole sigaction.
-            unsafe {
-                ptr::copy_nonoverlapping(
-                    words.as_ptr() as *const u8,
-                    act.as_mut_ptr() as *mut u8,
-                    std::mem::size_of::<libc::sigaction>(),
-                );
-                return Some(act.assume_init());
-            }
-        }
-    }
-
-    fn outer_copy(&self) -> Option<libc::sigaction> {
-        let _blocked = self.lock();
-        // SAFETY: read under the writer lock.
-        let o = unsafe { *self.outer.get() };
-        self.unlock();
-        o
-    }
-
-    /// Delivers a signal that is not ours the way it would have been
-    /// delivered had we never been installed: to the program's handler,
-    /// under the mask the kernel would have given it, or with the default
-    /// action.
-    ///
-    /// # Safety
-    /// `info` and `uc` are the kernel's arguments to the running handler.
-    pub(crate) unsafe fn deliver(
-        &self,
-        sig: c_int,
-        info: *mut libc::siginfo_t,
-        uc: *mut libc::c_void,
-    ) {
-        // A program handler installed behind our back that chains to what
-        // it replaced (us) re-enters here with the same context: give it
-        // the disposition before it instead of itself again.
-        let reentered = Delivering::contains(uc as usize);
-        let act = if reentered {
-            self.outer_copy()
-        } else {
-            self.get()
-        };
-        let _mark = Delivering::enter(uc as usize);
-        // SAFETY: the caller's arguments.
-        unsafe { deliver_to(sig, info, uc, act, &self.reset) };
-    }
-}
-
-/// In a fork child, nothing is being written or delivered any more.
-pub(crate) fn forget_in_child() {
-    crate::trap::PROGRAM.forget_writer();
-    world::signal::PROGRAM.forget_writer();
-    for s in &DELIVERING {
-        s.store(0, SeqCst);
-    }
-}
-
-/// Contexts whose delivery to a program handler is under way (any thread):
-/// a re-entry with one of them is that handler chaining back to us.
-struct Delivering;
-
-static DELIVERING: [AtomicUsize; 16] = [const { AtomicUsize::new(0) }; 16];
-
-impl Delivering {
-    fn contains(uc: usize) -> bool {
-        DELIVERING.iter().any(|s| s.load(SeqCst) == uc)
-    }
-
-    fn enter(uc: usize) -> DeliveringGuard {
-        for (i, s) in DELIVERING.iter().enumerate() {
-            if s.compare_exchange(0, uc, SeqCst, SeqCst).is_ok() {
-                return DeliveringGuard(Some(i));
-            }
-        }
-        DeliveringGuard(None)
-    }
-}
-
-struct DeliveringGuard(Option<usize>);
-
-impl Drop for DeliveringGuard {
-    fn drop(&mut self) {
-        if let Some(i) = self.0 {
-            DELIVERING[i].store(0, SeqCst);
-        }
-    }
-}
-
-/// # Safety
-/// `info` and `uc` are the kernel's arguments to the running handler.
-unsafe fn deliver_to(
-    sig: c_int,
-    info: *mut libc::siginfo_t,
-    uc: *mut libc::c_void,
-    act: Option<libc::sigaction>,
-    reset: &AtomicBool,
-) {
-    // SAFETY: the kernel passes a valid siginfo.
-    let code = unsafe { (*info).si_code };
-    let handler = act.map_or(libc::SIG_DFL, |a| a.sa_sigaction);
-    let oneshot = act.is_some_and(|a| a.sa_flags & libc::SA_RESETHAND != 0);
-    let spent = oneshot && reset.swap(true, SeqCst);
-    if handler == libc::SIG_IGN && !(sig == libc::SIGTRAP && code == libc::SI_KERNEL) {
-        return;
-    }
-    if handler == libc::SIG_DFL || handler == libc::SIG_IGN || spent {
-        default_action(sig);
-        return;
-    }
-    let Some(act) = act else { return };
-    // The mask the kernel would have given the handler: the interrupted
-    // code's, its sa_mask added, the signal itself unless SA_NODEFER; the
-    // protected signals stay deliverable (its code may run sites).
-    let mut old = MaybeUninit::<libc::sigset_t>::zeroed();
-    // SAFETY: `uc` is the kernel's ucontext; sigset operations on local
-    // sets.
-    unsafe {
-        let mut mask = (*(uc as *const libc::ucontext_t)).uc_sigmask;
-        for s in 1..=libc::SIGRTMAX() {
-            if libc::sigismember(&act.sa_mask, s) == 1 {
-                libc::sigaddset(&mut mask, s);
-            }
-        }
-        if act.sa_flags & libc::SA_NODEFER == 0 {
-            libc::sigaddset(&mut mask, sig);
-        }
-        strip(&mut mask);
-        raw_setmask(&mask, &mut *old.as_mut_ptr());
-    }
-    if act.sa_flags & libc::SA_SIGINFO != 0 {
-        // SAFETY: with SA_SIGINFO the program registered a three-argument
-        // handler at this address.
-        let f: extern "C" fn(c_int, *mut libc::siginfo_t, *mut libc::c_void) =
-            unsafe { std::mem::transmute(handler) };
-        f(sig, info, uc);
-    } else {
-        // SAFETY: without SA_SIGINFO the program registered a one-argument
-        // handler at this address.
-        let f: extern "C" fn(c_int) = unsafe { std::mem::transmute(handler) };
-        f(sig);
-    }
-    // SAFETY: restores the mask saved above.
-    unsafe {
-        let mut scratch = std::mem::zeroed();
-        raw_setmask(&*old.as_ptr(), &mut scratch);
-    }
-}
-
-/// The default action of `sig`, as if no handler had ever been installed:
-/// put SIG_DFL back and send the signal to this thread again with it
-/// unblocked (for SIGTRAP and real-time signals: the process terminates).
-fn default_action(sig: c_int) {
-    let mut dfl = MaybeUninit::<libc::sigaction>::zeroed();
-    // SAFETY: a zeroed sigaction is SIG_DFL with no flags and an empty
-    // mask; sigaction, sigprocmask, gettid and tgkill are async-signal-safe.
-    unsafe {
-        (*dfl.as_mut_ptr()).sa_sigaction = libc::SIG_DFL;
-        real_sigaction(sig, dfl.as_ptr(), ptr::null_mut());
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigaddset(&mut set, sig);
-        libc::syscall(
-            libc::SYS_rt_sigprocmask,
-            libc::SIG_UNBLOCK,
-            &set,
-            ptr::null_mut::<libc::sigset_t>(),
-            8usize,
-        );
-        libc::syscall(
-            libc::SYS_tgkill,
-            libc::getpid(),
-            libc::syscall(libc::SYS_gettid),
-            sig,
-        );
-    }
-}
-
-/// The program's disposition for a protected signal whose real
-/// disposition is ours, if it is; `None` otherwise.
-fn program_action(sig: c_int) -> Option<&'static ProgramAction> {
-    if sig == libc::SIGTRAP && crate::trap::installed() {
-        Some(&crate::trap::PROGRAM)
-    } else if sig == world::signal() && world::signal::installed() {
-        Some(&world::signal::PROGRAM)
-    } else {
-        None
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -937,157 +614,9 @@ pub(crate) fn sanitize() {
     }
 }
 
-// ---------------------------------------------------------------------------
-// The check before a batch.
-
-/// A thread livetrace cannot safely patch under.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BlockedThread {
-    /// The thread.
-    pub tid: i32,
-    /// Its name (`comm`).
-    pub name: String,
-    /// The protected signals it blocks.
-    pub signals: Vec<c_int>,
-    /// What `/proc` showed of it (scheduler state, system call).
-    pub state: String,
-}
-
-impl std::fmt::Display for BlockedThread {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "thread {} ({}) blocks signal(s) {:?}",
-            self.tid, self.name, self.signals
-        )?;
-        if self.signals.contains(&world::signal()) {
-            write!(
-                f,
-                " including livetrace's world signal, so it cannot be given SIGTRAP back \
-                 (it blocked them with a raw system call, or before livetrace was loaded)"
-            )?;
-        }
-        if !self.state.is_empty() {
-            write!(f, " [{}]", self.state)?;
-        }
-        Ok(())
-    }
-}
-
-static REPAIRED: AtomicU32 = AtomicU32::new(0);
-
-/// Threads given a protected signal back by [`check_threads`], for tests.
-pub fn masks_repaired() -> u32 {
-    REPAIRED.load(SeqCst)
-}
-
-/// Whether a mask can only be glibc's own, set with a raw `rt_sigprocmask`
-/// around code that runs no program function: it blocks SIGCANCEL (32),
-/// which glibc's `pthread_sigmask` and `sigprocmask` never let a program
-/// block. glibc blocks everything while it creates a thread (the parent
-/// around `clone`, the child until `start_thread` restores its mask before
-/// the start routine) and, once a start routine has returned, everything
-/// but SIGSETXID until the thread is gone (glibc bugs 12889 and 28361: no
-/// handler may run on a thread about to exit). Neither reaches a site with
-/// that mask, but under load — or while the thread is held by a ptrace
-/// stop — it can outlast the re-reads.
-fn glibc_internal_mask(m: u64) -> bool {
-    let sigcancel = 1u64 << (32 - 1);
-    m & sigcancel != 0
-}
-
-/// Before a batch: every thread must take SIGTRAP. A thread found blocking
-/// a protected signal is re-read for a short while (glibc blocks every
-/// signal for a few instructions in `pthread_create`, `raise` and thread
-/// exit), then given it back through a probe if the world signal reaches
-/// it; otherwise the batch is refused naming it, unless its mask is glibc's
-/// for a thread in the middle of its creation or exit
-/// ([`glibc_internal_mask`]).
-pub(crate) fn check_threads() -> Result<(), crate::Error> {
-    let me = world::proc::gettid();
-    let trap = 1u64 << (libc::SIGTRAP - 1);
-    let wsig = 1u64 << (world::signal() - 1);
-    let tids = world::threads().map_err(crate::Error::Io)?;
-    let mut stuck = Vec::new();
-    for tid in tids {
-        if tid == me {
-            continue;
-        }
-        let mut ok = false;
-        for attempt in 0..20u32 {
-            match world::proc::blocked_signals(tid) {
-                // Gone, or SIGTRAP deliverable (a thread that blocks only
-                // the world signal can be patched under; the quiescence
-                // wait reports it if it ever needs to probe it).
-                None => {
-                    ok = true;
-                    break;
-                }
-                Some(m) if m & trap == 0 => {
-                    ok = true;
-                    break;
-                }
-                Some(m) if m & wsig == 0 && attempt >= 2 => {
-                    // The world signal reaches it: give SIGTRAP back.
-                    if world::probe::unblock(tid) {
-                        REPAIRED.fetch_add(1, SeqCst);
-                    }
-                }
-                Some(_) => {}
-            }
-            std::thread::sleep(std::time::Duration::from_micros(50 << attempt.min(6)));
-        }
-        if !ok {
-            let still = world::proc::blocked_signals(tid).filter(|m| m & trap != 0);
-            if let Some(m) = still.filter(|&m| !glibc_internal_mask(m)) {
-                let mut name = [0u8; 32];
-                let n = world::proc::read_task_file(tid, b"comm", &mut name);
-                let name =
-                    String::from_utf8_lossy(name[..n].strip_suffix(b"\n").unwrap_or(&name[..n]))
-                        .into_owned();
-                let signals = [libc::SIGTRAP, world::signal()]
-                    .into_iter()
-                    .filter(|&s| m & (1 << (s - 1)) != 0)
-                    .collect();
-                let mut sys = [0u8; 128];
-                let n = world::proc::read_task_file(tid, b"syscall", &mut sys);
-                let state = format!(
-                    "state {}, syscall {}",
-                    world::proc::state(tid).map_or('?', char::from),
-                    String::from_utf8_lossy(sys[..n].strip_suffix(b"\n").unwrap_or(&sys[..n]))
-                );
-                stuck.push(BlockedThread {
-                    tid,
-                    name,
-                    signals,
-                    state,
-                });
-            }
-        }
-    }
-    if stuck.is_empty() {
-        Ok(())
-    } else {
-        Err(crate::Error::SignalsBlocked(stuck))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_glibcs_own_masks_count_as_internal() {
-        let all = !(1u64 << 8) & !(1 << 18);
-        // Thread exit: everything but SIGSETXID.
-        assert!(glibc_internal_mask(all & !(1 << 32)));
-        // Thread creation: everything.
-        assert!(glibc_internal_mask(all));
-        // What a program's pthread_sigmask(sigfillset) leaves: SIGCANCEL
-        // and SIGSETXID deliverable.
-        assert!(!glibc_internal_mask(all & !(1 << 31) & !(1 << 32)));
-        assert!(!glibc_internal_mask(1 << 4));
-    }
 
     #[test]
     fn the_interposed_mask_functions_never_block_sigtrap() {

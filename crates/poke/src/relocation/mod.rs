@@ -24,7 +24,7 @@
 //!    unchanged, and *parks* the site: from then on the SIGTRAP handler
 //!    sends a thread that traps at `s` to `d` (the detour runs the
 //!    relocated copy and jumps back to `s + N`), batch or no batch (see
-//!    [`crate::trap`]'s parked set). No thread *enters* the region any more
+//!    `crate::trap`'s parked set). No thread *enters* the region any more
 //!    (nothing branches into it but from its first byte: the caller's
 //!    check); threads already inside finish the original instructions,
 //!    which are intact.
