@@ -137,11 +137,13 @@ fn find_socket(pid: i32) -> Option<PathBuf> {
         let listening = u32::from_str_radix(f[3], 16).is_ok_and(|fl| fl & 0x10000 != 0);
         let inode: u64 = f[6].parse().unwrap_or(0);
         let path = f[7];
-        if listening
-            && inodes.contains(&inode)
-            && path.ends_with(".sock")
-            && path.contains("livetrace")
-        {
+        // The server's socket: `<dir>/<pid>.sock` (its pid as it sees it).
+        let named = Path::new(path)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".sock"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if listening && inodes.contains(&inode) && named {
             return Some(reachable(pid, path));
         }
     }
@@ -792,7 +794,16 @@ fn inside_library(p: &mut Process, l: &Library) -> Result<Option<String>, String
     for tid in p.tids() {
         let comm = std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", p.pid()))
             .unwrap_or_default();
-        if comm.starts_with("livetrace-") {
+        // The names livetrace's threads are given (truncated to 15 bytes);
+        // the attach thread's helper threads inherit its name.
+        if [
+            "livetrace-serve",
+            "livetrace-conn",
+            "livetrace-attac",
+            "livetrace-detac",
+        ]
+        .contains(&comm.trim_end())
+        {
             return Ok(Some(format!(
                 "livetrace's thread {tid} ({}) has not exited",
                 comm.trim()
@@ -943,7 +954,7 @@ pub fn ps(dir: &Path, args: &PsArgs) -> Result<(), String> {
         if maps.is_empty() {
             continue; // a kernel thread
         }
-        let modules = livetrace_inject::modules(&maps, &procfs::root_of(pid));
+        let modules = livetrace_inject::modules(pid, &maps, &procfs::root_of(pid));
         let sites: usize = modules
             .iter()
             .filter(|m| !is_livetrace_lib(m))

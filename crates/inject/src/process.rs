@@ -146,11 +146,16 @@ struct Thread {
     longest_stop: Duration,
     /// Where `errno` is (from `__errno_location`), once known.
     errno_at: Option<u64>,
+    /// It has run since it was created (a thread at its first stop is
+    /// inside `clone`, with every signal blocked and its thread structure
+    /// not set up yet).
+    started: bool,
 }
 
 impl Thread {
     fn new(stop_pending: bool) -> Thread {
         Thread {
+            started: !stop_pending,
             state: State::Running,
             stop_pending,
             pinned: false,
@@ -317,6 +322,9 @@ impl Process {
     }
 
     fn note_resumed(t: &mut Thread, tid: i32, stats: &mut Stats) {
+        if !t.stop_pending {
+            t.started = true;
+        }
         if let Some(since) = t.stopped_since.take() {
             let d = since.elapsed();
             if d > t.longest_stop {
@@ -520,7 +528,7 @@ impl Process {
                     .iter()
                     .find(|(_, t)| t.state == State::Running)
                     .map_or(0, |(&t, _)| t);
-                return Err(Error::NotStopped { tid });
+                return Err(self.not_stopped(tid));
             }
             // Every thread we know is stopped, so none can create more; a
             // thread listed here and unknown would have escaped us.
@@ -545,6 +553,19 @@ impl Process {
                     Err(e) => return Err(ptrace_err("seize", tid)(e)),
                 }
             }
+        }
+    }
+
+    fn not_stopped(&self, tid: i32) -> Error {
+        let kernel = procfs::status(&format!("{}/task/{tid}", self.pid))
+            .map_or_else(|_| "gone".to_string(), |s| s.state.to_string());
+        let ours = self.threads.get(&tid).map_or_else(
+            || "unknown".to_string(),
+            |t| format!("{:?}, stop pending {}", t.state, t.stop_pending),
+        );
+        Error::NotStopped {
+            tid,
+            state: format!("kernel state {kernel}; {ours}"),
         }
     }
 
@@ -733,7 +754,7 @@ impl Process {
     /// any.
     pub fn module(&self, path: &str) -> Result<Option<Module>, Error> {
         let maps = procfs::maps(self.pid).map_err(Error::Io)?;
-        Ok(elf::modules(&maps, &self.target.root)
+        Ok(elf::modules(self.pid, &maps, &self.target.root)
             .into_iter()
             .find(|m| m.path == path || m.path.strip_suffix(" (deleted)") == Some(path)))
     }
@@ -993,7 +1014,7 @@ impl Process {
                     // Not where a call can start: let it take its signal
                     // (it is pinned, so the next stop is kept).
                     if t.state == State::GroupStop {
-                        return Err(Error::NotStopped { tid });
+                        return Err(self.not_stopped(tid));
                     }
                     self.resume(tid)?;
                     if let Some(t) = self.threads.get_mut(&tid) {
@@ -1007,7 +1028,7 @@ impl Process {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Error::NotStopped { tid });
+                return Err(self.not_stopped(tid));
             }
             self.pump_until(left, |p| {
                 p.threads
@@ -1026,6 +1047,9 @@ impl Process {
                 "thread {tid} is not at a plain stop ({:?})",
                 t.state
             ));
+        }
+        if !t.started {
+            return Err(format!("thread {tid} is being created"));
         }
         let regs = sys::get_regs(tid).map_err(|e| format!("thread {tid}: {e}"))?;
         let maps = procfs::maps(self.pid).map_err(|e| e.to_string())?;
@@ -1053,6 +1077,21 @@ impl Process {
             rank += 1;
         }
         if safety == Safety::CallsLibc {
+            // A thread that blocks (nearly) every signal is creating a
+            // thread or starting; threads made by the call would inherit
+            // its mask.
+            let blocked = std::fs::read_to_string(format!("/proc/{}/task/{tid}/status", self.pid))
+                .ok()
+                .and_then(|s| {
+                    let v = s.lines().find_map(|l| l.strip_prefix("SigBlk:"))?;
+                    u64::from_str_radix(v.trim(), 16).ok()
+                })
+                .unwrap_or(0);
+            if blocked.count_ones() >= 56 {
+                return Err(format!(
+                    "thread {tid} blocks every signal (creating a thread?)"
+                ));
+            }
             let unsafe_at = |a: u64| self.target.in_unsafe_code(a);
             if unsafe_at(regs.rip) {
                 return Err(format!(
@@ -1198,6 +1237,9 @@ impl Process {
                 }
                 Event::Stop(_) => {
                     // A stale interrupt or a group-stop: carry on.
+                    if let Some(t) = self.threads.get_mut(&tid) {
+                        t.stop_pending = false;
+                    }
                     sys::cont(tid, 0).map_err(ptrace_err("cont", tid))?;
                 }
                 Event::Signal(sig) => {

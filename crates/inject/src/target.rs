@@ -397,7 +397,7 @@ impl Target {
         let root = procfs::root_of(pid);
         let maps: Vec<Mapping> =
             procfs::maps(pid).map_err(|e| unreadable(format!("/proc/{pid}/maps"), e))?;
-        let modules = elf::modules(&maps, &root);
+        let modules = elf::modules(pid, &maps, &root);
         // The C library: the object exporting dlopen (glibc 2.34 and later
         // have it in libc.so.6; before, in libdl.so.2).
         let mut found = None;

@@ -322,11 +322,21 @@ struct Saved {
 
 static SAVED: AtomicPtr<Saved> = AtomicPtr::new(std::ptr::null_mut());
 
-fn attach(flags: u64) {
-    crate::tls::set_loaded_late(true);
-    if let Err(e) = choose_signals() {
-        return fail(e);
+/// Lets this thread (and the threads it starts) take every signal: it
+/// inherited the mask of whichever program thread started it.
+fn unblock_signals() {
+    // SAFETY: an empty set is valid; sets this thread's mask only.
+    unsafe {
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
     }
+}
+
+fn attach(flags: u64) {
+    unblock_signals();
+    crate::tls::set_loaded_late(true);
+    let mut blocked = BlockedSignals::start();
     // The core checks its thread state is in static TLS (a thread spawned
     // and joined).
     if let Err(e) = livetrace_ftrace::with_table(|_| ()) {
@@ -346,6 +356,7 @@ fn attach(flags: u64) {
         livetrace_tracers::retstack::return_to_handler_addr(),
         Release,
     );
+    blocked.sample();
     let serial = crate::interpose::serialize();
     let prepared = livetrace_ftrace::with_table(|t| -> Result<(Vec<u64>, Vec<Pin>), String> {
         let scan = t.rescan().map_err(|e| e.to_string())?;
@@ -396,6 +407,10 @@ fn attach(flags: u64) {
         Ok(Err(e)) => return fail(e),
         Err(e) => return fail(e.to_string()),
     };
+    // Before anything can probe threads or stop the world.
+    if let Err(e) = choose_signals(blocked) {
+        return fail(e);
+    }
     if flags & CONVERT_BY_CALLER != 0 {
         if let Err(e) = prepare_conversion(sleds) {
             return fail(e);
@@ -539,33 +554,105 @@ fn free_signal(sig: libc::c_int, blocked: u64) -> bool {
     cur.sa_sigaction == libc::SIG_DFL && blocked & (1u64 << (sig - 1)) == 0
 }
 
-/// Signals some thread blocks, from `/proc/self/task/*/status`.
-fn blocked_anywhere() -> u64 {
-    let mut mask = 0u64;
-    if let Ok(rd) = std::fs::read_dir("/proc/self/task") {
-        for e in rd.flatten() {
-            if let Ok(s) = std::fs::read_to_string(e.path().join("status")) {
-                for l in s.lines() {
-                    if let Some(v) = l.strip_prefix("SigBlk:") {
-                        mask |= u64::from_str_radix(v.trim(), 16).unwrap_or(0);
+/// Signals some thread keeps blocked, from `/proc/self/task/*/status`,
+/// sampled several times while the attach thread works: a thread's mask
+/// counts only for what it blocks in every sample, threads that come and
+/// go meanwhile not at all, and a mask blocking everything not at all
+/// (glibc blocks everything while it creates a thread, and a new thread
+/// starts so, for as long as they wait for a CPU or the injector holds
+/// them; a thread that really blocks everything cannot answer the thread
+/// probes on any signal).
+struct BlockedSignals {
+    steady: std::collections::HashMap<String, u64>,
+    samples: u32,
+    since: Instant,
+}
+
+impl BlockedSignals {
+    fn read() -> std::collections::HashMap<String, u64> {
+        let mut out = std::collections::HashMap::new();
+        if let Ok(rd) = std::fs::read_dir("/proc/self/task") {
+            for e in rd.flatten() {
+                if let Ok(s) = std::fs::read_to_string(e.path().join("status")) {
+                    // Held by the injector (at a clone, say): not its own
+                    // doing.
+                    if s.lines().any(|l| l.starts_with("State:\tt")) {
+                        continue;
+                    }
+                    if let Some(v) = s.lines().find_map(|l| l.strip_prefix("SigBlk:")) {
+                        let mask = u64::from_str_radix(v.trim(), 16).unwrap_or(0);
+                        // Everything blocked: creating or starting a thread
+                        // (for as long as it waits for a CPU), or a thread
+                        // no signal-based probe could ever reach anyway.
+                        if mask.count_ones() < 56 {
+                            out.insert(e.file_name().to_string_lossy().into_owned(), mask);
+                        }
                     }
                 }
             }
         }
+        out
     }
-    mask
+
+    fn start() -> BlockedSignals {
+        BlockedSignals {
+            steady: BlockedSignals::read(),
+            samples: 1,
+            since: Instant::now(),
+        }
+    }
+
+    fn sample(&mut self) {
+        let next = BlockedSignals::read();
+        self.steady.retain(|tid, mask| match next.get(tid) {
+            Some(m) => {
+                *mask &= m;
+                true
+            }
+            None => false,
+        });
+        self.samples += 1;
+    }
+
+    /// The mask, after at least 4 samples over at least 10 ms, and which
+    /// threads block what.
+    fn blocked(mut self) -> (u64, String) {
+        while self.samples < 4 || self.since.elapsed() < Duration::from_millis(10) {
+            std::thread::sleep(Duration::from_millis(3));
+            self.sample();
+        }
+        let who: Vec<String> = self
+            .steady
+            .iter()
+            .filter(|(_, &m)| m != 0)
+            .map(|(t, m)| format!("thread {t}: {m:#x}"))
+            .collect();
+        (self.steady.values().fold(0, |a, m| a | m), who.join(", "))
+    }
 }
 
 /// Picks the thread-probe and stop-the-world signals among real-time
 /// signals the program does not use, and saves the program's dispositions
 /// of them and of SIGTRAP.
-fn choose_signals() -> Result<(), String> {
-    let blocked = blocked_anywhere();
+fn choose_signals(blocked: BlockedSignals) -> Result<(), String> {
+    let (blocked, who) = blocked.blocked();
     let mut free = (libc::SIGRTMIN()..=libc::SIGRTMAX())
         .rev()
         .filter(|&s| free_signal(s, blocked));
     let (Some(probe), Some(stop)) = (free.next(), free.next()) else {
-        return Err("every real-time signal is in use by the program; livetrace needs two".into());
+        let handled: Vec<String> = (libc::SIGRTMIN()..=libc::SIGRTMAX())
+            .filter(|&s| !free_signal(s, 0))
+            .map(|s| s.to_string())
+            .collect();
+        return Err(format!(
+            "every real-time signal is in use by the program (blocked: {who}; with a \
+             handler or ignored: {}); livetrace needs two",
+            if handled.is_empty() {
+                "none".into()
+            } else {
+                handled.join(" ")
+            }
+        ));
     };
     livetrace::poke::set_probe_signal(probe).map_err(|e| e.to_string())?;
     livetrace::sites::set_stop_signal(stop)?;
@@ -691,6 +778,7 @@ pub extern "C" fn livetrace_detach_start() -> i64 {
 }
 
 fn detach() {
+    unblock_signals();
     // Every connection ends: its sessions stop (sites back to NOPs,
     // quiescence waited for) and its patches are reverted.
     livetrace_server::shutdown(Duration::from_secs(10));
