@@ -4,6 +4,7 @@
 //! Times are wall-clock medians over interleaved rounds, with the baseline
 //! measured in the same process: the machines are shared and noisy.
 
+mod attach;
 mod c;
 mod callback;
 mod disabled;
@@ -38,6 +39,9 @@ enum Bench {
     Function(tracers::Args),
     /// Cost per call recorded by the function-graph tracer (entry and exit).
     Graph(tracers::Args),
+    /// Attaching to a running program started without livetrace: time to
+    /// the first event, longest thread stop, detach.
+    Attach(attach::Args),
 }
 
 fn main() {
@@ -49,5 +53,6 @@ fn main() {
         Bench::C => c::run(),
         Bench::Function(a) => tracers::run(livetrace_tracers::Tracer::Function, a),
         Bench::Graph(a) => tracers::run(livetrace_tracers::Tracer::Graph, a),
+        Bench::Attach(a) => attach::run(a),
     }
 }

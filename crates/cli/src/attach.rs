@@ -536,14 +536,26 @@ pub fn attach_process(pid: i32, lib: Option<&Path>) -> Result<Attached, String> 
 
 type Failure = (String, Option<Box<Library>>);
 
+/// Reports the time since `t0` on stderr, with LIVETRACE_VERBOSE=1.
+fn step_done(t0: Instant, what: &str) {
+    if std::env::var_os("LIVETRACE_VERBOSE").is_some_and(|v| !v.is_empty() && v != "0") {
+        eprintln!(
+            "livetrace: attach: {what} at {:.1} ms",
+            t0.elapsed().as_secs_f64() * 1e3
+        );
+    }
+}
+
 fn load_and_start(p: &mut Process, staged: &Staged, lib: &Path) -> Result<String, Failure> {
     let e = |e: Error| -> String { e.to_string() };
+    let t0 = Instant::now();
     let handle = match p.dlopen(&staged.path, libc::RTLD_NOW, STEP) {
         Ok(h) => h,
         Err(Error::Load(msg)) => return Err((explain_load(&msg, lib), None)),
         Err(x) => return Err((e(x), None)),
     };
     let _ = handle;
+    step_done(t0, "loaded");
     let module = p
         .module(&staged.path)
         .map_err(|x| (e(x), None))?
@@ -595,9 +607,11 @@ fn load_and_start(p: &mut Process, staged: &Staged, lib: &Path) -> Result<String
             l,
         );
     }
+    step_done(t0, "started");
     if let Err(m) = l.wait_for(p, &[protocol::READY], "finding the sites") {
         return fail(m, l);
     }
+    step_done(t0, "sites found");
     let sleds = match read_sleds(p, &l) {
         Ok(s) => s,
         Err(m) => return fail(m, l),
@@ -605,9 +619,11 @@ fn load_and_start(p: &mut Process, staged: &Staged, lib: &Path) -> Result<String
     if let Err(m) = convert_held(p, &l, &sleds) {
         return fail(m, l);
     }
+    step_done(t0, &format!("{} sleds converted", sleds.len()));
     if let Err(m) = l.wait_for(p, &[protocol::SERVING], "starting its control socket") {
         return fail(m, l);
     }
+    step_done(t0, "serving");
     Ok(l.message(p))
 }
 

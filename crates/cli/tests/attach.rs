@@ -384,7 +384,7 @@ fn detach_waits_for_hooked_returns() {
     p.ok(&["attach", &pid]);
     // work_wait is entered while the graph tracer hooks returns, and is
     // still inside when tracing stops.
-    let mut tracing = Command::new(CLI)
+    let tracing = Command::new(CLI)
         .args([
             "trace",
             &pid,

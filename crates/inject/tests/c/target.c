@@ -39,6 +39,8 @@ static void *busy(void *arg) {
             if (s != i * (i + 1) / 2 || x != (double)i + 1.0 || y != 0.5)
                 atomic_fetch_add(&corrupt, 1);
             atomic_store(&progress[id], i);
+            /* Not every cycle of a shared machine. */
+            usleep(200);
         }
     }
     return NULL;
