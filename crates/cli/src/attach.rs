@@ -491,8 +491,39 @@ fn inside_sled(sleds: &[u64], a: u64) -> bool {
     i > 0 && a - sleds[i - 1] < 5
 }
 
+/// Holds off Ctrl-C, SIGTERM, SIGHUP and SIGQUIT while alive: this command
+/// must not die with a thread of the process halfway through a call it
+/// made there (the thread would return to nowhere). They are delivered
+/// when it drops.
+struct Uninterruptible(libc::sigset_t);
+
+impl Uninterruptible {
+    fn new() -> Uninterruptible {
+        // SAFETY: sigset operations on local sets; blocks the signals in
+        // this (the only) thread, the old mask kept to restore.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+                libc::sigaddset(&mut set, s);
+            }
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+            Uninterruptible(old)
+        }
+    }
+}
+
+impl Drop for Uninterruptible {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved in `new`.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+    }
+}
+
 /// Loads livetrace into `pid` and waits for its control socket.
 pub fn attach_process(pid: i32, lib: Option<&Path>) -> Result<Attached, String> {
+    let _hold_signals = Uninterruptible::new();
     let t0 = Instant::now();
     let target = Target::inspect(pid).map_err(|r| r.to_string())?;
     if let Some(m) = Library::find(&target.modules) {
@@ -910,6 +941,7 @@ pub fn cmd_detach(pid: u32) -> Result<(), String> {
         return Err(format!("livetrace is not loaded in process {pid}"));
     };
     let l = Library::of(m)?;
+    let _hold_signals = Uninterruptible::new();
     let mut p = Process::seize(target).map_err(|e| e.to_string())?;
     unload(&mut p, &l)?;
     let stats = p.detach().map_err(|e| e.to_string())?;
@@ -1034,5 +1066,29 @@ fn short_refusal(r: &livetrace_inject::Refusal) -> String {
         NoDlopen { .. } => "no dlopen".into(),
         NotX86_64 { .. } => "not x86-64".into(),
         _ => "refused".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inside_sled_is_strict() {
+        let sleds = [0x1000, 0x2000];
+        assert!(!inside_sled(&sleds, 0x1000));
+        assert!(inside_sled(&sleds, 0x1001));
+        assert!(inside_sled(&sleds, 0x1004));
+        assert!(!inside_sled(&sleds, 0x1005));
+        assert!(!inside_sled(&sleds, 0xfff));
+        assert!(inside_sled(&sleds, 0x2003));
+        assert!(!inside_sled(&[], 0x1001));
+    }
+
+    #[test]
+    fn counts_no_sites_in_a_plain_binary() {
+        // This test binary has none of the site sections.
+        assert_eq!(sites_in(Path::new("/proc/self/exe")), Some(0));
+        assert_eq!(sites_in(Path::new("/nonexistent")), None);
     }
 }
