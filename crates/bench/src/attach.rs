@@ -73,15 +73,21 @@ fn source() -> String {
          #include <stdint.h>\n#include <stdio.h>\n#include <string.h>\n#include <time.h>\n\
          #include <unistd.h>\n",
     );
-    for i in 0..FUNCTIONS {
+    // FUNCTIONS - 2 functions f_N, and work_round calling work_step: the
+    // two a `-f 'work_*'` trace names.
+    for i in 0..FUNCTIONS - 2 {
         s.push_str(&format!(
-            "__attribute__((noinline)) uint64_t work_{i}(uint64_t x) {{ return x * {} + {i}; }}\n",
+            "__attribute__((noinline)) uint64_t f_{i}(uint64_t x) {{ return x * {} + {i}; }}\n",
             2 * i + 1
         ));
     }
+    s.push_str(
+        "__attribute__((noinline)) uint64_t work_step(uint64_t x) { return x ^ (x >> 7); }\n\
+         __attribute__((noinline)) uint64_t work_round(uint64_t x) { return work_step(x) + 1; }\n",
+    );
     s.push_str("typedef uint64_t (*fn_t)(uint64_t);\nstatic fn_t table[] = {\n");
-    for i in 0..FUNCTIONS {
-        s.push_str(&format!("work_{i},\n"));
+    for i in 0..FUNCTIONS - 2 {
+        s.push_str(&format!("f_{i},\n"));
     }
     s.push_str(
         r#"};
@@ -104,7 +110,7 @@ NOSITE static void *busy(void *arg) {
             while (gap > m && !atomic_compare_exchange_weak(&max_gap_ns, &m, gap))
                 ;
         }
-        atomic_store(&sink, x);
+        atomic_store(&sink, work_round(x));
         usleep(200);
         last = now();
     }
@@ -242,9 +248,9 @@ pub fn run(args: Args) {
         let (attach_ms, err) =
             first_event(livetrace(&["trace", &pid, "-f", "work_*", "-t", "graph"]));
         let pause_ms = pause_of(&err);
-        // The same on the attached process: what starting the session costs.
-        let (session_ms, _) =
-            first_event(livetrace(&["trace", &pid, "-f", "work_*", "-t", "graph"]));
+        // On the attached process, a graph session on all of its functions:
+        // what starting a session that large costs (the tracing core's).
+        let (session_ms, _) = first_event(livetrace(&["trace", &pid, "-f", "f_*", "-t", "graph"]));
         let t1 = Instant::now();
         let d = livetrace(&["detach", &pid])
             .output()
@@ -331,7 +337,7 @@ fn first_event(mut cmd: Command) -> (f64, String) {
     let mut first = None;
     let mut l = String::new();
     while out.read_line(&mut l).is_ok_and(|n| n > 0) {
-        if l.contains("work_") {
+        if l.contains("work_") || l.contains(" f_") {
             first = Some(t0.elapsed());
             break;
         }

@@ -499,7 +499,8 @@ fn trace(
             break;
         }
         if !more {
-            ui::nap(Duration::from_millis(100));
+            // Short naps at first: the first events show at once.
+            ui::nap(Duration::from_millis(if events == 0 { 10 } else { 100 }));
         }
     }
     progress.finish();
