@@ -84,8 +84,11 @@ fn config() -> AttachArgs {
 /// has none and the options allow.
 pub fn socket(dir: &Path, pid: u32) -> Result<PathBuf, String> {
     let direct = dir.join(format!("{pid}.sock"));
-    if direct.exists() {
-        return Ok(direct);
+    match std::fs::symlink_metadata(&direct) {
+        Ok(_) => return Ok(direct),
+        // There may be one we may not use: connecting says so.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Ok(direct),
+        Err(_) => {}
     }
     if let Some(s) = find_socket(pid as i32) {
         return Ok(s);
