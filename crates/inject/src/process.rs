@@ -390,6 +390,14 @@ impl Process {
     /// Handles one reported event. `call` is the thread running an
     /// injected call, whose own events the caller handles.
     fn handle(&mut self, tid: i32, ev: Event) -> Result<(), Error> {
+        // Any trap ends a pending `PTRACE_INTERRUPT` (or a new thread's
+        // pending first stop), not only `PTRACE_EVENT_STOP`: the kernel
+        // clears the request at whatever stop comes first.
+        if ev != Event::Exited {
+            if let Some(t) = self.threads.get_mut(&tid) {
+                t.stop_pending = false;
+            }
+        }
         match ev {
             Event::Exited => {
                 if let Some(mut t) = self.threads.remove(&tid) {
@@ -1224,6 +1232,9 @@ impl Process {
                 Err(e) if e.raw_os_error() == Some(libc::ECHILD) => Event::Exited,
                 Err(e) => return Err(ptrace_err("waitpid", tid)(e)),
             };
+            if let Some(t) = self.threads.get_mut(&tid) {
+                t.stop_pending = false;
+            }
             match ev {
                 Event::Exited => {
                     self.threads.remove(&tid);
@@ -1237,9 +1248,6 @@ impl Process {
                 }
                 Event::Stop(_) => {
                     // A stale interrupt or a group-stop: carry on.
-                    if let Some(t) = self.threads.get_mut(&tid) {
-                        t.stop_pending = false;
-                    }
                     sys::cont(tid, 0).map_err(ptrace_err("cont", tid))?;
                 }
                 Event::Signal(sig) => {

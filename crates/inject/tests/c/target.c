@@ -1,6 +1,7 @@
 /* A program that never heard of injection: three busy threads checking
  * their own register state, two threads blocked in poll (one without and
- * one with a timeout), and a main thread reading commands on stdin.
+ * one with a timeout), a thread creating threads all along, and a main
+ * thread reading commands on stdin.
  *
  * Commands: "poke" wakes both poll threads (a byte on their pipe),
  * "status" prints counters, "quit" exits. Every line printed is one
@@ -9,6 +10,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -23,11 +25,35 @@ static _Atomic int poll_tid[2];
 static _Atomic int poll_eintr, poll_other_err, poll_zero;
 static _Atomic int poll_woken[2];
 static int pipes[2][2];
+static _Atomic int busy_tid[3];
+static _Atomic long churned;
+
+static void *nothing(void *arg) { return arg; }
+
+/* Creates and joins a thread every millisecond: clone events all along. */
+static void *churn(void *arg) {
+    for (;;) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, nothing, NULL) == 0) {
+            pthread_join(t, NULL);
+            atomic_fetch_add(&churned, 1);
+        }
+        usleep(1000);
+    }
+    return arg;
+}
+static _Atomic long signals_seen;
+
+static void on_signal(int sig) {
+    (void)sig;
+    atomic_fetch_add(&signals_seen, 1);
+}
 
 /* Integer and floating-point state live in registers across iterations;
  * an injected call that did not restore them exactly shows up here. */
 static void *busy(void *arg) {
     int id = (int)(intptr_t)arg;
+    atomic_store(&busy_tid[id], (int)syscall(SYS_gettid));
     uint64_t i = 0, s = 0;
     double x = 1.0, y = 0.5;
     for (;;) {
@@ -75,6 +101,11 @@ static void *poller(void *arg) {
 
 int main(void) {
     setvbuf(stdout, NULL, _IOLBF, 0);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGRTMIN + 1, &sa, NULL);
     pthread_t t;
     for (int i = 0; i < 2; i++) {
         if (pipe(pipes[i]) != 0)
@@ -83,11 +114,12 @@ int main(void) {
     }
     for (int i = 0; i < 3; i++)
         pthread_create(&t, NULL, busy, (void *)(intptr_t)i);
-    while (!atomic_load(&poll_tid[0]) || !atomic_load(&poll_tid[1]))
+    pthread_create(&t, NULL, churn, NULL);
+    while (!atomic_load(&poll_tid[0]) || !atomic_load(&poll_tid[1]) || !atomic_load(&busy_tid[0]))
         usleep(1000);
     usleep(20000); /* let them block */
-    printf("ready pid=%d poll0=%d poll1=%d\n", getpid(), atomic_load(&poll_tid[0]),
-           atomic_load(&poll_tid[1]));
+    printf("ready pid=%d poll0=%d poll1=%d busy0=%d\n", getpid(), atomic_load(&poll_tid[0]),
+           atomic_load(&poll_tid[1]), atomic_load(&busy_tid[0]));
     char line[128];
     while (fgets(line, sizeof line, stdin)) {
         if (!strncmp(line, "poke", 4)) {
@@ -106,6 +138,8 @@ int main(void) {
                    (unsigned long long)atomic_load(&progress[1]),
                    (unsigned long long)atomic_load(&progress[2]), atomic_load(&corrupt),
                    atomic_load(&poll_eintr), atomic_load(&poll_other_err), atomic_load(&poll_zero));
+        } else if (!strncmp(line, "signals", 7)) {
+            printf("signals=%ld churned=%ld\n", atomic_load(&signals_seen), atomic_load(&churned));
         } else if (!strncmp(line, "quit", 4)) {
             return 0;
         }
