@@ -57,9 +57,26 @@
 //! - **The process outlives us cleanly.** Dropping a [`Process`] stops
 //!   every thread and detaches it, delivering what is pending.
 //!
-//! A call that never returns (a deadlock the checks did not foresee) is
-//! reported ([`Error::CallTimeout`]) and the thread left in it: it cannot
-//! be recalled.
+//! # Limits
+//!
+//! - A call that never returns (a deadlock the checks did not foresee) is
+//!   reported ([`Error::CallTimeout`]) and the thread left in it: it cannot
+//!   be recalled, and detaching lets it return into the unmapped page.
+//!   The checks look at the innermost 16 KiB of a stack only (deeper
+//!   words are too often stale), so a thread deep in a signal handler that
+//!   interrupted malloc could pass them.
+//! - A signal held back during a call is delivered after the borrowed
+//!   thread's interrupted system call was set up to restart: a handler
+//!   without `SA_RESTART` then sees the call restarted rather than failed
+//!   with `EINTR`.
+//! - A borrowed thread that was in a call the kernel continues with
+//!   `restart_syscall` (`poll`, `nanosleep`, `futex` with a timeout) relies
+//!   on the call made meanwhile not being interrupted in such a call
+//!   itself (which would replace the thread's restart state): `dlopen` and
+//!   the functions livetrace calls make none.
+//! - Only the calling thread may use a [`Process`] (ptrace's rule), and
+//!   waiting is per thread (`waitpid(tid)`), so a tracer that has other
+//!   children keeps their exit statuses for itself.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
