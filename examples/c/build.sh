@@ -2,7 +2,8 @@
 # Builds the C and C++ examples into OUTDIR, one directory per variant:
 #
 #   gcc/    worker, libplugin.so, libplugin2.so, libnest.so (whose constructor
-#           loads libplugin2.so): gcc -fpatchable-function-entry=5
+#           loads libplugin2.so), libspin.so (whose constructor starts a
+#           thread calling its functions): gcc -fpatchable-function-entry=5
 #           (five one-byte NOPs per function, converted by livetrace at load)
 #   clang/  the same with clang (one 5-byte NOP per function), if installed
 #   mcount/ worker built -pg -mfentry -mnop-mcount -mrecord-mcount, non-PIE
@@ -44,6 +45,9 @@ plugins() { # compiler dir flags...
     # libnest.so loads libplugin2.so from its constructor.
     "$cc" $OPT -g -fPIC -shared -DPLUGIN_NEST "$@" "$here/plugin.c" -o "$dir/libnest.so" \
         -ldl -Wl,--enable-new-dtags -Wl,-rpath,'$ORIGIN'
+    # libspin.so starts a thread running its own functions from its
+    # constructor.
+    "$cc" $OPT -g -fPIC -shared -DPLUGIN_SPIN "$@" "$here/plugin.c" -o "$dir/libspin.so" -pthread
 }
 
 for v in "${variants[@]}"; do

@@ -19,6 +19,8 @@
  *   ops                       an lt_ops callback counting every work_hash call
  *   dlclose                   dlopen/dlclose of a traced library while tracing
  *   nested                    dlopen of a library whose constructor loads another
+ *   ctorthread ROUNDS         dlopen (ROUNDS times) of a library whose constructor
+ *                              starts a thread running its own functions
  *   sigtrap ROUNDS [PAUSE_US] own SIGTRAP handler; a thread traps with int3
  *                              (pausing PAUSE_US between traps) while tracing
  *                              is turned on and off ROUNDS times
@@ -482,6 +484,36 @@ static int mode_nested(void)
     return n == 4 && events == 10 * 3 * 2 && gone ? 0 : 1;
 }
 
+/* ---- ctorthread: a library that runs its own code from its constructor - */
+
+static int mode_ctorthread(int rounds)
+{
+    need_livetrace();
+    long calls = 0, errors = 0, events = 0;
+    for (int r = 0; r < rounds; r++) {
+        /* The constructor's thread is calling the library's functions
+         * while the dlopen interposer converts their sleds. */
+        void *h = load_plugin("libspin.so");
+        long (*stop)(void) = (long (*)(void))dlsym(h, "spin_stop");
+        volatile long *errs = dlsym(h, "spin_errors");
+        if (!stop || !errs)
+            die("libspin.so lacks spin_stop/spin_errors");
+        lt_session *s = lt_trace_start("function", "plugin_*");
+        if (!s)
+            die("lt_trace_start");
+        usleep(2000);
+        lt_trace_stop(s);
+        events += lt_trace_count(s);
+        lt_session_free(s);
+        calls += stop();
+        errors += *errs;
+        dlclose(h);
+    }
+    printf("ctorthread rounds=%d calls=%ld errors=%ld events=%ld\n", rounds, calls, errors,
+           events);
+    return calls > 0 && errors == 0 && events > 0 ? 0 : 1;
+}
+
 /* ---- sigtrap: the program's own SIGTRAP handler ------------------------ */
 
 static volatile long traps, raised;
@@ -672,6 +704,8 @@ int main(int argc, char **argv)
         return mode_ops();
     if (!strcmp(mode, "dlclose"))
         return mode_dlclose();
+    if (!strcmp(mode, "ctorthread"))
+        return mode_ctorthread(argc > 2 ? atoi(argv[2]) : 20);
     if (!strcmp(mode, "nested"))
         return mode_nested();
     if (!strcmp(mode, "sigtrap"))

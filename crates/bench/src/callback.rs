@@ -4,7 +4,9 @@
 //! Four fixture functions (`nop5; mov eax, imm; ret`): one left disabled
 //! (reported as `disabled`), one with a single ops and an empty callback (its
 //! dedicated trampoline), one with two such ops (the list caller), one with
-//! a regs ops (the regs caller).
+//! a regs ops (the regs caller). The trampolines save vector registers at
+//! the width `vector_state` reports (`LIVETRACE_VECTOR_STATE=xmm|ymm`
+//! measures a narrower one).
 
 use livetrace_fixtures as fx;
 use livetrace_ftrace::{register, unregister, Ops, Pattern};
@@ -63,9 +65,11 @@ pub fn run(a: Args) {
     // Overheads are against the uninstrumented twin (no site at all).
     println!(
         "RESULT bench=callback baseline_ns={b:.2} disabled_ns={n:.2} dedicated_ns={d:.2} list_ns={l:.2} \
-         regs_ns={r:.2} dedicated_overhead_ns={:.2} list_overhead_ns={:.2} regs_overhead_ns={:.2}",
+         regs_ns={r:.2} dedicated_overhead_ns={:.2} list_overhead_ns={:.2} regs_overhead_ns={:.2} \
+         vector_state={:?}",
         d - b,
         l - b,
-        r - b
+        r - b,
+        livetrace_ftrace::vector_state()
     );
 }

@@ -7,8 +7,13 @@
 mod attach;
 mod c;
 mod callback;
+mod convert;
+mod datapath;
 mod disabled;
 mod patch;
+mod quiesce;
+mod relocated;
+mod sleds;
 mod stats;
 mod tracers;
 mod trap;
@@ -42,6 +47,24 @@ enum Bench {
     /// Attaching to a running program started without livetrace: time to
     /// the first event, longest thread stop, detach.
     Attach(attach::Args),
+    /// Register/unregister cycles with threads blocked in `poll`: the
+    /// quiescence wait's time, the signals it sends, the EINTRs seen.
+    Quiesce(quiesce::Args),
+    /// Sled conversion under one stop of the world, per site.
+    Convert(sleds::Args),
+    /// Share of a stock object's functions whose prologue can be relocated
+    /// (no compiler site needed), with the refusal reasons.
+    Relocated(relocated::Args),
+    /// Records from a hot C program to a file with `livetrace record`:
+    /// kept, lost, bandwidth against write(2), the command's memory, JSON
+    /// conversion, uftrace on the same program.
+    Datapath(datapath::Args),
+    /// Converting a recorded trace: events/s and the converter's peak RSS
+    /// (JSON by default; --formats for others).
+    ConvertJson(convert::Args),
+    /// The converter process `convert-json` measures.
+    #[command(hide = true)]
+    ConvertChild(convert::ChildArgs),
 }
 
 fn main() {
@@ -54,5 +77,11 @@ fn main() {
         Bench::Function(a) => tracers::run(livetrace_tracers::Tracer::Function, a),
         Bench::Graph(a) => tracers::run(livetrace_tracers::Tracer::Graph, a),
         Bench::Attach(a) => attach::run(a),
+        Bench::Relocated(a) => relocated::run(a),
+        Bench::Quiesce(a) => quiesce::run(a),
+        Bench::Convert(a) => sleds::run(a),
+        Bench::Datapath(a) => datapath::run_bench(a),
+        Bench::ConvertJson(a) => convert::run(a),
+        Bench::ConvertChild(a) => convert::child(a),
     }
 }

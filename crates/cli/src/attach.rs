@@ -84,9 +84,10 @@ fn config() -> AttachArgs {
 /// has none and the options allow.
 pub fn socket(dir: &Path, pid: u32) -> Result<PathBuf, String> {
     let direct = dir.join(format!("{pid}.sock"));
+    // A socket we may not even look at is still the process's: connecting
+    // says why we may not use it (never try to attach past it).
     match std::fs::symlink_metadata(&direct) {
         Ok(_) => return Ok(direct),
-        // There may be one we may not use: connecting says so.
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Ok(direct),
         Err(_) => {}
     }

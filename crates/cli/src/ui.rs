@@ -154,9 +154,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "s" => n,
         "ms" => n / 1e3,
         "us" => n / 1e6,
+        "ns" => n / 1e9,
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
-        u => return Err(format!("unknown unit '{u}' in '{s}' (ms, s, m, h)")),
+        u => return Err(format!("unknown unit '{u}' in '{s}' (ns, us, ms, s, m, h)")),
     };
     if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return Err(format!("'{s}' is out of range"));
@@ -164,27 +165,38 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// `*` any run, `?` one character, anything else literal.
-pub fn glob_match(pat: &str, s: &str) -> bool {
-    let (p, s): (Vec<char>, Vec<char>) = (pat.chars().collect(), s.chars().collect());
-    let (mut pi, mut si) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while si < s.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == s[si]) {
-            pi += 1;
-            si += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, si));
-            pi += 1;
-        } else if let Some((sp, ss)) = star {
-            pi = sp + 1;
-            si = ss + 1;
-            star = Some((sp, ss + 1));
-        } else {
-            return false;
+/// Parses a size: bytes, or with a `K`, `M`, `G` suffix (powers of 1024,
+/// an optional `iB`/`B`).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (like 256M, 1G, 65536)"))?;
+    let unit = unit.trim().trim_end_matches("iB").trim_end_matches('B');
+    let mult: u64 = match unit {
+        "" => 1,
+        "K" | "k" => 1 << 10,
+        "M" | "m" => 1 << 20,
+        "G" | "g" => 1 << 30,
+        u => return Err(format!("unknown unit '{u}' in '{s}' (K, M, G)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+/// A count with thousands separators, for people.
+pub fn count(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
         }
+        out.push(c);
     }
-    p[pi..].iter().all(|&c| c == '*')
+    out
 }
 
 #[cfg(test)]
@@ -202,11 +214,17 @@ mod tests {
     }
 
     #[test]
-    fn globs() {
-        assert!(glob_match("*::work::*", "demo::work::leaf"));
-        assert!(glob_match("a?c", "abc"));
-        assert!(!glob_match("a?c", "abbc"));
-        assert!(glob_match("*", ""));
-        assert!(!glob_match("x*", "demo"));
+    fn sizes_and_counts() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("4k"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("3T").is_err());
+        assert_eq!(count(0), "0");
+        assert_eq!(count(1234567), "1,234,567");
+        assert_eq!(count(999), "999");
+        assert_eq!(parse_duration("1us").unwrap(), Duration::from_micros(1));
+        assert_eq!(parse_duration("250ns").unwrap(), Duration::from_nanos(250));
     }
 }

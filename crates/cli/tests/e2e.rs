@@ -185,7 +185,11 @@ fn trace_every_tracer_and_format() {
                 path.to_str().unwrap(),
             ]);
             assert!(o.status.success(), "{tracer} {format}: {}", stderr(&o));
-            assert!(stderr(&o).contains("events written to"), "{}", stderr(&o));
+            assert!(
+                stderr(&o).contains("events kept") && stderr(&o).contains("written to"),
+                "{}",
+                stderr(&o)
+            );
             check_output(&path, format);
         }
     }

@@ -205,6 +205,9 @@ fn protocol_violations_get_an_error_and_a_closed_connection() {
             filter: vec!["*::work::*".into()],
             notrace: vec![],
             buffer_records: Some(1024),
+            mode: None,
+            memory_budget: None,
+            controls: Default::default(),
         },
     );
     assert!(matches!(r, Response::Started { .. }), "{r:?}");
@@ -225,6 +228,9 @@ fn protocol_violations_get_an_error_and_a_closed_connection() {
             filter: vec!["*".into()],
             notrace: vec![],
             buffer_records: Some(1000),
+            mode: None,
+            memory_budget: None,
+            controls: Default::default(),
         },
     );
     assert_eq!(error_code(&r), ErrorCode::Invalid);
@@ -269,6 +275,9 @@ fn fuzz_smoke_against_a_live_server() {
             filter: vec!["*::compute".into()],
             notrace: vec![],
             buffer_records: None,
+            mode: None,
+            memory_budget: None,
+            controls: Default::default(),
         },
         Request::PollEvents { session: 1 },
         Request::Patch {
@@ -340,6 +349,9 @@ fn a_silent_client_loses_its_lease() {
             filter: vec!["*::work::*".into()],
             notrace: vec![],
             buffer_records: None,
+            mode: None,
+            memory_budget: None,
+            controls: Default::default(),
         },
     );
     assert!(matches!(r, Response::Started { .. }), "{r:?}");

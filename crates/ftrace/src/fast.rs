@@ -23,10 +23,14 @@ pub(crate) const MAX_LEN: usize = crate::tramp::SLOT;
 /// - It is entered by the site's `call`, with the function's entry state
 ///   plus that return address on the stack, and must either return into
 ///   the function with every register the dedicated trampoline preserves
-///   (rdi, rsi, rdx, rcx, r8-r11, rax, xmm0-7; rbx, rbp, r12-r15 and rsp
-///   as usual) unchanged, or jump through its *fallback word* with the
-///   registers and stack exactly as it found them. The fallback is the
-///   ops' ordinary dedicated trampoline, which runs the callback.
+///   (rdi, rsi, rdx, rcx, r8-r11, rax, vector registers 0-7 at their full
+///   width; rbx, rbp, r12-r15 and rsp as usual) unchanged, or jump through
+///   its *fallback word* with the registers and stack exactly as it found
+///   them. The fallback is the ops' ordinary dedicated trampoline, which
+///   runs the callback. It may use xmm8-15 as scratch with SSE (or VEX
+///   128-bit) instructions: they are never arguments, nor are their upper
+///   halves. `rsp` is only 8-aligned (gcc calls local functions with the
+///   stack 8 bytes off), so it must not assume more.
 /// - It calls nothing. So the quiescence wait covers it by its address
 ///   alone: a thread sampled inside a dying copy is waited for.
 /// - It never runs inside a callback or another fast path, and marks
@@ -62,11 +66,17 @@ pub(crate) const MAX_LEN: usize = crate::tramp::SLOT;
 pub struct FastPath {
     code: Vec<u8>,
     exit: Option<usize>,
+    personality: usize,
 }
 
 /// From the return address a stub pushes when it calls a fast path to the
 /// stub's 8-byte word holding the site's address.
 pub const STUB_IP_FROM_RETURN: usize = crate::tramp::STUB_IP_FROM_RETURN;
+
+/// From the return address a stub pushes when it calls a fast path to the
+/// return address its call of the body pushes: what the function's return
+/// slot holds while the body runs.
+pub const STUB_BODY_RETURN_FROM_RETURN: usize = crate::tramp::STUB_BODY_RETURN_FROM_RETURN;
 
 /// Why code was not accepted as a fast path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,7 +124,11 @@ impl FastPath {
         if !has(INSIDE_PLACEHOLDER) {
             return Err(FastPathError::NoGuard);
         }
-        Ok(FastPath { code, exit: None })
+        Ok(FastPath {
+            code,
+            exit: None,
+            personality: 0,
+        })
     }
 
     /// A fast path that calls the original function itself, through
@@ -124,6 +138,25 @@ impl FastPath {
         let mut f = FastPath::new(code)?;
         f.exit = Some(exit);
         Ok(f)
+    }
+
+    /// Names `personality` (a routine with the signature of libgcc's
+    /// `__gcc_personality_v0`) in the unwind information of the stubs this
+    /// fast path serves. While the body of a function runs, its return slot
+    /// holds the stub's return address, and an unwinder going through
+    /// finds a frame at that address whose return address is in the slot
+    /// (CFA - 8): the personality routine, called for that frame in every
+    /// phase of an exception or a forced unwind, must put the real return
+    /// address there (the fast path saved it). Without one, an unwinder
+    /// stops at the stub.
+    pub fn with_personality(mut self, personality: usize) -> FastPath {
+        self.personality = personality;
+        self
+    }
+
+    /// The personality routine of the stubs' unwind information (0: none).
+    pub fn personality(&self) -> usize {
+        self.personality
     }
 
     /// The exit routine, for a fast path that calls the original.

@@ -35,20 +35,23 @@
 //!   ops' function set and the ops list are replaced, never edited), so a
 //!   thread that reaches a new target finds everything it needs.
 //! - Nothing a thread may still be using is freed until a *quiescence wait*
-//!   (the stand-in for `synchronize_rcu_tasks`) has seen every thread
-//!   outside it: each thread is sampled ([`livetrace_poke::sample_threads`])
-//!   until it is neither executing a dying trampoline nor inside a callback
-//!   it entered before the change. `unregister` returns only then, so after
-//!   it returns the callback is never called again and everything it owned
-//!   has been dropped. Sampling interrupts each thread with a signal, so a
-//!   thread blocked in a call that never restarts (`nanosleep`, `poll`,
-//!   `epoll_wait`) sees `EINTR`, as under any profiler. Registering and
-//!   refiltering never sample: what they replace waits for the next
+//!   (the stand-in for `synchronize_rcu_tasks`, in `quiesce.rs`) has seen
+//!   every thread clear of it: neither executing (or, from a signal frame,
+//!   about to resume) a dying trampoline, nor inside a callback it entered
+//!   before the change. `unregister` returns `Ok` only then, so after it
+//!   returns the callback is never called again and everything it owned
+//!   has been dropped. The wait is quiet — threads the kernel shows blocked
+//!   (in `poll`, `nanosleep`, `epoll_wait`…) are observed through `/proc`
+//!   without a signal — and bounded: when it gives up it says which threads
+//!   and why ([`Error::NotQuiescent`]), and frees nothing. Registering and
+//!   refiltering never wait: what they replace waits for the next
 //!   unregister.
 //! - At most one IPMODIFY ops per function: a second is refused, naming the
 //!   function and the owner.
 //! - A callback never recurses: a traced call made while the thread is in a
-//!   callback runs untraced and is counted ([`recursion_dropped`]).
+//!   callback runs untraced and is counted ([`recursion_dropped`]). The
+//!   guard suppresses callbacks, not redirection: a live patch
+//!   ([`OpsBuilder::redirect_to`]) holds for those calls too.
 //! - Bad input changes nothing: a pattern that matches no function is an
 //!   error, and any failure before or during the batch leaves every site,
 //!   every count and the ops list as they were.
@@ -58,27 +61,31 @@
 
 mod fast;
 mod ops;
+mod quiesce;
 mod regs;
 mod thread;
 mod tramp;
 
 use std::collections::{HashMap, HashSet};
+
+use quiesce::{normalize, quiesce, Watch};
 use std::fmt;
 use std::ops::Range;
 use std::sync::atomic::{AtomicPtr, Ordering::*};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use livetrace_poke::Insn;
 use livetrace_sites::Table;
 
 pub use fast::{
     inside_tpoff, FastPath, FastPathError, DROPPED_PLACEHOLDER, INSIDE_PLACEHOLDER,
-    STUB_IP_FROM_RETURN,
+    STUB_BODY_RETURN_FROM_RETURN, STUB_IP_FROM_RETURN,
 };
 pub use ops::{Call, Callback, Ops, OpsBuilder, Pattern};
+pub use quiesce::{quiesce_stats, set_quiescence_timeout, QuiesceStats, Straggler};
 pub use regs::Regs;
-pub use thread::{recursion_dropped, suppress, Suppress};
+pub use thread::{in_callback, recursion_dropped, suppress, Suppress};
+pub use tramp::{vector_state, VectorState};
 
 use ops::{FuncSet, OpsInner};
 use tramp::{window_of, Kind, Pools};
@@ -114,6 +121,16 @@ pub enum Error {
     DynamicTls,
     /// A trampoline could not be created.
     Trampoline(std::io::Error),
+    /// A quiescence wait gave up: these threads may still be using state
+    /// the change retired (inside a callback that began before it, or
+    /// about to execute a retired trampoline). The change itself was made
+    /// (an unregistered ops is detached and its callback is not called for
+    /// new calls), but nothing was freed: a later `unregister` of the same
+    /// ops, or [`synchronize`], tries again.
+    NotQuiescent {
+        /// The threads and why each is not clear.
+        threads: Vec<Straggler>,
+    },
     /// The record table or the engine refused the change.
     Sites(livetrace_sites::Error),
 }
@@ -135,6 +152,18 @@ impl fmt::Display for Error {
                 f.write_str("livetrace's thread state is not in static TLS; load it at start-up")
             }
             Error::Trampoline(e) => write!(f, "cannot create a trampoline: {e}"),
+            Error::NotQuiescent { threads } => {
+                write!(
+                    f,
+                    "threads still inside retired tracing state after {:?} (nothing was freed; \
+                     try again later):",
+                    quiesce::timeout()
+                )?;
+                for t in threads {
+                    write!(f, "\n  {t}")?;
+                }
+                Ok(())
+            }
             Error::Sites(e) => e.fmt(f),
         }
     }
@@ -180,8 +209,44 @@ extern "C" fn list_entry(_data: usize, ip: usize, parent_slot: *mut usize, regs:
         let set = ops.funcs.load(Acquire);
         // SAFETY: as for the list: replaced sets are freed after a wait.
         if !set.is_null() && unsafe { &*set }.contains(ip) {
-            let r = if ops.regs { regs.as_deref_mut() } else { None };
+            let mut r = if ops.regs { regs.as_deref_mut() } else { None };
+            if let (Some(t), Some(r)) = (ops.redirect, r.as_deref_mut()) {
+                r.ip = t as u64;
+            }
             ops::deliver(ops, ip, parent_slot, r);
+        }
+    }
+}
+
+/// The regs caller's entry inside a callback (the recursion guard set):
+/// no callback runs, but redirections declared as data
+/// ([`OpsBuilder::redirect_to`], live patches) are applied, so a live
+/// patch holds for every caller. Runs with the thread inside a callback,
+/// like the list walk, so what it reads stays alive.
+pub(crate) extern "C" fn guarded_entry(
+    _data: usize,
+    ip: usize,
+    _parent_slot: *mut usize,
+    regs: *mut Regs,
+) {
+    let list = LIST.load(Acquire);
+    if list.is_null() {
+        return;
+    }
+    // SAFETY: as in `list_entry`: the thread's inside byte is set (by the
+    // callback or fast path this call interrupted or came from).
+    let list = unsafe { &*list };
+    // SAFETY: the regs caller passes its frame's Regs.
+    let Some(regs) = (unsafe { regs.as_mut() }) else {
+        return;
+    };
+    for ops in &list.ops {
+        let Some(t) = ops.redirect else { continue };
+        let set = ops.funcs.load(Acquire);
+        // SAFETY: as in `list_entry`.
+        if !set.is_null() && unsafe { &*set }.contains(ip) {
+            regs.ip = t as u64;
+            return;
         }
     }
 }
@@ -256,6 +321,12 @@ struct Core {
     /// Code every quiescence wait waits for threads to leave
     /// ([`add_critical_code`]).
     critical: Vec<Range<usize>>,
+    /// Code that calls callbacks (or runs under a guard): a return address
+    /// into it means a thread is inside ([`add_callback_caller`]).
+    callers: Vec<Range<usize>>,
+    /// Ops detached by an `unregister` whose wait failed: a later
+    /// `unregister` of the same ops retries the wait.
+    retiring: Vec<u32>,
     tpoff: isize,
     /// State replaced by registers and refilters, freed by the next
     /// unregister's quiescence wait: starting to trace never probes the
@@ -284,6 +355,8 @@ fn core() -> Result<MutexGuard<'static, Option<Core>>, Error> {
             decline: HashMap::new(),
             stubs: tramp::Stubs::default(),
             critical: Vec::new(),
+            callers: Vec::new(),
+            retiring: Vec::new(),
             tpoff: thread::tpoff(),
             deferred: Vec::new(),
         });
@@ -314,10 +387,18 @@ pub fn register(ops: &Ops) -> Result<(), Error> {
 
 /// Detaches `ops` from every function, as one batch, and returns once no
 /// thread can still be inside its callback or its trampolines.
+///
+/// If the wait gives up ([`Error::NotQuiescent`]), the ops is detached all
+/// the same, but what it owns (its callback and captured data, its
+/// trampolines) is kept: calling `unregister` on it again retries the wait
+/// and returns `Ok` once it succeeds.
 pub fn unregister(ops: &Ops) -> Result<(), Error> {
     let mut g = core()?;
     let c = g.as_mut().expect("initialised");
     if !c.registered.iter().any(|o| Arc::ptr_eq(&o.0, &ops.0)) {
+        if c.retiring.contains(&ops.0.id) {
+            return c.retire(Vec::new());
+        }
         return Err(Error::NotRegistered(ops.0.name.clone()));
     }
     c.change(ops, Change::Unregister, Vec::new())
@@ -412,16 +493,16 @@ pub fn enabled_functions() -> Result<Vec<EnabledFunction>, Error> {
 /// Waits until every thread that is inside a callback (or holds a
 /// [`Suppress`]) now has left it. State unpublished before the call is then
 /// no longer in use by any callback.
+///
+/// Fails with [`Error::NotQuiescent`] when the bounded wait gives up; the
+/// caller must then keep whatever it meant to free.
 pub fn synchronize() -> Result<(), Error> {
-    let (tpoff, critical) = {
+    let (tpoff, watch) = {
         let g = core()?;
         let c = g.as_ref().expect("initialised");
-        let mut critical = c.critical.clone();
-        critical.extend(c.stubs.pages.iter().cloned());
-        (c.tpoff, critical)
+        (c.tpoff, c.watch(&[]))
     };
-    quiesce(tpoff, &critical);
-    Ok(())
+    quiesce(tpoff, &watch).map_err(|threads| Error::NotQuiescent { threads })
 }
 
 /// Declares `code` a critical section of some fast path that is not a
@@ -434,6 +515,20 @@ pub fn add_critical_code(code: Range<usize>) -> Result<(), Error> {
     let c = g.as_mut().expect("initialised");
     if !c.critical.contains(&code) {
         c.critical.push(code);
+    }
+    Ok(())
+}
+
+/// Declares `code` a place that calls callbacks, or runs code under the
+/// recursion guard ([`suppress`]): a return address into it on a thread's
+/// stack means the thread is inside, so a quiescence wait never takes a
+/// thread blocked there for one that is clear (the return hooks' slow
+/// paths call Rust under [`suppress`]).
+pub fn add_callback_caller(code: Range<usize>) -> Result<(), Error> {
+    let mut g = core()?;
+    let c = g.as_mut().expect("initialised");
+    if !c.callers.contains(&code) {
+        c.callers.push(code);
     }
     Ok(())
 }
@@ -664,10 +759,16 @@ impl Core {
                     // The ops' fast path if it has one, else its dedicated
                     // trampoline.
                     let t = self.trampoline(w, Kind::Fast, Some(on[0]))?;
-                    match on[0].fast.as_ref().and_then(|f| f.exit()) {
+                    let fast = on[0].fast.as_ref();
+                    match fast.and_then(|f| f.exit()) {
                         // Stub-served: the stub calls the fast path `t`.
                         Some(exit) => {
-                            Insn::Jmp(self.stubs.point(ip, t, exit).map_err(Error::Trampoline)?)
+                            let p = fast.map_or(0, |f| f.personality());
+                            Insn::Jmp(
+                                self.stubs
+                                    .point(ip, t, exit, p)
+                                    .map_err(Error::Trampoline)?,
+                            )
                         }
                         None => Insn::Call(t),
                     }
@@ -730,29 +831,52 @@ impl Core {
                 // Its (now empty) published set stays until the ops itself
                 // is dropped: the list walker may be reading it.
                 garbage.ops = Some(ops.clone());
+                self.retiring.push(me.id);
                 // Unregister must wait anyway: free everything deferred too.
-                let mut all = std::mem::take(&mut self.deferred);
-                all.push(garbage);
-                self.retire(all);
+                return self.retire(vec![garbage]);
             }
         }
         Ok(())
     }
 
-    /// Frees replaced state once no thread can be using it.
-    fn retire(&mut self, garbage: Vec<Garbage>) {
-        let dying: Vec<Range<usize>> = garbage
-            .iter()
-            .flat_map(|g| g.trampolines.iter().map(|&a| a..a + 512))
-            .chain(self.critical.iter().cloned())
-            .chain(self.stubs.pages.iter().cloned())
-            .collect();
-        if !quiesce(self.tpoff, &dying) {
-            // A thread could not be sampled: never free what it might use.
-            std::mem::forget(garbage);
-            return;
+    /// What a wait watches for: `dying` trampolines and the critical code
+    /// (RIPs), and every place that calls callbacks (return addresses).
+    fn watch(&self, dying: &[usize]) -> Watch {
+        Watch {
+            rip: normalize(
+                dying
+                    .iter()
+                    .map(|&a| a..a + tramp::SLOT)
+                    .chain(self.critical.iter().cloned())
+                    .chain(self.stubs.pages.iter().cloned())
+                    .collect(),
+            ),
+            frames: normalize(
+                self.pools
+                    .return_addresses()
+                    .into_iter()
+                    .chain(self.callers.iter().cloned())
+                    .collect(),
+            ),
         }
-        for g in garbage {
+    }
+
+    /// Frees `garbage` and everything deferred once no thread can be using
+    /// it. When the wait gives up, nothing is freed: it all stays deferred
+    /// for the next wait, and the error names the threads.
+    fn retire(&mut self, garbage: Vec<Garbage>) -> Result<(), Error> {
+        self.deferred.extend(garbage);
+        let dying: Vec<usize> = self
+            .deferred
+            .iter()
+            .flat_map(|g| g.trampolines.iter().copied())
+            .collect();
+        let watch = self.watch(&dying);
+        if let Err(threads) = quiesce(self.tpoff, &watch) {
+            return Err(Error::NotQuiescent { threads });
+        }
+        self.retiring.clear();
+        for g in std::mem::take(&mut self.deferred) {
             for a in &g.trampolines {
                 self.pools.release(*a);
             }
@@ -767,6 +891,7 @@ impl Core {
             }
             drop(g.ops);
         }
+        Ok(())
     }
 }
 
@@ -852,56 +977,6 @@ fn symmetric_difference(a: &[usize], b: &[usize]) -> Vec<usize> {
     out
 }
 
-/// Waits until every thread that existed when it was called is outside
-/// `dying` and outside any callback it was in at the first sample. Returns
-/// false when a thread could not be sampled.
-///
-/// The first sample marks every thread's `inside` byte that is INSIDE as
-/// MARKED (in the thread's own probe handler); the thread stores OUTSIDE
-/// when that callback ends and INSIDE when another begins, so a later
-/// sample that finds anything but MARKED proves the callback seen first
-/// has ended. (Another wait may mark the thread's next callback: this one
-/// then waits for that too, which is only longer, never wrong.)
-fn quiesce(tpoff: isize, dying: &[Range<usize>]) -> bool {
-    use thread::{inside_of, MARKED, OUTSIDE};
-    let timeout = Duration::from_secs(2);
-    let mut pending: Option<HashSet<i32>> = None;
-    for round in 0u32.. {
-        let samples = match &pending {
-            None => livetrace_poke::sample_threads_marking(tpoff, timeout, thread::INSIDE, MARKED),
-            Some(_) => livetrace_poke::sample_threads(tpoff, timeout),
-        };
-        let Ok(samples) = samples else {
-            return false;
-        };
-        let mut still = HashSet::new();
-        for s in samples {
-            let Some(rip) = s.rip else { continue };
-            let inside = inside_of(s.word);
-            let busy = match &pending {
-                // First round: every thread in a callback counts.
-                None => inside != OUTSIDE,
-                // Quiescent already, or born since.
-                Some(p) if !p.contains(&s.tid) => continue,
-                Some(_) => inside == MARKED,
-            };
-            if busy || dying.iter().any(|r| r.contains(&rip)) {
-                still.insert(s.tid);
-            }
-        }
-        if still.is_empty() {
-            return true;
-        }
-        pending = Some(still);
-        if round < 10 {
-            std::thread::yield_now();
-        } else {
-            std::thread::sleep(Duration::from_micros(200));
-        }
-    }
-    unreachable!()
-}
-
 /// Redirects every call of a function to a replacement of the same type, and
 /// back with [`LivePatch::revert`].
 pub struct LivePatch {
@@ -973,12 +1048,8 @@ pub fn livepatch_addr(original: usize, replacement: usize) -> Result<LivePatch, 
     };
     let ops = Ops::builder(format!("livepatch:{name}"))
         .filter(Pattern::Addr(site))
-        .ipmodify()
-        .build(move |call| {
-            if let Some(r) = call.regs() {
-                r.ip = replacement as u64;
-            }
-        });
+        .redirect_to(replacement)
+        .build(|_| {});
     register(&ops)?;
     Ok(LivePatch {
         ops,

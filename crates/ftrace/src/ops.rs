@@ -133,6 +133,9 @@ pub struct OpsInner {
     pub(crate) entry: crate::tramp::FastEntryFn,
     pub(crate) regs: bool,
     pub(crate) ipmodify: bool,
+    /// Where every call resumes, for an ops built with
+    /// [`OpsBuilder::redirect_to`]: applied even inside callbacks.
+    pub(crate) redirect: Option<usize>,
     /// Machine code serving this ops alone on a function, if it has any.
     pub(crate) fast: Option<crate::FastPath>,
     pub(crate) spec: Mutex<Spec>,
@@ -176,6 +179,7 @@ impl Ops {
             notrace: Vec::new(),
             regs: false,
             ipmodify: false,
+            redirect: None,
             fast: None,
         }
     }
@@ -204,6 +208,7 @@ pub struct OpsBuilder {
     notrace: Vec<Pattern>,
     regs: bool,
     ipmodify: bool,
+    redirect: Option<usize>,
     fast: Option<crate::FastPath>,
 }
 
@@ -235,6 +240,20 @@ impl OpsBuilder {
         self
     }
 
+    /// Every call of the ops' functions resumes at `target` (a function of
+    /// the same signature) instead of the body: an IPMODIFY ops whose
+    /// redirection is data, not code, so it holds in every context — also
+    /// for calls made inside another ops' callback or a signal handler that
+    /// interrupted one, where callbacks are not run (the recursion guard
+    /// suppresses callbacks, not redirection). The callback still runs for
+    /// the other calls, after the redirection is set, and may change
+    /// `regs().ip` again. An IPMODIFY ops without it redirects only where
+    /// its callback runs. What [`crate::livepatch`] builds.
+    pub fn redirect_to(mut self, target: usize) -> Self {
+        self.redirect = Some(target);
+        self.ipmodify().regs()
+    }
+
     /// Serves this ops with `fast` on every function where it is the only
     /// ops (instead of its dedicated trampoline, which the fast path falls
     /// back on). The callback must do what the fast path does: it runs
@@ -256,6 +275,7 @@ impl OpsBuilder {
             entry: entry::<F>,
             regs: self.regs,
             ipmodify: self.ipmodify,
+            redirect: self.redirect,
             fast: self.fast,
             spec: Mutex::new(Spec {
                 filter: self.filter,

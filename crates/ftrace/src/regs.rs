@@ -7,6 +7,10 @@
 /// elsewhere redirects the call, with the caller's return address still on
 /// the stack — which is how a function is live-patched.
 ///
+/// `xmm` holds the low 128 bits of vector registers 0-7; the regs caller
+/// keeps their upper halves (ymm, zmm) as they were at entry, whatever the
+/// callback does, and puts back the low halves from here.
+///
 /// The layout is fixed by the regs trampoline's assembly.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]

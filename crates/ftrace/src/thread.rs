@@ -60,8 +60,10 @@ pub fn recursion_dropped() -> u64 {
     STATE.with(|s| s.dropped.get())
 }
 
-/// Whether this thread is inside a callback (or a fast path) now.
-pub(crate) fn in_callback() -> bool {
+/// Whether this thread is inside a callback, a fast path or a
+/// [`Suppress`] now (its traced calls are dropped). A signal handler can
+/// ask: it is true when the handler interrupted one.
+pub fn in_callback() -> bool {
     STATE.with(|s| s.inside.get() != OUTSIDE)
 }
 

@@ -5,29 +5,51 @@
 //! ±2 GiB, and shared libraries are usually mapped far from the program):
 //!
 //! - the *fast* template saves what the traced function can observe at
-//!   entry (rdi, rsi, rdx, rcx, r8, r9, rax for varargs, r10, r11,
-//!   xmm0-7), calls `func(data, slot)` (`slot`: where the return address
-//!   into the function is, the caller's just above it) with the stack
-//!   aligned, restores, and returns into the function. With `data` an ops
-//!   and `func` the ops entry it is the ops' *dedicated* trampoline; with
-//!   `func` the list walker it is the *list caller*;
+//!   entry (rdi, rsi, rdx, rcx, r8, r9, rax for varargs, r10, r11, vector
+//!   registers 0-7), calls `func(data, slot)` (`slot`: where the return
+//!   address into the function is, the caller's just above it) with the
+//!   stack aligned, restores, and returns into the function. With `data`
+//!   an ops and `func` the ops entry it is the ops' *dedicated* trampoline;
+//!   with `func` the list walker it is the *list caller*;
 //! - the *regs* template builds a full [`Regs`](crate::Regs) (every
 //!   general register, flags, the resume address and the entry stack
 //!   pointer, xmm0-7), passes it, writes back whatever the callback changed
 //!   — including the resume address, which is how a function is redirected
-//!   — and returns there.
+//!   — and returns there. Inside a callback it runs no callback but still
+//!   applies the redirections IPMODIFY ops declared as data
+//!   ([`crate::OpsBuilder::redirect_to`]): a live patch holds for every
+//!   caller.
+//!
+//! # What the templates assume of the machine state at a site
+//!
+//! Only what no compiler can skip. The entry `rsp` is 8-aligned, not
+//! 16-aligned: gcc calls a local function it knows needs no alignment with
+//! the stack 8 bytes off (`-fipa-stack-alignment`, on from -O1), so each
+//! template realigns once and calls Rust only with the stack aligned. A
+//! callback may clobber every caller-saved register at its full width (an
+//! AVX `memcpy` ends with `vzeroupper`), so the templates save vector
+//! registers 0-7, the only ones the ABI passes arguments in, at the width
+//! the CPU and kernel enable ([`VectorState`]: xmm, ymm or zmm; the same
+//! number of stores each), assembled once per width and chosen at run
+//! time. xmm8-15 (and their upper halves) are never arguments: the
+//! templates use them as scratch. gcc disables its interprocedural
+//! register allocation (`-fipa-ra`, which would let a caller keep values
+//! in registers a local callee does not touch) for functions with
+//! patchable entries, so a caller relies on nothing caller-saved across a
+//! site.
 //!
 //! Each copy has two data words at its end, read RIP-relative so the code
 //! is position independent: `data` and `func` (a copy within rel32 of
-//! `func` calls it directly instead). The thread-pointer offset of the
-//! per-thread [`ThreadState`](crate::thread::ThreadState) is the same in
-//! every thread, so it is patched into each copy as the displacement of its
+//! `func` calls it directly instead); a regs copy has the `guarded` entry's
+//! word before them. The thread-pointer offset of the per-thread
+//! [`ThreadState`](crate::thread::ThreadState) is the same in every thread,
+//! so it is patched into each copy as the displacement of its
 //! `fs:[disp32]` operands: no load on the traced path.
 //!
-//! Both templates begin by testing the thread's `inside` byte, non-zero
-//! while the thread is in a callback (or an ops' fast path): a call from
-//! inside a callback (a callback calling a traced function, or a signal
-//! handler that interrupted one) is dropped and counted, never recursed
+//! Both templates test the thread's `inside` byte, non-zero while the
+//! thread is in a callback (or an ops' fast path): a call from inside a
+//! callback (a callback calling a traced function, or a signal handler
+//! that interrupted one) runs no callback and is counted, never recursed
 //! into. Entering and leaving store constants (1, then 0), so back-to-back
 //! traced calls form no read-modify-write chain through memory; the
 //! quiescence wait tells a callback it saw from a later one by marking
@@ -51,28 +73,77 @@ std::arch::global_asm!(
     .set LT_DROPPED, 0x5eed0008
     // From the stub's first return address to its `ip` word.
     .set LT_STUB_IP_FROM_RETURN, 18
-    // xmm0-7 (vector and float arguments) to/from 128 aligned bytes at rsp.
-    .macro lt_save_xmm
+
+    // Vector state V: 0 = xmm (SSE only), 1 = ymm (AVX), 2 = zmm
+    // (AVX-512). Each template is assembled once per state; the core copies
+    // the one the CPU and kernel enable (see `VectorState`). The argument
+    // and result registers are the first eight: V's full width of each is
+    // saved, so a callback that runs AVX code (glibc's string functions end
+    // with `vzeroupper`) cannot touch a __m256 or __m512 argument. Same
+    // number of stores for every V; only their width changes.
+
+    // Vector registers 0-7 to/from [rsp + base], each W = 16 << V bytes,
+    // W-aligned.
+    .macro lt_vsave V, base
     .irp n, 0, 1, 2, 3, 4, 5, 6, 7
-    movaps xmmword ptr [rsp + 16 * \n], xmm\n
+    .if \V == 0
+    movaps xmmword ptr [rsp + \base + 16 * \n], xmm\n
+    .elseif \V == 1
+    vmovdqa ymmword ptr [rsp + \base + 32 * \n], ymm\n
+    .else
+    vmovdqa64 zmmword ptr [rsp + \base + 64 * \n], zmm\n
+    .endif
+    .endr
+    .endm
+    .macro lt_vrestore V, base
+    .irp n, 0, 1, 2, 3, 4, 5, 6, 7
+    .if \V == 0
+    movaps xmm\n, xmmword ptr [rsp + \base + 16 * \n]
+    .elseif \V == 1
+    vmovdqa ymm\n, ymmword ptr [rsp + \base + 32 * \n]
+    .else
+    vmovdqa64 zmm\n, zmmword ptr [rsp + \base + 64 * \n]
+    .endif
     .endr
     .endm
     // Two general registers to 16 aligned bytes at rsp + off, with one
-    // store (through xmm8/xmm9, dead at a function's entry).
-    .macro lt_save_pair lo, hi, off
+    // store (through xmm8/xmm9: never arguments, so dead at a function's
+    // entry; their upper halves are not arguments either). VEX-encoded
+    // when the CPU has AVX, so no SSE/AVX transition is paid.
+    .macro lt_save_pair V, lo, hi, off
+    .if \V == 0
     movq xmm8, \lo
     movq xmm9, \hi
     punpcklqdq xmm8, xmm9
     movaps xmmword ptr [rsp + \off], xmm8
+    .else
+    vmovq xmm8, \lo
+    vmovq xmm9, \hi
+    vpunpcklqdq xmm8, xmm8, xmm9
+    vmovdqa xmmword ptr [rsp + \off], xmm8
+    .endif
     .endm
-    .macro lt_restore_xmm
-    .irp n, 0, 1, 2, 3, 4, 5, 6, 7
-    movaps xmm\n, xmmword ptr [rsp + 16 * \n]
-    .endr
-    .endm
+
+    // The fast template.
+    //
+    // rsp at a site's entry is *not* always the ABI's: gcc lets a caller
+    // skip the 16-byte alignment before calling a local function it knows
+    // does not need it (-fipa-stack-alignment), so rsp here is 8-aligned,
+    // nothing more. A frame record (push rbp; mov rbp, rsp: also what a
+    // frame-pointer unwinder follows) keeps the entry rsp in a register the
+    // callee preserves, so the frame below is realigned once, to the vector
+    // width, and left with `mov rsp, rbp`, no load on rsp's path:
+    //   [rsp + 0 .. 8W)            vector registers 0-7
+    //   [rsp + 8W + 0 .. 64)       rdi rsi rdx rcx r8 r9 rax r10
+    //   [rsp + 8W + 64]            r11
+    //   [rbp]                      the function's rbp
+    //   [rbp + 8]                  the return address into the function
+    .macro lt_tramp_fast V
+    .set W, 16 << \V
+    .set VB, 8 * W
     .p2align 4
-    .globl lt_tramp_fast_start
-lt_tramp_fast_start:
+    .globl lt_tramp_fast\V\()_start
+lt_tramp_fast\V\()_start:
     // Mark the thread inside a callback; if it was already, this call came
     // from inside one and goes straight back into the function. (A signal
     // between the test and the store runs its own traced calls to the end
@@ -81,64 +152,75 @@ lt_tramp_fast_start:
     cmp byte ptr fs:[LT_INSIDE], 0
     jne 9f
     mov byte ptr fs:[LT_INSIDE], 1
+    push rbp
+    mov rbp, rsp
     // This path is bound by stores (about one per cycle), not by
-    // instructions: so the nine general registers go out as four 16-byte
-    // pairs built in xmm8/xmm9 (caller-saved, never arguments) and one
-    // 8-byte store, not nine pushes. rsp is 16-aligned here (the site's
-    // call pushed 8 onto the function's entry rsp); the 208-byte frame
-    // keeps it so for the callback:
-    //   [rsp + 0..128)   xmm0-7
-    //   [rsp + 128..192) rdi rsi rdx rcx r8 r9 rax r10
-    //   [rsp + 192]      r11, then 8 bytes of padding
-    //   [rsp + 208]      the return address into the function
-    sub rsp, 208
-    lt_save_xmm
-    lt_save_pair rdi, rsi, 128
-    lt_save_pair rdx, rcx, 144
-    lt_save_pair r8, r9, 160
-    lt_save_pair rax, r10, 176
-    mov qword ptr [rsp + 192], r11
+    // instructions: so eight of the nine general registers go out as four
+    // 16-byte pairs built in xmm8/xmm9, not eight pushes.
+    sub rsp, VB + 72
+    and rsp, -W
+    lt_vsave \V, 0
+    lt_save_pair \V, rdi, rsi, VB
+    lt_save_pair \V, rdx, rcx, VB + 16
+    lt_save_pair \V, r8, r9, VB + 32
+    lt_save_pair \V, rax, r10, VB + 48
+    mov qword ptr [rsp + VB + 64], r11
+    .if \V > 0
+    // Rust code is SSE code: no dirty upper halves under it.
+    vzeroupper
+    .endif
     // func(data, slot): the slot holding the return address into the
     // function (the callee finds the site and the caller's return slot
     // from it, only if it needs them).
     movabs rdi, 0x5eed5eed5eed5eed
-    lea rsi, [rsp + 208]
-    .globl lt_tramp_fast_call
-lt_tramp_fast_call:
-    call qword ptr [rip + lt_tramp_fast_func]
-    lt_restore_xmm
-    mov rdi, qword ptr [rsp + 128]
-    mov rsi, qword ptr [rsp + 136]
-    mov rdx, qword ptr [rsp + 144]
-    mov rcx, qword ptr [rsp + 152]
-    mov r8, qword ptr [rsp + 160]
-    mov r9, qword ptr [rsp + 168]
-    mov rax, qword ptr [rsp + 176]
-    mov r10, qword ptr [rsp + 184]
-    mov r11, qword ptr [rsp + 192]
-    add rsp, 208
+    lea rsi, [rbp + 8]
+    .globl lt_tramp_fast\V\()_call
+lt_tramp_fast\V\()_call:
+    call qword ptr [rip + 8f]
+    lt_vrestore \V, 0
+    mov rdi, qword ptr [rsp + VB]
+    mov rsi, qword ptr [rsp + VB + 8]
+    mov rdx, qword ptr [rsp + VB + 16]
+    mov rcx, qword ptr [rsp + VB + 24]
+    mov r8, qword ptr [rsp + VB + 32]
+    mov r9, qword ptr [rsp + VB + 40]
+    mov rax, qword ptr [rsp + VB + 48]
+    mov r10, qword ptr [rsp + VB + 56]
+    mov r11, qword ptr [rsp + VB + 64]
+    mov rsp, rbp
+    pop rbp
     mov byte ptr fs:[LT_INSIDE], 0
     ret
 9:
     add qword ptr fs:[LT_DROPPED], 1
     ret
     .p2align 3
-lt_tramp_fast_data: .quad 0
-lt_tramp_fast_func: .quad 0
-    .globl lt_tramp_fast_end
-lt_tramp_fast_end:
+    .quad 0
+8:  .quad 0
+    .globl lt_tramp_fast\V\()_end
+lt_tramp_fast\V\()_end:
+    .endm
 
+    // The regs template: builds a Regs (see regs.rs) under the realigned
+    // stack, the full vector registers below it (V > 0), and calls
+    // func(data, ip, parent slot, regs); writes back what the callback
+    // changed, and resumes at regs.ip.
+    //
+    // Inside a callback (the recursion guard set) callbacks are not run,
+    // but a live patch must hold for every caller: the same frame is then
+    // handed to the `guarded` entry, which applies the redirections
+    // IPMODIFY ops declared as data (no callback code) and nothing else.
+    .macro lt_tramp_regs V
+    .set W, 16 << \V
     .p2align 4
-    .globl lt_tramp_regs_start
-lt_tramp_regs_start:
+    .globl lt_tramp_regs\V\()_start
+lt_tramp_regs\V\()_start:
     push rbp
     mov rbp, rsp
     pushfq
     push r11
-    cmp byte ptr fs:[LT_INSIDE], 0
-    jne 9f
-    mov byte ptr fs:[LT_INSIDE], 1
-    sub rsp, 8
+    // The entry rsp may be 8 off (see the fast template).
+    and rsp, -16
     lea r11, [rbp + 16]
     push r11
     push qword ptr [rbp + 8]
@@ -159,17 +241,53 @@ lt_tramp_regs_start:
     push r14
     push r15
     sub rsp, 128
-    lt_save_xmm
-    mov rdi, qword ptr [rip + lt_tramp_regs_data]
+    .irp n, 0, 1, 2, 3, 4, 5, 6, 7
+    movaps xmmword ptr [rsp + 16 * \n], xmm\n
+    .endr
+    // rbx (saved in the Regs) holds the Regs across the call.
+    mov rbx, rsp
+    .if \V > 0
+    sub rsp, 8 * W
+    and rsp, -W
+    lt_vsave \V, 0
+    vzeroupper
+    .endif
+    mov rdi, qword ptr [rip + 7f]
     mov rsi, qword ptr [rbp + 8]
     sub rsi, 5
     lea rdx, [rbp + 16]
-    mov rcx, rsp
-    .globl lt_tramp_regs_call
-lt_tramp_regs_call:
-    call qword ptr [rip + lt_tramp_regs_func]
-    lt_restore_xmm
-    add rsp, 128
+    mov rcx, rbx
+    // r12 (saved in the Regs): whether this call took the guard.
+    xor r12d, r12d
+    cmp byte ptr fs:[LT_INSIDE], 0
+    jne 5f
+    mov byte ptr fs:[LT_INSIDE], 1
+    mov r12d, 1
+    .globl lt_tramp_regs\V\()_call
+lt_tramp_regs\V\()_call:
+    call qword ptr [rip + 8f]
+    jmp 4f
+5:
+    add qword ptr fs:[LT_DROPPED], 1
+    call qword ptr [rip + 6f]
+4:
+    // The full registers, then the low 128 bits from the Regs, which the
+    // callback may have changed.
+    .if \V == 0
+    .irp n, 0, 1, 2, 3, 4, 5, 6, 7
+    movaps xmm\n, xmmword ptr [rbx + 16 * \n]
+    .endr
+    .else
+    lt_vrestore \V, 0
+    .irp n, 0, 1, 2, 3, 4, 5, 6, 7
+    .if \V == 1
+    vinsertf128 ymm\n, ymm\n, xmmword ptr [rbx + 16 * \n], 0
+    .else
+    vinsertf32x4 zmm\n, zmm\n, xmmword ptr [rbx + 16 * \n], 0
+    .endif
+    .endr
+    .endif
+    lea rsp, [rbx + 128]
     mov r11, qword ptr [rsp + 120]
     mov qword ptr [rbp - 8], r11
     mov r11, qword ptr [rsp + 128]
@@ -178,6 +296,10 @@ lt_tramp_regs_call:
     mov qword ptr [rbp], r11
     mov r11, qword ptr [rsp + 40]
     mov qword ptr [rbp - 16], r11
+    test r12d, r12d
+    jz 3f
+    mov byte ptr fs:[LT_INSIDE], 0
+3:
     pop r15
     pop r14
     pop r13
@@ -192,45 +314,54 @@ lt_tramp_regs_call:
     pop rdx
     pop rsi
     pop rdi
-    mov byte ptr fs:[LT_INSIDE], 0
     lea rsp, [rbp - 16]
     pop r11
     popfq
     pop rbp
     ret
-9:
-    add qword ptr fs:[LT_DROPPED], 1
-    pop r11
-    popfq
-    pop rbp
-    ret
     .p2align 3
-lt_tramp_regs_data: .quad 0
-lt_tramp_regs_func: .quad 0
-    .globl lt_tramp_regs_end
-lt_tramp_regs_end:
+6:  .quad 0
+7:  .quad 0
+8:  .quad 0
+    .globl lt_tramp_regs\V\()_end
+lt_tramp_regs\V\()_end:
+    .endm
+
+    lt_tramp_fast 0
+    lt_tramp_fast 1
+    lt_tramp_fast 2
+    lt_tramp_regs 0
+    lt_tramp_regs 1
+    lt_tramp_regs 2
 
     // A per-site stub, for a fast path that calls the original (see
     // fast.rs). The site jumps here (no return address pushed: the return
     // stack buffer stays in step). It calls the fast path, then the
     // function's body, so that the body returns here, predicted; then it
     // jumps to the fast path's exit routine with rsp just past the return
-    // slot.
+    // slot. Nothing here depends on rsp's alignment. Its unwind
+    // information is made with it (`stub_eh_frame`); the personality
+    // routine it names is read from the last word.
     .p2align 4
     .globl lt_stub_start
 lt_stub_start:
     call qword ptr [rip + lt_stub_entry]
+    .globl lt_stub_add
+lt_stub_add:
     add rsp, 8
     .globl lt_stub_call_body
 lt_stub_call_body:
     .byte 0xe8
     .long 0
+    .globl lt_stub_body_return
+lt_stub_body_return:
     jmp qword ptr [rip + lt_stub_exit]
     .p2align 3
     .globl lt_stub_ip
 lt_stub_ip: .quad 0
 lt_stub_entry: .quad 0
 lt_stub_exit: .quad 0
+lt_stub_personality: .quad 0
     .globl lt_stub_end
 lt_stub_end:
 
@@ -257,15 +388,30 @@ lt_decline_end:
 );
 
 unsafe extern "C" {
-    static lt_tramp_fast_start: u8;
-    static lt_tramp_fast_call: u8;
-    static lt_tramp_fast_end: u8;
-    static lt_tramp_regs_start: u8;
-    static lt_tramp_regs_call: u8;
-    static lt_tramp_regs_end: u8;
+    static lt_tramp_fast0_start: u8;
+    static lt_tramp_fast0_call: u8;
+    static lt_tramp_fast0_end: u8;
+    static lt_tramp_fast1_start: u8;
+    static lt_tramp_fast1_call: u8;
+    static lt_tramp_fast1_end: u8;
+    static lt_tramp_fast2_start: u8;
+    static lt_tramp_fast2_call: u8;
+    static lt_tramp_fast2_end: u8;
+    static lt_tramp_regs0_start: u8;
+    static lt_tramp_regs0_call: u8;
+    static lt_tramp_regs0_end: u8;
+    static lt_tramp_regs1_start: u8;
+    static lt_tramp_regs1_call: u8;
+    static lt_tramp_regs1_end: u8;
+    static lt_tramp_regs2_start: u8;
+    static lt_tramp_regs2_call: u8;
+    static lt_tramp_regs2_end: u8;
     static lt_stub_start: u8;
+    static lt_stub_add: u8;
     static lt_stub_call_body: u8;
+    static lt_stub_body_return: u8;
     static lt_stub_ip: u8;
+    static lt_stub_personality: u8;
     static lt_stub_end: u8;
     static lt_decline_start: u8;
     static lt_decline_end: u8;
@@ -274,8 +420,16 @@ unsafe extern "C" {
 /// From the return address a stub's first call pushes to the stub's word
 /// holding the site's address (`LT_STUB_IP_FROM_RETURN` above).
 pub(crate) const STUB_IP_FROM_RETURN: usize = 18;
+/// From the return address a stub's first call pushes to the return
+/// address its call of the body pushes (what the return slot holds while
+/// the body runs).
+pub(crate) const STUB_BODY_RETURN_FROM_RETURN: usize = 9;
 /// Bytes per stub (a multiple of 16).
 const STUB: usize = 64;
+
+fn stub_offset(label: *const u8) -> usize {
+    label as usize - &raw const lt_stub_start as usize
+}
 
 fn bytes_of(start: *const u8, end: *const u8) -> &'static [u8] {
     // SAFETY: start..end is a template's code and data in our text.
@@ -296,19 +450,27 @@ pub(crate) struct Stubs {
 }
 
 impl Stubs {
-    /// The stub of `site`, made if needed, now calling `entry` and jumping
-    /// to `exit`. Only called before a batch points the site at it, or
+    /// The stub of `site`, made if needed, now calling `entry`, jumping to
+    /// `exit`, and naming `personality` (0: none) in its unwind
+    /// information. Only called before a batch points the site at it, or
     /// while it already serves the same fast path.
-    pub fn point(&mut self, site: usize, entry: usize, exit: usize) -> io::Result<usize> {
+    pub fn point(
+        &mut self,
+        site: usize,
+        entry: usize,
+        exit: usize,
+        personality: usize,
+    ) -> io::Result<usize> {
         let stub = match self.by_site.get(&site) {
             Some(&s) => s,
             None => self.make(site)?,
         };
-        // The entry and exit words follow the ip word.
-        let ip_at = &raw const lt_stub_ip as usize - &raw const lt_stub_start as usize;
-        let mut words = [0u8; 16];
+        // The entry, exit and personality words follow the ip word.
+        let ip_at = stub_offset(&raw const lt_stub_ip);
+        let mut words = [0u8; 24];
         words[..8].copy_from_slice(&(entry as u64).to_le_bytes());
-        words[8..].copy_from_slice(&(exit as u64).to_le_bytes());
+        words[8..16].copy_from_slice(&(exit as u64).to_le_bytes());
+        words[16..].copy_from_slice(&(personality as u64).to_le_bytes());
         write_text(stub + ip_at + 8, &words)?;
         Ok(stub)
     }
@@ -324,6 +486,7 @@ impl Stubs {
             Some(&(p, u)) if u + STUB <= PAGE => (p, u),
             _ => {
                 let p = map_near(window)?;
+                register_stub_page(p);
                 self.pages.push(p..p + PAGE);
                 (p, 0)
             }
@@ -333,9 +496,13 @@ impl Stubs {
         let mut code = bytes_of(&raw const lt_stub_start, &raw const lt_stub_end).to_vec();
         code.resize(code.len().next_multiple_of(8), 0xcc);
         assert!(code.len() <= STUB);
-        let call = &raw const lt_stub_call_body as usize - &raw const lt_stub_start as usize;
-        let ip_at = &raw const lt_stub_ip as usize - &raw const lt_stub_start as usize;
+        let call = stub_offset(&raw const lt_stub_call_body);
+        let ip_at = stub_offset(&raw const lt_stub_ip);
         debug_assert_eq!(ip_at - 6, STUB_IP_FROM_RETURN);
+        debug_assert_eq!(
+            stub_offset(&raw const lt_stub_body_return) - 6,
+            STUB_BODY_RETURN_FROM_RETURN
+        );
         let rel = livetrace_poke::rel32(stub + call, site + 5)
             .ok_or_else(|| io::Error::other("site out of reach of its stub"))?;
         code[call + 1..call + 5].copy_from_slice(&rel.to_le_bytes());
@@ -344,6 +511,106 @@ impl Stubs {
         self.by_site.insert(site, stub);
         Ok(stub)
     }
+}
+
+/// libgcc's `struct dwarf_eh_bases`.
+#[repr(C)]
+struct EhBases {
+    tbase: *mut libc::c_void,
+    dbase: *mut libc::c_void,
+    func: *mut libc::c_void,
+}
+
+unsafe extern "C" {
+    // libgcc's (the unwinder every Rust and C++ program here uses).
+    fn __register_frame(begin: *const u8);
+    fn _Unwind_Find_FDE(pc: *const libc::c_void, bases: *mut EhBases) -> *const libc::c_void;
+}
+
+/// Unwind information (`.eh_frame`: a CIE and an FDE per stub) for the
+/// stubs of a new page, registered with the unwinder and never freed.
+///
+/// In a stub, until its `add rsp, 8` the caller's frame is as at a
+/// function's entry (CFA = rsp + 8); from there on, CFA = rsp. The return
+/// address is always in the return slot (CFA - 8). After the body's call,
+/// the slot holds the stub's own return address until a personality
+/// routine or a backtrace puts the real one back (the fast path's owner
+/// knows it): an unwinder that finds the stub's address there stops
+/// (return address 0) rather than walk the same frame forever. Each stub
+/// has its own CIE, naming the personality routine through the stub's
+/// last word (DW_EH_PE_indirect), so the fast path serving it decides.
+fn stub_eh_frame(page: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let pad = |v: &mut Vec<u8>, start: usize| {
+        while !(v.len() - start).is_multiple_of(8) {
+            v.push(0); // DW_CFA_nop
+        }
+    };
+    let personality_at = stub_offset(&raw const lt_stub_personality);
+    let add_at = stub_offset(&raw const lt_stub_add);
+    let after_add = stub_offset(&raw const lt_stub_call_body);
+    let body_return = stub_offset(&raw const lt_stub_body_return);
+    assert!(after_add - add_at == 4 && after_add < 64);
+    for stub in (page..page + PAGE).step_by(STUB) {
+        // CIE.
+        let cie = out.len();
+        out.extend([0u8; 4]); // length, below
+        out.extend(0u32.to_le_bytes()); // CIE id
+        out.push(1); // version
+        out.extend(b"zPR\0");
+        out.push(1); // code alignment
+        out.push(0x78); // data alignment: -8
+        out.push(16); // return address column
+        out.push(1 + 8 + 1); // augmentation data length
+        out.push(0x80); // personality: DW_EH_PE_indirect | absptr
+        out.extend(((stub + personality_at) as u64).to_le_bytes());
+        out.push(0x00); // FDE addresses: absptr
+        out.extend([0x0c, 0x07, 0x08]); // DW_CFA_def_cfa rsp, 8
+                                        // DW_CFA_val_expression rip: x = [CFA - 8]; x != stub's body
+                                        // return ? x : 0.
+        out.extend([0x16, 16, 16]);
+        out.extend([0x10, 0x08, 0x1c, 0x06, 0x12, 0x0e]);
+        out.extend(((stub + body_return) as u64).to_le_bytes());
+        out.extend([0x2e, 0x1e]);
+        pad(&mut out, cie + 4);
+        let len = (out.len() - cie - 4) as u32;
+        out[cie..cie + 4].copy_from_slice(&len.to_le_bytes());
+        // FDE.
+        let fde = out.len();
+        out.extend([0u8; 4]);
+        out.extend(((fde + 4 - cie) as u32).to_le_bytes()); // CIE pointer
+        out.extend((stub as u64).to_le_bytes());
+        out.extend((STUB as u64).to_le_bytes());
+        out.push(0); // augmentation data length
+        out.push(0x40 | after_add as u8); // DW_CFA_advance_loc
+        out.extend([0x0e, 0x00]); // DW_CFA_def_cfa_offset 0
+        pad(&mut out, fde + 4);
+        let len = (out.len() - fde - 4) as u32;
+        out[fde..fde + 4].copy_from_slice(&len.to_le_bytes());
+    }
+    out.extend(0u32.to_le_bytes());
+    out
+}
+
+fn register_stub_page(page: usize) {
+    let eh = Box::leak(stub_eh_frame(page).into_boxed_slice());
+    // SAFETY: a complete .eh_frame section (terminated by a zero length)
+    // that stays alive for the process's life, describing code that does.
+    unsafe { __register_frame(eh.as_ptr()) };
+    // libgcc sorts a registered object's FDEs, with malloc, at the first
+    // lookup that reaches it: do that lookup here, so that none made later
+    // by a signal handler (a profiler's backtrace) allocates.
+    let mut bases = EhBases {
+        tbase: std::ptr::null_mut(),
+        dbase: std::ptr::null_mut(),
+        func: std::ptr::null_mut(),
+    };
+    // SAFETY: a lookup only; `bases` is written.
+    let fde = unsafe { _Unwind_Find_FDE((page + 1) as *const libc::c_void, &mut bases) };
+    debug_assert!(
+        !fde.is_null(),
+        "the stub page's unwind information is found"
+    );
 }
 
 /// Writes whole 8-byte words into one of our executable pages, each with
@@ -379,6 +646,59 @@ fn write_text(at: usize, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Which vector registers the trampolines save: the full width of the
+/// argument and result registers (0-7) the CPU and the kernel enable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum VectorState {
+    /// xmm0-7: SSE only.
+    Xmm,
+    /// ymm0-7: AVX (the kernel saves the AVX state: XCR0 bit 2).
+    Ymm,
+    /// zmm0-7: AVX-512 (XCR0 bits 5-7).
+    Zmm,
+}
+
+impl VectorState {
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Bytes per register.
+    pub fn width(self) -> usize {
+        16 << self.index()
+    }
+}
+
+/// The vector state every trampoline of this process saves: the widest the
+/// CPU has and the kernel enables (CPUID and XCR0, as `std` detects them),
+/// or narrower when `LIVETRACE_VECTOR_STATE` (`xmm`, `ymm`, `zmm`) asks
+/// for it (to exercise each variant in tests; never wider than the
+/// hardware's). Fixed at the first call.
+pub fn vector_state() -> VectorState {
+    use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+    static STATE: AtomicU8 = AtomicU8::new(u8::MAX);
+    let v = STATE.load(Relaxed);
+    if v != u8::MAX {
+        return [VectorState::Xmm, VectorState::Ymm, VectorState::Zmm][v as usize];
+    }
+    let hw = if std::arch::is_x86_feature_detected!("avx512f") {
+        VectorState::Zmm
+    } else if std::arch::is_x86_feature_detected!("avx") {
+        VectorState::Ymm
+    } else {
+        VectorState::Xmm
+    };
+    let asked = match std::env::var("LIVETRACE_VECTOR_STATE").as_deref() {
+        Ok("xmm") => VectorState::Xmm,
+        Ok("ymm") => VectorState::Ymm,
+        _ => VectorState::Zmm,
+    };
+    let chosen = hw.min(asked);
+    // Racing first calls compute the same value.
+    STATE.store(chosen as u8, Relaxed);
+    chosen
+}
+
 /// Which template a trampoline is a copy of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Kind {
@@ -386,33 +706,72 @@ pub(crate) enum Kind {
     Regs,
 }
 
+type Template = (*const u8, *const u8, *const u8);
+
 impl Kind {
+    /// (start, call, end) of the template for the process's vector state.
+    fn parts(self) -> Template {
+        let v = vector_state().index();
+        match self {
+            Kind::Fast => [
+                (
+                    &raw const lt_tramp_fast0_start,
+                    &raw const lt_tramp_fast0_call,
+                    &raw const lt_tramp_fast0_end,
+                ),
+                (
+                    &raw const lt_tramp_fast1_start,
+                    &raw const lt_tramp_fast1_call,
+                    &raw const lt_tramp_fast1_end,
+                ),
+                (
+                    &raw const lt_tramp_fast2_start,
+                    &raw const lt_tramp_fast2_call,
+                    &raw const lt_tramp_fast2_end,
+                ),
+            ][v],
+            Kind::Regs => [
+                (
+                    &raw const lt_tramp_regs0_start,
+                    &raw const lt_tramp_regs0_call,
+                    &raw const lt_tramp_regs0_end,
+                ),
+                (
+                    &raw const lt_tramp_regs1_start,
+                    &raw const lt_tramp_regs1_call,
+                    &raw const lt_tramp_regs1_end,
+                ),
+                (
+                    &raw const lt_tramp_regs2_start,
+                    &raw const lt_tramp_regs2_call,
+                    &raw const lt_tramp_regs2_end,
+                ),
+            ][v],
+        }
+    }
+
     /// Offset of the template's `call qword ptr [rip + func]` (`ff 15
     /// disp32`), which a copy within reach of `func` turns into a direct
     /// `call rel32; nop`: one load and one indirect-branch prediction fewer
     /// on every traced call.
     fn call_offset(self) -> usize {
-        let (start, call) = match self {
-            Kind::Fast => (
-                &raw const lt_tramp_fast_start,
-                &raw const lt_tramp_fast_call,
-            ),
-            Kind::Regs => (
-                &raw const lt_tramp_regs_start,
-                &raw const lt_tramp_regs_call,
-            ),
-        };
+        let (start, call, _) = self.parts();
         call as usize - start as usize
     }
 
-    /// The template's bytes; its last 16 bytes are the two data words.
+    /// The template's bytes; its last 16 bytes are the data words `data`
+    /// and `func` (a regs template has the `guarded` entry's word before
+    /// them).
     fn template(self) -> &'static [u8] {
-        match self {
-            Kind::Fast => bytes_of(&raw const lt_tramp_fast_start, &raw const lt_tramp_fast_end),
-            Kind::Regs => bytes_of(&raw const lt_tramp_regs_start, &raw const lt_tramp_regs_end),
-        }
+        let (start, _, end) = self.parts();
+        bytes_of(start, end)
     }
 }
+
+/// The signature of the regs template's `guarded` entry: called instead of
+/// `func` inside a callback, it only applies redirections (see the
+/// template).
+pub(crate) type GuardedFn = EntryFn;
 
 /// The signature of what a regs trampoline calls.
 pub(crate) type EntryFn =
@@ -467,6 +826,10 @@ impl Pools {
         patch_data(&mut bytes[..n - 16], data);
         bytes[n - 16..n - 8].copy_from_slice(&(data as u64).to_le_bytes());
         bytes[n - 8..].copy_from_slice(&(func as u64).to_le_bytes());
+        if kind == Kind::Regs {
+            let guarded = crate::guarded_entry as GuardedFn as usize;
+            bytes[n - 24..n - 16].copy_from_slice(&(guarded as u64).to_le_bytes());
+        }
         let at = kind.call_offset();
         debug_assert_eq!(bytes[at..at + 2], [0xff, 0x15]);
         if let Some(rel) = livetrace_poke::rel32(slot + at, func) {
@@ -520,6 +883,23 @@ impl Pools {
                 .extend((0..PAGE / SLOT).rev().map(|i| page + i * SLOT));
         }
         Ok(pool)
+    }
+
+    /// Where a thread inside a callback called from a trampoline returns
+    /// to: for every slot of every pool, the byte after each template's
+    /// call (direct `call rel32; nop` or indirect `call [rip + func]`), as
+    /// two-byte ranges. A word on a blocked thread's stack that equals one
+    /// of them means it is inside a callback (for the quiescence wait);
+    /// anything narrower than the whole page keeps stale pointers to a
+    /// trampoline (its start, kept in some local) from looking like one.
+    pub fn return_addresses(&self) -> Vec<std::ops::Range<usize>> {
+        let offsets = [Kind::Fast, Kind::Regs].map(|k| k.call_offset() + 5);
+        self.pools
+            .values()
+            .flat_map(|p| p.pages.iter())
+            .flat_map(|&page| (0..PAGE / SLOT).map(move |i| page + i * SLOT))
+            .flat_map(|slot| offsets.map(|o| slot + o..slot + o + 2))
+            .collect()
     }
 
     /// Returns a slot to its pool. Only after the quiescence wait has shown

@@ -48,6 +48,23 @@ std::arch::global_asm!(
     "lt_t_new: .byte 0x0f,0x1f,0x44,0x00,0x00",
     "    lea rax, [rdi + 1000]",
     "    ret",
+    // For the live patch inside a callback: its own pair, and a function
+    // whose callback calls the patched one.
+    ".p2align 4",
+    ".globl lt_t_pold",
+    "lt_t_pold: .byte 0x0f,0x1f,0x44,0x00,0x00",
+    "    lea rax, [rdi + 1]",
+    "    ret",
+    ".p2align 4",
+    ".globl lt_t_pnew",
+    "lt_t_pnew: .byte 0x0f,0x1f,0x44,0x00,0x00",
+    "    lea rax, [rdi + 1000]",
+    "    ret",
+    ".p2align 4",
+    ".globl lt_t_hook",
+    "lt_t_hook: .byte 0x0f,0x1f,0x44,0x00,0x00",
+    "    mov rax, rdi",
+    "    ret",
     // Stores what it finds in every register a function can observe at
     // entry into lt_t_seen (9 general registers, then xmm0-7).
     ".p2align 4",
@@ -101,6 +118,9 @@ unsafe extern "C" {
     fn lt_t_sum8(a: u64, b: u64, c: u64, d: u64, e: u64, f: u64, g: u64, h: u64) -> u64;
     fn lt_t_old(x: u64) -> u64;
     fn lt_t_new(x: u64) -> u64;
+    fn lt_t_pold(x: u64) -> u64;
+    fn lt_t_pnew(x: u64) -> u64;
+    fn lt_t_hook(x: u64) -> u64;
     fn lt_t_capture();
     fn lt_t_call_capture(values: *const [u8; 200]);
     static lt_t_seen: [u8; 200];
@@ -133,6 +153,9 @@ fn setup() {
             (addr(lt_t_old as *const ()), "t::old"),
             (addr(lt_t_new as *const ()), "t::new"),
             (addr(lt_t_capture as *const ()), "t::capture"),
+            (addr(lt_t_pold as *const ()), "t::pold"),
+            (addr(lt_t_pnew as *const ()), "t::pnew"),
+            (addr(lt_t_hook as *const ()), "t::hook"),
         ];
         sites.extend(own.iter().map(|&(a, n)| ExternalSite {
             addr: a,
@@ -610,4 +633,59 @@ fn every_trampoline_preserves_what_the_function_sees_at_entry() {
     for o in [&a, &b, &r] {
         unregister(o).unwrap();
     }
+}
+
+/// A live patch holds for every caller: also for calls made from another
+/// ops' callback, where the recursion guard suppresses callbacks (but not
+/// redirection) — whether the patched function has the patch alone, or
+/// shares it with a regs ops (the regs caller either way).
+#[test]
+fn a_live_patch_holds_inside_another_ops_callback() {
+    setup();
+    let old = lt_t_pold as unsafe extern "C" fn(u64) -> u64;
+    let new = lt_t_pnew as unsafe extern "C" fn(u64) -> u64;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    // A plain ops on t::hook whose callback calls the patched function.
+    let caller = Ops::builder("calls-old")
+        .filter(Pattern::parse("t::hook"))
+        .build(move |_| {
+            // SAFETY: C ABI asm function.
+            s.lock().unwrap().push(unsafe { lt_t_pold(1) });
+        });
+    register(&caller).unwrap();
+    let patch = livepatch(old, new).unwrap();
+    // SAFETY: C ABI asm functions.
+    unsafe {
+        assert_eq!(lt_t_pold(1), 1001, "a direct call is patched");
+        assert_eq!(lt_t_hook(3), 3);
+    }
+    let tracer = Ops::builder("shares-old")
+        .filter(Pattern::parse("t::pold"))
+        .regs()
+        .build(|_| {});
+    register(&tracer).unwrap();
+    // SAFETY: as above.
+    unsafe {
+        assert_eq!(lt_t_pold(1), 1001, "shared with a regs ops");
+        assert_eq!(lt_t_hook(3), 3);
+    }
+    unregister(&tracer).unwrap();
+    let dropped = recursion_dropped();
+    // SAFETY: as above.
+    unsafe { assert_eq!(lt_t_hook(3), 3) };
+    assert_eq!(
+        recursion_dropped(),
+        dropped + 1,
+        "the patched call from the callback ran no callback"
+    );
+    patch.revert().unwrap();
+    // SAFETY: as above.
+    unsafe { assert_eq!(lt_t_hook(3), 3) };
+    unregister(&caller).unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [1001, 1001, 1001, 2],
+        "what the callback's calls of t::pold returned"
+    );
 }

@@ -1,6 +1,9 @@
-//! Rebuilds one thread's call tree from its Entry/Exit events, once, for
-//! every writer: they must agree on which exit closes which entry, and on
-//! what to do with the irregular cases the model allows.
+//! The reference the streaming writers are tested against: one thread's
+//! whole call tree rebuilt from its Entry/Exit events (what the writers did
+//! before they streamed), with the rules for the irregular cases the model
+//! allows. The profile and folded-stack writers must give the same numbers
+//! on any trace whose lost events are leading (overwrite mode) or exits;
+//! the property tests below check it.
 //!
 //! * An Exit closes the innermost open call with the same function and
 //!   depth. Open calls above it lost their exits (lost events, unwinding):
@@ -30,8 +33,7 @@ pub(crate) struct Call {
     pub abandoned_by: Option<usize>,
     pub parent: Option<usize>,
     pub children: Vec<usize>,
-    /// Index of the Entry / Exit event in the thread's events.
-    pub entry_event: Option<usize>,
+    /// Index of the Exit event in the thread's events.
     pub exit_event: Option<usize>,
 }
 
@@ -85,7 +87,6 @@ impl CallTree {
                         abandoned_by: None,
                         parent,
                         children: Vec::new(),
-                        entry_event: Some(idx),
                         exit_event: None,
                     });
                     tree.siblings(parent).push(id);
@@ -173,7 +174,6 @@ impl CallTree {
             abandoned_by: None,
             parent,
             children: adopted,
-            entry_event: None,
             exit_event: Some(idx),
         });
     }
@@ -228,6 +228,241 @@ impl CallTree {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::folded::Weight;
+    use crate::model::{ProfileRow, Trace};
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, HashMap};
+
+    fn frame(name: &str) -> String {
+        name.replace(';', ",").replace(['\n', '\r'], " ")
+    }
+
+    fn oracle_profile(trace: &Trace) -> Vec<ProfileRow> {
+        let mut rows: HashMap<String, ProfileRow> = HashMap::new();
+        fn row<'a>(rows: &'a mut HashMap<String, ProfileRow>, name: &str) -> &'a mut ProfileRow {
+            rows.entry(name.to_string()).or_insert_with(|| ProfileRow {
+                name: name.to_string(),
+                min_ns: u64::MAX,
+                ..Default::default()
+            })
+        }
+
+        for thread in &trace.threads {
+            let tree = CallTree::build(thread);
+            let names: Vec<String> = tree
+                .calls
+                .iter()
+                .map(|c| trace.symbols.display(c.func).into_owned())
+                .collect();
+            // How many completed calls of each function are on the stack while
+            // walking the tree: a call nested in one adds no total time.
+            let mut active: HashMap<&str, u32> = HashMap::new();
+            // (call, leaving?) so a call is popped after its subtree.
+            let mut todo: Vec<(usize, bool)> =
+                tree.roots.iter().rev().map(|&c| (c, false)).collect();
+            while let Some((id, leaving)) = todo.pop() {
+                let name = names[id].as_str();
+                let Some(duration) = tree.calls[id].duration() else {
+                    if !leaving {
+                        todo.extend(tree.calls[id].children.iter().rev().map(|&c| (c, false)));
+                    }
+                    continue;
+                };
+                let depth = active.entry(name).or_insert(0);
+                if leaving {
+                    *depth -= 1;
+                    continue;
+                }
+                let r = row(&mut rows, name);
+                r.calls += 1;
+                if *depth == 0 {
+                    r.total_ns += duration;
+                }
+                r.self_ns += tree.self_time(id).unwrap_or(duration);
+                r.min_ns = r.min_ns.min(duration);
+                r.max_ns = r.max_ns.max(duration);
+                *depth += 1;
+                todo.push((id, true));
+                todo.extend(tree.calls[id].children.iter().rev().map(|&c| (c, false)));
+            }
+            for instant in &tree.instants {
+                row(&mut rows, &trace.symbols.display(instant.func)).calls += 1;
+            }
+        }
+
+        let mut rows: Vec<ProfileRow> = rows
+            .into_values()
+            .map(|mut r| {
+                if r.min_ns == u64::MAX {
+                    r.min_ns = 0;
+                }
+                r
+            })
+            .collect();
+        crate::profile::sort(&mut rows);
+        rows
+    }
+
+    fn oracle_stacks(trace: &Trace, weight: Weight) -> BTreeMap<String, u64> {
+        let syms = &trace.symbols;
+        let mut stacks: BTreeMap<String, u64> = BTreeMap::new();
+        for thread in &trace.threads {
+            let tree = CallTree::build(thread);
+            let stack_of = |id: usize| -> String {
+                tree.path(id)
+                    .into_iter()
+                    .map(|f| frame(&syms.display(f)))
+                    .collect::<Vec<_>>()
+                    .join(";")
+            };
+            match weight {
+                Weight::SelfTime => {
+                    for id in 0..tree.calls.len() {
+                        if let Some(self_ns) = tree.self_time(id) {
+                            *stacks.entry(stack_of(id)).or_default() += self_ns;
+                        }
+                    }
+                }
+                Weight::Calls => {
+                    for id in 0..tree.calls.len() {
+                        if tree.calls[id].entry.is_some() {
+                            *stacks.entry(stack_of(id)).or_default() += 1;
+                        }
+                    }
+                    for instant in &tree.instants {
+                        let caller = match instant.parent {
+                            Some(parent) => stack_of(parent),
+                            None => frame(&syms.display(instant.caller)),
+                        };
+                        let stack = format!("{caller};{}", frame(&syms.display(instant.func)));
+                        *stacks.entry(stack).or_default() += 1;
+                    }
+                }
+            }
+        }
+        stacks.retain(|_, w| *w > 0);
+        stacks
+    }
+
+    /// Events of a random call tree, times increasing.
+    fn tree_events(seed: &[u8], ts: &mut u64, depth: u32, out: &mut Vec<Event>) {
+        if depth > 6 {
+            return;
+        }
+        let n = seed.first().map_or(0, |b| b % 4) as usize;
+        for k in 0..n {
+            let b = seed.get(1 + k).copied().unwrap_or(7);
+            let func = u64::from(b % 4) + 1;
+            *ts += u64::from(b % 13) + 1;
+            out.push(Event::Entry {
+                ts: *ts,
+                func,
+                depth,
+            });
+            let sub: Vec<u8> = seed
+                .iter()
+                .skip(2 + k)
+                .map(|x| x.wrapping_mul(31).wrapping_add(depth as u8))
+                .take(seed.len() / 2)
+                .collect();
+            tree_events(&sub, ts, depth + 1, out);
+            *ts += u64::from(b % 7) + 1;
+            out.push(Event::Exit {
+                ts: *ts,
+                func,
+                depth,
+            });
+        }
+    }
+
+    fn trace_of(threads: Vec<Vec<Event>>) -> Trace {
+        let mut trace = Trace {
+            pid: 1,
+            start_ns: 0,
+            ..Default::default()
+        };
+        for f in 1..=4u64 {
+            trace.symbols.insert(f, 1, format!("f{f}"));
+        }
+        for (i, events) in threads.into_iter().enumerate() {
+            trace.threads.push(ThreadTrace {
+                tid: i as u32 + 1,
+                events,
+                ..Default::default()
+            });
+        }
+        trace
+    }
+
+    /// A thread: a random tree, its first `cut` events overwritten, its
+    /// last `tail` events not yet recorded, and the exits at the positions
+    /// in `drop` lost.
+    fn thread_events() -> impl Strategy<Value = Vec<Event>> {
+        (
+            prop::collection::vec(any::<u8>(), 1..40),
+            0usize..30,
+            0usize..10,
+            prop::collection::vec(any::<prop::sample::Index>(), 0..3),
+        )
+            .prop_map(|(seed, cut, tail, drop)| {
+                let mut events = Vec::new();
+                let mut ts = 1000;
+                // Entered before the trace: a few outer calls.
+                for (d, f) in [(0u32, 1u64), (1, 2), (2, 1)] {
+                    events.push(Event::Entry {
+                        ts,
+                        func: f,
+                        depth: d,
+                    });
+                }
+                tree_events(&seed, &mut ts, 3, &mut events);
+                for (d, f) in [(2u32, 1u64), (1, 2), (0, 1)] {
+                    ts += 5;
+                    events.push(Event::Exit {
+                        ts,
+                        func: f,
+                        depth: d,
+                    });
+                    let mut more = Vec::new();
+                    tree_events(&seed[seed.len() / 2..], &mut ts, d + 1, &mut more);
+                    if d > 0 {
+                        events.extend(more);
+                    }
+                }
+                let end = events.len().saturating_sub(tail);
+                let mut events: Vec<Event> = events[cut.min(end)..end].to_vec();
+                for idx in drop {
+                    if events.is_empty() {
+                        break;
+                    }
+                    let i = idx.index(events.len());
+                    if matches!(events[i], Event::Exit { .. }) {
+                        events.remove(i);
+                    }
+                }
+                events
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        /// The streamed profile and folded stacks are the call tree's.
+        #[test]
+        fn streaming_writers_agree_with_the_call_tree(
+            threads in prop::collection::vec(thread_events(), 1..3)
+        ) {
+            let trace = trace_of(threads);
+            prop_assert_eq!(crate::profile::compute(&trace), oracle_profile(&trace));
+            for weight in [Weight::SelfTime, Weight::Calls] {
+                prop_assert_eq!(
+                    crate::folded::stacks(&trace, weight),
+                    oracle_stacks(&trace, weight)
+                );
+            }
+        }
+    }
 
     fn thread(events: Vec<Event>) -> ThreadTrace {
         ThreadTrace {

@@ -12,8 +12,9 @@
 //!             demo-4242     1000.000000100: parse <-main
 //! ```
 //!
-//! One line per call, all threads merged in time order, as the kernel
-//! merges its per-CPU buffers. The kernel's `comm-pid` column is the
+//! One line per call, in the order the events are given: [`write_function`]
+//! merges a trace's threads in time order, as the kernel merges its per-CPU
+//! buffers ([`crate::sink::merge_by_time`] does it for other sources). The kernel's `comm-pid` column is the
 //! thread's `name-tid` (`<...>` when it has no name). The kernel's `[cpu]`
 //! and `irqs-off/need-resched/hardirq/preempt-depth` flag columns are
 //! dropped: a user-space tracer knows neither. Timestamps are absolute
@@ -21,7 +22,8 @@
 //! (as `trace-cmd report -t` prints them), because user-space calls are
 //! often less than a microsecond apart. `func <-caller` is as in the kernel;
 //! graph traces are shown too, each Entry as a call from the enclosing
-//! traced function (no `<-` when there is none). Exits are not shown.
+//! traced function open at that moment (no `<-` when there is none, as for
+//! a call whose caller's entry was lost). Exits are not shown.
 //!
 //! # `function_graph`
 //!
@@ -39,49 +41,56 @@
 //! function), with the thread id where the kernel prints the CPU. Durations,
 //! the overhead marks (`+` > 10 us, `!` > 100 us, `#` > 1 ms, `*` > 10 ms,
 //! `@` > 100 ms, `$` > 1 s) and the column widths follow the kernel's
-//! `print_graph_duration`. A call whose exit is the very next event is a
-//! leaf, printed on one line. Unlike the kernel, which merges CPUs, each
-//! thread is printed whole, one after another under a separator, because a
-//! call tree is only readable when it is not interleaved with other
-//! threads'. Orphan exits (their entry was overwritten) print a closing
-//! brace without a duration, as the kernel's would without its entry time;
-//! calls still running at the end have no closing line, and are listed in a
-//! comment at the end of their thread. Function-tracer Call events print as
-//! comments at the current depth, the way the kernel shows non-graph events
-//! inside a graph.
+//! `print_graph_duration`; the tid column is as wide as the pid (at least 3).
+//! A call whose exit is the thread's very next event is a leaf, printed on
+//! one line. Events are printed in the order given, under a separator
+//! naming the thread each time the thread changes (the kernel's
+//! context-switch marker): [`write_function_graph`] gives each thread
+//! whole, one after another, because a call tree is only readable when it
+//! is not interleaved with other threads'. Orphan exits (their entry was
+//! overwritten) print a closing brace without a duration, as the kernel's
+//! would without its entry time; calls still running at the end have no
+//! closing line, and are listed in a comment at the end. Function-tracer
+//! Call events print as comments at the current depth, the way the kernel
+//! shows non-graph events inside a graph.
 //!
-//! Both layouts report each thread's lost events with the kernel's
-//! `[LOST n EVENTS]` line (`TID:` instead of `CPU:`), and calls dropped
-//! for exceeding the tracer's depth limit in a comment.
+//! Both layouts report lost events where they happened with the kernel's
+//! `[LOST n EVENTS]` line (`TID:` instead of `CPU:`), calls dropped for
+//! exceeding the tracer's depth limit in a comment, and end with each
+//! thread's kept and lost counts and why (a stream cannot know them when
+//! its header is written).
+//!
+//! Memory: per thread, its open calls (graph) or their functions
+//! (function), bounded by the nesting depth.
 
 use std::io::{self, Write};
 
-use crate::calls::CallTree;
-use crate::model::{Event, ThreadTrace, Trace};
+use crate::model::{Event, LossReason, Process, Summary, Symbols, Trace};
+use crate::sink::{feed, land, Landing, Open, Order, Sink, Threads, MAX_OPEN};
 
-fn comm(thread: &ThreadTrace) -> &str {
-    if thread.name.is_empty() {
+fn comm(name: &str) -> &str {
+    if name.is_empty() {
         "<...>"
     } else {
-        &thread.name
+        name
     }
 }
 
-fn write_preamble<W: Write>(trace: &Trace, tracer: &str, out: &mut W) -> io::Result<()> {
+fn write_preamble<W: Write>(process: &Process, tracer: &str, out: &mut W) -> io::Result<()> {
     writeln!(out, "# tracer: {tracer}")?;
     writeln!(out, "#")?;
-    let mut command = trace.program.clone();
-    for arg in &trace.cmdline {
+    let mut command = process.program.clone();
+    for arg in &process.cmdline {
         command.push(' ');
         command.push_str(arg);
     }
-    writeln!(out, "# livetrace: pid {} {}", trace.pid, one_line(&command))?;
-    let events: usize = trace.threads.iter().map(|t| t.events.len()).sum();
     writeln!(
         out,
-        "# entries: {events} in {} threads",
-        trace.threads.len()
+        "# livetrace: pid {} {}",
+        process.pid,
+        one_line(&command)
     )?;
+    writeln!(out, "# events kept and lost per thread: at the end")?;
     writeln!(out, "#")
 }
 
@@ -106,81 +115,346 @@ fn one_line(s: &str) -> String {
     s.replace(['\n', '\r'], " ")
 }
 
-fn write_losses<W: Write>(thread: &ThreadTrace, out: &mut W) -> io::Result<()> {
-    if thread.lost > 0 {
-        writeln!(out, "TID:{} [LOST {} EVENTS]", thread.tid, thread.lost)?;
+fn write_loss<W: Write>(tid: u32, count: u64, reason: LossReason, out: &mut W) -> io::Result<()> {
+    match reason {
+        LossReason::DepthLimit => writeln!(
+            out,
+            "# TID:{tid} {count} calls deeper than the depth limit not recorded"
+        ),
+        _ => writeln!(out, "TID:{tid} [LOST {count} EVENTS]"),
     }
-    if thread.depth_overflows > 0 {
+}
+
+/// The closing comment: totals, then one line per thread.
+fn write_footer<W: Write>(summary: &Summary, out: &mut W) -> io::Result<()> {
+    writeln!(out, "#")?;
+    writeln!(
+        out,
+        "# entries: {} in {} threads, {} lost",
+        summary.events(),
+        summary.threads.len(),
+        summary.lost()
+    )?;
+    for t in &summary.threads {
         writeln!(
             out,
-            "# TID:{} {} calls deeper than the depth limit not recorded",
-            thread.tid, thread.depth_overflows
+            "# TID:{} {}: {} events, {}",
+            t.tid,
+            comm(&t.name),
+            t.events,
+            t.losses.describe()
         )?;
     }
     Ok(())
 }
 
-/// Writes the `function` tracer layout.
-pub fn write_function<W: Write>(trace: &Trace, mut out: W) -> io::Result<()> {
-    write_preamble(trace, "function", &mut out)?;
-    // Columns: comm to 15, '-', tid 17..=23, seconds 25..=29, '.', ns to
-    // 39, ':', function from 42.
-    writeln!(out, "#           TASK-TID        TIMESTAMP     FUNCTION")?;
-    writeln!(out, "{}", ruler(&[15, 17, 32, 45]))?;
-    for thread in &trace.threads {
-        write_losses(thread, &mut out)?;
+#[derive(Default)]
+struct FunctionState {
+    /// Functions of the open graph calls, for the `<-caller` of the next.
+    stack: Vec<(u64, u32)>,
+}
+
+/// The `function` layout, streamed.
+pub struct FunctionText<W: Write> {
+    out: W,
+    threads: Threads<FunctionState>,
+}
+
+impl<W: Write> FunctionText<W> {
+    pub fn new(out: W) -> Self {
+        FunctionText {
+            out,
+            threads: Threads::default(),
+        }
     }
 
-    struct Line {
-        ts: u64,
-        thread: usize,
-        func: u64,
-        caller: Option<u64>,
+    /// The writer, once finished.
+    pub fn into_inner(self) -> W {
+        self.out
     }
-    let mut lines = Vec::new();
-    for (t, thread) in trace.threads.iter().enumerate() {
-        let tree = CallTree::build(thread);
-        for call in &tree.calls {
-            if let Some(ts) = call.entry {
-                let caller = call.parent.map(|p| tree.calls[p].func);
-                lines.push(Line {
-                    ts,
-                    thread: t,
-                    func: call.func,
-                    caller,
-                });
+}
+
+impl<W: Write> Sink for FunctionText<W> {
+    fn begin(&mut self, process: &Process) -> io::Result<()> {
+        write_preamble(process, "function", &mut self.out)?;
+        // Columns: comm to 15, '-', tid 17..=23, seconds 25..=29, '.', ns to
+        // 39, ':', function from 42.
+        writeln!(
+            self.out,
+            "#           TASK-TID        TIMESTAMP     FUNCTION"
+        )?;
+        writeln!(self.out, "{}", ruler(&[15, 17, 32, 45]))
+    }
+
+    fn thread(&mut self, tid: u32, name: &str) -> io::Result<()> {
+        self.threads.name(tid, name);
+        Ok(())
+    }
+
+    fn event(&mut self, tid: u32, event: Event, names: &Symbols) -> io::Result<()> {
+        let thread = self.threads.event(tid, event.ts());
+        let stack = &mut thread.state.stack;
+        let (ts, func, caller) = match event {
+            Event::Entry { ts, func, depth } => {
+                let caller = stack.last().map(|&(f, _)| f);
+                if stack.len() < MAX_OPEN {
+                    stack.push((func, depth));
+                }
+                (ts, func, caller)
+            }
+            Event::Exit { func, depth, .. } => {
+                match land(stack, func, depth, |&f| f) {
+                    Landing::Closes(i) | Landing::Orphan(i) => stack.truncate(i),
+                }
+                return Ok(());
+            }
+            Event::Call { ts, func, caller } => (ts, func, Some(caller)),
+        };
+        write!(
+            self.out,
+            "{:>16}-{:<7} {:>5}.{:09}: {}",
+            comm(&thread.summary.name),
+            tid,
+            ts / 1_000_000_000,
+            ts % 1_000_000_000,
+            names.display(func)
+        )?;
+        match caller {
+            Some(caller) => writeln!(self.out, " <-{}", names.display(caller)),
+            None => writeln!(self.out),
+        }
+    }
+
+    fn lost(&mut self, tid: u32, count: u64, reason: LossReason) -> io::Result<()> {
+        self.threads.lost(tid, count, reason);
+        write_loss(tid, count, reason, &mut self.out)
+    }
+
+    fn finish(&mut self, _names: &Symbols) -> io::Result<Summary> {
+        let summary = self.threads.summary();
+        write_footer(&summary, &mut self.out)?;
+        self.out.flush()?;
+        Ok(summary)
+    }
+}
+
+/// Writes the `function` tracer layout, threads merged in time order.
+pub fn write_function<W: Write>(trace: &Trace, out: W) -> io::Result<()> {
+    feed(trace, Order::ByTime, &mut FunctionText::new(out)).map(|_| ())
+}
+
+#[derive(Default)]
+struct GraphState {
+    stack: Vec<Open>,
+    /// Depth of what is printed next (the comment of a Call event).
+    depth_now: u32,
+}
+
+/// The `function_graph` layout, streamed.
+pub struct GraphText<W: Write> {
+    out: W,
+    threads: Threads<GraphState>,
+    width: usize,
+    /// The thread whose section is being printed.
+    current: Option<u32>,
+    /// The current thread's latest Entry and its name, not printed yet: a
+    /// leaf if its exit comes next.
+    pending: Option<(Open, String)>,
+    /// ` TID) ` of the current thread.
+    prefix: String,
+    line: String,
+}
+
+impl<W: Write> GraphText<W> {
+    pub fn new(out: W) -> Self {
+        GraphText {
+            out,
+            threads: Threads::default(),
+            width: 3,
+            current: None,
+            pending: None,
+            prefix: String::new(),
+            line: String::with_capacity(256),
+        }
+    }
+
+    /// The writer, once finished.
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+
+    /// Writes one line: prefix, duration column, indent, then `body`'s
+    /// parts.
+    fn write_line(&mut self, duration: Option<u64>, depth: u32, body: &[&str]) -> io::Result<()> {
+        let line = &mut self.line;
+        line.clear();
+        line.push_str(&self.prefix);
+        push_duration(line, duration);
+        push_indent(line, depth);
+        for part in body {
+            line.push_str(part);
+        }
+        line.push('\n');
+        self.out.write_all(line.as_bytes())
+    }
+
+    /// Prints the pending entry as an opening line.
+    fn flush_pending(&mut self) -> io::Result<()> {
+        let Some((open, name)) = self.pending.take() else {
+            return Ok(());
+        };
+        self.write_line(None, open.depth, &[&name, parens(&name), " {"])
+    }
+
+    /// Makes `tid` the thread being printed, under a separator.
+    fn switch_to(&mut self, tid: u32) -> io::Result<()> {
+        if self.current == Some(tid) {
+            return Ok(());
+        }
+        self.flush_pending()?;
+        self.current = Some(tid);
+        let name = self.threads.get(tid).summary.name.clone();
+        self.prefix = format!(" {:>width$}) ", tid, width = self.width);
+        let prefix = &self.prefix;
+        writeln!(self.out)?;
+        writeln!(self.out, " ------------------------------------------")?;
+        writeln!(self.out, "{prefix} {}-{tid}", comm(&name))?;
+        writeln!(self.out, " ------------------------------------------")?;
+        writeln!(self.out)
+    }
+}
+
+fn push_indent(line: &mut String, depth: u32) {
+    const SPACES: &str = "                                                                ";
+    let mut n = depth as usize * 2;
+    while n > 0 {
+        let k = n.min(SPACES.len());
+        line.push_str(&SPACES[..k]);
+        n -= k;
+    }
+}
+
+/// C++ names already carry their parameter list.
+fn parens(name: &str) -> &'static str {
+    if name.ends_with(')') || name.ends_with(" const") {
+        ""
+    } else {
+        "()"
+    }
+}
+
+impl<W: Write> Sink for GraphText<W> {
+    fn begin(&mut self, process: &Process) -> io::Result<()> {
+        write_preamble(process, "function_graph", &mut self.out)?;
+        let width = process.pid.to_string().len().max(3);
+        self.width = width;
+        // Columns: tid 1..=width, ')', overhead mark at width + 3, duration
+        // digits from width + 5, the bar at width + 17, functions from
+        // width + 20.
+        let func_col = width + 20;
+        let mut header = format!("#{:>width$}", "TID");
+        pad_to(&mut header, width + 5);
+        header.push_str("DURATION");
+        pad_to(&mut header, func_col);
+        header.push_str("FUNCTION CALLS");
+        writeln!(self.out, "{header}")?;
+        let marks = [0, 5, 9, 20, 24, 28, 32].map(|offset| width + offset);
+        writeln!(self.out, "{}", ruler(&marks))
+    }
+
+    fn thread(&mut self, tid: u32, name: &str) -> io::Result<()> {
+        self.threads.name(tid, name);
+        Ok(())
+    }
+
+    fn event(&mut self, tid: u32, event: Event, names: &Symbols) -> io::Result<()> {
+        self.threads.event(tid, event.ts());
+        self.switch_to(tid)?;
+        match event {
+            Event::Entry { ts, func, depth } => {
+                self.flush_pending()?;
+                let state = &mut self.threads.get(tid).state;
+                state.depth_now = depth + 1;
+                let open = Open {
+                    func,
+                    depth,
+                    entry: ts,
+                };
+                if state.stack.len() < MAX_OPEN {
+                    state.stack.push(open);
+                }
+                self.pending = Some((open, names.display(func).into_owned()));
+            }
+            Event::Exit { ts, func, depth } => {
+                let leaf = self
+                    .pending
+                    .take_if(|(p, _)| p.func == func && p.depth == depth);
+                let state = &mut self.threads.get(tid).state;
+                state.depth_now = depth;
+                let duration = match land(&state.stack, func, depth, |o| (o.func, o.depth)) {
+                    Landing::Closes(i) => {
+                        let entry = state.stack[i].entry;
+                        state.stack.truncate(i);
+                        Some(ts.saturating_sub(entry))
+                    }
+                    Landing::Orphan(i) => {
+                        state.stack.truncate(i);
+                        None
+                    }
+                };
+                if let Some((_, name)) = leaf {
+                    self.write_line(duration, depth, &[&name, parens(&name), ";"])?;
+                } else {
+                    self.flush_pending()?;
+                    let name = names.display(func);
+                    self.write_line(duration, depth, &["} /* ", &name, " */"])?;
+                }
+            }
+            Event::Call { func, caller, .. } => {
+                self.flush_pending()?;
+                let depth_now = self.threads.get(tid).state.depth_now;
+                let (f, c) = (names.display(func), names.display(caller));
+                self.write_line(None, depth_now, &["/* ", &f, " <-", &c, " */"])?;
             }
         }
-        for instant in &tree.instants {
-            lines.push(Line {
-                ts: instant.ts,
-                thread: t,
-                func: instant.func,
-                caller: Some(instant.caller),
-            });
-        }
+        Ok(())
     }
-    // Stable: equal timestamps keep thread order, then event order.
-    lines.sort_by_key(|l| l.ts);
 
-    let syms = &trace.symbols;
-    for line in lines {
-        let thread = &trace.threads[line.thread];
-        write!(
-            out,
-            "{:>16}-{:<7} {:>5}.{:09}: {}",
-            comm(thread),
-            thread.tid,
-            line.ts / 1_000_000_000,
-            line.ts % 1_000_000_000,
-            syms.display(line.func)
-        )?;
-        match line.caller {
-            Some(caller) => writeln!(out, " <-{}", syms.display(caller))?,
-            None => writeln!(out)?,
-        }
+    fn lost(&mut self, tid: u32, count: u64, reason: LossReason) -> io::Result<()> {
+        self.threads.lost(tid, count, reason);
+        self.switch_to(tid)?;
+        write_loss(tid, count, reason, &mut self.out)
     }
-    out.flush()
+
+    fn finish(&mut self, names: &Symbols) -> io::Result<Summary> {
+        self.flush_pending()?;
+        for t in self.threads.iter() {
+            if t.state.stack.is_empty() {
+                continue;
+            }
+            let open: Vec<String> = t
+                .state
+                .stack
+                .iter()
+                .map(|o| names.display(o.func).into_owned())
+                .collect();
+            writeln!(
+                self.out,
+                "# TID:{} still running at the end of the trace: {}",
+                t.summary.tid,
+                open.join(" > ")
+            )?;
+        }
+        let summary = self.threads.summary();
+        write_footer(&summary, &mut self.out)?;
+        self.out.flush()?;
+        Ok(summary)
+    }
+}
+
+/// Writes the `function_graph` tracer layout, each thread whole.
+pub fn write_function_graph<W: Write>(trace: &Trace, out: W) -> io::Result<()> {
+    feed(trace, Order::ByThread, &mut GraphText::new(out)).map(|_| ())
 }
 
 /// The kernel's overhead mark for a duration (`trace_find_mark`).
@@ -202,147 +476,41 @@ fn mark(ns: u64) -> char {
 /// The duration column up to and including `|  `: 14 columns then the bar,
 /// as the kernel's `print_graph_duration` and `trace_print_graph_duration`
 /// print it (at most 7 digits in all: 1234567 us drops the decimals).
+#[cfg(test)]
 fn duration_field(ns: Option<u64>) -> String {
-    let Some(ns) = ns else {
-        return format!("{:14}|  ", "");
-    };
-    let usecs = (ns / 1000).to_string();
-    let mut field = format!("{} {usecs}", mark(ns));
-    let mut len = usecs.len();
-    if len < 7 {
-        let decimals = format!("{:03}", ns % 1000);
-        let keep = (7 - len).min(3);
-        field.push('.');
-        field.push_str(&decimals[..keep]);
-        len += keep + 1;
-    }
-    field.push_str(" us ");
-    for _ in len..8 {
-        field.push(' ');
-    }
-    field.push_str("|  ");
+    let mut field = String::new();
+    push_duration(&mut field, ns);
     field
 }
 
-/// Writes the `function_graph` tracer layout.
-pub fn write_function_graph<W: Write>(trace: &Trace, mut out: W) -> io::Result<()> {
-    write_preamble(trace, "function_graph", &mut out)?;
-    let width = trace
-        .threads
-        .iter()
-        .map(|t| t.tid.to_string().len())
-        .max()
-        .unwrap_or(0)
-        .max(3);
-    // Columns: tid 1..=width, ')', overhead mark at width + 3, duration
-    // digits from width + 5, the bar at width + 17, functions from width + 20.
-    let func_col = width + 20;
-    let mut header = format!("#{:>width$}", "TID");
-    pad_to(&mut header, width + 5);
-    header.push_str("DURATION");
-    pad_to(&mut header, func_col);
-    header.push_str("FUNCTION CALLS");
-    writeln!(out, "{header}")?;
-    let marks = [0, 5, 9, 20, 24, 28, 32].map(|offset| width + offset);
-    writeln!(out, "{}", ruler(&marks))?;
-
-    let syms = &trace.symbols;
-    for thread in &trace.threads {
-        let tree = CallTree::build(thread);
-        let prefix = format!(" {:>width$}) ", thread.tid);
-        writeln!(out)?;
-        writeln!(out, " ------------------------------------------")?;
-        writeln!(out, "{prefix} {}-{}", comm(thread), thread.tid)?;
-        writeln!(out, " ------------------------------------------")?;
-        writeln!(out)?;
-        write_losses(thread, &mut out)?;
-
-        // Which call each Entry/Exit event opens or closes.
-        let mut call_of = vec![None; thread.events.len()];
-        for (id, call) in tree.calls.iter().enumerate() {
-            for idx in [call.entry_event, call.exit_event].into_iter().flatten() {
-                call_of[idx] = Some(id);
-            }
-        }
-        let indent = |depth: u32| "  ".repeat(depth as usize);
-        let mut depth_now = 0u32;
-        let mut skip_exit = None;
-        for (idx, event) in thread.events.iter().enumerate() {
-            match *event {
-                Event::Entry { func, depth, .. } => {
-                    depth_now = depth + 1;
-                    let call = call_of[idx].map(|id| &tree.calls[id]);
-                    let name = syms.display(func);
-                    // C++ names already carry their parameter list.
-                    let parens = if name.ends_with(')') || name.ends_with(" const") {
-                        ""
-                    } else {
-                        "()"
-                    };
-                    if let Some(call) = call.filter(|c| c.exit_event == Some(idx + 1)) {
-                        skip_exit = Some(idx + 1);
-                        depth_now = depth;
-                        writeln!(
-                            out,
-                            "{prefix}{}{}{name}{parens};",
-                            duration_field(call.duration()),
-                            indent(depth)
-                        )?;
-                    } else {
-                        writeln!(
-                            out,
-                            "{prefix}{}{}{name}{parens} {{",
-                            duration_field(None),
-                            indent(depth)
-                        )?;
-                    }
-                }
-                Event::Exit { func, depth, .. } => {
-                    depth_now = depth;
-                    if skip_exit == Some(idx) {
-                        continue;
-                    }
-                    let duration = call_of[idx].and_then(|id| tree.calls[id].duration());
-                    writeln!(
-                        out,
-                        "{prefix}{}{}}} /* {} */",
-                        duration_field(duration),
-                        indent(depth),
-                        syms.display(func)
-                    )?;
-                }
-                Event::Call { func, caller, .. } => {
-                    writeln!(
-                        out,
-                        "{prefix}{}{}/* {} <-{} */",
-                        duration_field(None),
-                        indent(depth_now),
-                        syms.display(func),
-                        syms.display(caller)
-                    )?;
-                }
-            }
-        }
-
-        let open: Vec<String> = tree
-            .preorder()
-            .into_iter()
-            .filter(|&id| {
-                let call = &tree.calls[id];
-                call.entry.is_some() && call.exit.is_none() && call.abandoned_at.is_none()
-            })
-            .map(|id| syms.display(tree.calls[id].func).into_owned())
-            .collect();
-        if !open.is_empty() {
-            writeln!(
-                out,
-                "# TID:{} still running at the end of the trace: {}",
-                thread.tid,
-                open.join(" > ")
-            )?;
-        }
+fn push_duration(line: &mut String, ns: Option<u64>) {
+    let Some(ns) = ns else {
+        line.push_str("              |  ");
+        return;
+    };
+    line.push(mark(ns));
+    line.push(' ');
+    let mut buf = itoa::Buffer::new();
+    let usecs = buf.format(ns / 1000);
+    line.push_str(usecs);
+    let mut len = usecs.len();
+    if len < 7 {
+        let frac = ns % 1000;
+        let digits = [
+            (b'0' + (frac / 100) as u8) as char,
+            (b'0' + (frac / 10 % 10) as u8) as char,
+            (b'0' + (frac % 10) as u8) as char,
+        ];
+        let keep = (7 - len).min(3);
+        line.push('.');
+        line.extend(&digits[..keep]);
+        len += keep + 1;
     }
-    out.flush()
+    line.push_str(" us ");
+    for _ in len..8 {
+        line.push(' ');
+    }
+    line.push_str("|  ");
 }
 
 #[cfg(test)]

@@ -40,16 +40,30 @@
 //!
 //! How the model maps onto it:
 //!
-//! * Lost events and depth overflows are listed per thread in `note.txt`,
-//!   which `uftrace info` prints as "extra note information". They are not
-//!   written as `LOST` records: uftrace v0.13 hides a `LOST` record that is
-//!   outside any function (where a ring in overwrite mode loses events: at
-//!   the start) from `replay`, and `dump --chrome` then writes invalid JSON.
-//! * Orphan exits (calls whose Entry was overwritten) are left out. uftrace
-//!   never records an exit without its entry, and v0.13 copes with them
-//!   only in part: `replay` shows them closing at the right depths, but
-//!   `graph` then drops the whole thread. The calls that ran inside them
-//!   are shown from the left margin.
+//! * Written as events arrive ([`UftraceDir`]): each thread's records go to
+//!   its `<tid>.dat` through a buffer (at most [`OPEN_FILES`] files open at
+//!   once); `info`, `task.txt`, the map, the `.sym` files, `perf-cpu0.dat`
+//!   and `note.txt` are written once, at the end, when every thread and
+//!   symbol is known. Memory: per thread, its open calls.
+//! * Lost events (by reason) and depth overflows are listed per thread in
+//!   `note.txt`, which `uftrace info` prints as "extra note information",
+//!   with the events kept. They are not written as `LOST` records: uftrace
+//!   v0.13 hides a `LOST` record that is outside any function (where a ring
+//!   in overwrite mode loses events: at the start) from `replay`, and
+//!   `dump --chrome` then writes invalid JSON.
+//! * A thread that starts mid-stack starts at depth 0, as a `uftrace record`
+//!   of it would: uftrace takes the frames below a thread's first record
+//!   for calls it has not seen, named `<0>` in `report` and `graph`. The
+//!   exits of calls whose entries predate the trace (the orphan exits a
+//!   thread begins with, each shallower than everything before it) are
+//!   written, and their entries are made up at the thread's first
+//!   timestamp; frames still below those, which never return in the trace,
+//!   are unknown, so every depth is lowered by the shallowest depth the
+//!   thread has. Both need the whole thread, so its `.dat` is rewritten
+//!   once at the end (a streaming copy) when, and only when, it began
+//!   mid-stack.
+//! * Other orphan exits (an entry lost mid-trace) are left out: uftrace
+//!   matches an exit to the entry at its depth, which is another call's.
 //! * A call whose exit is missing while its caller returns (an exit lost
 //!   mid-trace) gets an exit made up at its caller's exit: uftrace matches
 //!   exits to entries by position on its stack, so without it the caller's
@@ -70,13 +84,13 @@
 //! Nothing here needs the traced executable: every symbol comes from the
 //! trace, so the directory can be read on another machine.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs;
-use std::io::{self, BufWriter, Write};
-use std::path::Path;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
 
-use crate::calls::CallTree;
-use crate::model::{Event, ThreadTrace, Trace};
+use crate::model::{Event, LossReason, Mapping, Process, Summary, Symbols, ThreadSummary, Trace};
+use crate::sink::{feed, land, Landing, Order, Sink, Threads, MAX_OPEN};
 
 const FILE_VERSION: u32 = 4;
 const HEADER_SIZE: u16 = 40;
@@ -96,80 +110,281 @@ const RECORD_MAGIC: u64 = 5;
 const ENTRY: u64 = 0;
 const EXIT: u64 = 1;
 const DEPTH_MAX: u32 = (1 << 10) - 1;
+const DEPTH_SHIFT: u32 = 6;
+const DEPTH_MASK: u64 = (DEPTH_MAX as u64) << DEPTH_SHIFT;
 const ADDR_MASK: u64 = (1 << 48) - 1;
 
 const PERF_RECORD_COMM: u32 = 3;
 /// `TASK_COMM_LEN` - 1: perf (and so uftrace) keeps 15 bytes of a name.
 const COMM_MAX: usize = 15;
 
-/// Writes `trace` as a uftrace data directory at `dir`, creating it if
-/// needed. Files of the same names are replaced; others are left alone
-/// (uftrace only reads the files `info` and `task.txt` lead it to, and the
-/// `perf-cpu*.dat` files, of which this writes `perf-cpu0.dat`).
-pub fn write_dir(trace: &Trace, dir: impl AsRef<Path>) -> io::Result<()> {
-    let dir = dir.as_ref();
-    fs::create_dir_all(dir)?;
+/// `<tid>.dat` files kept open at once; others are closed and reopened to
+/// append, so a trace of thousands of threads needs no more descriptors.
+pub const OPEN_FILES: usize = 64;
 
-    let mut threads: Vec<_> = trace.threads.iter().collect();
-    threads.sort_by_key(|t| t.tid);
-
-    let t0 = earliest_ts(trace);
-    let sid = session_id(trace);
-
-    let mut max_depth = 0u32;
-    for thread in &threads {
-        let records = records(thread);
-        max_depth = max_depth.max(records.max_depth);
-        let mut out = BufWriter::new(fs::File::create(dir.join(format!("{}.dat", thread.tid)))?);
-        for (time, word) in records.words {
-            out.write_all(&time.to_le_bytes())?;
-            out.write_all(&word.to_le_bytes())?;
-        }
-        out.flush()?;
-    }
-
-    let feat = TASK_SESSION | SYM_REL_ADDR | MAX_STACK | PERF_EVENT;
-    let max_stack = u16::try_from((max_depth as usize + 1).max(1024)).unwrap_or(u16::MAX);
-    write_info(trace, &threads, dir, feat, max_stack)?;
-    write_tasks(trace, &threads, dir, t0, &sid)?;
-    write_maps_and_symbols(trace, dir, &sid)?;
-    write_comms(trace, &threads, dir, t0)?;
-    write_note(trace, &threads, dir)
+fn word(kind: u64, depth: u32, addr: u64) -> u64 {
+    kind | (RECORD_MAGIC << 3)
+        | (u64::from(depth.min(DEPTH_MAX)) << DEPTH_SHIFT)
+        | ((addr & ADDR_MASK) << 16)
 }
 
-fn write_note(trace: &Trace, threads: &[&ThreadTrace], dir: &Path) -> io::Result<()> {
+#[derive(Default)]
+struct DatThread {
+    file: Option<BufWriter<fs::File>>,
+    /// The file exists (created, truncated) for this trace.
+    created: bool,
+    /// Open calls: function and depth.
+    stack: Vec<(u64, u32)>,
+    /// The shallowest depth written so far.
+    min_depth: Option<u32>,
+    max_depth: u32,
+    /// Exits of calls entered before the trace began, by decreasing depth.
+    leading: Vec<(u64, u32)>,
+}
+
+/// A `uftrace.data` directory, written as events arrive.
+pub struct UftraceDir {
+    dir: PathBuf,
+    process: Process,
+    threads: Threads<DatThread>,
+    /// Tids whose file is open, least recently used first.
+    open: VecDeque<u32>,
+}
+
+impl UftraceDir {
+    /// Writes into `dir`, creating it if needed. Files of the same names are
+    /// replaced; others are left alone (uftrace only reads the files `info`
+    /// and `task.txt` lead it to, and the `perf-cpu*.dat` files, of which
+    /// this writes `perf-cpu0.dat`).
+    pub fn new(dir: impl AsRef<Path>) -> Self {
+        UftraceDir {
+            dir: dir.as_ref().to_path_buf(),
+            process: Process::default(),
+            threads: Threads::default(),
+            open: VecDeque::new(),
+        }
+    }
+
+    fn dat_path(&self, tid: u32) -> PathBuf {
+        self.dir.join(format!("{tid}.dat"))
+    }
+
+    /// Appends records to the thread's file, opening it if needed.
+    fn write(&mut self, tid: u32, records: &[(u64, u64)]) -> io::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        if self.threads.get(tid).state.file.is_none() {
+            if self.open.len() >= OPEN_FILES {
+                if let Some(old) = self.open.pop_front() {
+                    if let Some(mut f) = self.threads.get(old).state.file.take() {
+                        f.flush()?;
+                    }
+                }
+            }
+            let path = self.dat_path(tid);
+            let t = &mut self.threads.get(tid).state;
+            let file = if t.created {
+                fs::OpenOptions::new().append(true).open(&path)?
+            } else {
+                fs::File::create(&path)?
+            };
+            t.created = true;
+            t.file = Some(BufWriter::with_capacity(1 << 16, file));
+            self.open.push_back(tid);
+        } else if self.open.back() != Some(&tid) {
+            if let Some(pos) = self.open.iter().position(|&t| t == tid) {
+                self.open.remove(pos);
+                self.open.push_back(tid);
+            }
+        }
+        let t = &mut self.threads.get(tid).state;
+        let out = t.file.as_mut().expect("opened above");
+        for &(time, w) in records {
+            out.write_all(&time.to_le_bytes())?;
+            out.write_all(&w.to_le_bytes())?;
+            let depth = ((w & DEPTH_MASK) >> DEPTH_SHIFT) as u32;
+            t.min_depth = Some(t.min_depth.map_or(depth, |m| m.min(depth)));
+            t.max_depth = t.max_depth.max(depth);
+        }
+        Ok(())
+    }
+
+    /// Rewrites a thread that began mid-stack: made-up entries for the
+    /// calls that predate it, every depth lowered by its shallowest.
+    fn rebase(&self, t: &ThreadSummary, state: &DatThread) -> io::Result<()> {
+        let shift = state.min_depth.unwrap_or(0);
+        if shift == 0 && state.leading.is_empty() {
+            return Ok(());
+        }
+        let path = self.dat_path(t.tid);
+        let tmp = self.dir.join(format!("{}.dat.tmp", t.tid));
+        let mut out = BufWriter::with_capacity(1 << 16, fs::File::create(&tmp)?);
+        let first = t.first_ts.unwrap_or(self.process.start_ns);
+        for &(func, depth) in state.leading.iter().rev() {
+            out.write_all(&first.to_le_bytes())?;
+            out.write_all(&word(ENTRY, depth - shift, func).to_le_bytes())?;
+        }
+        let mut input = BufReader::with_capacity(1 << 16, fs::File::open(&path)?);
+        let mut rec = [0u8; 16];
+        loop {
+            match input.read_exact(&mut rec) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(e),
+            }
+            let w = u64::from_le_bytes(rec[8..].try_into().expect("8 bytes"));
+            let depth = ((w & DEPTH_MASK) >> DEPTH_SHIFT) as u32;
+            let w = (w & !DEPTH_MASK) | (u64::from(depth.saturating_sub(shift)) << DEPTH_SHIFT);
+            out.write_all(&rec[..8])?;
+            out.write_all(&w.to_le_bytes())?;
+        }
+        out.flush()?;
+        drop(out);
+        fs::rename(&tmp, &path)
+    }
+}
+
+impl Sink for UftraceDir {
+    fn begin(&mut self, process: &Process) -> io::Result<()> {
+        self.process = process.clone();
+        fs::create_dir_all(&self.dir)
+    }
+
+    fn thread(&mut self, tid: u32, name: &str) -> io::Result<()> {
+        self.threads.name(tid, name);
+        Ok(())
+    }
+
+    fn event(&mut self, tid: u32, event: Event, _names: &Symbols) -> io::Result<()> {
+        let t = &mut self.threads.event(tid, event.ts()).state;
+        let mut records: [(u64, u64); 2] = [(0, 0); 2];
+        let n;
+        match event {
+            Event::Entry { ts, func, depth } => {
+                if t.stack.len() < MAX_OPEN {
+                    t.stack.push((func, depth));
+                }
+                records[0] = (ts, word(ENTRY, depth, func));
+                n = 1;
+            }
+            Event::Exit { ts, func, depth } => {
+                let (keep, closes) = match land(&t.stack, func, depth, |&f| f) {
+                    Landing::Closes(i) => (i, true),
+                    Landing::Orphan(i) => (i, false),
+                };
+                // Exits made up for the abandoned calls, innermost first.
+                let mut made_up: Vec<(u64, u64)> = t.stack[keep + usize::from(closes)..]
+                    .iter()
+                    .rev()
+                    .map(|&(f, d)| (ts, word(EXIT, d, f)))
+                    .collect();
+                t.stack.truncate(keep);
+                // Entered before the trace began: nothing of the thread so
+                // far was as shallow.
+                let predates =
+                    !closes && t.stack.is_empty() && t.min_depth.is_none_or(|m| depth < m);
+                if closes || predates {
+                    made_up.push((ts, word(EXIT, depth, func)));
+                }
+                if predates {
+                    t.leading.push((func, depth));
+                }
+                return self.write(tid, &made_up);
+            }
+            Event::Call { ts, func, .. } => {
+                let depth = t.stack.last().map_or(0, |&(_, d)| d + 1);
+                records[0] = (ts, word(ENTRY, depth, func));
+                records[1] = (ts, word(EXIT, depth, func));
+                n = 2;
+            }
+        }
+        self.write(tid, &records[..n])
+    }
+
+    fn lost(&mut self, tid: u32, count: u64, reason: LossReason) -> io::Result<()> {
+        self.threads.lost(tid, count, reason);
+        Ok(())
+    }
+
+    fn finish(&mut self, names: &Symbols) -> io::Result<Summary> {
+        for t in self.threads.iter_mut() {
+            if let Some(mut f) = t.state.file.take() {
+                f.flush()?;
+            }
+        }
+        self.open.clear();
+        for t in self.threads.iter() {
+            if t.state.created {
+                self.rebase(&t.summary, &t.state)?;
+            }
+        }
+        let summary = self.threads.summary();
+        // Threads with records, by tid.
+        let mut threads: Vec<&ThreadSummary> = self
+            .threads
+            .iter()
+            .filter(|t| t.state.created)
+            .map(|t| &t.summary)
+            .collect();
+        threads.sort_by_key(|t| t.tid);
+        let max_depth = self
+            .threads
+            .iter()
+            .map(|t| t.state.max_depth)
+            .max()
+            .unwrap_or(0);
+        let t0 = threads
+            .iter()
+            .filter_map(|t| t.first_ts)
+            .fold(self.process.start_ns, u64::min);
+        let sid = session_id(&self.process);
+        let feat = TASK_SESSION | SYM_REL_ADDR | MAX_STACK | PERF_EVENT;
+        let max_stack = u16::try_from((max_depth as usize + 1).max(1024)).unwrap_or(u16::MAX);
+        let dir = &self.dir;
+        write_info(&self.process, &threads, dir, feat, max_stack)?;
+        write_tasks(&self.process, &threads, dir, t0, &sid)?;
+        write_maps_and_symbols(&self.process.maps, names, dir, &sid)?;
+        write_comms(&self.process, &threads, dir, t0)?;
+        write_note(&self.process, &summary, dir)?;
+        Ok(summary)
+    }
+}
+
+/// Writes `trace` as a uftrace data directory at `dir`, creating it if
+/// needed (see [`UftraceDir::new`]).
+pub fn write_dir(trace: &Trace, dir: impl AsRef<Path>) -> io::Result<()> {
+    feed(trace, Order::ByThread, &mut UftraceDir::new(dir)).map(|_| ())
+}
+
+fn write_note(process: &Process, summary: &Summary, dir: &Path) -> io::Result<()> {
     let mut note = format!(
         "written by livetrace-output {} from a trace of pid {}\n",
         env!("CARGO_PKG_VERSION"),
-        trace.pid
+        process.pid
     );
-    for t in threads {
-        if t.lost > 0 {
-            note.push_str(&format!("tid {}: {} events lost\n", t.tid, t.lost));
-        }
-        if t.depth_overflows > 0 {
-            note.push_str(&format!(
-                "tid {}: {} calls deeper than the depth limit not recorded\n",
-                t.tid, t.depth_overflows
-            ));
+    for t in &summary.threads {
+        note.push_str(&format!("tid {}: {} events kept\n", t.tid, t.events));
+        for (reason, n) in t.losses.iter() {
+            match reason {
+                LossReason::DepthLimit => note.push_str(&format!(
+                    "tid {}: {n} calls deeper than the depth limit not recorded\n",
+                    t.tid
+                )),
+                _ => note.push_str(&format!(
+                    "tid {}: {n} events lost ({})\n",
+                    t.tid,
+                    reason.describe()
+                )),
+            }
         }
     }
     fs::write(dir.join("note.txt"), note)
 }
 
-/// The time every session and task starts at: no record may precede it, or
-/// uftrace finds no session (and no symbols) for it.
-fn earliest_ts(trace: &Trace) -> u64 {
-    trace
-        .threads
-        .iter()
-        .flat_map(|t| t.events.iter().map(Event::ts))
-        .fold(trace.start_ns, u64::min)
-}
-
 /// 16 hex digits, stable for a given trace so rewriting it gives the same
 /// files.
-fn session_id(trace: &Trace) -> String {
+fn session_id(process: &Process) -> String {
     // FNV-1a over what identifies the run.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut feed = |bytes: &[u8]| {
@@ -177,73 +392,15 @@ fn session_id(trace: &Trace) -> String {
             h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
         }
     };
-    feed(&trace.pid.to_le_bytes());
-    feed(&trace.start_ns.to_le_bytes());
-    feed(trace.program.as_bytes());
+    feed(&process.pid.to_le_bytes());
+    feed(&process.start_ns.to_le_bytes());
+    feed(process.program.as_bytes());
     format!("{h:016x}")
 }
 
-struct Records {
-    words: Vec<(u64, u64)>,
-    max_depth: u32,
-}
-
-fn word(kind: u64, depth: u32, addr: u64) -> u64 {
-    kind | (RECORD_MAGIC << 3) | (u64::from(depth.min(DEPTH_MAX)) << 6) | ((addr & ADDR_MASK) << 16)
-}
-
-fn records(thread: &ThreadTrace) -> Records {
-    let tree = CallTree::build(thread);
-    // Exits to make up, innermost first, before the event that showed
-    // their calls had ended.
-    let mut closes: HashMap<usize, Vec<usize>> = HashMap::new();
-    for (id, call) in tree.calls.iter().enumerate() {
-        if let Some(idx) = call.abandoned_by {
-            closes.entry(idx).or_default().push(id);
-        }
-    }
-    let orphan_exits: HashSet<usize> = tree
-        .calls
-        .iter()
-        .filter(|c| c.entry.is_none())
-        .filter_map(|c| c.exit_event)
-        .collect();
-    let mut words = Vec::with_capacity(thread.events.len());
-    let mut max_depth = 0;
-    let mut instants = tree.instants.iter();
-    for (idx, event) in thread.events.iter().enumerate() {
-        if let Some(calls) = closes.get_mut(&idx) {
-            calls.sort_by_key(|&id| std::cmp::Reverse(tree.calls[id].depth));
-            for &id in calls.iter() {
-                let call = &tree.calls[id];
-                words.push((event.ts(), word(EXIT, call.depth, call.func)));
-            }
-        }
-        match *event {
-            Event::Entry { ts, func, depth } => {
-                words.push((ts, word(ENTRY, depth, func)));
-                max_depth = max_depth.max(depth);
-            }
-            Event::Exit { ts, func, depth } => {
-                if !orphan_exits.contains(&idx) {
-                    words.push((ts, word(EXIT, depth, func)));
-                }
-            }
-            Event::Call { ts, func, .. } => {
-                let instant = instants.next().expect("one instant per Call event");
-                let depth = instant.parent.map_or(0, |p| tree.calls[p].depth + 1);
-                words.push((ts, word(ENTRY, depth, func)));
-                words.push((ts, word(EXIT, depth, func)));
-                max_depth = max_depth.max(depth);
-            }
-        }
-    }
-    Records { words, max_depth }
-}
-
 fn write_info(
-    trace: &Trace,
-    threads: &[&ThreadTrace],
+    trace: &Process,
+    threads: &[&ThreadSummary],
     dir: &Path,
     feat: u64,
     max_stack: u16,
@@ -296,8 +453,8 @@ fn timestamp(ns: u64) -> String {
 }
 
 fn write_tasks(
-    trace: &Trace,
-    threads: &[&ThreadTrace],
+    trace: &Process,
+    threads: &[&ThreadSummary],
     dir: &Path,
     t0: u64,
     sid: &str,
@@ -329,11 +486,11 @@ struct Module<'a> {
     symbols: Vec<(u64, u64, &'a str)>,
 }
 
-fn modules(trace: &Trace) -> Vec<Module<'_>> {
+fn modules<'a>(maps: &'a [Mapping], symbols: &'a Symbols) -> Vec<Module<'a>> {
     // One span per path, from its lowest mapping to its highest end;
     // nameless (anonymous) mappings each on their own.
     let mut spans: BTreeMap<(&str, u64), (u64, u64, u64)> = BTreeMap::new();
-    for m in &trace.maps {
+    for m in maps {
         let key = (m.path.as_str(), if m.path.is_empty() { m.start } else { 0 });
         let span = spans.entry(key).or_insert((m.start, m.end, m.offset));
         if m.start < span.0 {
@@ -355,7 +512,7 @@ fn modules(trace: &Trace) -> Vec<Module<'_>> {
     modules.sort_by_key(|m| m.base);
 
     let mut unmapped: Vec<(u64, u64, &str)> = Vec::new();
-    for sym in trace.symbols.iter() {
+    for sym in symbols.iter() {
         let owner = modules
             .iter_mut()
             .find(|m| m.base <= sym.addr && sym.addr < m.end);
@@ -417,8 +574,13 @@ fn basename(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
-fn write_maps_and_symbols(trace: &Trace, dir: &Path, sid: &str) -> io::Result<()> {
-    let modules = modules(trace);
+fn write_maps_and_symbols(
+    maps: &[Mapping],
+    symbols: &Symbols,
+    dir: &Path,
+    sid: &str,
+) -> io::Result<()> {
+    let modules = modules(maps, symbols);
     let mut map = String::new();
     let mut taken: HashSet<String> = HashSet::new();
     let mut unmapped = 0;
@@ -465,14 +627,14 @@ fn write_sym_file(file: &Path, path: &str, m: &Module) -> io::Result<()> {
     out.flush()
 }
 
-fn write_comms(trace: &Trace, threads: &[&ThreadTrace], dir: &Path, t0: u64) -> io::Result<()> {
+fn write_comms(trace: &Process, threads: &[&ThreadSummary], dir: &Path, t0: u64) -> io::Result<()> {
     let mut out = Vec::new();
     for thread in threads.iter().filter(|t| !t.name.is_empty()) {
         let mut comm: Vec<u8> = thread.name.bytes().take(COMM_MAX).collect();
         // NUL-terminated, padded to 8 bytes as the kernel writes it.
         comm.push(0);
         comm.resize(comm.len().div_ceil(8) * 8, 0);
-        let ts = thread.events.first().map_or(t0, Event::ts);
+        let ts = thread.first_ts.unwrap_or(t0);
         let size = 8 + 8 + comm.len() + 16;
         out.extend_from_slice(&PERF_RECORD_COMM.to_le_bytes());
         out.extend_from_slice(&0u16.to_le_bytes()); // misc
@@ -540,7 +702,7 @@ mod tests {
         trace.symbols.insert(0x7000, 0x10, "jit1");
         trace.symbols.insert(0x7100, 0x10, "jit2");
         trace.symbols.insert(0xb000, 0x10, "jit3");
-        let mods = modules(&trace);
+        let mods = modules(&trace.maps, &trace.symbols);
         let summary: Vec<(&str, u64, usize)> = mods
             .iter()
             .map(|m| (m.path, m.base, m.symbols.len()))

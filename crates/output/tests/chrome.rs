@@ -80,7 +80,11 @@ fn complete_events_nest_per_thread() {
         }
     }
 
-    // The spans themselves, in ns from the trace start.
+    // The spans themselves, in ns from the trace start (written as calls
+    // return: a caller after its callees).
+    for spans in by_tid.values_mut() {
+        spans.sort_by_key(|&(start, end, _)| (start, std::cmp::Reverse(end)));
+    }
     let main = by_tid[&u64::from(common::PID)].clone();
     let s = |a: u64, b: u64, n: &str| (a, b, n.to_string());
     assert_eq!(
@@ -133,6 +137,10 @@ fn metadata_names_threads_and_reports_losses() {
     assert_eq!(worker["args"]["lost"], 7);
     assert_eq!(worker["args"]["depth_overflows"], 2);
     assert_eq!(worker["args"]["orphan_exits"], 3);
+    assert_eq!(worker["args"]["events"], 11);
+    assert_eq!(worker["args"]["lost_by_reason"]["overwritten"], 7);
+    assert_eq!(worker["args"]["lost_by_reason"]["depth_limit"], 2);
+    assert_eq!(value["otherData"]["events"]["4242"], 19);
     assert_eq!(value["otherData"]["lost_events"]["4243"], 7);
     assert_eq!(value["otherData"]["cmdline"], "demo --fast");
 }
@@ -164,4 +172,60 @@ fn function_tracer_calls_are_instants() {
         ]
     );
     assert!(!events(&value).iter().any(|e| e["ph"] == "X"));
+}
+
+/// A call whose exit was lost mid-trace ends where its caller returned,
+/// marked unfinished; an orphan exit draws nothing.
+#[test]
+fn lost_exits_end_at_the_caller_and_orphans_draw_nothing() {
+    use livetrace_output::{Event, ThreadTrace, Trace};
+    let t0 = common::T0;
+    let e = |ts, func, depth| Event::Entry { ts, func, depth };
+    let x = |ts, func, depth| Event::Exit { ts, func, depth };
+    let trace = Trace {
+        pid: 1,
+        start_ns: t0,
+        threads: vec![ThreadTrace {
+            tid: 1,
+            events: vec![
+                x(t0 + 5, common::FIB, 3), // orphan
+                e(t0 + 10, common::MAIN, 0),
+                e(t0 + 20, common::PARSE, 1),
+                e(t0 + 30, common::LEX, 2), // its exit is lost
+                x(t0 + 90, common::PARSE, 1),
+                x(t0 + 100, common::MAIN, 0),
+            ],
+            ..Default::default()
+        }],
+        symbols: common::symbols(),
+        ..Default::default()
+    };
+    let value = parse(&trace);
+    let mut spans: Vec<(String, u64, u64, bool)> = events(&value)
+        .iter()
+        .filter(|e| e["ph"] == "X")
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                ns(&e["ts"]),
+                ns(&e["dur"]),
+                e["args"]["unfinished"] == true,
+            )
+        })
+        .collect();
+    spans.sort_by_key(|s| s.1);
+    let s = |n: &str, ts: u64, dur: u64, u: bool| (n.to_string(), ts, dur, u);
+    assert_eq!(
+        spans,
+        [
+            s("main", 10, 90, false),
+            s("parse", 20, 70, false),
+            s("lex", 30, 60, true),
+        ]
+    );
+    let meta = events(&value)
+        .iter()
+        .find(|e| e["name"] == "thread_name")
+        .unwrap();
+    assert_eq!(meta["args"]["orphan_exits"], 1);
 }

@@ -18,7 +18,7 @@ fn function_graph_layout() {
 # tracer: function_graph
 #
 # livetrace: pid 4242 /usr/local/bin/demo demo --fast
-# entries: 30 in 2 threads
+# events kept and lost per thread: at the end
 #
 # TID    DURATION       FUNCTION CALLS
 #   |    |   |          |   |   |   |
@@ -40,7 +40,6 @@ fn function_graph_layout() {
  4242)   0.600 us    |    } /* fib */
  4242) ! 200.000 us  |    foo_init();
  4242)   0.100 us    |    leaf();
-# TID:4242 still running at the end of the trace: main
 
  ------------------------------------------
  4243)  worker-1-4243
@@ -57,10 +56,18 @@ TID:4243 [LOST 7 EVENTS]
  4243)               |  worker() {
  4243)   0.050 us    |    leaf();
  4243)   1.000 us    |  } /* worker */
+# TID:4242 still running at the end of the trace: main
+#
+# entries: 30 in 2 threads, 7 lost
+# TID:4242 demo: 19 events, none lost
+# TID:4243 worker-1: 11 events, 7 events lost (ring full, oldest events overwritten); 2 calls deeper than the depth limit, not recorded
 ";
     assert_eq!(got, want, "got:\n{got}");
 }
 
+/// A stream's caller is the call open when the entry happened: the worker's
+/// first `parse` ran inside a `worker` whose entry was overwritten, which
+/// only its later (orphan) exit shows, so it prints without a caller.
 #[test]
 fn function_layout_of_a_graph_trace() {
     let trace = common::graph_trace();
@@ -69,7 +76,7 @@ fn function_layout_of_a_graph_trace() {
 # tracer: function
 #
 # livetrace: pid 4242 /usr/local/bin/demo demo --fast
-# entries: 30 in 2 threads
+# events kept and lost per thread: at the end
 #
 #           TASK-TID        TIMESTAMP     FUNCTION
 #              | |              |            |
@@ -78,7 +85,7 @@ TID:4243 [LOST 7 EVENTS]
             demo-4242     1000.000000000: main
             demo-4242     1000.000000100: parse <-main
             demo-4242     1000.000000200: lex <-parse
-        worker-1-4243     1000.000000700: parse <-worker
+        worker-1-4243     1000.000000700: parse
             demo-4242     1000.000000800: lex <-parse
         worker-1-4243     1000.000000800: lex <-parse
         worker-1-4243     1000.000002000: worker
@@ -89,6 +96,10 @@ TID:4243 [LOST 7 EVENTS]
             demo-4242     1000.000026500: fib <-fib
             demo-4242     1000.000026800: foo_init <-main
             demo-4242     1000.000227000: leaf <-main
+#
+# entries: 30 in 2 threads, 7 lost
+# TID:4242 demo: 19 events, none lost
+# TID:4243 worker-1: 11 events, 7 events lost (ring full, oldest events overwritten); 2 calls deeper than the depth limit, not recorded
 ";
     assert_eq!(got, want, "got:\n{got}");
 }
@@ -102,7 +113,7 @@ fn function_layout_of_a_function_trace() {
 # tracer: function
 #
 # livetrace: pid 4242 /usr/local/bin/demo demo
-# entries: 6 in 2 threads
+# events kept and lost per thread: at the end
 #
 #           TASK-TID        TIMESTAMP     FUNCTION
 #              | |              |            |
@@ -113,6 +124,10 @@ TID:4242 [LOST 3 EVENTS]
             demo-4242     1000.002000123: lex <-parse
         worker-1-4243     1000.002500000: leaf <-0xdead0000
             demo-4242     1000.003000000: foo_init <-main
+#
+# entries: 6 in 2 threads, 3 lost
+# TID:4242 demo: 4 events, 3 events lost (ring full, oldest events overwritten)
+# TID:4243 worker-1: 2 events, none lost
 ";
     assert_eq!(got, want, "got:\n{got}");
 }
@@ -136,6 +151,9 @@ fn function_trace_in_graph_layout_prints_calls_as_comments() {
             " 4242)               |  /* lex <-parse */",
             " 4242)               |  /* lex <-parse */",
             " 4242)               |  /* foo_init <-main */",
+            "#",
+            "# entries: 4 in 1 threads, 3 lost",
+            "# TID:4242 <...>: 4 events, 3 events lost (ring full, oldest events overwritten)",
         ]
     );
 }
@@ -194,6 +212,9 @@ fn lost_exits_mid_trace_and_unknown_symbols() {
             "   7)               |      lex() {",
             "   7) # 4999.990 us |    } /* 0x1234 */",
             "   7) $ 2000000 us  |  } /* main */",
+            "#",
+            "# entries: 5 in 1 threads, 0 lost",
+            "# TID:7 x: 5 events, none lost",
         ],
         "got:\n{got}"
     );
@@ -246,4 +267,66 @@ fn cxx_names_keep_their_own_parameter_list() {
     assert!(text.contains("geo::Circle::scale(int) {"), "{text}");
     assert!(text.contains("geo::Circle::area() const;"), "{text}");
     assert!(!text.contains(")()"), "{text}");
+}
+
+/// Interleaved threads (a live stream, a recorded file's chunks): each
+/// change of thread prints the separator again, a pending entry is printed
+/// open before another thread's line, and its exit then closes it with
+/// its duration.
+#[test]
+fn interleaved_threads_print_under_separators() {
+    use livetrace_output::{Event, Sink};
+    let names = common::symbols();
+    let t0 = common::T0;
+    let mut w = text::GraphText::new(Vec::new());
+    w.begin(&common::graph_trace().process()).unwrap();
+    w.thread(1001, "a").unwrap();
+    w.thread(1002, "b").unwrap();
+    let entry = |ts, func, depth| Event::Entry { ts, func, depth };
+    let exit = |ts, func, depth| Event::Exit { ts, func, depth };
+    w.event(1001, entry(t0, common::MAIN, 0), &names).unwrap();
+    w.event(1001, entry(t0 + 10, common::LEX, 1), &names)
+        .unwrap();
+    w.event(1002, entry(t0 + 20, common::LEAF, 0), &names)
+        .unwrap();
+    w.event(1002, exit(t0 + 30, common::LEAF, 0), &names)
+        .unwrap();
+    w.event(1001, exit(t0 + 40, common::LEX, 1), &names)
+        .unwrap();
+    w.event(1001, exit(t0 + 50, common::MAIN, 0), &names)
+        .unwrap();
+    let summary = w.finish(&names).unwrap();
+    assert_eq!(summary.events(), 6);
+    let got = String::from_utf8(w.into_inner()).unwrap();
+    let body: Vec<&str> = got.lines().skip(7).collect();
+    assert_eq!(
+        body,
+        [
+            "",
+            " ------------------------------------------",
+            " 1001)  a-1001",
+            " ------------------------------------------",
+            "",
+            " 1001)               |  main() {",
+            " 1001)               |    lex() {",
+            "",
+            " ------------------------------------------",
+            " 1002)  b-1002",
+            " ------------------------------------------",
+            "",
+            " 1002)   0.010 us    |  leaf();",
+            "",
+            " ------------------------------------------",
+            " 1001)  a-1001",
+            " ------------------------------------------",
+            "",
+            " 1001)   0.030 us    |    } /* lex */",
+            " 1001)   0.050 us    |  } /* main */",
+            "#",
+            "# entries: 6 in 2 threads, 0 lost",
+            "# TID:1001 a: 4 events, none lost",
+            "# TID:1002 b: 2 events, none lost",
+        ],
+        "got:\n{got}"
+    );
 }

@@ -127,15 +127,22 @@ fn replay_shows_our_calls_nested() {
         ]),
         "{text}"
     );
-    // The orphan exits are left out: uftrace shows the calls that were
-    // nested in them from its left margin.
+    // The worker began mid-stack (its ring wrapped): the calls whose exits
+    // it began with get entries made up at its first timestamp, so uftrace
+    // sees the stack it was on.
     assert_eq!(
         by_tid[&common::WORKER],
         tree(&[
-            (0, "parse() {"),
-            (1, "lex() {"),
-            (1, "} /* lex */"),
-            (0, "} /* parse */"),
+            (0, "worker() {"),
+            (1, "parse() {"),
+            (2, "lex() {"),
+            (2, "} /* lex */"),
+            (1, "} /* parse */"),
+            (1, "parse() {"),
+            (2, "lex() {"),
+            (2, "} /* lex */"),
+            (1, "} /* parse */"),
+            (0, "} /* worker */"),
             (0, "worker() {"),
             (1, "leaf() {"),
             (1, "} /* leaf */"),
@@ -199,9 +206,13 @@ fn report_graph_and_info_agree_with_the_trace() {
         row("200.000 us", "200.000 us", 1),
         "{text}"
     );
-    assert_eq!(rows["parse"], row("26.200 us", "25.400 us", 2), "{text}");
-    assert_eq!(rows["worker"], row("1.000 us", "0.950 us", 1), "{text}");
-    assert_eq!(rows["lex"], row("0.800 us", "0.800 us", 3), "{text}");
+    // ... plus, as uftrace counts them, the calls the worker was in when
+    // its trace began, from its first timestamp: parse 500..600 ns, worker
+    // 500..1500 ns, lex 500..500 ns.
+    assert_eq!(rows["parse"], row("26.300 us", "25.500 us", 3), "{text}");
+    assert_eq!(rows["worker"], row("2.000 us", "1.550 us", 2), "{text}");
+    assert_eq!(rows["lex"], row("0.800 us", "0.800 us", 4), "{text}");
+    assert!(!rows.contains_key("<0>"), "{text}");
     assert_eq!(rows["fib"], row("0.600 us", "0.600 us", 4), "{text}");
     assert_eq!(rows["leaf"], row("0.150 us", "0.150 us", 2), "{text}");
     // ... but uftrace counts the unfinished main up to its last timestamp.
@@ -224,9 +235,9 @@ fn report_graph_and_info_agree_with_the_trace() {
         "(2) fib",
         "(1) foo_init",
         "(1) leaf",
-        "(1) parse",
-        "(1) lex",
-        "(1) worker",
+        "(2) worker",
+        "(2) parse",
+        "(2) lex",
         "(1) leaf",
     ];
     assert_eq!(names, want, "{text}");
@@ -278,7 +289,10 @@ fn dump_chrome_gives_the_same_nesting() {
     );
     assert_eq!(
         by_tid[&u64::from(common::WORKER)],
-        seq("B parse, B lex, E lex, E parse, B worker, B leaf, E leaf, E worker"),
+        seq(
+            "B worker, B parse, B lex, E lex, E parse, B parse, B lex, E lex, E parse, E worker, \
+             B worker, B leaf, E leaf, E worker"
+        ),
         "{text}"
     );
 }
@@ -445,4 +459,162 @@ fn awkward_symbols_and_maps_resolve() {
             (0, "} /* x_in_a */"),
         ])
     );
+}
+
+/// A thread whose trace begins mid-stack, as a ring in overwrite mode
+/// leaves it: its first events are at depth 2 (the entries of the calls it
+/// was in were overwritten), some of those calls return during the trace
+/// and the outermost never does. uftrace would take the frames below the
+/// first record for unknown calls and report them as `<0>`.
+#[test]
+fn a_trace_that_starts_mid_stack_has_no_unknown_root() {
+    if !have_uftrace("a_trace_that_starts_mid_stack_has_no_unknown_root") {
+        return;
+    }
+    let t = common::T0;
+    let e = |dt: u64, func: u64, depth: u32| Event::Entry {
+        ts: t + dt,
+        func,
+        depth,
+    };
+    let x = |dt: u64, func: u64, depth: u32| Event::Exit {
+        ts: t + dt,
+        func,
+        depth,
+    };
+    let mut trace = common::graph_trace();
+    trace.threads = vec![
+        // main (depth 0, never returns) > parse (depth 1, returns at 400)
+        // were entered before the trace.
+        ThreadTrace {
+            tid: 100,
+            name: "a".into(),
+            events: vec![
+                e(100, common::LEX, 2),
+                x(200, common::LEX, 2),
+                x(400, common::PARSE, 1),
+                e(500, common::FIB, 1),
+                x(600, common::FIB, 1),
+            ],
+            ..Default::default()
+        },
+        // Only deeper calls: nothing known below them.
+        ThreadTrace {
+            tid: 101,
+            name: "b".into(),
+            events: vec![
+                e(100, common::LEX, 3),
+                x(200, common::LEX, 3),
+                e(300, common::LEAF, 3),
+                x(350, common::LEAF, 3),
+            ],
+            ..Default::default()
+        },
+    ];
+    let dir = TempDir::new("midstack");
+    uftrace::write_dir(&trace, &dir.0).unwrap();
+
+    let text = run(&dir.0, &["report"]);
+    assert!(!text.contains("<0>"), "{text}");
+    let rows = report_rows(&text);
+    let calls: BTreeMap<&str, u64> = rows.iter().map(|(k, v)| (k.as_str(), v.2)).collect();
+    assert_eq!(
+        calls,
+        BTreeMap::from([("fib", 1), ("leaf", 1), ("lex", 2), ("parse", 1)]),
+        "{text}"
+    );
+    // parse ran from (at least) the thread's first event to its exit.
+    assert_eq!(rows["parse"].0, "0.300 us", "{text}");
+
+    let text = run(&dir.0, &["replay"]);
+    let by_tid = replay_by_tid(&text);
+    assert_eq!(
+        by_tid[&100],
+        tree(&[
+            (0, "parse() {"),
+            (1, "lex() {"),
+            (1, "} /* lex */"),
+            (0, "} /* parse */"),
+            (0, "fib() {"),
+            (0, "} /* fib */"),
+        ]),
+        "{text}"
+    );
+    assert_eq!(
+        by_tid[&101],
+        tree(&[
+            (0, "lex() {"),
+            (0, "} /* lex */"),
+            (0, "leaf() {"),
+            (0, "} /* leaf */"),
+        ]),
+        "{text}"
+    );
+    let text = run(&dir.0, &["graph"]);
+    assert!(!text.contains("<0>"), "{text}");
+}
+
+/// Many threads fed interleaved, a chunk at a time, as a recording holds
+/// them: more threads than the writer keeps files open, so files are
+/// closed and reopened to append, and every thread's calls still replay
+/// whole and in order.
+#[test]
+fn interleaved_threads_beyond_the_open_file_limit_replay_whole() {
+    if !have_uftrace("interleaved_threads_beyond_the_open_file_limit_replay_whole") {
+        return;
+    }
+    use livetrace_output::Sink;
+    let dir = TempDir::new("many");
+    let names = common::symbols();
+    let mut w = uftrace::UftraceDir::new(&dir.0);
+    w.begin(&common::graph_trace().process()).unwrap();
+    let threads = uftrace::OPEN_FILES as u32 + 36;
+    let t0 = common::T0;
+    for round in 0..3u64 {
+        for i in 0..threads {
+            let tid = 20_000 + i;
+            if round == 0 {
+                w.thread(tid, &format!("w{i}")).unwrap();
+            }
+            let ts = t0 + round * 1_000 + u64::from(i);
+            for e in [
+                Event::Entry {
+                    ts,
+                    func: common::PARSE,
+                    depth: 0,
+                },
+                Event::Entry {
+                    ts: ts + 100,
+                    func: common::LEX,
+                    depth: 1,
+                },
+                Event::Exit {
+                    ts: ts + 200,
+                    func: common::LEX,
+                    depth: 1,
+                },
+                Event::Exit {
+                    ts: ts + 300,
+                    func: common::PARSE,
+                    depth: 0,
+                },
+            ] {
+                w.event(tid, e, &names).unwrap();
+            }
+        }
+    }
+    let summary = w.finish(&names).unwrap();
+    assert_eq!(summary.events(), u64::from(threads) * 12);
+    let by_tid = replay_by_tid(&run(&dir.0, &["replay"]));
+    assert_eq!(by_tid.len(), threads as usize);
+    let one = [
+        (0, "parse() {"),
+        (1, "lex() {"),
+        (1, "} /* lex */"),
+        (0, "} /* parse */"),
+    ];
+    let want: Vec<(usize, &str)> = one.iter().cycle().take(12).copied().collect();
+    for (tid, lines) in &by_tid {
+        assert_eq!(lines, &tree(&want), "tid {tid}");
+    }
 }

@@ -2,8 +2,7 @@
 //! protocol.
 
 use std::fmt;
-use std::sync::atomic::Ordering::SeqCst;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use crate::insn::{Hex5, Insn, INT3};
@@ -13,11 +12,48 @@ use crate::trap::{self, Emulate, Entry, Published};
 use crate::{sync, Error};
 
 /// One batch at a time per process: the handler serves one active batch, and
-/// the known set and chained-handler slots are updated only here.
-static LOCK: Mutex<()> = Mutex::new(());
+/// the known set is updated only here (see [`crate::lock`]).
+pub(crate) fn lock() -> crate::lock::EngineGuard {
+    crate::lock::BATCH.lock()
+}
 
-pub(crate) fn lock() -> std::sync::MutexGuard<'static, ()> {
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+/// Patch even while a debugger traces the process.
+static ALLOW_TRACER: AtomicBool = AtomicBool::new(false);
+
+/// Lets batches run while a ptrace tracer is attached, which they refuse by
+/// default ([`Error::Traced`]): a debugger stops on the engine's `int3`s as
+/// on its own breakpoints and resumes the thread at `site + 1`, in the
+/// middle of the instruction, without the signal. (gdb's `handle SIGTRAP
+/// nostop pass` does not help: it passes gdb's own internal breakpoint
+/// traps on too, which kills the program.) Only for a tracer that passes
+/// every signal on, as `strace` does. Also set by
+/// `LIVETRACE_ALLOW_PTRACE=1`.
+pub fn allow_tracer(allow: bool) {
+    ALLOW_TRACER.store(allow, SeqCst);
+}
+
+fn tracer_allowed() -> bool {
+    ALLOW_TRACER.load(SeqCst)
+        || std::env::var_os("LIVETRACE_ALLOW_PTRACE").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Everything that must hold before any byte of a batch is written, beyond
+/// the sites themselves: no debugger that would eat our traps, and every
+/// thread able to take SIGTRAP.
+fn check_process() -> Result<(), Error> {
+    if let Some(pid) = crate::world::proc::tracer_pid() {
+        if !tracer_allowed() {
+            let mut name = [0u8; 32];
+            let n = crate::world::proc::comm_of_pid(pid, &mut name);
+            return Err(Error::Traced {
+                pid,
+                name: String::from_utf8_lossy(&name[..n]).into_owned(),
+            });
+        }
+    }
+    crate::signals::keep_interposers();
+    crate::signals::sanitize();
+    crate::signals::check_threads()
 }
 
 /// Why a queued site was refused. Nothing is written when any is.
@@ -47,6 +83,9 @@ pub enum RejectReason {
         /// The other site.
         other: usize,
     },
+    /// The text is mapped `MAP_SHARED`: writing it would change the file
+    /// on disk (or every process mapping it).
+    Shared,
 }
 
 impl fmt::Display for Rejection {
@@ -58,6 +97,9 @@ impl fmt::Display for Rejection {
             RejectReason::Duplicate => f.write_str("queued twice; ")?,
             RejectReason::Overlap { other } => {
                 write!(f, "overlaps the site at {other:#x}; ")?;
+            }
+            RejectReason::Shared => {
+                f.write_str("text mapped MAP_SHARED (writing it would write the file on disk); ")?
             }
         }
         write!(f, "expected {}", Hex5(self.expected))?;
@@ -181,11 +223,13 @@ impl Batch {
             return Ok(Applied::default());
         }
         sync::register().map_err(Error::NoCoreSync)?;
+        crate::lock::register_atfork();
         let _guard = lock();
 
         self.entries.sort_unstable_by_key(|e| e.site);
         let maps = Maps::read().map_err(Error::Io)?;
         validate(&self.entries, &maps)?;
+        check_process()?;
 
         trap::ensure_installed().map_err(Error::Io)?;
         let old_known = publish_known(&self.entries);
@@ -312,6 +356,7 @@ fn validate(entries: &[Entry], maps: &Maps) -> Result<(), Error> {
         let reason = reason.or(match found {
             None => Some(RejectReason::NotText),
             Some(b) if b != e.old => Some(RejectReason::Mismatch),
+            Some(_) if maps.is_shared(e.site, 5) => Some(RejectReason::Shared),
             Some(_) => None,
         });
         if let Some(reason) = reason {

@@ -48,10 +48,31 @@
 //! - The batch's entries outlive every handler that may read them: handlers
 //!   count themselves in flight and the patcher waits for zero (the kernel's
 //!   `bp_desc` refcount).
-//! - Our handler is checked before every batch and installed again if the
-//!   program replaced it, chaining to the program's handler.
-//! - Threads must not block SIGTRAP: the kernel kills a thread that traps on
-//!   `int3` with SIGTRAP blocked, as it would for any breakpoint.
+//! - Our handler stays SIGTRAP's disposition: the interposed `sigaction`
+//!   records what the program installs as *its* handler, to pass the traps
+//!   that are not ours on to; a handler installed behind our back is found
+//!   before the next batch and treated the same (see [`signals`]).
+//! - Every thread can take SIGTRAP: the kernel kills a thread that traps on
+//!   `int3` with SIGTRAP blocked. The interposed mask functions never block
+//!   it, and before every batch each thread's mask is read; one that still
+//!   blocks it is given it back, or the batch is refused naming it
+//!   ([`Error::SignalsBlocked`]).
+//! - No batch runs while a debugger traces the process, unless allowed
+//!   ([`allow_tracer`]): a debugger stops on our `int3`s and by default
+//!   resumes the thread without passing the signal on.
+//! - Text mapped `MAP_SHARED` is never written (the write would reach the
+//!   file on disk).
+//! - A `fork` never copies a batch half-done: it waits for the batch under
+//!   way ([`register_atfork`]).
+//!
+//! # Beyond single sites
+//!
+//! - [`world`] lists, observes and stops the process's threads: each one's
+//!   RIP and the RIPs saved in signal frames on its stacks, read without a
+//!   signal for the threads the kernel shows blocked. The tracing core's
+//!   quiescence wait is built on it.
+//! - [`convert_sleds`] makes GCC's five one-byte NOPs one 5-byte NOP, all
+//!   of an object's under one stop of the world.
 //!
 //! # Example
 //!
@@ -70,25 +91,38 @@
 #![warn(missing_docs)]
 
 mod batch;
+mod convert;
 mod insn;
+mod lock;
 mod maps;
-mod probe;
+pub mod signals;
 mod sync;
 mod text;
 mod trap;
+pub mod world;
 
 use std::fmt;
 
 pub use batch::{
-    poke_quiescent, read_memory, read_site, read_text, Applied, Batch, Phase, RejectReason,
-    Rejection,
+    allow_tracer, poke_quiescent, read_memory, read_site, read_text, Applied, Batch, Phase,
+    RejectReason, Rejection,
 };
+pub use convert::{convert_sleds, ConvertError, Converted, Quiet};
 pub use insn::{rel32, EncodeError, Insn, INT3, NOP1X5, NOP5};
-pub use probe::{
-    probe_signal, sample_threads, sample_threads_marking, set_probe_signal, tls_offset_of,
-    ThreadSample,
-};
+pub use lock::register_atfork;
+pub use signals::BlockedThread;
 pub use trap::{trap_stats, TrapStats};
+pub use world::probe::{sample_threads, sample_threads_marking, tls_offset_of, ThreadSample};
+
+/// The real-time signal thread probes use (the world signal).
+pub fn probe_signal() -> libc::c_int {
+    world::signal()
+}
+
+/// Chooses the world signal; see [`world::set_signal`].
+pub fn set_probe_signal(sig: libc::c_int) -> Result<(), Error> {
+    world::set_signal(sig)
+}
 
 /// Why a batch was not applied. When `apply` returns an error, no byte of
 /// text and no page protection has changed.
@@ -116,9 +150,19 @@ pub enum Error {
     /// `MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE`); patching without it is
     /// never done.
     NoCoreSync(String),
-    /// Threads that did not answer a probe (they block SIGTRAP, or are
-    /// stopped).
+    /// Threads that did not answer a probe (they block the world signal,
+    /// or are stopped).
     Unresponsive(Vec<i32>),
+    /// Threads that block SIGTRAP (and cannot be given it back): an `int3`
+    /// would kill the process. Nothing was written.
+    SignalsBlocked(Vec<BlockedThread>),
+    /// A debugger (ptrace tracer) is attached; see [`allow_tracer`].
+    Traced {
+        /// The tracer's pid.
+        pid: i32,
+        /// Its name.
+        name: String,
+    },
     /// A system call failed (reading the memory map, `mprotect`, `sigaction`).
     Io(std::io::Error),
 }
@@ -144,6 +188,25 @@ impl fmt::Display for Error {
             }
             Error::NoCoreSync(why) => write!(f, "cannot sync cores, refusing to patch: {why}"),
             Error::Unresponsive(tids) => write!(f, "threads {tids:?} did not answer a probe"),
+            Error::SignalsBlocked(list) => {
+                write!(
+                    f,
+                    "refusing to patch: a thread that reaches a site mid-batch would be killed:"
+                )?;
+                for t in list {
+                    write!(f, "\n  {t}")?;
+                }
+                Ok(())
+            }
+            Error::Traced { pid, name } => write!(
+                f,
+                "refusing to patch: the process is traced by pid {pid} ({name}). A debugger stops \
+                 on livetrace's int3s as on its own breakpoints and resumes the thread one byte \
+                 into the instruction (and gdb cannot pass SIGTRAP on without also passing its \
+                 own internal breakpoints, which kills the program). Detach the debugger while \
+                 tracing, or, for a tracer that passes every signal on (strace), set \
+                 LIVETRACE_ALLOW_PTRACE=1"
+            ),
             Error::Io(e) => write!(f, "system call failed: {e}"),
         }
     }

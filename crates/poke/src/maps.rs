@@ -13,6 +13,8 @@ pub(crate) struct Region {
     pub start: usize,
     pub end: usize,
     pub prot: i32,
+    /// `MAP_SHARED`: a write would reach the file (or the other mappers).
+    pub shared: bool,
 }
 
 /// The process's mappings, sorted by address.
@@ -52,7 +54,13 @@ impl Maps {
             if p.get(2) == Some(&b'x') {
                 prot |= libc::PROT_EXEC;
             }
-            regions.push(Region { start, end, prot });
+            let shared = p.get(3) == Some(&b's');
+            regions.push(Region {
+                start,
+                end,
+                prot,
+                shared,
+            });
         }
         regions.sort_by_key(|r| r.start);
         Maps { regions }
@@ -77,6 +85,23 @@ impl Maps {
             }
         }
         true
+    }
+
+    /// Whether any byte of `[addr, addr+len)` is in a shared mapping.
+    pub fn is_shared(&self, addr: usize, len: usize) -> bool {
+        let mut at = addr;
+        while at < addr.saturating_add(len) {
+            match self.find(at) {
+                Some(r) => {
+                    if r.shared {
+                        return true;
+                    }
+                    at = r.end;
+                }
+                None => return false,
+            }
+        }
+        false
     }
 
     /// Whether `[addr, addr+len)` is entirely mapped readable and executable,
@@ -115,16 +140,19 @@ mod tests {
 55d0c0a00000-55d0c0a02000 r--p 00000000 08:01 123 /bin/x
 55d0c0a02000-55d0c0a05000 r-xp 00002000 08:01 123 /bin/x
 55d0c0a05000-55d0c0a06000 rwxp 00005000 08:01 123 /bin/x
+55d0c0a06000-55d0c0a07000 r-xs 00000000 08:01 124 /tmp/shared
 7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
 ";
 
     #[test]
     fn parses_and_finds() {
         let m = Maps::parse(SAMPLE);
-        assert_eq!(m.regions.len(), 4);
+        assert_eq!(m.regions.len(), 5);
+        assert!(m.is_shared(0x55d0c0a06010, 5));
+        assert!(!m.is_shared(0x55d0c0a02abc, 5));
         let r = m.find(0x55d0c0a02abc).unwrap();
         assert_eq!(r.prot, libc::PROT_READ | libc::PROT_EXEC);
-        assert!(m.find(0x55d0c0a06000).is_none());
+        assert!(m.find(0x55d0c0a07000).is_none());
         assert!(m.find(0).is_none());
     }
 
@@ -133,7 +161,7 @@ mod tests {
         let m = Maps::parse(SAMPLE);
         assert!(m.is_text(0x55d0c0a04ffe, 5)); // r-x then rwx
         assert!(!m.is_text(0x55d0c0a01ffe, 5)); // r-- then r-x
-        assert!(!m.is_text(0x55d0c0a05ffe, 5)); // runs off the end
+        assert!(!m.is_text(0x55d0c0a06ffe, 5)); // runs off the end
         assert!(!m.is_text(0x7ffd00000000, 5)); // not executable
         assert!(!m.is_text(usize::MAX - 2, 5));
     }

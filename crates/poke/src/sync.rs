@@ -15,6 +15,7 @@
 //! clear error and no batch is applied: patching without core sync could let
 //! another core execute a stale mix of old and new bytes.
 
+use std::sync::atomic::{AtomicU8, Ordering::SeqCst};
 use std::sync::OnceLock;
 
 const MEMBARRIER_CMD_QUERY: libc::c_int = 0;
@@ -27,36 +28,71 @@ fn membarrier(cmd: libc::c_int) -> libc::c_long {
     unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0, 0) }
 }
 
+/// Where registration stands: not done, under way, done, failed. Atomics
+/// rather than a `OnceLock`, so that a fork child whose parent was in the
+/// middle of it can start again ([`forget_in_child`]) instead of waiting
+/// for a thread it does not have.
+static STATE: AtomicU8 = AtomicU8::new(NONE);
+const NONE: u8 = 0;
+const RUNNING: u8 = 1;
+const DONE: u8 = 2;
+const FAILED: u8 = 3;
+/// Why registration failed, kept so every later batch reports it.
+static WHY: OnceLock<String> = OnceLock::new();
+
+fn try_register() -> Result<(), String> {
+    let mask = membarrier(MEMBARRIER_CMD_QUERY);
+    if mask < 0 {
+        return Err(format!(
+            "membarrier is not available ({})",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let need = (MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE
+        | MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE) as libc::c_long;
+    if mask & need != need {
+        return Err(format!(
+            "membarrier lacks PRIVATE_EXPEDITED_SYNC_CORE (supported mask {mask:#x})"
+        ));
+    }
+    if membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE) != 0 {
+        return Err(format!(
+            "membarrier REGISTER_PRIVATE_EXPEDITED_SYNC_CORE failed ({})",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
 /// Registers the process for SYNC_CORE membarriers, once. The error is kept
 /// so every later batch reports the same reason.
 pub(crate) fn register() -> Result<(), String> {
-    static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
-    REGISTERED
-        .get_or_init(|| {
-            let mask = membarrier(MEMBARRIER_CMD_QUERY);
-            if mask < 0 {
-                return Err(format!(
-                    "membarrier is not available ({})",
-                    std::io::Error::last_os_error()
-                ));
+    loop {
+        match STATE.compare_exchange(NONE, RUNNING, SeqCst, SeqCst) {
+            Ok(_) => {
+                let r = try_register();
+                match &r {
+                    Ok(()) => STATE.store(DONE, SeqCst),
+                    Err(why) => {
+                        let _ = WHY.set(why.clone());
+                        STATE.store(FAILED, SeqCst);
+                    }
+                }
+                return r;
             }
-            let need = (MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE
-                | MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE)
-                as libc::c_long;
-            if mask & need != need {
-                return Err(format!(
-                    "membarrier lacks PRIVATE_EXPEDITED_SYNC_CORE (supported mask {mask:#x})"
-                ));
-            }
-            if membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE) != 0 {
-                return Err(format!(
-                    "membarrier REGISTER_PRIVATE_EXPEDITED_SYNC_CORE failed ({})",
-                    std::io::Error::last_os_error()
-                ));
-            }
-            Ok(())
-        })
-        .clone()
+            Err(DONE) => return Ok(()),
+            Err(FAILED) => return Err(WHY.get().cloned().unwrap_or_default()),
+            Err(_) => std::thread::yield_now(),
+        }
+    }
+}
+
+/// In a fork child: registration is per address space, and a parent thread
+/// may have been in the middle of it. Register again at the next batch.
+pub(crate) fn forget_in_child() {
+    if STATE.load(SeqCst) != FAILED {
+        STATE.store(NONE, SeqCst);
+    }
 }
 
 /// Serialises every core running a thread of this process. Only called after

@@ -23,16 +23,16 @@ struct Run {
     prot: i32,
 }
 
-/// Pages made writable for one batch; restored on drop.
-pub(crate) struct Unlocked {
+/// The page runs a set of sites needs writable: planned (allocating)
+/// before anything is stopped, applied without allocating.
+pub(crate) struct Plan {
     runs: Vec<Run>,
 }
 
-impl Unlocked {
-    /// Adds `PROT_WRITE` to every page touched by the 5-byte sites at
-    /// `sites` (sorted ascending). On failure every run already changed is
-    /// restored before the error is returned.
-    pub fn new(maps: &Maps, sites: impl Iterator<Item = usize>) -> std::io::Result<Unlocked> {
+impl Plan {
+    /// The runs of pages touched by the 5-byte sites at `sites` (sorted
+    /// ascending), with each page's protection from `maps`.
+    pub fn new(maps: &Maps, sites: impl Iterator<Item = usize>) -> Plan {
         let mut runs: Vec<Run> = Vec::new();
         for site in sites {
             let mut page = site & !(PAGE - 1);
@@ -59,10 +59,14 @@ impl Unlocked {
                 page += PAGE;
             }
         }
-        let mut done = Unlocked {
-            runs: Vec::with_capacity(runs.len()),
-        };
-        for run in runs {
+        Plan { runs }
+    }
+
+    /// Adds `PROT_WRITE` to every run. On failure every run already
+    /// changed is restored before the error is returned. Allocates
+    /// nothing.
+    pub fn unlock(&self) -> std::io::Result<()> {
+        for (i, run) in self.runs.iter().enumerate() {
             // SAFETY: the run covers whole pages that /proc/self/maps showed
             // mapped with `run.prot`; adding PROT_WRITE while keeping the
             // other bits changes no mapping anybody else relies on, since
@@ -72,23 +76,20 @@ impl Unlocked {
             };
             if rc != 0 {
                 let err = std::io::Error::last_os_error();
-                drop(done); // restores what was changed
+                Plan::restore(&self.runs[..i]);
                 return Err(err);
             }
-            done.runs.push(run);
         }
-        Ok(done)
+        Ok(())
     }
 
-    /// How many `mprotect` runs this batch needed.
-    pub fn runs(&self) -> usize {
-        self.runs.len()
+    /// Puts back every run's original protection. Allocates nothing.
+    pub fn relock(&self) {
+        Plan::restore(&self.runs);
     }
-}
 
-impl Drop for Unlocked {
-    fn drop(&mut self) {
-        for run in &self.runs {
+    fn restore(runs: &[Run]) {
+        for run in runs {
             // SAFETY: restores exactly the protection read from the map
             // before this batch made the run writable.
             let rc = unsafe { libc::mprotect(run.start as *mut _, run.len, run.prot) };
@@ -100,5 +101,37 @@ impl Drop for Unlocked {
                 crate::fatal("failed to restore text protection");
             }
         }
+    }
+
+    /// How many `mprotect` runs.
+    pub fn runs(&self) -> usize {
+        self.runs.len()
+    }
+}
+
+/// Pages made writable for one batch; restored on drop.
+pub(crate) struct Unlocked {
+    plan: Plan,
+}
+
+impl Unlocked {
+    /// Adds `PROT_WRITE` to every page touched by the 5-byte sites at
+    /// `sites` (sorted ascending). On failure every run already changed is
+    /// restored before the error is returned.
+    pub fn new(maps: &Maps, sites: impl Iterator<Item = usize>) -> std::io::Result<Unlocked> {
+        let plan = Plan::new(maps, sites);
+        plan.unlock()?;
+        Ok(Unlocked { plan })
+    }
+
+    /// How many `mprotect` runs this batch needed.
+    pub fn runs(&self) -> usize {
+        self.plan.runs()
+    }
+}
+
+impl Drop for Unlocked {
+    fn drop(&mut self) {
+        self.plan.relock();
     }
 }

@@ -46,12 +46,12 @@
 //! no arithmetic that can overflow in debug builds, no formatting), and
 //! preserves `errno`.
 
-use std::cell::UnsafeCell;
 use std::mem::MaybeUninit;
 use std::ptr;
 use std::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
 
 use crate::insn::INT3;
+use crate::signals::real_sigaction;
 
 /// How a handler emulates an entry's new instruction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,35 +146,27 @@ pub(crate) fn drain() {
 }
 
 // ---------------------------------------------------------------------------
-// The program's previous handler.
-//
-// Two slots and an index: the patcher writes the slot not in use, flips the
-// index, and the next write to that slot comes only after a drain, so no
-// handler reads a slot while it is being written.
+// The program's own SIGTRAP disposition.
 
-struct PrevSlots {
-    slots: UnsafeCell<[MaybeUninit<libc::sigaction>; 2]>,
+/// What the program set for SIGTRAP: where traps that are not ours go.
+/// Recorded when we install our handler (whatever was there), by the
+/// interposed `sigaction`/`signal` afterwards, and by the check before
+/// every batch when a handler was installed behind our back (a raw system
+/// call). See [`crate::signals`].
+pub(crate) static PROGRAM: crate::signals::ProgramAction = crate::signals::ProgramAction::new();
+/// Our handler has been installed at least once.
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// Whether our handler is (meant to be) SIGTRAP's disposition.
+pub(crate) fn installed() -> bool {
+    INSTALLED.load(SeqCst)
 }
-
-// SAFETY: slots are written only under the batch lock, and only the slot
-// that no handler can be reading (see above); handlers only read.
-unsafe impl Sync for PrevSlots {}
-
-static PREV: PrevSlots = PrevSlots {
-    slots: UnsafeCell::new([MaybeUninit::zeroed(), MaybeUninit::zeroed()]),
-};
-/// Index of the slot holding the previous handler; `usize::MAX` before the
-/// first install.
-static PREV_INDEX: AtomicUsize = AtomicUsize::new(usize::MAX);
-/// Set once an `SA_RESETHAND` previous handler has been delivered to.
-static PREV_RESET: AtomicBool = AtomicBool::new(false);
 
 /// A fork child has one thread, the one that called fork, and it is not in
 /// a handler; but other threads of the parent may have been (a trap
-/// delivered after its batch, a thread probe), and their counts were
-/// copied. Left as they are, the child's first batch would wait for them
-/// forever.
-extern "C" fn after_fork_in_child() {
+/// delivered after its batch), and their counts were copied. Left as they
+/// are, the child's first batch would wait for them forever.
+pub(crate) fn forget_in_flight() {
     IN_FLIGHT.store(0, SeqCst);
 }
 
@@ -182,19 +174,18 @@ fn our_handler() -> usize {
     on_sigtrap as *const () as usize
 }
 
-/// Installs our handler if it is not the current SIGTRAP disposition,
-/// remembering the current one to chain to. Called under the batch lock,
-/// before every batch, after a drain (so the spare slot is free).
+/// Installs our handler if it is not the current SIGTRAP disposition. What
+/// was there becomes the program's disposition, to chain to: the first
+/// time, whatever the program had; later, a handler installed behind our
+/// back (the interposed `sigaction` never replaces ours), which may chain
+/// to its own previous disposition — ours — and then gets the one before
+/// it. Called under the batch lock, before every batch.
 pub(crate) fn ensure_installed() -> std::io::Result<bool> {
-    static AT_FORK: std::sync::Once = std::sync::Once::new();
-    AT_FORK.call_once(|| {
-        // SAFETY: registers a child-side fork handler with no other effect.
-        unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
-    });
+    crate::lock::register_atfork();
     let mut cur = MaybeUninit::<libc::sigaction>::zeroed();
     // SAFETY: querying the disposition with a null new action changes
     // nothing; `cur` is valid for writes.
-    let rc = unsafe { libc::sigaction(libc::SIGTRAP, ptr::null(), cur.as_mut_ptr()) };
+    let rc = unsafe { real_sigaction(libc::SIGTRAP, ptr::null(), cur.as_mut_ptr()) };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -203,16 +194,11 @@ pub(crate) fn ensure_installed() -> std::io::Result<bool> {
     if cur.sa_sigaction == our_handler() {
         return Ok(false);
     }
-    let spare = match PREV_INDEX.load(SeqCst) {
-        0 => 1,
-        _ => 0,
-    };
-    // SAFETY: the spare slot is not read by any handler: handlers read only
-    // the slot PREV_INDEX names, and every handler that read the index when
-    // it named the spare slot has finished (the caller drained).
-    unsafe { (*PREV.slots.get())[spare] = MaybeUninit::new(cur) };
-    PREV_RESET.store(false, SeqCst);
-    PREV_INDEX.store(spare, SeqCst);
+    if INSTALLED.load(SeqCst) {
+        PROGRAM.replace_found(cur);
+    } else {
+        PROGRAM.set(cur);
+    }
 
     let mut ours = MaybeUninit::<libc::sigaction>::zeroed();
     let p = ours.as_mut_ptr();
@@ -222,23 +208,36 @@ pub(crate) fn ensure_installed() -> std::io::Result<bool> {
         (*p).sa_sigaction = our_handler();
         // SA_ONSTACK follows the program's choice, so a handler it expects
         // on its alternate stack still runs there when we chain.
-        (*p).sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | (cur.sa_flags & libc::SA_ONSTACK);
-        // Every asynchronous signal waits until we are done. Otherwise a
-        // signal handler that calls a function being patched could hit its
-        // int3 while we run, with SIGTRAP blocked: the kernel would then
-        // kill the process instead of delivering the trap. Faults stay
-        // deliverable, to the program's own handlers.
+        // SA_NODEFER: SIGTRAP stays deliverable inside the handler, so no
+        // thread ever has it blocked because of us (see `signals`).
+        (*p).sa_flags = libc::SA_SIGINFO
+            | libc::SA_RESTART
+            | libc::SA_NODEFER
+            | (cur.sa_flags & libc::SA_ONSTACK);
+        // Every other asynchronous signal waits until we are done: a
+        // handler that ran on top of ours for long would hold up the
+        // batch, which drains the handlers in flight. Faults stay
+        // deliverable, to the program's own handlers, and the world signal
+        // (its probe is answered in a moment).
         libc::sigfillset(&mut (*p).sa_mask);
-        for fault in [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE] {
-            libc::sigdelset(&mut (*p).sa_mask, fault);
+        for keep in [
+            libc::SIGSEGV,
+            libc::SIGBUS,
+            libc::SIGILL,
+            libc::SIGFPE,
+            libc::SIGTRAP,
+            crate::world::signal(),
+        ] {
+            libc::sigdelset(&mut (*p).sa_mask, keep);
         }
         ours.assume_init()
     };
     // SAFETY: installs a valid handler for SIGTRAP.
-    let rc = unsafe { libc::sigaction(libc::SIGTRAP, &ours, ptr::null_mut()) };
+    let rc = unsafe { real_sigaction(libc::SIGTRAP, &ours, ptr::null_mut()) };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
+    INSTALLED.store(true, SeqCst);
     Ok(true)
 }
 
@@ -297,7 +296,7 @@ fn emulate(regs: &Regs, e: &Entry) {
 enum Verdict {
     Emulated,
     Reexecute,
-    Foreign(Option<libc::sigaction>),
+    Foreign,
 }
 
 fn decide(regs: &Regs, site: usize) -> Verdict {
@@ -332,11 +331,7 @@ fn decide(regs: &Regs, site: usize) -> Verdict {
     let verdict = if byte != INT3 && is_known {
         Verdict::Reexecute
     } else {
-        let idx = PREV_INDEX.load(SeqCst);
-        // SAFETY: the slot PREV_INDEX names is fully written before the
-        // index is stored, and not rewritten until after a drain.
-        let prev = unsafe { (*PREV.slots.get()).get(idx).map(|s| s.assume_init()) };
-        Verdict::Foreign(prev)
+        Verdict::Foreign
     };
     IN_FLIGHT.fetch_sub(1, SeqCst);
     verdict
@@ -358,12 +353,7 @@ extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut 
     let verdict = if code == libc::SI_KERNEL {
         decide(&regs, regs.rip().wrapping_sub(1))
     } else {
-        IN_FLIGHT.fetch_add(1, SeqCst);
-        let idx = PREV_INDEX.load(SeqCst);
-        // SAFETY: as in `decide`.
-        let prev = unsafe { (*PREV.slots.get()).get(idx).map(|s| s.assume_init()) };
-        IN_FLIGHT.fetch_sub(1, SeqCst);
-        Verdict::Foreign(prev)
+        Verdict::Foreign
     };
     match verdict {
         Verdict::Emulated => {
@@ -373,92 +363,15 @@ extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut 
             regs.set_rip(regs.rip().wrapping_sub(1));
             REEXECUTED.fetch_add(1, Relaxed);
         }
-        Verdict::Foreign(prev) => {
+        Verdict::Foreign => {
             CHAINED.fetch_add(1, Relaxed);
             // SAFETY: passes the kernel's own arguments on to the program's
             // handler, which expects exactly these.
-            unsafe { chain(sig, info, uc, code, prev) };
+            unsafe { PROGRAM.deliver(sig, info, uc) };
         }
     }
     // SAFETY: see above.
     unsafe { *libc::__errno_location() = errno };
-}
-
-/// Delivers a trap that is not ours the way it would have been delivered
-/// had we never been installed.
-///
-/// # Safety
-/// `info` and `uc` are the kernel's arguments to this invocation.
-unsafe fn chain(
-    sig: libc::c_int,
-    info: *mut libc::siginfo_t,
-    uc: *mut libc::c_void,
-    code: libc::c_int,
-    prev: Option<libc::sigaction>,
-) {
-    let handler = prev.map_or(libc::SIG_DFL, |p| p.sa_sigaction);
-    let oneshot = prev.is_some_and(|p| p.sa_flags & libc::SA_RESETHAND != 0);
-    let spent = oneshot && PREV_RESET.swap(true, SeqCst);
-    if handler == libc::SIG_IGN && code != libc::SI_KERNEL {
-        // An ignored asynchronous SIGTRAP is dropped. (A synchronous one from
-        // int3 cannot be ignored; the kernel would kill the process, below.)
-        return;
-    }
-    if handler == libc::SIG_DFL || handler == libc::SIG_IGN || spent {
-        // Default action: put SIG_DFL back and re-raise. SIGTRAP is blocked
-        // while we run, so it is delivered, and the process terminated with
-        // a core as it would have been, when this handler returns.
-        let mut dfl = MaybeUninit::<libc::sigaction>::zeroed();
-        // SAFETY: a zeroed sigaction is SIG_DFL with no flags and an empty
-        // mask; sigaction, gettid and tgkill are async-signal-safe.
-        unsafe {
-            (*dfl.as_mut_ptr()).sa_sigaction = libc::SIG_DFL;
-            libc::sigaction(libc::SIGTRAP, dfl.as_ptr(), ptr::null_mut());
-            libc::syscall(
-                libc::SYS_tgkill,
-                libc::getpid(),
-                libc::syscall(libc::SYS_gettid),
-                libc::SIGTRAP,
-            );
-        }
-        return;
-    }
-    let Some(prev) = prev else { return };
-    // Run the program's handler under the mask the kernel would have given
-    // it: the mask of the interrupted code, its sa_mask added, and SIGTRAP
-    // blocked unless it asked for SA_NODEFER. (Ours blocks more.)
-    let mut old = MaybeUninit::<libc::sigset_t>::zeroed();
-    // SAFETY: `uc` is the kernel's ucontext for this delivery; sigset
-    // operations on valid local sets; pthread_sigmask is async-signal-safe
-    // (it is sigprocmask for the calling thread).
-    unsafe {
-        let mut mask = (*(uc as *const libc::ucontext_t)).uc_sigmask;
-        for s in 1..=libc::SIGRTMAX() {
-            if libc::sigismember(&prev.sa_mask, s) == 1 {
-                libc::sigaddset(&mut mask, s);
-            }
-        }
-        if prev.sa_flags & libc::SA_NODEFER != 0 {
-            libc::sigdelset(&mut mask, libc::SIGTRAP);
-        } else {
-            libc::sigaddset(&mut mask, libc::SIGTRAP);
-        }
-        libc::pthread_sigmask(libc::SIG_SETMASK, &mask, old.as_mut_ptr());
-    }
-    if prev.sa_flags & libc::SA_SIGINFO != 0 {
-        // SAFETY: with SA_SIGINFO the program registered a three-argument
-        // handler at this address.
-        let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
-            unsafe { std::mem::transmute(handler) };
-        f(sig, info, uc);
-    } else {
-        // SAFETY: without SA_SIGINFO the program registered a one-argument
-        // handler at this address.
-        let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(handler) };
-        f(sig);
-    }
-    // SAFETY: restores the mask saved above.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old.as_ptr(), ptr::null_mut()) };
 }
 
 #[cfg(test)]

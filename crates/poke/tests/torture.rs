@@ -11,6 +11,12 @@
 //! inside a single batch through the old or the new one; any call returns
 //! its own function's value and bumps at most one counter.
 //!
+//! The program patterns the engine must survive are mixed in: half the
+//! workers block every signal the way a `sigwait` server does; a SIGUSR1
+//! handler (sent to the workers all along) calls sites at arbitrary points
+//! of their loops, mid-batch included; and the main thread forks now and
+//! then, each child checking that it holds no half-done batch.
+//!
 //! `LIVETRACE_SOAK_SECS=N` runs batches for N seconds instead of the
 //! default count.
 
@@ -71,7 +77,31 @@ struct Tally {
     in_batch: u64,
 }
 
+/// Calls made from the SIGUSR1 handler, and wrong results seen there.
+static HANDLER_CALLS: AtomicU64 = AtomicU64::new(0);
+static HANDLER_WRONG: AtomicU64 = AtomicU64::new(0);
+
+/// Runs on a worker interrupted anywhere: calls a function no worker's
+/// loop checks (its counters would confuse the tally), whose site the
+/// batches also change.
+extern "C" fn on_usr1(_: i32) {
+    let i = SITES + 7;
+    if fx::call(i) != fx::value_of(i) {
+        HANDLER_WRONG.fetch_add(1, SeqCst);
+    }
+    HANDLER_CALLS.fetch_add(1, SeqCst);
+}
+
 fn worker(w: usize, workers: usize) -> Tally {
+    if w % 2 == 1 {
+        // SAFETY: blocks every signal on this thread through the C library
+        // (which keeps SIGTRAP and livetrace's world signal deliverable).
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+        }
+    }
     let mut t = Tally::default();
     while !STOP.load(SeqCst) {
         for i in (w..SITES).step_by(workers) {
@@ -134,9 +164,23 @@ fn batches_under_fire() {
         .ok()
         .and_then(|s| s.parse::<u64>().ok());
     let deadline = soak.map(|s| Instant::now() + Duration::from_secs(s));
+    // SAFETY: installs a SIGUSR1 handler that only calls a fixture
+    // function and bumps atomics.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_usr1 as *const () as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
+    }
     let handles: Vec<_> = (0..workers)
         .map(|w| std::thread::spawn(move || worker(w, workers)))
         .collect();
+    use std::os::unix::thread::JoinHandleExt;
+    let threads: Vec<libc::pthread_t> = handles.iter().map(|h| h.as_pthread_t()).collect();
+    let handler_site = SITES + 7;
+    let mut handler_on = false;
+    let mut forks = 0u32;
 
     let start_stats = trap_stats();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -169,14 +213,33 @@ fn batches_under_fire() {
             NEXT[i].store(new, SeqCst);
             state[i] = new;
         }
+        // The handler's function flips too, in the same batch.
+        let (old, new) = if handler_on {
+            (Insn::Call(fx::count_any_addr()), Insn::Nop)
+        } else {
+            (Insn::Nop, Insn::Call(fx::count_any_addr()))
+        };
+        batch.queue(fx::site(handler_site), old, new).unwrap();
+        handler_on = !handler_on;
+        // Signals to the workers (blocked ones included: SIGUSR1 waits
+        // for those to unblock, which they never do, so only the others
+        // run the handler).
+        for &t in &threads {
+            // SAFETY: the workers run until STOP.
+            unsafe { libc::pthread_kill(t, libc::SIGUSR1) };
+        }
         EPOCH.fetch_add(1, SeqCst); // odd: batch in progress
         let applied = batch.apply().expect("batch applies");
         for &i in &changed {
             CUR[i].store(state[i], SeqCst);
         }
         EPOCH.fetch_add(1, SeqCst); // even: settled
-        assert_eq!(applied.sites, changed.len());
+        assert_eq!(applied.sites, changed.len() + 1);
         batches += 1;
+        if batches % 97 == 0 {
+            forks += 1;
+            fork_and_check();
+        }
         sites_patched += changed.len();
         if FAILURES.load(SeqCst) > 0 {
             break;
@@ -186,6 +249,15 @@ fn batches_under_fire() {
 
     // Settle everything back to NOP while the workers still run.
     let mut batch = Batch::new();
+    if handler_on {
+        batch
+            .queue(
+                fx::site(handler_site),
+                Insn::Call(fx::count_any_addr()),
+                Insn::Nop,
+            )
+            .unwrap();
+    }
     for (i, s) in state.iter().enumerate() {
         if *s != NOP {
             NEXT[i].store(NOP, SeqCst);
@@ -209,10 +281,17 @@ fn batches_under_fire() {
     eprintln!(
         "torture: {batches} batches, {sites_patched} site rewrites in {elapsed:?}; \
          {workers} workers made {calls} calls ({settled} settled, {in_batch} during a batch); \
-         traps: {} emulated, {} re-executed, {} chained",
+         traps: {} emulated, {} re-executed, {} chained; \
+         {} calls from a signal handler; {forks} forks",
         stats.emulated - start_stats.emulated,
         stats.reexecuted - start_stats.reexecuted,
         stats.chained - start_stats.chained,
+        HANDLER_CALLS.load(SeqCst),
+    );
+    assert_eq!(
+        HANDLER_WRONG.load(SeqCst),
+        0,
+        "a handler's call returned wrong"
     );
     if let Some(msg) = FIRST_FAILURE.lock().unwrap().take() {
         panic!("{} failure(s); first: {msg}", FAILURES.load(SeqCst));
@@ -233,4 +312,53 @@ fn batches_under_fire() {
         stats.chained, start_stats.chained,
         "no trap was taken for foreign"
     );
+}
+
+/// Forks; the child checks that no fixture site holds an `int3` and that a
+/// batch goes through (no engine lock held by a thread it does not have).
+fn fork_and_check() {
+    // SAFETY: the child only reads its text, applies one batch and
+    // `_exit`s.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let mut code = 0;
+        for i in 0..SITES {
+            // SAFETY: fixture text, mapped for the life of the process.
+            let b = unsafe { std::ptr::read_volatile(fx::site(i) as *const u8) };
+            if b == livetrace_poke::INT3 {
+                code = 1;
+            }
+        }
+        let i = SITES + 9;
+        let mut b = Batch::new();
+        b.queue(fx::site(i), Insn::Nop, Insn::Call(fx::count_any_addr()))
+            .unwrap();
+        if b.apply().is_err() {
+            code = 2;
+        }
+        // SAFETY: ends the child.
+        unsafe { libc::_exit(code) };
+    }
+    assert!(pid > 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut status = 0;
+    loop {
+        // SAFETY: waits for our own child without blocking.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            break;
+        }
+        if Instant::now() > deadline {
+            // SAFETY: kills our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            fail("a fork child hung".into());
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        fail(format!(
+            "a fork child found a half-done batch (status {status:#x})"
+        ));
+    }
 }

@@ -56,6 +56,11 @@ extern "C" {
 #define LT_ESTATE (-5)
 /* A bug in livetrace: an internal panic was caught at the boundary. */
 #define LT_EINTERNAL (-6)
+/* lt_ops_unregister: the callback is detached, but a thread may still be
+ * inside it (it blocks there, or cannot be observed; the message names the
+ * threads): do not free its data yet, and call lt_ops_unregister again
+ * later, which returns LT_OK once no thread can be inside. */
+#define LT_EBUSY (-7)
 
 /* An attached callback (lt_ops_register). */
 typedef struct lt_ops lt_ops;
@@ -102,8 +107,11 @@ int lt_function_name(uintptr_t ip, char *buf, size_t len);
  * `data` is passed as is, from any thread. Returns NULL on error. */
 lt_ops *lt_ops_register(const char *glob, lt_callback cb, void *data);
 
-/* Detaches and frees `ops`. When it returns, no thread is or will be inside
- * `cb` for it, so `data` may be freed. NULL is allowed (no-op). */
+/* Detaches and frees `ops`. When it returns LT_OK, no thread is or will be
+ * inside `cb` for it, so `data` may be freed. LT_EBUSY: detached, but a
+ * thread may still be inside `cb` after the bounded wait (5 s,
+ * LIVETRACE_QUIESCE_TIMEOUT_MS); `ops` stays valid, keep `data`, and call
+ * again later. NULL is allowed (no-op). */
 int lt_ops_unregister(lt_ops *ops);
 
 /* Starts a tracer over the functions `glob` names (all when NULL or ""):
@@ -122,14 +130,16 @@ lt_session *lt_trace_start_n(const char *tracer, const char *const *patterns, si
 int lt_trace_stop(lt_session *session);
 
 /* Writes what the session recorded so far (it may still be running) to
- * `path` in `format`:
- *   "text"    ftrace's function / function_graph layout; the profile table
- *             for the profile tracer
- *   "json"    Chrome Trace Event JSON (Perfetto, chrome://tracing)
- *   "folded"  folded stacks (graph tracer; call counts for function)
- *   "svg"     a flame graph
- *   "uftrace" a uftrace.data directory at `path` (`uftrace replay -d path`)
- *   "profile" per-function table (graph or profile tracer)
+ * `path` in `format`, as `livetrace convert` writes it:
+ *   "lttrace"  livetrace's recording file (`livetrace convert` reads it)
+ *   "text"     ftrace's function / function_graph layout; the profile table
+ *              for the profile tracer
+ *   "json"     Chrome Trace Event JSON (Perfetto, chrome://tracing)
+ *   "perfetto" Perfetto's protobuf trace
+ *   "folded"   folded stacks (graph tracer; call counts for function)
+ *   "svg"      a flame graph
+ *   "uftrace"  a uftrace.data directory at `path` (`uftrace replay -d path`)
+ *   "profile"  per-function table (graph or profile tracer)
  * Returns the number of events written (rows for the profile table), or an
  * LT_E* code. */
 long lt_trace_write(lt_session *session, const char *path, const char *format);

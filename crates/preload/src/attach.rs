@@ -631,22 +631,22 @@ impl BlockedSignals {
     }
 }
 
-/// Picks the thread-probe and stop-the-world signals among real-time
+/// Picks the world signal (thread probes and stops) among real-time
 /// signals the program does not use, and saves the program's dispositions
-/// of them and of SIGTRAP.
+/// of it and of SIGTRAP.
 fn choose_signals(blocked: BlockedSignals) -> Result<(), String> {
     let (blocked, who) = blocked.blocked();
-    let mut free = (libc::SIGRTMIN()..=libc::SIGRTMAX())
+    let Some(world) = (libc::SIGRTMIN()..=libc::SIGRTMAX())
         .rev()
-        .filter(|&s| free_signal(s, blocked));
-    let (Some(probe), Some(stop)) = (free.next(), free.next()) else {
+        .find(|&s| free_signal(s, blocked))
+    else {
         let handled: Vec<String> = (libc::SIGRTMIN()..=libc::SIGRTMAX())
             .filter(|&s| !free_signal(s, 0))
             .map(|s| s.to_string())
             .collect();
         return Err(format!(
             "every real-time signal is in use by the program (blocked: {who}; with a \
-             handler or ignored: {}); livetrace needs two",
+             handler or ignored: {}); livetrace needs one",
             if handled.is_empty() {
                 "none".into()
             } else {
@@ -654,10 +654,9 @@ fn choose_signals(blocked: BlockedSignals) -> Result<(), String> {
             }
         ));
     };
-    livetrace::poke::set_probe_signal(probe).map_err(|e| e.to_string())?;
-    livetrace::sites::set_stop_signal(stop)?;
+    livetrace::poke::set_probe_signal(world).map_err(|e| e.to_string())?;
     let mut sigs = Vec::new();
-    for sig in [libc::SIGTRAP, probe, stop] {
+    for sig in [libc::SIGTRAP, world] {
         let mut cur = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
         // SAFETY: queries only.
         if unsafe { libc::sigaction(sig, std::ptr::null(), cur.as_mut_ptr()) } == 0 {
@@ -800,6 +799,8 @@ fn detach() {
     crate::STATE.store(crate::OFF, Release);
     restore_signals();
     crate::tls::forget_destructors();
+    // The ring buffers' thread-exit hook (a pthread key destructor).
+    livetrace_ring::forget_exit_hook();
     let code: Vec<u64> = crate::code::ranges()
         .into_iter()
         .flat_map(|(a, b)| [a as u64, b as u64])

@@ -11,12 +11,12 @@
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_long, c_void, CStr, CString};
-use std::io::{BufWriter, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Mutex;
 
-use livetrace::output::{chrome, folded, profile, text, uftrace, Trace};
+use livetrace::output::{convert, Trace};
 use livetrace::{Call, Config, Ops, Pattern, Session, Tracer};
+use livetrace_format::Format;
 
 /// Success.
 pub const LT_OK: c_int = 0;
@@ -32,6 +32,9 @@ pub const LT_EIO: c_int = -4;
 pub const LT_ESTATE: c_int = -5;
 /// An internal panic, caught.
 pub const LT_EINTERNAL: c_int = -6;
+/// Detached, but a thread may still be inside the callback (the bounded
+/// quiescence wait gave up): the callback's data must not be freed yet.
+pub const LT_EBUSY: c_int = -7;
 
 /// A failure: code and message.
 struct Fail {
@@ -53,6 +56,7 @@ impl From<livetrace::Error> for Fail {
         let code = match e {
             livetrace::Error::NoMatch { .. } => LT_ENOMATCH,
             livetrace::Error::InCallback | livetrace::Error::DynamicTls => LT_ESTATE,
+            livetrace::Error::NotQuiescent { .. } => LT_EBUSY,
             _ => LT_ETRACE,
         };
         Fail::new(code, e.to_string())
@@ -426,95 +430,38 @@ fn event_count(t: &Trace) -> usize {
     t.threads.iter().map(|th| th.events.len()).sum()
 }
 
-fn create(path: &str) -> Result<BufWriter<std::fs::File>, Fail> {
-    std::fs::File::create(path)
-        .map(BufWriter::new)
-        .map_err(|e| Fail::new(LT_EIO, format!("cannot create {path}: {e}")))
-}
-
-fn io(path: &str) -> impl Fn(std::io::Error) -> Fail + '_ {
-    move |e| Fail::new(LT_EIO, format!("writing {path}: {e}"))
-}
-
+/// Writes what the session holds to `path` in `format`, the way `livetrace
+/// convert` does (one vocabulary of formats, one writer per format): the
+/// session's records as a trace file in memory, converted.
 fn write(s: &LtSession, path: &str, format: &str) -> Result<usize, Fail> {
-    let session = s.session();
-    let unsupported = || {
-        Fail::new(
-            LT_EINVAL,
-            format!(
-                "format '{format}' is not available for the {} tracer",
-                match s.tracer {
-                    Tracer::Function => "function",
-                    Tracer::Graph => "graph",
-                    Tracer::Profile => "profile",
-                }
-            ),
-        )
-    };
-    let known = ["text", "json", "folded", "svg", "uftrace", "profile"];
-    if !known.contains(&format) {
-        return Err(Fail::new(
-            LT_EINVAL,
-            format!("unknown format '{format}' (text, json, folded, svg, uftrace, profile)"),
-        ));
+    let format: Format = format
+        .parse()
+        .map_err(|e: String| Fail::new(LT_EINVAL, e))?;
+    format
+        .suits(s.tracer)
+        .map_err(|e| Fail::new(LT_EINVAL, e))?;
+    let io = |e: std::io::Error| Fail::new(LT_EIO, format!("writing {path}: {e}"));
+    let mut recording = Vec::new();
+    let records = s.session().write_recording(&mut recording).map_err(io)?;
+    if format == Format::Lttrace {
+        std::fs::write(path, &recording).map_err(io)?;
+        return Ok(records as usize);
     }
-    if s.tracer == Tracer::Profile {
-        if format != "text" && format != "profile" {
-            return Err(unsupported());
-        }
-        let rows = session.profile();
-        let mut out = create(path)?;
-        profile::write_table(&rows, &mut out)
-            .and_then(|()| out.flush())
-            .map_err(io(path))?;
-        return Ok(rows.len());
-    }
-    let trace = session.snapshot();
-    drop(session);
-    let n = event_count(&trace);
-    match format {
-        "text" => {
-            let mut out = create(path)?;
-            match s.tracer {
-                Tracer::Function => text::write_function(&trace, &mut out),
-                _ => text::write_function_graph(&trace, &mut out),
-            }
-            .and_then(|()| out.flush())
-            .map_err(io(path))?;
-        }
-        "json" => {
-            let mut out = create(path)?;
-            chrome::write(&trace, &mut out)
-                .and_then(|()| out.flush())
-                .map_err(io(path))?;
-        }
-        "folded" => {
-            let mut out = create(path)?;
-            folded::write(&trace, &mut out)
-                .and_then(|_| out.flush())
-                .map_err(io(path))?;
-        }
-        "svg" => {
-            let mut out = create(path)?;
-            folded::flamegraph(&trace, &mut out)
-                .and_then(|()| out.flush())
-                .map_err(io(path))?;
-        }
-        "uftrace" => uftrace::write_dir(&trace, path).map_err(io(path))?,
-        "profile" => {
-            if s.tracer != Tracer::Graph {
-                return Err(unsupported());
-            }
-            let rows = profile::compute(&trace);
-            let mut out = create(path)?;
-            profile::write_table(&rows, &mut out)
-                .and_then(|()| out.flush())
-                .map_err(io(path))?;
-            return Ok(rows.len());
-        }
-        _ => unreachable!("checked above"),
-    }
-    Ok(n)
+    let reader = livetrace_format::Reader::new(std::io::Cursor::new(recording))
+        .map_err(|e| Fail::new(LT_EINTERNAL, e.to_string()))?;
+    let mut rec =
+        convert::Recording::new(reader).map_err(|e| Fail::new(LT_EINTERNAL, e.to_string()))?;
+    let done = convert::convert(&mut rec, format, &convert::Dest::Path(path.into())).map_err(
+        |e| match e {
+            convert::Error::Unsuited(m) => Fail::new(LT_EINVAL, m),
+            e => Fail::new(LT_EIO, format!("writing {path}: {e}")),
+        },
+    )?;
+    Ok(if s.tracer == Tracer::Profile {
+        done.rows
+    } else {
+        done.summary.events() as usize
+    })
 }
 
 /// Writes what `session` recorded to `path` in `format`.

@@ -9,10 +9,9 @@
 //!
 //! One lock ([`serialize`]) is held across every interposed real `dlopen`
 //! or `dlclose` and the table update after it, and by the C API around its
-//! rescans. So when the table is updated after a `dlopen`, the objects that
-//! call loaded cannot have been handed to the program by another
-//! `dlopen` yet, which is what converting their sleds without stopping
-//! anyone needs ([`livetrace::sites::ConvertPolicy::JustLoaded`]). A
+//! rescans, so one `dlopen`'s objects are scanned and converted (with every
+//! other thread stopped: [`livetrace::sites::ConvertPolicy::StopTheWorld`])
+//! before another `dlopen` can hand them out again. A
 //! `dlopen` made while the lock is held by the same thread (a library's
 //! constructor loading another library, an `atfork` handler) is passed
 //! through and its handle remembered; the outermost call handles it.
@@ -36,14 +35,14 @@
 //! real functions, under no lock (they run with the tracing core's lock
 //! held, which the interposers take after theirs).
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering::*};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use livetrace::sites::{ConvertPolicy, JustLoaded, ObjectId, Table};
+use livetrace::sites::{ConvertPolicy, ObjectId, Table};
 
 type DlopenFn = unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void;
 type DlcloseFn = unsafe extern "C" fn(*mut c_void) -> c_int;
@@ -110,11 +109,6 @@ static DL: Mutex<()> = Mutex::new(());
 thread_local! {
     /// Whether this thread holds `DL` (so a nested call must not take it).
     static HELD: Cell<bool> = const { Cell::new(false) };
-    /// Whether this thread is inside an interposed `dlopen` (the outermost).
-    static IN_DLOPEN: Cell<bool> = const { Cell::new(false) };
-    /// Handles returned by nested `dlopen`s during this thread's outermost
-    /// interposed one.
-    static NESTED: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Holds the interposers' lock, unless this thread already does.
@@ -330,23 +324,14 @@ unsafe extern "C" fn dlopen_impl(file: *const c_char, flags: c_int, ret: usize) 
         // outermost dlopen converts what this one loads; otherwise the next
         // scan finds it.
         // SAFETY: the program's arguments, forwarded.
-        let h = unsafe { dlopen_as_caller(file, flags, ret) };
-        if !h.is_null() && IN_DLOPEN.get() {
-            let _ = NESTED.try_with(|n| n.borrow_mut().push(h as usize));
-        }
-        return h;
+        return unsafe { dlopen_as_caller(file, flags, ret) };
     }
     let serial = serialize();
     let before = catch_unwind(known_objects).unwrap_or_default();
-    IN_DLOPEN.set(true);
     // SAFETY: the program's arguments, forwarded.
     let h = unsafe { dlopen_as_caller(file, flags, ret) };
-    IN_DLOPEN.set(false);
-    let nested = NESTED
-        .try_with(|n| std::mem::take(&mut *n.borrow_mut()))
-        .unwrap_or_default();
     if !h.is_null() {
-        if catch_unwind(AssertUnwindSafe(|| after_dlopen(h, &nested, &before))).is_err() {
+        if catch_unwind(AssertUnwindSafe(|| after_dlopen(h, &before))).is_err() {
             eprintln!("livetrace: internal error after dlopen; its sites may be missing");
         }
         // Our own dl* calls may have left an error the program would read.
@@ -442,40 +427,15 @@ fn known_objects() -> HashSet<(String, usize)> {
     .unwrap_or_default()
 }
 
-/// The load bias of the object behind a `dlopen` handle.
-fn handle_base(handle: *mut c_void) -> Option<usize> {
-    /// The leading, public fields of glibc's `struct link_map`.
-    #[repr(C)]
-    struct LinkMap {
-        l_addr: usize,
-    }
-    let mut lm: *mut LinkMap = std::ptr::null_mut();
-    // SAFETY: RTLD_DI_LINKMAP stores one `struct link_map *`; `handle` is a
-    // live handle the real dlopen just returned.
-    let rc = unsafe {
-        libc::dlinfo(
-            handle,
-            libc::RTLD_DI_LINKMAP,
-            &mut lm as *mut *mut LinkMap as *mut c_void,
-        )
-    };
-    // SAFETY: glibc returned the handle's link_map, alive with the handle.
-    (rc == 0 && !lm.is_null()).then(|| unsafe { (*lm).l_addr })
-}
-
-/// After a successful `dlopen` that returned `h` (and, nested in it,
-/// `nested`): scan and convert what it loaded, before the program sees `h`.
-fn after_dlopen(h: *mut c_void, nested: &[usize], before: &HashSet<(String, usize)>) {
-    let mine: Vec<usize> = std::iter::once(h as usize)
-        .chain(nested.iter().copied())
-        .filter_map(|h| handle_base(h as *mut c_void))
-        .collect();
+/// After a successful `dlopen` that returned `h` (and, nested in it, more
+/// handles): scan and convert what it loaded, before the program sees `h`.
+/// Everything new is converted with the other threads stopped, so the
+/// nested handles need no special treatment.
+fn after_dlopen(h: *mut c_void, before: &HashSet<(String, usize)>) {
     let r = livetrace_ftrace::with_table(|t| {
-        // SAFETY: JustLoaded's contract: the interposers are serialised by
-        // `DL`, held since before the real dlopen, so no other thread has a
-        // handle to what it loaded; only constructors that start threads
-        // running their own library's code could break it (documented).
-        let first = unsafe { t.on_dlopen(h) };
+        // Converts with every other thread stopped: the library's
+        // constructors may have started threads that run its code.
+        let first = t.on_dlopen(h);
         if crate::verbose() {
             match &first {
                 Ok((scan, conv)) => eprintln!(
@@ -490,7 +450,7 @@ fn after_dlopen(h: *mut c_void, nested: &[usize], before: &HashSet<(String, usiz
         if let Err(e) = first {
             eprintln!("livetrace: after dlopen: {e}");
         }
-        convert_leftovers(t, before, &mine);
+        convert_leftovers(t, before);
     });
     if let Err(e) = r {
         eprintln!("livetrace: after dlopen: {e}");
@@ -500,10 +460,9 @@ fn after_dlopen(h: *mut c_void, nested: &[usize], before: &HashSet<(String, usiz
 /// Objects this `dlopen` loaded whose sleds `on_dlopen` did not convert: a
 /// concurrent scan (the control socket's) recorded them first, so the
 /// table did not count them as just loaded, or a constructor loaded them
-/// (`nested`). The handles' own objects are still only ours; anything else
-/// new is converted with the other threads stopped, which is safe whoever
-/// runs it.
-fn convert_leftovers(t: &mut Table, before: &HashSet<(String, usize)>, mine: &[usize]) {
+/// with a nested `dlopen`. Converted with the other threads stopped, which
+/// is safe whoever runs them.
+fn convert_leftovers(t: &mut Table, before: &HashSet<(String, usize)>) {
     let unconverted: HashSet<ObjectId> = t
         .records()
         .iter()
@@ -513,7 +472,6 @@ fn convert_leftovers(t: &mut Table, before: &HashSet<(String, usize)>, mine: &[u
     if unconverted.is_empty() {
         return;
     }
-    let mut just = Vec::new();
     let mut stop = Vec::new();
     for o in t.objects() {
         if o.is_main()
@@ -522,28 +480,12 @@ fn convert_leftovers(t: &mut Table, before: &HashSet<(String, usize)>, mine: &[u
         {
             continue;
         }
-        if mine.contains(&o.base()) {
-            just.push(o.id());
-        } else {
-            stop.push(o.id());
-        }
-    }
-    if !just.is_empty() {
-        // SAFETY: these are the objects behind handles this serialised call
-        // (or a constructor nested in it) received; see `after_dlopen`.
-        let policy = ConvertPolicy::JustLoaded(unsafe { JustLoaded::promise() });
-        match t.convert(Some(&just), policy) {
-            Ok(c) if crate::verbose() => {
-                eprintln!("livetrace: dlopen: nested or missed objects: {c}")
-            }
-            Ok(_) => {}
-            Err(e) => eprintln!("livetrace: after dlopen: {e}"),
-        }
+        stop.push(o.id());
     }
     if !stop.is_empty() {
         match t.convert(Some(&stop), ConvertPolicy::StopTheWorld) {
             Ok(c) if crate::verbose() => {
-                eprintln!("livetrace: dlopen: other new objects, threads stopped: {c}")
+                eprintln!("livetrace: dlopen: nested or missed objects: {c}")
             }
             Ok(_) => {}
             Err(e) => eprintln!("livetrace: after dlopen: {e}"),

@@ -39,12 +39,11 @@
 //!   constructor while the process has one thread (else with the other
 //!   threads stopped), by [`attach::livetrace_attach_convert`] while the
 //!   injector holds every thread outside the sleds, and in the `dlopen`
-//!   interposer for objects that
-//!   this very call loaded, before any other thread can have their handle:
-//!   interposed `dlopen`s and `dlclose`s are serialised by one lock held
-//!   across the real call and the table update. Objects a concurrent scan
-//!   recorded first (the control socket's) are converted with the other
-//!   threads stopped instead.
+//!   interposer, with the other threads stopped, for the objects that call
+//!   loaded (their constructors may have started threads running their
+//!   code) before the program gets the handle: interposed `dlopen`s and
+//!   `dlclose`s are serialised by one lock held across the real call and
+//!   the table update.
 //! - **No site calls into unmapped code**: a library with an enabled site is
 //!   pinned by the table, so the program's `dlclose` only lowers its count;
 //!   it unloads when tracing of its last site stops, and its records go at

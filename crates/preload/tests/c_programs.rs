@@ -216,6 +216,20 @@ fn dlopen_nested_in_a_constructor() {
     );
 }
 
+/// A library whose constructor starts a thread that runs the library's own
+/// functions: the dlopen interposer converts its sleds with that thread
+/// stopped outside them (never while it may be between two of the five
+/// NOPs), and the thread's results stay right through 20 loads, each then
+/// traced.
+#[test]
+fn dlopen_of_a_library_whose_constructor_runs_its_code_on_a_thread() {
+    let out = run("gcc", "worker", &["ctorthread", "20"]);
+    out.assert_ok();
+    assert_eq!(out.num("rounds"), 20, "{out}");
+    assert_eq!(out.num("errors"), 0, "{out}");
+    assert!(out.num("calls") > 0 && out.num("events") > 0, "{out}");
+}
+
 /// A program with its own SIGTRAP handler: a thread traps with int3 while
 /// every work_* site is patched on and off; the program's handler keeps
 /// receiving its traps through every round, and nothing crashes.

@@ -102,27 +102,8 @@ impl Client {
                 lease: Duration::ZERO,
             },
         };
-        match c.call(&Request::Hello {
-            version: PROTOCOL_VERSION,
-            client: format!("livetrace-proto {}", env!("CARGO_PKG_VERSION")),
-        })? {
-            Response::Hello {
-                version,
-                pid,
-                program,
-                cmdline,
-                lease_ms,
-            } if version == PROTOCOL_VERSION => {
-                c.server = ServerInfo {
-                    pid,
-                    program,
-                    cmdline,
-                    lease: Duration::from_millis(lease_ms),
-                };
-                Ok(c)
-            }
-            other => Err(ClientError::Unexpected(format!("{other:?}"))),
-        }
+        c.hello()?;
+        Ok(c)
     }
 
     /// The process at the other end.
@@ -133,6 +114,69 @@ impl Client {
     /// The socket, e.g. to shut it down.
     pub fn stream(&self) -> &UnixStream {
         &self.stream
+    }
+
+    /// Sends `req` and waits for its reply, with the descriptors the reply
+    /// carries (`SCM_RIGHTS`: [`Request::MapBuffers`], `Snapshot`).
+    pub fn call_with_fds(
+        &mut self,
+        req: &Request,
+    ) -> Result<(Response, Vec<std::os::fd::OwnedFd>), ClientError> {
+        write_frame(&mut self.stream, &encode(req))
+            .map_err(|e| ClientError::Frame(FrameError::Io(e)))?;
+        let (payload, fds) =
+            crate::read_frame_with_fds(&self.stream, MAX_FRAME).map_err(ClientError::Frame)?;
+        match decode_response(&payload).map_err(ClientError::Decode)? {
+            Response::Error { code, message } => Err(ClientError::Server { code, message }),
+            r => Ok((r, fds)),
+        }
+    }
+
+    /// A client on an already connected stream (`livetrace record`'s end of
+    /// the socket pair it gives the program), after exchanging hellos,
+    /// waiting at most `hello_timeout` for the other side's.
+    pub fn from_stream(stream: UnixStream, hello_timeout: Duration) -> Result<Client, ClientError> {
+        let timeout = |s: &UnixStream, t| {
+            s.set_read_timeout(Some(t))
+                .map_err(|e| ClientError::Connect(PathBuf::from("(socket pair)"), e))
+        };
+        timeout(&stream, hello_timeout)?;
+        let mut c = Client {
+            stream,
+            server: ServerInfo {
+                pid: 0,
+                program: String::new(),
+                cmdline: Vec::new(),
+                lease: Duration::ZERO,
+            },
+        };
+        c.hello()?;
+        timeout(&c.stream, REPLY_TIMEOUT)?;
+        Ok(c)
+    }
+
+    fn hello(&mut self) -> Result<(), ClientError> {
+        match self.call(&Request::Hello {
+            version: PROTOCOL_VERSION,
+            client: format!("livetrace-proto {}", env!("CARGO_PKG_VERSION")),
+        })? {
+            Response::Hello {
+                version,
+                pid,
+                program,
+                cmdline,
+                lease_ms,
+            } if version == PROTOCOL_VERSION => {
+                self.server = ServerInfo {
+                    pid,
+                    program,
+                    cmdline,
+                    lease: Duration::from_millis(lease_ms),
+                };
+                Ok(())
+            }
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
     }
 
     /// Sends `req` and waits for its reply; an error reply is an `Err`.

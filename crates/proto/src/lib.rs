@@ -32,16 +32,29 @@
 //!   protocol can make the server write to an address a client chose: live
 //!   patches go from one known, signature-checked function to another.
 //!
-//! Traces travel as [`WireTrace`], a serde mirror of
-//! [`livetrace_output::Trace`] (which itself has no serde support), with
-//! events as compact `[kind, ts, func, caller_or_depth]` arrays.
+//! # Records travel by shared memory
+//!
+//! A consumer does not receive records in frames: [`Request::MapBuffers`]
+//! (and [`Request::Snapshot`] for a flight recorder) are answered with a
+//! frame that carries the session's two memory files as `SCM_RIGHTS`
+//! ([`Client::call_with_fds`], [`write_frame_with_fds`]); the consumer maps
+//! them and reads the records itself, storing what it consumed in the
+//! shared tails (see `livetrace_ring::shm`). The frames stay for control:
+//! starting and stopping, names ([`Request::Functions`]), profiles,
+//! patches. [`Request::PollEvents`] remains for simple clients: it drains
+//! the buffers in the process and sends events as [`WireTrace`], a serde
+//! mirror of [`livetrace_output::Trace`] with events as compact `[kind, ts,
+//! func, caller_or_depth]` arrays, at most [`MAX_EVENTS_PER_REPLY`] a
+//! frame.
 
 #![warn(missing_docs)]
 
 mod client;
+mod fds;
 mod wire;
 
 pub use client::{Client, ClientError, ServerInfo, REPLY_TIMEOUT};
+pub use fds::{read_frame_with_fds, write_frame_with_fds, MAX_FDS};
 pub use wire::{merge_trace, WireEvent, WireMapping, WireSymbol, WireThread, WireTrace};
 
 use std::io::{self, Read, Write};
@@ -50,7 +63,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version; [`Request::Hello`] must carry exactly this one.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame payload either side sends or accepts: 16 MiB.
 pub const MAX_FRAME: usize = 16 << 20;
@@ -70,40 +83,89 @@ pub const MAX_NAME: usize = 4096;
 /// Ring sizes a client may ask for (records per thread; a power of two).
 pub const RING_RECORDS: std::ops::RangeInclusive<u64> = 64..=(1 << 22);
 
-/// Which tracer a session runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TracerKind {
-    /// One event per call, with the caller.
-    Function,
-    /// Entry and exit of every call.
-    Graph,
-    /// Per-function counts and times; no events.
-    Profile,
+/// Memory budgets a client may ask for (bytes of buffers per session).
+pub const MEMORY_BUDGET: std::ops::RangeInclusive<u64> = (64 << 10)..=(64 << 30);
+
+/// At most this many functions travel in one [`Response::FunctionNames`].
+pub const MAX_FUNCTIONS_PER_REPLY: usize = 20_000;
+
+/// Which tracer a session runs (the shared vocabulary's [`Tracer`]).
+pub use livetrace_format::Tracer as TracerKind;
+pub use livetrace_format::{Mode, Tracer};
+
+/// What a session records, decided in the traced process before anything
+/// reaches a buffer (the tracers' volume control).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Controls {
+    /// Graph tracer: record only calls nested less deep than this
+    /// (uftrace's `-D`; 1 = top-level calls only).
+    pub depth: Option<u32>,
+    /// Graph tracer: record only calls that last at least this long, in ns
+    /// (uftrace's `-t`), with their callers.
+    pub min_duration_ns: Option<u64>,
+    /// Record nothing until one of these functions is called (ftrace's
+    /// `traceon` trigger; the function's own call is recorded).
+    pub start_at: Vec<String>,
+    /// Stop recording when one of these functions is called (`traceoff`).
+    pub stop_at: Vec<String>,
+    /// Flight recorder: freeze the buffers for a snapshot when one of these
+    /// functions is called.
+    pub snapshot_at: Vec<String>,
 }
 
-impl std::str::FromStr for TracerKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<TracerKind, String> {
-        match s {
-            "function" => Ok(TracerKind::Function),
-            "graph" | "function_graph" => Ok(TracerKind::Graph),
-            "profile" => Ok(TracerKind::Profile),
-            other => Err(format!(
-                "unknown tracer '{other}' (function, graph or profile)"
-            )),
-        }
+impl Controls {
+    /// Whether any control is set.
+    pub fn any(&self) -> bool {
+        *self != Controls::default()
+    }
+
+    fn patterns(&self) -> impl Iterator<Item = &String> {
+        self.start_at
+            .iter()
+            .chain(&self.stop_at)
+            .chain(&self.snapshot_at)
     }
 }
 
-impl std::fmt::Display for TracerKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            TracerKind::Function => "function",
-            TracerKind::Graph => "graph",
-            TracerKind::Profile => "profile",
-        })
-    }
+/// Where a session's buffers are in the two memory files that
+/// [`Response::Buffers`] passes (see `livetrace_ring::shm`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferLayout {
+    /// Buffers in the pool.
+    pub slots: u32,
+    /// Bytes from one buffer's header to the next.
+    pub stride: u64,
+    /// Records per buffer.
+    pub records: u64,
+    /// Bytes before the first buffer's header.
+    pub pool_header: u64,
+    /// Bytes from a buffer's header to its first record.
+    pub slot_header: u64,
+    /// Bytes of the data file.
+    pub data_bytes: u64,
+    /// Bytes of the tails file.
+    pub tails_bytes: u64,
+    /// The buffers overwrite their oldest records.
+    pub overwrite: bool,
+}
+
+/// The recording process's clock calibration (see
+/// `livetrace_format::ClockCal`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClockInfo {
+    /// Ticks are TSC ticks (else nanoseconds).
+    pub tsc: bool,
+    /// Ticks per second.
+    pub hz: u64,
+    /// Anchor ticks.
+    pub base_ticks: u64,
+    /// CLOCK_MONOTONIC ns at the anchor.
+    pub base_ns: u64,
+    /// ns per tick, 32.32 fixed point.
+    pub mult: u64,
 }
 
 /// What a client asks. Unknown fields are refused, so a typo is an error
@@ -140,7 +202,50 @@ pub enum Request {
         /// Ring buffer records per thread (a power of two in
         /// [`RING_RECORDS`]); the tracer's default when `None`.
         buffer_records: Option<u64>,
+        /// How the buffers are used; flight recorder (overwrite) when
+        /// `None`.
+        #[serde(default)]
+        mode: Option<Mode>,
+        /// Bytes of buffers the session may use in all (in
+        /// [`MEMORY_BUDGET`]); the tracer's default when `None`.
+        #[serde(default)]
+        memory_budget: Option<u64>,
+        /// What to record at all.
+        #[serde(default)]
+        controls: Controls,
     },
+    /// The session's buffers, to consume them directly: answered with
+    /// [`Response::Buffers`], which passes the two memory files with
+    /// `SCM_RIGHTS` (read them with [`Client::call_with_fds`]).
+    MapBuffers {
+        /// The session.
+        session: u32,
+    },
+    /// The names of the functions a session traces, a page at a time.
+    Functions {
+        /// The session.
+        session: u32,
+        /// Skip this many functions (the previous page's `next`).
+        from: u32,
+    },
+    /// Freezes a flight-recorder session's buffers and passes them, for a
+    /// snapshot (answered with [`Response::Buffers`]); the session of this
+    /// connection, or of any connection when `None` and there is exactly
+    /// one. They stay frozen until [`Request::Thaw`] or the end of this
+    /// connection.
+    Snapshot {
+        /// The session, if not the only flight recorder.
+        session: Option<u32>,
+    },
+    /// Lets a session frozen by [`Request::Snapshot`] (or a snapshot
+    /// trigger) record again.
+    Thaw {
+        /// The session.
+        session: u32,
+    },
+    /// Takes over the session `livetrace record` started before `main`
+    /// (only on the connection it created): answered with `Started`.
+    Recording,
     /// Events recorded since the previous poll, consumed.
     PollEvents {
         /// The session.
@@ -188,19 +293,53 @@ impl Request {
                 Err(format!("glob longer than {MAX_NAME} bytes"))
             }
             Request::StartTrace {
+                tracer,
                 filter,
                 notrace,
                 buffer_records,
-                ..
+                mode,
+                memory_budget,
+                controls,
             } => {
-                if filter.len() + notrace.len() > MAX_PATTERNS {
+                if filter.len() + notrace.len() + controls.patterns().count() > MAX_PATTERNS {
                     return Err(format!("more than {MAX_PATTERNS} patterns"));
                 }
-                if let Some(p) = filter.iter().chain(notrace).find(|p| p.trim().is_empty()) {
+                if let Some(p) = filter
+                    .iter()
+                    .chain(notrace)
+                    .chain(controls.patterns())
+                    .find(|p| p.trim().is_empty())
+                {
                     return Err(format!("empty pattern {p:?}"));
                 }
-                if filter.iter().chain(notrace).any(long) {
+                if filter
+                    .iter()
+                    .chain(notrace)
+                    .chain(controls.patterns())
+                    .any(long)
+                {
                     return Err(format!("pattern longer than {MAX_NAME} bytes"));
+                }
+                if let Some(b) = memory_budget {
+                    if !MEMORY_BUDGET.contains(b) {
+                        return Err(format!(
+                            "memory budget {b} bytes: must be from {} to {}",
+                            MEMORY_BUDGET.start(),
+                            MEMORY_BUDGET.end()
+                        ));
+                    }
+                }
+                if controls.depth == Some(0) {
+                    return Err("a depth limit of 0 records nothing".into());
+                }
+                let graph_only = controls.depth.is_some() || controls.min_duration_ns.is_some();
+                if graph_only && *tracer != TracerKind::Graph {
+                    return Err(format!(
+                        "--depth and --min-duration need the graph tracer, not {tracer}"
+                    ));
+                }
+                if !controls.snapshot_at.is_empty() && *mode != Some(Mode::Flight) {
+                    return Err("a snapshot trigger needs the flight recorder".into());
                 }
                 if let Some(n) = buffer_records {
                     if !n.is_power_of_two() || !RING_RECORDS.contains(n) {
@@ -396,7 +535,31 @@ pub enum Response {
     Profile {
         /// One row per function, by total time.
         rows: Vec<ProfileEntry>,
+        /// The session's process is exiting and these rows are final.
+        #[serde(default)]
+        last: bool,
     },
+    /// Answers `MapBuffers` and `Snapshot`; the frame carries the data and
+    /// tails memory files, in that order, as `SCM_RIGHTS`.
+    Buffers {
+        /// The session.
+        session: u32,
+        /// Its tracer.
+        tracer: TracerKind,
+        /// Where the buffers are in the files.
+        layout: BufferLayout,
+        /// The clock the records' timestamps count.
+        clock: ClockInfo,
+    },
+    /// Answers `Functions`.
+    FunctionNames {
+        /// Traced functions: site address and name.
+        functions: Vec<WireSymbol>,
+        /// Ask again from here for more.
+        next: Option<u32>,
+    },
+    /// Answers `Thaw`.
+    Thawed,
     /// Answers `Patch`.
     Patched {
         /// The patch.
@@ -539,16 +702,18 @@ pub fn decode_response(payload: &[u8]) -> Result<Response, DecodeError> {
 pub const ENABLE_ENV: &str = "LIVETRACE";
 
 /// Environment variable holding a [`RecordSpec`] (JSON): the program
-/// starts tracing before `main` and writes a [`RecordFile`] at exit
-/// (`livetrace record`).
+/// starts tracing before `main` and serves the connection `livetrace
+/// record` passed it (`livetrace record`).
 pub const RECORD_ENV: &str = "LIVETRACE_RECORD";
 
 /// What `livetrace record` asks a program it starts to do.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordSpec {
-    /// Where to write the [`RecordFile`] at exit.
-    pub out: String,
+    /// The inherited descriptor of a connected Unix stream socket: the
+    /// control connection to `livetrace record`, served like an accepted
+    /// one, whose `Recording` request takes over the session.
+    pub fd: i32,
     /// The tracer.
     pub tracer: TracerKind,
     /// Functions to trace.
@@ -557,17 +722,15 @@ pub struct RecordSpec {
     pub notrace: Vec<String>,
     /// Ring records per thread.
     pub buffer_records: Option<u64>,
-}
-
-/// What a recorded program leaves at exit.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecordFile {
-    /// Every event recorded.
-    pub trace: WireTrace,
-    /// The profile (profile tracer).
-    pub profile: Vec<ProfileEntry>,
-    /// Why tracing could not start, if it could not.
-    pub error: Option<String>,
+    /// Bytes of buffers in all.
+    #[serde(default)]
+    pub memory_budget: Option<u64>,
+    /// How the buffers are used (stream when `None`).
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// What to record.
+    #[serde(default)]
+    pub controls: Controls,
 }
 
 /// Environment variable that overrides the socket directory (both sides).
@@ -616,13 +779,22 @@ mod tests {
             filter: vec!["app::*".into()],
             notrace: vec![],
             buffer_records: Some(1024),
+            mode: Some(Mode::Stream),
+            memory_budget: None,
+            controls: Controls::default(),
         };
         let bytes = encode(&r);
         assert_eq!(
             std::str::from_utf8(&bytes).unwrap(),
-            r#"{"op":"StartTrace","tracer":"graph","filter":["app::*"],"notrace":[],"buffer_records":1024}"#
+            r#"{"op":"StartTrace","tracer":"graph","filter":["app::*"],"notrace":[],"buffer_records":1024,"mode":"stream","memory_budget":null,"controls":{"depth":null,"min_duration_ns":null,"start_at":[],"stop_at":[],"snapshot_at":[]}}"#
         );
         assert_eq!(decode_request(&bytes).unwrap(), r);
+        // The new fields may be left out.
+        let old = br#"{"op":"StartTrace","tracer":"graph","filter":["app::*"],"notrace":[],"buffer_records":1024}"#;
+        assert!(matches!(
+            decode_request(old).unwrap(),
+            Request::StartTrace { mode: None, .. }
+        ));
         assert_eq!(decode_request(br#"{"op":"Ping"}"#).unwrap(), Request::Ping);
         assert!(decode_request(br#"{"op":"Revert","patch":1,"addr":2}"#).is_err());
         assert!(decode_request(br#"{"op":"Poke","addr":1}"#).is_err());
@@ -660,11 +832,46 @@ mod tests {
             filter: vec!["a".into()],
             notrace: vec![],
             buffer_records: Some(n),
+            mode: None,
+            memory_budget: None,
+            controls: Controls::default(),
         };
         assert!(start(1024).validate().is_ok());
         assert!(start(1000).validate().is_err());
         assert!(start(2).validate().is_err());
         assert!(start(1 << 40).validate().is_err());
+        let with = |tracer, controls: Controls, mode| Request::StartTrace {
+            tracer,
+            filter: vec!["a".into()],
+            notrace: vec![],
+            buffer_records: None,
+            mode,
+            memory_budget: None,
+            controls,
+        };
+        let depth = Controls {
+            depth: Some(3),
+            ..Controls::default()
+        };
+        assert!(with(TracerKind::Graph, depth.clone(), None)
+            .validate()
+            .is_ok());
+        assert!(with(TracerKind::Function, depth, None).validate().is_err());
+        let zero = Controls {
+            depth: Some(0),
+            ..Controls::default()
+        };
+        assert!(with(TracerKind::Graph, zero, None).validate().is_err());
+        let snap = Controls {
+            snapshot_at: vec!["f".into()],
+            ..Controls::default()
+        };
+        assert!(with(TracerKind::Graph, snap.clone(), Some(Mode::Stream))
+            .validate()
+            .is_err());
+        assert!(with(TracerKind::Graph, snap, Some(Mode::Flight))
+            .validate()
+            .is_ok());
         let list = |g: String| Request::ListFunctions {
             glob: Some(g),
             enabled_only: false,

@@ -286,11 +286,10 @@ pub fn merge_trace(acc: &mut Trace, later: Trace) {
             None => acc.threads.push(t),
         }
     }
-    for s in later.symbols.iter() {
-        if acc.symbols.lookup(s.addr).is_none_or(|x| x.addr != s.addr) {
-            acc.symbols.insert(s.addr, s.size, s.name.clone());
-        }
-    }
+    // A function first named only as a callee (size unknown) and later as
+    // the function around a caller address (sized) must end up sized, or
+    // the later callers print as addresses.
+    acc.symbols.merge(&later.symbols);
     if !later.maps.is_empty() {
         acc.maps = later.maps;
     }
@@ -340,6 +339,28 @@ mod tests {
         assert_eq!(acc.threads[0].lost, 2);
         assert_eq!(acc.symbols.len(), 1);
         assert_eq!(acc.symbols.name_of(0x1000), Some("f"));
+    }
+
+    #[test]
+    fn a_size_learned_in_a_later_piece_is_kept() {
+        let mut acc = Trace::default();
+        let mut first = piece(1, &[(1, 10)]);
+        // The callee, named exactly and without a size.
+        first.symbols = vec![WireSymbol {
+            addr: 0x2000,
+            size: 0,
+            name: "luaH_free".into(),
+        }];
+        merge_trace(&mut acc, first.into_trace().unwrap());
+        let mut later = piece(1, &[(1, 20)]);
+        // The same function, now containing a caller address.
+        later.symbols = vec![WireSymbol {
+            addr: 0x2000,
+            size: 0x100,
+            name: "luaH_free".into(),
+        }];
+        merge_trace(&mut acc, later.into_trace().unwrap());
+        assert_eq!(acc.symbols.name_of(0x2042), Some("luaH_free"));
     }
 
     #[test]

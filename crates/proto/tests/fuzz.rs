@@ -31,6 +31,26 @@ fn tracer() -> impl Strategy<Value = TracerKind> {
     ]
 }
 
+fn controls() -> impl Strategy<Value = Controls> {
+    let s = || proptest::collection::vec(".{0,8}", 0..2);
+    (
+        proptest::option::of(any::<u32>()),
+        proptest::option::of(any::<u64>()),
+        s(),
+        s(),
+        s(),
+    )
+        .prop_map(
+            |(depth, min_duration_ns, start_at, stop_at, snapshot_at)| Controls {
+                depth,
+                min_duration_ns,
+                start_at,
+                stop_at,
+                snapshot_at,
+            },
+        )
+}
+
 fn request() -> impl Strategy<Value = Request> {
     let s = || ".{0,12}";
     prop_oneof![
@@ -43,16 +63,30 @@ fn request() -> impl Strategy<Value = Request> {
             tracer(),
             proptest::collection::vec(s(), 0..4),
             proptest::collection::vec(s(), 0..3),
-            proptest::option::of(any::<u64>())
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(prop_oneof![Just(Mode::Stream), Just(Mode::Flight)]),
+            proptest::option::of(any::<u64>()),
+            controls(),
         )
             .prop_map(
-                |(tracer, filter, notrace, buffer_records)| Request::StartTrace {
-                    tracer,
-                    filter,
-                    notrace,
-                    buffer_records
+                |(tracer, filter, notrace, buffer_records, mode, memory_budget, controls)| {
+                    Request::StartTrace {
+                        tracer,
+                        filter,
+                        notrace,
+                        buffer_records,
+                        mode,
+                        memory_budget,
+                        controls,
+                    }
                 }
             ),
+        any::<u32>().prop_map(|session| Request::MapBuffers { session }),
+        (any::<u32>(), any::<u32>())
+            .prop_map(|(session, from)| Request::Functions { session, from }),
+        proptest::option::of(any::<u32>()).prop_map(|session| Request::Snapshot { session }),
+        any::<u32>().prop_map(|session| Request::Thaw { session }),
+        Just(Request::Recording),
         any::<u32>().prop_map(|session| Request::PollEvents { session }),
         any::<u32>().prop_map(|session| Request::StopTrace { session }),
         any::<u32>().prop_map(|session| Request::Profile { session }),

@@ -121,6 +121,13 @@ impl Clock {
         }
     }
 
+    /// The conversion's parameters: `(base ticks, base ns, ns per tick as
+    /// 32.32 fixed point)`, so another process (a trace file's reader) can
+    /// convert this process's ticks exactly as [`Clock::to_ns`] does.
+    pub fn calibration(&self) -> (u64, u64, u64) {
+        (self.base_ticks, self.base_ns, self.mult)
+    }
+
     /// Which counter [`Clock::now`] reads.
     pub fn source(&self) -> Source {
         self.source

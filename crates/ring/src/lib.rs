@@ -8,18 +8,25 @@
 //! # Model
 //!
 //! A [`Rings`] is one tracing session's set of buffers; several may exist at
-//! once and never share a buffer. A thread's first [`Rings::write`] to a
-//! given `Rings` creates its buffer there (a lock, an `mmap`: the only
-//! allocation a writer ever does); later writes find it through a small
-//! thread-local `(rings id, buffer)` cache, direct-mapped by id, falling
-//! back to a lock-free per-thread list of the thread's buffers on a miss.
-//! Buffers (2 MiB per thread by default, committed up front) are owned by
-//! the `Rings`, not the thread: a thread's records stay readable after it
-//! exits, and [`Rings::drain`] frees the buffer once the exited thread's
-//! last record has been consumed.
+//! once and never share a buffer. Its memory is one *pool*, reserved when
+//! the set is made and sized by its memory budget: a header page, then one
+//! fixed-size buffer slot after another, in a memory file (`memfd`) that a
+//! consumer in another process can map ([`shm`]) to move records to disk
+//! without the traced process doing any work per record. A thread's first
+//! [`Rings::write`] to a given `Rings` *takes* a free slot: atomic
+//! compare-and-swaps, a `prctl` for its name and an `madvise` to commit the
+//! memory, no allocation and no lock, so a thread's first event can be in a
+//! signal handler. Later writes find it through a small thread-local
+//! `(rings id, buffer)` cache, direct-mapped by id (a miss scans the slots
+//! for the thread's own). Buffers belong to the `Rings`, not the thread: a
+//! thread's records stay readable after it exits, and a reader *releases*
+//! the slot once the exited thread's last record has been consumed, for
+//! another thread to take. A thread that finds no free slot (the budget is
+//! used up) has its records counted in [`Rings::unattributed_lost`].
 //!
-//! Readers ([`Rings::drain`] to consume, [`Rings::snapshot`] to copy) run
-//! on any thread, concurrently with writers, and never block them.
+//! Readers ([`Rings::drain`] to consume, [`Rings::snapshot`] to copy, or a
+//! [`shm::Consumer`] in another process) run on any thread, concurrently
+//! with writers, and never block them.
 //!
 //! Writers in machine code (a tracer's assembly fast path) follow the same
 //! protocol through the layout [`ring::raw`] publishes: the cache's
@@ -27,7 +34,7 @@
 //!
 //! # Invariants
 //!
-//! - **Single writer.** A buffer is written only by the thread that created
+//! - **Single writer.** A buffer is written only by the thread that took
 //!   it; `write` is not reentrant on one thread. A signal handler that
 //!   interrupted a `write` must not write itself (the push would store into
 //!   the same slot and one record would be lost or torn): the tracing core's
@@ -52,35 +59,49 @@
 //!   reaches the capacity, so it never touches unread slots: the reader's
 //!   Release store of `tail` after copying pairs with the writer's Acquire
 //!   load of it, which the writer repeats only when the buffer looks full.
+//!   `tail` lives in a separate memory file the consumer may write; the
+//!   data pool is sealed so that only this process can write it, and
+//!   nothing in the tails file is ever used as an address.
+//! - **Ownership.** A slot's `state` goes FREE (never used) or EXITED and
+//!   released, to TAKING (one compare-and-swap wins), to LIVE with a new
+//!   `generation`; the owner's exit hook makes it EXITED; a reader that has
+//!   consumed everything of an EXITED generation stores `released =
+//!   generation`, its last action on it. Readers check the generation
+//!   around what they read, so one owner's records are never mistaken for
+//!   the next one's.
 //! - **Loss accounting.** Overwritten records are counted by the reader (it
 //!   sees the gap), refused ones by the writer (a per-buffer counter it alone
 //!   stores to). Every record pushed is eventually delivered by a drain,
 //!   counted lost, or still in the buffer: nothing disappears uncounted.
-//!   Records a thread writes when it cannot have a buffer (out of memory,
-//!   or writing from a thread-local destructor after its exit hook ran) are
-//!   counted in [`Rings::unattributed_lost`].
+//!   Records a thread writes when it cannot have a buffer (none free, or
+//!   writing after its exit hook ran, or in a fork child) are counted in
+//!   [`Rings::unattributed_lost`].
 //! - **Readers** take a per-buffer lock, so drains and snapshots on the same
-//!   `Rings` take turns buffer by buffer; writers never take it.
+//!   `Rings` take turns buffer by buffer; writers never take it. A set is
+//!   read either in-process or by one external consumer, not both.
 //!
 //! # Lifetime
 //!
 //! Safe Rust guarantees no `write` is running when a `Rings` is dropped
-//! (`write` borrows it), and dropping the `Rings` frees every buffer. Code
-//! that calls `write` through a raw pointer (a trampoline's callback) must
+//! (`write` borrows it), and dropping the `Rings` unmaps the pool (a
+//! consumer's mapping keeps the memory until it unmaps too). Code that
+//! calls `write` through a raw pointer (a trampoline's callback) must
 //! itself keep the `Rings` alive until no thread can still be inside it:
 //! the tracing core's quiescence wait provides that before it drops its
 //! `Arc`. The thread-local caches never keep a buffer alive and never
 //! dangle in a harmful way: `Rings` ids are never reused, a cached pointer
 //! is used only with the `Rings` whose id it is cached under, and that
-//! `Rings`, being borrowed, still owns the buffer. A buffer is freed before
-//! its `Rings` only once its thread's exit hook (a thread-local destructor)
-//! has cleared the cache and marked it exited, so no path leads back to it.
-//! A thread that exits without running destructors is reported exited
-//! (its tid is gone) but its buffer is kept until the `Rings` is dropped.
+//! `Rings`, being borrowed, still maps the buffer. A slot goes to another
+//! thread only after its owner's exit hook (a pthread key destructor, run
+//! after the thread's Rust and C++ thread-local destructors) cleared the
+//! cache and marked it exited. A thread that exits without running its
+//! hook is reported exited (its tid is gone) but keeps its slot until the
+//! process marks it ([`Rings::maintain`]) and a reader releases it.
 //!
-//! After `fork`, the child's copy of the forking thread keeps writing to
-//! the buffer it had, still labelled with the parent thread's tid; the
-//! other threads' buffers show as exited.
+//! After `fork`, the pool is shared memory the child shares with its
+//! parent: a fork handler clears the child's cache, and the child never
+//! takes a slot or touches any state in its parent's sets (its writes to
+//! them are not stored, its drains read nothing).
 //!
 //! # Example
 //!
@@ -103,27 +124,20 @@
 
 pub mod clock;
 pub mod ring;
+pub mod shm;
 mod sys;
 
 pub use clock::{Clock, Source};
-pub use ring::{Config, Mode, Rings, ThreadBuffer, Writer, DEFAULT_RECORDS_PER_THREAD};
+pub use ring::{
+    forget_exit_hook, thread_serial, Config, Layout, Mode, Rings, ThreadBuffer, Writer,
+    DEFAULT_MEMORY_BUDGET, DEFAULT_RECORDS_PER_THREAD,
+};
 
-/// One trace event: a timestamp ([`Clock::now`] ticks) and three words the
-/// tracer defines. 32 bytes, so two share a cache line.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Record {
-    /// Timestamp in clock ticks; convert with [`Clock::to_ns`].
-    pub ts: u64,
-    /// Tracer-defined.
-    pub a: u64,
-    /// Tracer-defined.
-    pub b: u64,
-    /// Tracer-defined.
-    pub c: u64,
-}
-
-const _: () = assert!(std::mem::size_of::<Record>() == 32);
+/// One trace event: a timestamp ([`Clock::now`] ticks) and three words whose
+/// meaning is the tracer's. 32 bytes, so two share a cache line; defined by
+/// the trace file format (`livetrace-format`), whose files hold these very
+/// bytes.
+pub use livetrace_format::Record;
 
 /// The calling thread's kernel thread id, as the buffers report it.
 pub fn gettid() -> i32 {

@@ -8,28 +8,6 @@ pub(crate) fn gettid() -> i32 {
     unsafe { libc::syscall(libc::SYS_gettid) as i32 }
 }
 
-/// The calling thread's name (`comm`), without touching /proc: it runs on
-/// the writing thread when its buffer is created.
-pub(crate) fn current_thread_name() -> String {
-    let mut buf = [0u8; 17];
-    // SAFETY: PR_GET_NAME writes at most 16 bytes, NUL included, into the
-    // buffer, which has 17 so a terminator always remains.
-    let rc = unsafe {
-        libc::prctl(
-            libc::PR_GET_NAME,
-            buf.as_mut_ptr() as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    };
-    if rc != 0 {
-        return String::new();
-    }
-    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..len]).into_owned()
-}
-
 /// Any thread's current name, from /proc (it may have been renamed since its
 /// buffer was created). `None` when it cannot be read, e.g. the thread is gone.
 pub(crate) fn thread_name(tid: i32) -> Option<String> {
@@ -50,26 +28,137 @@ pub(crate) fn thread_gone(tid: i32) -> bool {
     rc == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
-/// `bytes` of fresh zeroed anonymous memory, page-aligned; with `populate`
-/// every page is committed before returning, so the writer never faults.
-/// (Transparent huge pages were tried: on the development VM they made the
-/// first write bimodal, 0.45 or 2.6 ms against a steady 0.9 ms, and the
-/// writes no faster.)
-pub(crate) fn map_zeroed(bytes: usize, populate: bool) -> Option<NonNull<u8>> {
-    let populate = if populate { libc::MAP_POPULATE } else { 0 };
-    mmap(bytes, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | populate)
+/// A shared mapping of a memory file: the ring pool's memory, which the
+/// process writes and a consumer in another process may map too.
+pub(crate) struct SharedMap {
+    pub(crate) ptr: NonNull<u8>,
+    pub(crate) bytes: usize,
+    /// The memory file (`memfd`), or `None` for anonymous shared memory
+    /// when memory files are unavailable (then no other process can map it).
+    pub(crate) fd: Option<std::os::fd::OwnedFd>,
 }
 
-fn mmap(bytes: usize, flags: libc::c_int) -> Option<NonNull<u8>> {
-    // SAFETY: an anonymous private mapping at an address of the kernel's
-    // choosing aliases nothing; failure is reported as MAP_FAILED.
+// SAFETY: the mapping is plain memory, accessed through atomics by its users.
+unsafe impl Send for SharedMap {}
+// SAFETY: as above.
+unsafe impl Sync for SharedMap {}
+
+impl SharedMap {
+    /// `bytes` (a multiple of the page size) of zeroed shared memory,
+    /// readable and writable here. With `seal_writes`, the memory file is
+    /// sealed so that no other mapping of it, ever, can write (a consumer
+    /// reads only); it is always sealed against resizing, so a consumer's
+    /// mapping can never lose its pages under it.
+    pub(crate) fn new(name: &std::ffi::CStr, bytes: usize, seal_writes: bool) -> Option<SharedMap> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // SAFETY: a NUL-terminated name and flags; returns a new fd or -1.
+        let fd = unsafe {
+            libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+        };
+        if fd < 0 {
+            let ptr = mmap(bytes, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1)?;
+            return Some(SharedMap {
+                ptr,
+                bytes,
+                fd: None,
+            });
+        }
+        // SAFETY: a descriptor memfd_create just returned, owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: ftruncate on our own memory file.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), bytes as libc::off_t) } != 0 {
+            return None;
+        }
+        let ptr = mmap(bytes, libc::MAP_SHARED, fd.as_raw_fd())?;
+        let mut seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        if seal_writes {
+            seals |= libc::F_SEAL_FUTURE_WRITE;
+        }
+        // SAFETY: adds seals to our own memory file. Existing writable
+        // mappings (ours) stay writable under F_SEAL_FUTURE_WRITE.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+            // SAFETY: the mapping just made, unused.
+            unsafe { libc::munmap(ptr.as_ptr().cast(), bytes) };
+            return None;
+        }
+        Some(SharedMap {
+            ptr,
+            bytes,
+            fd: Some(fd),
+        })
+    }
+}
+
+impl Drop for SharedMap {
+    fn drop(&mut self) {
+        // SAFETY: the whole mapping made in `new`, which its owner no
+        // longer uses (see `Rings`' lifetime rules).
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
+    }
+}
+
+/// Commits the pages of `[p, p + bytes)` (page-aligned) for writing, so the
+/// writer never faults on them: one system call where the kernel has
+/// `MADV_POPULATE_WRITE`, else a write to each page. Async-signal-safe.
+pub(crate) fn populate(p: *mut u8, bytes: usize) {
+    const MADV_POPULATE_WRITE: libc::c_int = 23;
+    // SAFETY: a range of our own shared mapping; populating changes no
+    // contents.
+    if unsafe { libc::madvise(p.cast(), bytes, MADV_POPULATE_WRITE) } == 0 {
+        return;
+    }
+    let page = page_size();
+    let mut off = 0;
+    while off < bytes {
+        // SAFETY: inside the range; an atomic add of zero faults the page
+        // in for writing without changing it, even if another thread (a
+        // reader) looks at it.
+        unsafe {
+            (*p.add(off).cast::<std::sync::atomic::AtomicU64>())
+                .fetch_add(0, std::sync::atomic::Ordering::Relaxed)
+        };
+        off += page;
+    }
+}
+
+pub(crate) fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as usize
+    } else {
+        4096
+    }
+}
+
+/// A read-only (or, with `write`, read-write) shared mapping of all of
+/// memory file `fd`, in a consumer process.
+pub(crate) fn map_file(fd: libc::c_int, bytes: usize, write: bool) -> Option<NonNull<u8>> {
+    let prot = if write {
+        libc::PROT_READ | libc::PROT_WRITE
+    } else {
+        libc::PROT_READ
+    };
+    // SAFETY: a new shared mapping of a file, at an address of the kernel's
+    // choosing: it aliases nothing of ours.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), bytes, prot, libc::MAP_SHARED, fd, 0) };
+    if p == libc::MAP_FAILED {
+        None
+    } else {
+        NonNull::new(p.cast())
+    }
+}
+
+fn mmap(bytes: usize, flags: libc::c_int, fd: libc::c_int) -> Option<NonNull<u8>> {
+    // SAFETY: a new mapping at an address of the kernel's choosing aliases
+    // nothing; failure is reported as MAP_FAILED.
     let p = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
             bytes,
             libc::PROT_READ | libc::PROT_WRITE,
             flags,
-            -1,
+            fd,
             0,
         )
     };
@@ -80,15 +169,32 @@ fn mmap(bytes: usize, flags: libc::c_int) -> Option<NonNull<u8>> {
     }
 }
 
-/// Returns memory from [`map_zeroed`].
-///
-/// # Safety
-///
-/// `p` and `bytes` are exactly one earlier `map_zeroed` result and size, and
-/// nothing uses the memory any more.
-pub(crate) unsafe fn unmap(p: NonNull<u8>, bytes: usize) {
-    // SAFETY: the caller hands over a whole mapping nobody uses any more.
-    unsafe { libc::munmap(p.as_ptr().cast(), bytes) };
+/// Whether the calling thread belongs to process `pid` (false in a fork
+/// child of it). Async-signal-safe.
+pub(crate) fn getpid() -> i32 {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() }
+}
+
+/// The calling thread's name into `out` (NUL-padded), with one system call
+/// and no allocation: it runs on a writing thread, maybe in a signal handler.
+pub(crate) fn current_thread_name_raw(out: &mut [u8; 16]) {
+    let mut buf = [0u8; 17];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes, NUL included, into the
+    // buffer, which has 17.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_GET_NAME,
+            buf.as_mut_ptr() as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    *out = [0; 16];
+    if rc == 0 {
+        out.copy_from_slice(&buf[..16]);
+    }
 }
 
 /// CLOCK_MONOTONIC in nanoseconds (through the vDSO, ~20 ns).

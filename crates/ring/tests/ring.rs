@@ -538,3 +538,156 @@ fn many_threads_each_get_one_buffer() {
     }
     assert_eq!(writes.load(Relaxed), 160);
 }
+
+#[test]
+fn a_full_budget_counts_the_records_of_threads_without_a_buffer() {
+    // Room for two buffers: the third thread has none, until an exited
+    // thread's buffer is drained and released.
+    let r = Rings::new(Config {
+        records_per_thread: 64,
+        mode: Mode::DropNewest,
+        memory_budget: 2 * 4096,
+        ..Config::default()
+    });
+    assert_eq!(r.capacity_threads(), 2);
+    let hold = Arc::new(Barrier::new(3));
+    let spawn = |n: u64| {
+        let (r, hold) = (r.clone(), hold.clone());
+        thread::spawn(move || {
+            for i in 0..n {
+                r.write(rec(n, i));
+            }
+            hold.wait();
+        })
+    };
+    let a = spawn(3);
+    let b = spawn(4);
+    while r.thread_count() < 2 {
+        thread::yield_now();
+    }
+    let r2 = r.clone();
+    thread::spawn(move || {
+        for i in 0..5 {
+            assert!(!r2.write(rec(5, i)), "no buffer is free");
+        }
+    })
+    .join()
+    .unwrap();
+    assert_eq!(r.unattributed_lost(), 5);
+    hold.wait();
+    a.join().unwrap();
+    b.join().unwrap();
+    // Drained and exited: released, so a new thread gets a buffer, and the
+    // records it writes are its own (a new generation).
+    let mut got = 0;
+    r.drain(|_, _, records, _| got += records.len());
+    assert_eq!(got, 7);
+    let r2 = r.clone();
+    let tid = thread::spawn(move || {
+        assert!(r2.write(rec(6, 0)));
+        gettid()
+    })
+    .join()
+    .unwrap();
+    let snap = r.snapshot();
+    assert_eq!(snap.len(), 1);
+    assert_eq!((snap[0].tid, seqs(&snap[0].records)), (tid, vec![0]));
+    assert_eq!(snap[0].lost, 0);
+}
+
+#[test]
+fn freezing_holds_every_buffer_still_until_unfrozen() {
+    let r = rings(16, Mode::Overwrite);
+    for i in 0..20 {
+        r.write(rec(11, i));
+    }
+    r.freeze();
+    assert!(r.is_frozen());
+    for i in 20..30 {
+        assert!(!r.write(rec(11, i)), "frozen: refused");
+    }
+    // A thread that takes a buffer while frozen is frozen too.
+    let r2 = r.clone();
+    thread::spawn(move || assert!(!r2.write(rec(12, 0))))
+        .join()
+        .unwrap();
+    let me = mine(&r.snapshot()).clone();
+    assert_eq!(seqs(&me.records), (4..20).collect::<Vec<_>>());
+    r.unfreeze();
+    assert!(r.write(rec(11, 30)));
+    let me = mine(&r.snapshot()).clone();
+    assert_eq!(*seqs(&me.records).last().unwrap(), 30);
+    assert_eq!(me.records.len(), 16);
+}
+
+#[test]
+fn a_consumer_maps_the_buffers_and_streams_them() {
+    use livetrace_ring::shm::Consumer;
+    let r = rings(64, Mode::DropNewest);
+    let (data, tails, layout) = r.shared().expect("memory files");
+    let c = Consumer::new(
+        data.try_clone_to_owned().unwrap(),
+        tails.try_clone_to_owned().unwrap(),
+        layout,
+    )
+    .unwrap();
+    // A wrong layout is refused.
+    let mut wrong = layout;
+    wrong.records *= 2;
+    assert!(Consumer::new(
+        data.try_clone_to_owned().unwrap(),
+        tails.try_clone_to_owned().unwrap(),
+        wrong
+    )
+    .is_err());
+    let (stop, done) = (Arc::new(AtomicU64::new(0)), Arc::new(Barrier::new(2)));
+    let (r2, stop2, done2) = (r.clone(), stop.clone(), done.clone());
+    const N: u64 = 200_000;
+    let w = thread::spawn(move || {
+        let mut kept = 0;
+        for i in 0..N {
+            kept += u64::from(r2.write(rec(20, i)));
+            if i % 64 == 0 {
+                thread::yield_now();
+            }
+        }
+        stop2.store(1, Relaxed);
+        done2.wait();
+        kept
+    });
+    // The consumer: copies [tail, head) of every buffer, stores the tail.
+    let mut got: Vec<Record> = Vec::new();
+    let mut cursor: HashMap<u32, (u64, u64)> = HashMap::new();
+    let mut buf = Vec::new();
+    let mut pass = |cursor: &mut HashMap<u32, (u64, u64)>, got: &mut Vec<Record>| {
+        for i in 0..layout.slots {
+            let Some(v) = c.slot(i) else { continue };
+            let cur = cursor.entry(i).or_insert((v.generation, 0));
+            if cur.0 != v.generation {
+                *cur = (v.generation, 0);
+            }
+            let first = c.copy_intact(i, cur.1, v.head, &mut buf);
+            assert_eq!(first, cur.1, "stream mode never overwrites unread records");
+            got.extend_from_slice(&buf);
+            cur.1 = v.head;
+            c.set_tail(i, v.head);
+            c.forget(i, first, v.head);
+        }
+    };
+    while stop.load(Relaxed) == 0 {
+        pass(&mut cursor, &mut got);
+    }
+    pass(&mut cursor, &mut got);
+    done.wait();
+    let kept = w.join().unwrap();
+    got.iter().for_each(check);
+    assert_eq!(got.len() as u64, kept);
+    assert!(seqs(&got).windows(2).all(|p| p[1] > p[0]));
+    let dropped = c.slot(0).map_or(0, |v| v.dropped);
+    assert_eq!(kept + dropped, N, "every record kept or counted");
+    // Exited and consumed: the consumer releases the buffer.
+    let v = c.slot(0).unwrap();
+    assert!(v.exited);
+    c.release(0, v.generation);
+    assert_eq!(r.thread_count(), 0);
+}

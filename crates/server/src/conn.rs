@@ -9,11 +9,14 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use livetrace::{Config, Session, Tracer};
+use std::os::fd::{AsFd, OwnedFd};
+
+use livetrace::{Config, Session};
 use livetrace_proto::{
-    decode_request, encode, read_frame, write_frame, EnabledInfo, ErrorCode, FrameError,
-    FunctionInfo, PatchInfo, ProfileEntry, Request, Response, TracerKind, WireTrace,
-    MAX_EVENTS_PER_REPLY, MAX_FRAME, PROTOCOL_VERSION,
+    decode_request, encode, read_frame, write_frame, write_frame_with_fds, BufferLayout, ClockInfo,
+    Controls, EnabledInfo, ErrorCode, FrameError, FunctionInfo, Mode, PatchInfo, ProfileEntry,
+    Request, Response, TracerKind, WireSymbol, WireTrace, MAX_EVENTS_PER_REPLY, MAX_FRAME,
+    MAX_FUNCTIONS_PER_REPLY, PROTOCOL_VERSION,
 };
 
 use crate::{creds, CONNECTIONS, MAX_CONNECTIONS, TICK};
@@ -71,7 +74,9 @@ impl Drop for Counted {
 }
 
 /// Checks the peer and starts the connection's thread, or refuses it.
-pub(crate) fn spawn(mut stream: UnixStream, stop: Arc<AtomicBool>) {
+/// `record`: the connection `livetrace record` made (it may take over the
+/// session started before `main`).
+pub(crate) fn spawn(mut stream: UnixStream, stop: Arc<AtomicBool>, record: bool) {
     let refuse = |stream: &mut UnixStream, code, msg: String| {
         let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
         let _ = write_frame(stream, &encode(&Response::error(code, msg)));
@@ -110,7 +115,7 @@ pub(crate) fn spawn(mut stream: UnixStream, stop: Arc<AtomicBool>) {
         .name("livetrace-conn".into())
         .spawn(move || {
             let _counted = Counted;
-            serve_connection(stream, &stop);
+            serve_connection(stream, &stop, record);
         });
     if spawned.is_err() {
         CONNECTIONS.fetch_sub(1, Ordering::SeqCst);
@@ -152,7 +157,7 @@ impl Read for LeaseReader<'_> {
     }
 }
 
-fn serve_connection(mut stream: UnixStream, stop: &AtomicBool) {
+fn serve_connection(mut stream: UnixStream, stop: &AtomicBool, record: bool) {
     let lease = crate::lease();
     if stream.set_read_timeout(Some(TICK)).is_err()
         || stream.set_write_timeout(Some(lease)).is_err()
@@ -164,6 +169,9 @@ fn serve_connection(mut stream: UnixStream, stop: &AtomicBool) {
         sessions: HashMap::new(),
         hello: false,
         lease,
+        record,
+        fds: Vec::new(),
+        frozen: Vec::new(),
     };
     loop {
         let frame = {
@@ -232,13 +240,36 @@ fn serve_connection(mut stream: UnixStream, stop: &AtomicBool) {
                 )
             }
         };
-        if !reply(&mut stream, &resp) || close {
+        let fds = std::mem::take(&mut conn.fds);
+        if !reply_with(&mut stream, &resp, &fds) {
+            break;
+        }
+        // A recording process waits at exit for these to have reached the
+        // command, sent, not merely decided (it may end the moment it is
+        // told).
+        if conn.record {
+            match resp {
+                Response::Buffers { .. } => crate::record::mapped(),
+                Response::Profile { last: true, .. } => crate::record::profile_taken(),
+                _ => {}
+            }
+        }
+        if close {
             break;
         }
     }
     let _ = stream.shutdown(std::net::Shutdown::Both);
     // `conn` drops here: every session detached, every owned patch reverted.
     drop(conn);
+}
+
+/// Sends a reply, with descriptors if any; false when the client is gone.
+fn reply_with(stream: &mut UnixStream, resp: &Response, fds: &[OwnedFd]) -> bool {
+    if fds.is_empty() {
+        return reply(stream, resp);
+    }
+    let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+    write_frame_with_fds(stream, &encode(resp), &borrowed).is_ok()
 }
 
 /// Sends a reply; false when the client is gone.
@@ -256,13 +287,37 @@ fn reply(stream: &mut UnixStream, resp: &Response) -> bool {
     write_frame(stream, &bytes).is_ok()
 }
 
-struct SessionSlot {
-    session: Session,
-    tracer: TracerKind,
+pub(crate) struct SessionSlot {
+    pub(crate) session: Session,
+    pub(crate) tracer: TracerKind,
     /// Drained but not yet sent (a reply carries at most
     /// `MAX_EVENTS_PER_REPLY` events).
-    pending: WireTrace,
-    stopped: bool,
+    pub(crate) pending: WireTrace,
+    pub(crate) stopped: bool,
+    /// A flight recorder (listed for `Snapshot` from any connection).
+    pub(crate) flight: bool,
+    /// A consumer mapped its buffers: it reads them, never a drain here.
+    pub(crate) mapped: bool,
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        if self.flight {
+            let me = Arc::as_ptr(self.session.rings());
+            flights().retain(|(_, r, _)| r.as_ptr() != me);
+        }
+    }
+}
+
+/// A flight-recorder session of some connection: id, buffers, tracer.
+type Flight = (u32, std::sync::Weak<livetrace_ring::Rings>, TracerKind);
+
+/// Every flight-recorder session of the process, for `Snapshot` requests
+/// from any connection.
+static FLIGHTS: Mutex<Vec<Flight>> = Mutex::new(Vec::new());
+
+fn flights() -> std::sync::MutexGuard<'static, Vec<Flight>> {
+    FLIGHTS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 struct Conn {
@@ -270,10 +325,19 @@ struct Conn {
     sessions: HashMap<u32, SessionSlot>,
     hello: bool,
     lease: Duration,
+    /// The connection `livetrace record` made.
+    record: bool,
+    /// Descriptors to send with the next reply.
+    fds: Vec<OwnedFd>,
+    /// Buffers this connection froze for a snapshot, thawed when it ends.
+    frozen: Vec<(u32, Arc<livetrace_ring::Rings>)>,
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
+        for (_, r) in self.frozen.drain(..) {
+            r.unfreeze();
+        }
         // Sessions detach in their own Drop (one live batch each).
         self.sessions.clear();
         let mine: Vec<PatchEntry> = {
@@ -361,16 +425,63 @@ impl Conn {
                 filter,
                 notrace,
                 buffer_records,
-            } => self.start(tracer, filter, notrace, buffer_records),
+                mode,
+                memory_budget,
+                controls,
+            } => self.start(
+                tracer,
+                &Spec {
+                    filter,
+                    notrace,
+                    buffer_records,
+                    mode,
+                    memory_budget,
+                    controls,
+                },
+            ),
+            Request::MapBuffers { session } => match self.sessions.get_mut(&session) {
+                Some(s) => {
+                    s.mapped = true;
+                    let (tracer, rings) = (s.tracer, s.session.rings().clone());
+                    self.buffers(session, tracer, rings)
+                }
+                None => err(
+                    ErrorCode::NotFound,
+                    format!("no session {session} on this connection"),
+                ),
+            },
+            Request::Functions { session, from } => self.functions(session, from),
+            Request::Snapshot { session } => self.snapshot(session),
+            Request::Thaw { session } => {
+                match self.frozen.iter().position(|(s, _)| *s == session) {
+                    Some(i) => {
+                        self.frozen.remove(i).1.unfreeze();
+                        (Response::Thawed, false)
+                    }
+                    None => match self.sessions.get(&session) {
+                        // A trigger froze it.
+                        Some(s) => {
+                            s.session.rings().unfreeze();
+                            (Response::Thawed, false)
+                        }
+                        None => err(
+                            ErrorCode::NotFound,
+                            format!("session {session} is not frozen by this connection"),
+                        ),
+                    },
+                }
+            }
+            Request::Recording => self.recording(),
             Request::PollEvents { session } => self.poll(session, false),
             Request::StopTrace { session } => self.poll(session, true),
             Request::Profile { session } => match self.sessions.get(&session) {
-                Some(s) => (
-                    Response::Profile {
-                        rows: s.session.profile().iter().map(ProfileEntry::from).collect(),
-                    },
-                    false,
-                ),
+                Some(s) => {
+                    // The process is exiting: these rows are the last (and
+                    // the exit handler waiting for them may go on).
+                    let last = self.record && crate::record::exiting();
+                    let rows = s.session.profile().iter().map(ProfileEntry::from).collect();
+                    (Response::Profile { rows, last }, false)
+                }
                 None => err(
                     ErrorCode::NotFound,
                     format!("no session {session} on this connection"),
@@ -400,41 +511,199 @@ impl Conn {
         }
     }
 
-    fn start(
-        &mut self,
-        tracer: TracerKind,
-        filter: Vec<String>,
-        notrace: Vec<String>,
-        buffer_records: Option<u64>,
-    ) -> (Response, bool) {
+    fn start(&mut self, tracer: TracerKind, spec: &Spec) -> (Response, bool) {
         if self.sessions.len() >= MAX_SESSIONS {
             return err(
                 ErrorCode::Failed,
                 format!("this connection already has {MAX_SESSIONS} sessions"),
             );
         }
-        let cfg = match config(tracer, &filter, &notrace, buffer_records) {
+        let cfg = match config(tracer, spec) {
             Ok(c) => c,
             Err(m) => return err(ErrorCode::Invalid, m),
         };
         match livetrace::trace(cfg) {
             Ok(session) => {
-                let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
-                self.sessions.insert(
-                    id,
-                    SessionSlot {
-                        session,
-                        tracer,
-                        pending: WireTrace::default(),
-                        stopped: false,
-                    },
-                );
+                let id = self.adopt(session, tracer, spec.mode == Some(Mode::Flight));
                 (Response::Started { session: id }, false)
             }
             Err(e) => tracing_error(e),
         }
     }
 
+    /// Makes `session` this connection's; returns its id.
+    fn adopt(&mut self, session: Session, tracer: TracerKind, flight: bool) -> u32 {
+        let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+        if flight {
+            flights().push((id, Arc::downgrade(session.rings()), tracer));
+        }
+        self.sessions.insert(
+            id,
+            SessionSlot {
+                session,
+                tracer,
+                pending: WireTrace::default(),
+                stopped: false,
+                flight,
+                mapped: false,
+            },
+        );
+        id
+    }
+
+    /// Takes over the session `livetrace record` started.
+    fn recording(&mut self) -> (Response, bool) {
+        if !self.record {
+            return err(
+                ErrorCode::NotFound,
+                "only the connection livetrace record made can take its session",
+            );
+        }
+        match crate::record::take() {
+            Some(Ok((session, tracer, flight))) => {
+                let id = self.adopt(session, tracer, flight);
+                (Response::Started { session: id }, false)
+            }
+            Some(Err(e)) => err(ErrorCode::Failed, e),
+            None => err(
+                ErrorCode::NotFound,
+                "the recording session was already taken",
+            ),
+        }
+    }
+
+    /// Replies with the buffers' memory files.
+    fn buffers(
+        &mut self,
+        session: u32,
+        tracer: TracerKind,
+        rings: Arc<livetrace_ring::Rings>,
+    ) -> (Response, bool) {
+        let Some((data, tails, l)) = rings.shared() else {
+            return err(
+                ErrorCode::Failed,
+                "this process's buffers are not in memory files (memfd_create failed)",
+            );
+        };
+        match (data.try_clone_to_owned(), tails.try_clone_to_owned()) {
+            (Ok(d), Ok(t)) => self.fds = vec![d, t],
+            (Err(e), _) | (_, Err(e)) => {
+                return err(ErrorCode::Failed, format!("cannot pass the buffers: {e}"))
+            }
+        }
+        if !l.overwrite {
+            // A stream consumer releases exited threads' buffers itself;
+            // threads that died without their exit hook are marked here.
+            rings.maintain(false);
+        }
+        let c = livetrace_ring::Clock::get();
+        let (base_ticks, base_ns, mult) = c.calibration();
+        (
+            Response::Buffers {
+                session,
+                tracer,
+                layout: BufferLayout {
+                    slots: l.slots,
+                    stride: l.stride,
+                    records: l.records,
+                    pool_header: l.pool_header,
+                    slot_header: l.slot_header,
+                    data_bytes: l.data_bytes,
+                    tails_bytes: l.tails_bytes,
+                    overwrite: l.overwrite,
+                },
+                clock: ClockInfo {
+                    tsc: c.source() == livetrace_ring::Source::Tsc,
+                    hz: c.frequency_hz(),
+                    base_ticks,
+                    base_ns,
+                    mult,
+                },
+            },
+            false,
+        )
+    }
+
+    fn functions(&mut self, session: u32, from: u32) -> (Response, bool) {
+        let Some(s) = self.sessions.get(&session) else {
+            return err(
+                ErrorCode::NotFound,
+                format!("no session {session} on this connection"),
+            );
+        };
+        // Also upkeep for stream consumers, which ask now and then: threads
+        // that died without their exit hook are marked exited. A page past
+        // every end is only that (and renews the lease).
+        s.session.rings().maintain(s.flight);
+        if from == u32::MAX {
+            return (
+                Response::FunctionNames {
+                    functions: Vec::new(),
+                    next: None,
+                },
+                false,
+            );
+        }
+        match s.session.functions() {
+            Ok(mut all) => {
+                all.sort_unstable();
+                let from = from as usize;
+                let end = (from + MAX_FUNCTIONS_PER_REPLY).min(all.len());
+                let functions = all
+                    .get(from..end)
+                    .unwrap_or(&[])
+                    .iter()
+                    .map(|(addr, name)| WireSymbol {
+                        addr: *addr as u64,
+                        size: 0,
+                        name: name.clone(),
+                    })
+                    .collect();
+                (
+                    Response::FunctionNames {
+                        functions,
+                        next: (end < all.len()).then_some(end as u32),
+                    },
+                    false,
+                )
+            }
+            Err(e) => tracing_error(e),
+        }
+    }
+
+    /// Freezes a flight recorder and passes its buffers.
+    fn snapshot(&mut self, session: Option<u32>) -> (Response, bool) {
+        let found: Vec<(u32, Arc<livetrace_ring::Rings>, TracerKind)> = flights()
+            .iter()
+            .filter(|(id, _, _)| session.is_none_or(|s| s == *id))
+            .filter_map(|(id, w, t)| Some((*id, w.upgrade()?, *t)))
+            .collect();
+        let (id, rings, tracer) = match found.as_slice() {
+            [one] => one.clone(),
+            [] => {
+                return err(
+                    ErrorCode::NotFound,
+                    match session {
+                        Some(s) => format!("no flight recorder session {s} in this process"),
+                        None => "no flight recorder runs in this process (start one with                                  `livetrace trace PID --flight`)"
+                            .to_string(),
+                    },
+                )
+            }
+            many => {
+                let ids: Vec<String> = many.iter().map(|(i, _, _)| i.to_string()).collect();
+                return err(
+                    ErrorCode::Invalid,
+                    format!("several flight recorders run ({}); name one", ids.join(", ")),
+                );
+            }
+        };
+        if !rings.is_frozen() {
+            rings.freeze();
+            self.frozen.push((id, rings.clone()));
+        }
+        self.buffers(id, tracer, rings)
+    }
     fn poll(&mut self, id: u32, stop: bool) -> (Response, bool) {
         let Some(slot) = self.sessions.get_mut(&id) else {
             return err(
@@ -457,7 +726,7 @@ impl Conn {
                     .collect();
             }
         }
-        if slot.tracer != TracerKind::Profile {
+        if slot.tracer != TracerKind::Profile && !slot.mapped {
             let t = slot.session.drain();
             slot.pending.append(WireTrace::from(&t));
         }
@@ -542,16 +811,29 @@ impl Conn {
     }
 }
 
+/// What a request asks a session to be.
+pub(crate) struct Spec {
+    pub(crate) filter: Vec<String>,
+    pub(crate) notrace: Vec<String>,
+    pub(crate) buffer_records: Option<u64>,
+    pub(crate) mode: Option<Mode>,
+    pub(crate) memory_budget: Option<u64>,
+    pub(crate) controls: Controls,
+}
+
 /// The session configuration for a request, with every address pattern
 /// checked to be one of the process's sites.
-pub(crate) fn config(
-    tracer: TracerKind,
-    filter: &[String],
-    notrace: &[String],
-    buffer_records: Option<u64>,
-) -> Result<Config, String> {
+pub(crate) fn config(tracer: TracerKind, spec: &Spec) -> Result<Config, String> {
+    let c = &spec.controls;
     let mut sites: Option<HashSet<usize>> = None;
-    for p in filter.iter().chain(notrace) {
+    for p in spec
+        .filter
+        .iter()
+        .chain(&spec.notrace)
+        .chain(&c.start_at)
+        .chain(&c.stop_at)
+        .chain(&c.snapshot_at)
+    {
         if let livetrace::Pattern::Addr(a) = livetrace::Pattern::parse(p) {
             let sites = match &mut sites {
                 Some(s) => s,
@@ -568,20 +850,30 @@ pub(crate) fn config(
             }
         }
     }
-    let tracer = match tracer {
-        TracerKind::Function => Tracer::Function,
-        TracerKind::Graph => Tracer::Graph,
-        TracerKind::Profile => Tracer::Profile,
-    };
-    let filter: Vec<&str> = filter.iter().map(String::as_str).collect();
+    let filter: Vec<&str> = spec.filter.iter().map(String::as_str).collect();
     let mut cfg = Config::new(tracer, &filter);
-    cfg.notrace = notrace
-        .iter()
-        .map(|p| livetrace::Pattern::parse(p))
-        .collect();
-    if let Some(n) = buffer_records {
+    let parse = |v: &[String]| v.iter().map(|p| livetrace::Pattern::parse(p)).collect();
+    cfg.notrace = parse(&spec.notrace);
+    if let Some(n) = spec.buffer_records {
         cfg.ring.records_per_thread = n as usize;
     }
+    if let Some(b) = spec.memory_budget {
+        cfg.ring.memory_budget = b as usize;
+    }
+    // Buffers are committed up front up to 2 MiB; larger ones (streams)
+    // as they first fill, so idle threads cost little memory.
+    cfg.ring.prefault = cfg.ring.records_per_thread <= 64 * 1024;
+    cfg.ring.mode = match spec.mode {
+        Some(Mode::Stream) => livetrace_ring::Mode::DropNewest,
+        Some(Mode::Flight) | None => livetrace_ring::Mode::Overwrite,
+    };
+    cfg.controls = livetrace_tracers::Controls {
+        depth: c.depth,
+        min_duration_ns: c.min_duration_ns.unwrap_or(0),
+        start_at: parse(&c.start_at),
+        stop_at: parse(&c.stop_at),
+        snapshot_at: parse(&c.snapshot_at),
+    };
     Ok(cfg)
 }
 

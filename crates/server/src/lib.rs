@@ -10,8 +10,8 @@
 //!   The crate must actually be linked: a dependency that no code names is
 //!   dropped by rustc, so name it once (`use livetrace_server as _;`).
 //!   With `LIVETRACE_RECORD` also set (by `livetrace record`), the
-//!   constructor starts tracing before `main` and writes everything
-//!   recorded to a file at exit (see [`record`]).
+//!   constructor starts tracing before `main` and serves the connection the
+//!   command passed it, which streams the records out (see [`record`]).
 //!
 //! # The socket
 //!
@@ -38,6 +38,14 @@
 //!   request names an arbitrary address: filters and patches resolve to the
 //!   process's known sites only, and a patch needs two `#[traced]`
 //!   functions whose recorded signatures are known and equal.
+//! - **Records leave by shared memory, not by the socket.** A session's
+//!   buffers are memory files ([`livetrace_ring::shm`]) whose descriptors
+//!   `MapBuffers` passes with `SCM_RIGHTS`; the consumer maps them (the data
+//!   read-only: the files are sealed so that only this process can write
+//!   them) and moves records to disk itself, so the process does no work
+//!   per record for it and the JSON frames stay for control. Nothing a
+//!   consumer stores in the shared tails (what it consumed) is ever used
+//!   as an address.
 //! - **Nothing outlives its connection** (with one exception, below). Each
 //!   connection runs on its own thread and owns the tracing sessions it
 //!   started and the non-persistent patches it made; when the connection
@@ -306,7 +314,7 @@ fn accept_loop(listener: UnixListener, stop: Arc<AtomicBool>) {
         if stream.set_nonblocking(false).is_err() {
             continue;
         }
-        conn::spawn(stream, stop.clone());
+        conn::spawn(stream, stop.clone(), false);
     }
 }
 

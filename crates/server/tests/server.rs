@@ -62,6 +62,9 @@ fn server_lifecycle() {
             filter: vec!["*::tick".into()],
             notrace: vec![],
             buffer_records: Some(4096),
+            mode: None,
+            memory_budget: None,
+            controls: Default::default(),
         })
         .unwrap()
     else {
@@ -108,6 +111,9 @@ fn server_lifecycle() {
             filter: vec!["*::tock".into()],
             notrace: vec![],
             buffer_records: None,
+            mode: None,
+            memory_budget: None,
+            controls: Default::default(),
         })
         .unwrap()
     else {

@@ -11,13 +11,13 @@
 
 use std::fmt;
 
-use livetrace_poke::NOP5;
+use livetrace_poke::world::StopReport;
+use livetrace_poke::{convert_sleds, ConvertError, Quiet};
 
-use crate::stw::{self, StwError, StwReport};
 use crate::Error;
 
 /// When it is safe to rewrite a sled.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConvertPolicy {
     /// The process has one thread, checked through `/proc/self/task` right
     /// before converting: the caller is the only code running, so nobody is
@@ -25,34 +25,16 @@ pub enum ConvertPolicy {
     /// Refused with [`Error::NotSingleThreaded`] otherwise. Must not be
     /// used from a signal handler that may have interrupted a sled.
     SingleThreaded,
-    /// The objects were loaded a moment ago and their code has not run on
-    /// another thread: the `dlopen` interposer, before it returns the handle
-    /// (see [`crate::Table::on_dlopen`]). Not checkable; hence the token.
-    JustLoaded(JustLoaded),
-    /// Stop every other thread with a signal, check none is inside a sled
-    /// (its RIP, and saved contexts on its stack), convert, release. Busy
-    /// threads make it retry, then refuse; a thread that does not stop (it
-    /// blocks the signal) makes it refuse. The calling thread is not
-    /// checked: do not use it from a signal handler. See the `stw` module
-    /// docs and [`crate::set_stop_signal`].
+    /// Stop every other thread with the engine's stop-the-world, check that
+    /// neither its RIP nor a RIP saved in a signal frame on its stacks is
+    /// inside a sled, convert every sled at once, release. Busy threads make
+    /// it retry, then refuse; a thread that does not stop (it blocks the
+    /// world signal with a raw system call, or a debugger holds it) makes
+    /// it refuse. The calling thread is not checked: do not use it from a
+    /// signal handler. Used at start-up with threads running and after
+    /// every `dlopen` (a library's constructors may have started threads
+    /// running its code). See `livetrace_poke::convert_sleds`.
     StopTheWorld,
-}
-
-/// Proof that the caller upheld the [`ConvertPolicy::JustLoaded`] contract.
-#[derive(Debug)]
-pub struct JustLoaded(());
-
-impl JustLoaded {
-    /// # Safety
-    /// No thread other than the caller may execute code of the objects
-    /// being converted while the conversion runs, nor be stopped (by a
-    /// signal, in a handler, or otherwise) between two bytes of one of
-    /// their sleds. True for objects whose `dlopen` has just returned on
-    /// this thread, when the `dlopen` calls are serialised and the objects'
-    /// constructors did not start threads running their code.
-    pub unsafe fn promise() -> JustLoaded {
-        JustLoaded(())
-    }
 }
 
 /// What a conversion did.
@@ -63,7 +45,7 @@ pub struct ConvertReport {
     /// Sites left unconverted: (address, why).
     pub failed: Vec<(usize, String)>,
     /// For [`ConvertPolicy::StopTheWorld`]: rounds and busy observations.
-    pub stw: Option<StwReport>,
+    pub stw: Option<StopReport>,
 }
 
 impl fmt::Display for ConvertReport {
@@ -90,77 +72,37 @@ impl fmt::Display for ConvertReport {
 
 /// Number of threads in this process.
 pub fn thread_count() -> std::io::Result<usize> {
-    Ok(std::fs::read_dir("/proc/self/task")?.count())
+    Ok(livetrace_poke::world::threads()?.len())
 }
 
 /// Converts `sites` (address, bytes found there a moment ago, a sled or a
-/// NOP variant) under `policy`. Returns the addresses converted, and the
-/// error that stopped the conversion, if any (sites converted before it
-/// stay converted).
+/// NOP variant) under `policy`, all at once. Returns the addresses
+/// converted, and the error that stopped the conversion, if any (then
+/// nothing was converted).
 pub(crate) fn convert_sites(
     sites: &[(usize, [u8; 5])],
     policy: ConvertPolicy,
     report: &mut ConvertReport,
 ) -> (Vec<usize>, Result<(), Error>) {
-    let mut done = Vec::with_capacity(sites.len());
-    match policy {
-        ConvertPolicy::SingleThreaded => {
-            match thread_count() {
-                Ok(1) => {}
-                Ok(n) => return (done, Err(Error::NotSingleThreaded { threads: n })),
-                Err(e) => return (done, Err(Error::Io(e))),
+    let quiet = match policy {
+        ConvertPolicy::SingleThreaded => Quiet::SingleThreaded,
+        ConvertPolicy::StopTheWorld => Quiet::StopTheWorld,
+    };
+    match convert_sleds(sites, quiet) {
+        Ok(c) => {
+            report.converted += c.done.len();
+            for ip in c.changed {
+                report
+                    .failed
+                    .push((ip, "bytes changed before the world stopped".into()));
             }
-            quiescent(sites, report, &mut done);
+            report.stw = c.stop;
+            (c.done, Ok(()))
         }
-        ConvertPolicy::JustLoaded(_) => quiescent(sites, report, &mut done),
-        ConvertPolicy::StopTheWorld => {
-            let mut sleds: Vec<usize> = sites.iter().map(|s| s.0).collect();
-            sleds.sort_unstable();
-            let res = stw::with_world_stopped(&sleds, |mem| {
-                for &(ip, expected) in sites {
-                    // Re-checked with everyone stopped: a batch elsewhere
-                    // may have raced the read done before the stop.
-                    if stw::read_text(mem, ip) != Some(expected) {
-                        continue;
-                    }
-                    stw::write_text(mem, ip, &NOP5)?;
-                    // Capacity reserved above: no allocation here.
-                    done.push(ip);
-                }
-                Ok(())
-            });
-            match res {
-                Ok(r) => report.stw = Some(r),
-                Err(StwError::Write(w)) => {
-                    report.converted += done.len();
-                    return (done, Err(Error::StopTheWorld(StwError::Write(w))));
-                }
-                Err(e) => return (done, Err(Error::StopTheWorld(e))),
-            }
-            for &(ip, _) in sites {
-                if !done.contains(&ip) {
-                    report
-                        .failed
-                        .push((ip, "bytes changed before the world stopped".into()));
-                }
-            }
-            report.converted += done.len();
+        Err(ConvertError::NotSingleThreaded(n)) => {
+            (Vec::new(), Err(Error::NotSingleThreaded { threads: n }))
         }
-    }
-    (done, Ok(()))
-}
-
-fn quiescent(sites: &[(usize, [u8; 5])], report: &mut ConvertReport, done: &mut Vec<usize>) {
-    for &(ip, expected) in sites {
-        // SAFETY: the policy (single thread checked just now, or the
-        // caller's JustLoaded promise) guarantees no thread executes or is
-        // stopped inside these bytes.
-        match unsafe { livetrace_poke::poke_quiescent(ip, expected, NOP5) } {
-            Ok(()) => {
-                done.push(ip);
-                report.converted += 1;
-            }
-            Err(e) => report.failed.push((ip, e.to_string())),
-        }
+        Err(ConvertError::Stop(e)) => (Vec::new(), Err(Error::StopTheWorld(e))),
+        Err(e) => (Vec::new(), Err(Error::Poke(e.into()))),
     }
 }

@@ -31,6 +31,10 @@
 //! whose mcount sites hold a 5-byte NOP works; in practice that means
 //! non-PIE executables.
 //!
+//! Livetrace's own functions, and the instances of `core`/`alloc`/`std`
+//! code compiled into the program, are never put in the table, whatever
+//! sites they have ([`is_notrace`]): tracing them would trace the tracer.
+//!
 //! # Invariants
 //!
 //! 1. **Every site's bytes are checked when found, and only NOPs are
@@ -75,14 +79,14 @@
 //! # Converting sleds
 //!
 //! [`ConvertPolicy::SingleThreaded`] checks `/proc/self/task` has one entry;
-//! [`ConvertPolicy::JustLoaded`] is the `dlopen` interposer's promise that the
-//! code has not run elsewhere yet ([`Table::on_dlopen`]);
-//! [`ConvertPolicy::StopTheWorld`] stops every other thread with a real-time
-//! signal ([`set_stop_signal`]), refuses while any thread's RIP, or a saved
-//! context on its stack, is strictly inside a sled, writes through
-//! `/proc/self/mem` without allocating or taking locks while threads are
-//! held, serialises all cores with `membarrier`, and releases them. It
-//! refuses, writing nothing, when a thread does not stop in time.
+//! [`ConvertPolicy::StopTheWorld`] (also what [`Table::on_dlopen`] uses)
+//! has the engine stop every other thread with its world signal, refuse
+//! while any thread's RIP, or a RIP saved in a signal frame on its stacks,
+//! is strictly inside a sled, rewrite every sled with one atomic store
+//! without allocating or taking locks while threads are held, serialise all
+//! cores with `membarrier`, and release them. It refuses, writing nothing,
+//! when a thread does not stop in time. The writing is the engine's
+//! (`livetrace_poke::convert_sleds`): this crate only finds sites.
 //!
 //! The table is not internally synchronised: the tracing core keeps it under
 //! its own lock, and `on_dlopen`/`on_dlclose` are called by its interposers
@@ -96,19 +100,23 @@ mod demangle;
 mod elf;
 mod glob;
 mod loaded;
+mod notrace;
 mod record;
-mod stw;
 mod symbolize;
 mod table;
 
 use std::fmt;
 use std::io;
 
-pub use convert::{thread_count, ConvertPolicy, ConvertReport, JustLoaded};
+pub use convert::{thread_count, ConvertPolicy, ConvertReport};
 pub use demangle::demangle;
 pub use glob::Glob;
+pub use livetrace_poke::world::{
+    set_signal as set_stop_signal, signal as stop_signal, Busy, StopError as StwError,
+    StopReport as StwReport,
+};
+pub use notrace::{is_notrace, is_notrace_object};
 pub use record::{ObjectId, Origin, Record, SiteState};
-pub use stw::{set_stop_signal, stop_signal, Busy, StwError, StwReport, WriteFailure};
 pub use symbolize::{Symbol, Symbolizer};
 pub use table::{
     ExternalSite, FunctionInfo, InsertReport, Object, RejectReason, Rejected, ScanReport, Table,

@@ -232,6 +232,9 @@ pub struct ScanReport {
     pub rejected: Vec<Rejected>,
     /// Objects whose file could not be used: (object, why).
     pub errors: Vec<(String, String)>,
+    /// Sites left out because they are livetrace's own or the Rust
+    /// runtime's (never traced; see `notrace.rs`).
+    pub notrace: usize,
 }
 
 /// What [`Table::insert_external`] did.
@@ -720,6 +723,10 @@ impl Table {
         obj.soname = info.soname.clone();
         obj.needed = info.needed.clone();
         let file_stem = path.rsplit('/').next().unwrap_or(&path).to_owned();
+        if crate::notrace::is_notrace_object(&path) {
+            report.notrace += info.sites.len();
+            return obj;
+        }
         for &(link, origin) in &info.sites {
             let addr = l.base.wrapping_add(link as usize);
             let sym = info.containing(link);
@@ -730,6 +737,10 @@ impl Table {
                 None => (format!("{file_stem}+{link:#x}"), 0),
             };
             let name = crate::demangle::demangle(&raw).unwrap_or_else(|| raw.clone());
+            if crate::notrace::is_notrace(&raw, &name) {
+                report.notrace += 1;
+                continue;
+            }
             let label = if offset == 0 {
                 name.clone()
             } else {
@@ -1013,19 +1024,12 @@ impl Table {
     }
 
     /// For the `dlopen` interposer: call after the real `dlopen` returned
-    /// `handle` and before handing it to the program. Scans the new objects,
-    /// then converts the sleds of the object behind `handle` and of the
-    /// libraries it brought in with it, with
-    /// [`ConvertPolicy::JustLoaded`].
-    ///
-    /// # Safety
-    /// The [`crate::JustLoaded::promise`] contract, for the opened object
-    /// and its newly loaded dependencies: no other thread may execute their
-    /// code during this call or be stopped inside one of their sleds. That
-    /// holds when the interposer serialises its `dlopen` calls and the
-    /// libraries' constructors start no thread that runs their own traced
-    /// functions.
-    pub unsafe fn on_dlopen(
+    /// `handle` (before handing it to the program, so that its code has run
+    /// only in its constructors). Scans the new objects, then converts the
+    /// sleds of the object behind `handle` and of the libraries it brought
+    /// in with it, stopping the world ([`ConvertPolicy::StopTheWorld`]):
+    /// the constructors may have started threads that run their code.
+    pub fn on_dlopen(
         &mut self,
         handle: *mut libc::c_void,
     ) -> Result<(ScanReport, ConvertReport), Error> {
@@ -1041,9 +1045,7 @@ impl Table {
             return Ok((scan, ConvertReport::default()));
         };
         let closure = self.just_loaded_closure(root, &scan.added_objects);
-        // SAFETY: forwarded from this function's contract.
-        let policy = ConvertPolicy::JustLoaded(unsafe { convert::JustLoaded::promise() });
-        let conv = self.convert(Some(&closure), policy)?;
+        let conv = self.convert(Some(&closure), ConvertPolicy::StopTheWorld)?;
         Ok((scan, conv))
     }
 

@@ -319,7 +319,7 @@ fn on_dlopen_converts_the_just_loaded_library_and_its_new_dependencies() {
     let lib = Lib::open(&top);
     // SAFETY: this test serialises its dlopen calls and the libraries start
     // no threads: nothing else runs their code.
-    let (scan, conv) = unsafe { table.on_dlopen(lib.handle) }.unwrap();
+    let (scan, conv) = table.on_dlopen(lib.handle).unwrap();
     assert_eq!(
         scan.added_objects.len(),
         2,
@@ -337,7 +337,7 @@ fn on_dlopen_converts_the_just_loaded_library_and_its_new_dependencies() {
     assert!(again.added_objects.is_empty() && again.added_sites == 0 && again.removed_objects == 0);
     let n = table.len();
     // SAFETY: as above.
-    let (scan, conv) = unsafe { table.on_dlopen(lib.handle) }.unwrap();
+    let (scan, conv) = table.on_dlopen(lib.handle).unwrap();
     assert!(scan.added_objects.is_empty() && conv.converted == 0);
     assert_eq!(table.len(), n);
     lib.close();
@@ -451,11 +451,19 @@ fn stop_the_world_refuses_when_a_thread_does_not_stop() {
     let t = {
         let (ready, done) = (ready.clone(), done.clone());
         std::thread::spawn(move || {
-            // SAFETY: blocks every signal on this thread only.
+            // SAFETY: blocks every signal on this thread only, with the
+            // raw system call: the C library's functions (livetrace's
+            // interposers) would keep the world signal deliverable.
             unsafe {
                 let mut all: libc::sigset_t = std::mem::zeroed();
                 libc::sigfillset(&mut all);
-                libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+                libc::syscall(
+                    libc::SYS_rt_sigprocmask,
+                    libc::SIG_BLOCK,
+                    &all,
+                    std::ptr::null_mut::<libc::sigset_t>(),
+                    8usize,
+                );
             }
             ready.store(true, SeqCst);
             while !done.load(SeqCst) {
@@ -472,7 +480,7 @@ fn stop_the_world_refuses_when_a_thread_does_not_stop() {
         .convert(Some(&[obj]), ConvertPolicy::StopTheWorld)
         .unwrap_err();
     match &err {
-        Error::StopTheWorld(StwError::NotStopped { tid }) => assert!(*tid > 0),
+        Error::StopTheWorld(StwError::NotStopped { tid, .. }) => assert!(*tid > 0),
         other => panic!("{other:?}"),
     }
     assert!(err.to_string().contains("did not stop"), "{err}");
@@ -492,7 +500,9 @@ fn stop_the_world_refuses_when_a_thread_does_not_stop() {
 }
 
 #[test]
-fn stop_the_world_refuses_while_a_saved_context_points_inside_a_sled() {
+fn stop_the_world_is_not_fooled_by_stray_stack_words() {
+    // Words that happen to point inside a sled are not contexts: only a
+    // signal frame's saved RIP (or the RIP itself) makes a thread busy.
     let _s = serial();
     let path = build_so("gcc", PATCH, &["funcs.c", "tramp.c"], "ltstack");
     let lib = Lib::open(&path);
@@ -504,36 +514,25 @@ fn stop_the_world_refuses_while_a_saved_context_points_inside_a_sled() {
     let t = {
         let (ready, done) = (ready.clone(), done.clone());
         std::thread::spawn(move || {
-            // What a signal frame holds when a handler interrupted the
-            // thread two bytes into lt_mul's sled.
-            let saved = [mul + 2; 4];
-            std::hint::black_box(&saved);
+            let stray = [mul + 2; 4];
+            std::hint::black_box(&stray);
             ready.store(true, SeqCst);
             while !done.load(SeqCst) {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
-            std::hint::black_box(&saved);
+            std::hint::black_box(&stray);
         })
     };
     while !ready.load(SeqCst) {
         std::thread::yield_now();
     }
-    let err = table
-        .convert(Some(&[obj]), ConvertPolicy::StopTheWorld)
-        .unwrap_err();
-    match err {
-        Error::StopTheWorld(StwError::Busy(b)) => {
-            assert_eq!((b.site, b.addr, b.in_rip), (mul, mul + 2, false));
-        }
-        other => panic!("{other:?}"),
-    }
-    assert_eq!(bytes(mul), NOP1X5, "nothing written");
-    done.store(true, SeqCst);
-    t.join().unwrap();
-    table
+    let conv = table
         .convert(Some(&[obj]), ConvertPolicy::StopTheWorld)
         .unwrap();
+    assert_eq!(conv.stw.as_ref().unwrap().attempts, 1, "{conv}");
     assert_eq!(bytes(mul), NOP5);
+    done.store(true, SeqCst);
+    t.join().unwrap();
     lib.close();
 }
 
@@ -566,9 +565,10 @@ extern "C" {
 static ARMED: AtomicBool = AtomicBool::new(false);
 
 /// SIGUSR2 handler for the parked thread: points the interrupted context
-/// two bytes into the sled, then returns once the stop signal (blocked
-/// meanwhile by this handler's mask) is pending, so that the stop handler
-/// runs with RIP exactly there.
+/// two bytes into the sled (as if the signal had arrived there), then
+/// stays in the handler until a stop of the world has come and gone, so
+/// that round finds the sled address in the signal frame's saved context,
+/// not in the thread's RIP.
 extern "C" fn park_in_sled(_: libc::c_int, _: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: SA_SIGINFO handler context.
     unsafe {
@@ -576,24 +576,16 @@ extern "C" fn park_in_sled(_: libc::c_int, _: *mut libc::siginfo_t, ctx: *mut li
         uc.uc_mcontext.gregs[libc::REG_RIP as usize] =
             (lt_rip_sled as *const () as usize + 2) as i64;
     }
+    let stops = livetrace_poke::world::world_stats().stops;
     ARMED.store(true, SeqCst);
-    loop {
-        // SAFETY: sigpending into a local set.
-        let pending = unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigpending(&mut set);
-            libc::sigismember(&set, livetrace_sites::stop_signal()) == 1
-        };
-        if pending {
-            break;
-        }
+    while livetrace_poke::world::world_stats().stops == stops {
         // SAFETY: plain syscall.
         unsafe { libc::sched_yield() };
     }
 }
 
 #[test]
-fn stop_the_world_waits_while_a_thread_is_inside_a_sled() {
+fn stop_the_world_waits_while_a_signal_frame_holds_a_rip_inside_a_sled() {
     let _s = serial();
     let sled = lt_rip_sled as *const () as usize;
     let (mut table, _) = Table::discover().unwrap();
@@ -610,14 +602,12 @@ fn stop_the_world_waits_while_a_thread_is_inside_a_sled() {
     assert_eq!(table.record(i).state(), SiteState::Unconverted);
     let obj = table.record(i).object();
 
-    // SAFETY: installing a test-only SIGUSR2 handler that blocks the stop
-    // signal while it runs.
+    // SAFETY: installing a test-only SIGUSR2 handler.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = park_in_sled as *const () as usize;
         sa.sa_flags = libc::SA_SIGINFO;
         libc::sigemptyset(&mut sa.sa_mask);
-        libc::sigaddset(&mut sa.sa_mask, livetrace_sites::stop_signal());
         assert_eq!(libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut()), 0);
     }
     let (tx, rx) = std::sync::mpsc::channel();
@@ -639,9 +629,119 @@ fn stop_the_world_waits_while_a_thread_is_inside_a_sled() {
     let stw = conv.stw.as_ref().unwrap();
     assert!(stw.attempts >= 2, "{conv}");
     let b = stw.busy[0];
-    assert_eq!((b.addr, b.site, b.in_rip), (sled + 2, sled, true), "{b:?}");
+    assert_eq!((b.addr, b.in_rip), (sled + 2, false), "{b:?}");
     assert_eq!(bytes(sled), NOP5);
     assert_eq!(table.record(i).state(), SiteState::Live(Insn::Nop));
     LT_RIP_STOP.store(1, SeqCst);
+    t.join().unwrap();
+}
+
+static ARMED_RIP: AtomicBool = AtomicBool::new(false);
+static LT_RIP_STOP2: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+std::arch::global_asm!(
+    ".pushsection .text.lt_rip_sled2,\"ax\",@progbits",
+    ".globl lt_rip_sled2",
+    ".type lt_rip_sled2,@function",
+    "lt_rip_sled2:",
+    ".byte 0x90, 0x90, 0x90, 0x90, 0x90",
+    "jmp 2f",
+    ".globl lt_rip_spin2",
+    "lt_rip_spin2:",
+    "2:",
+    "cmp byte ptr [rip + {stop}], 0",
+    "je 2b",
+    "ret",
+    ".size lt_rip_sled2, .-lt_rip_sled2",
+    ".popsection",
+    stop = sym LT_RIP_STOP2,
+);
+extern "C" {
+    fn lt_rip_sled2();
+    fn lt_rip_spin2();
+}
+
+/// SIGUSR1 handler for the parked thread: points the interrupted context
+/// two bytes into the sled, blocks the world signal for the rest of the
+/// handler (with the raw system call: the C library's function would keep
+/// it deliverable) and returns once a stop is pending, so that the stop
+/// handler runs with the thread's RIP exactly there.
+extern "C" fn park_rip_in_sled(_: libc::c_int, _: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: SA_SIGINFO handler context; sigset operations on locals; the
+    // raw rt_sigprocmask changes this handler's mask only (sigreturn puts
+    // back the interrupted one).
+    unsafe {
+        let uc = &mut *(ctx as *mut libc::ucontext_t);
+        uc.uc_mcontext.gregs[libc::REG_RIP as usize] =
+            (lt_rip_sled2 as *const () as usize + 2) as i64;
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigaddset(&mut set, livetrace_sites::stop_signal());
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_BLOCK,
+            &set,
+            std::ptr::null_mut::<libc::sigset_t>(),
+            8usize,
+        );
+    }
+    ARMED_RIP.store(true, SeqCst);
+    loop {
+        // SAFETY: sigpending into a local set.
+        let pending = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigpending(&mut set);
+            libc::sigismember(&set, livetrace_sites::stop_signal()) == 1
+        };
+        if pending {
+            break;
+        }
+        // SAFETY: plain syscall.
+        unsafe { libc::sched_yield() };
+    }
+}
+
+#[test]
+fn stop_the_world_waits_while_a_thread_is_inside_a_sled() {
+    let _s = serial();
+    let sled = lt_rip_sled2 as *const () as usize;
+    let (mut table, _) = Table::discover().unwrap();
+    let _ = table.insert_external(&[ExternalSite {
+        addr: sled,
+        name: "lt_rip_sled2",
+        file: "",
+        line: 0,
+    }]);
+    let i = only(&table, "lt_rip_sled2");
+    assert_eq!(table.record(i).state(), SiteState::Unconverted);
+    let obj = table.record(i).object();
+    // SAFETY: installing a test-only SIGUSR1 handler.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = park_rip_in_sled as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut sa.sa_mask);
+        assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        // SAFETY: pthread_self of this thread.
+        tx.send(unsafe { libc::pthread_self() } as usize).unwrap();
+        // SAFETY: asm loop until LT_RIP_STOP, then returns.
+        unsafe { lt_rip_spin2() };
+    });
+    let thread = rx.recv().unwrap() as libc::pthread_t;
+    // SAFETY: the thread is alive (it spins until told to stop).
+    assert_eq!(unsafe { libc::pthread_kill(thread, libc::SIGUSR1) }, 0);
+    while !ARMED_RIP.load(SeqCst) {
+        std::thread::yield_now();
+    }
+    let conv = table
+        .convert(Some(&[obj]), ConvertPolicy::StopTheWorld)
+        .unwrap();
+    let stw = conv.stw.as_ref().unwrap();
+    assert!(stw.attempts >= 2, "{conv}");
+    let b = stw.busy[0];
+    assert_eq!((b.addr, b.in_rip), (sled + 2, true), "{b:?}");
+    assert_eq!(bytes(sled), NOP5);
+    LT_RIP_STOP2.store(1, SeqCst);
     t.join().unwrap();
 }

@@ -9,8 +9,11 @@
 //! fallback: a fast path hands a call over to it (the core's fallback word)
 //! whenever anything is not the common case — the thread has no buffer in
 //! this session's rings yet (its way of the ring crate's writer cache
-//! misses), the buffer looks full in DropNewest mode, the shadow stack is
-//! full, or the thread is inside a callback already.
+//! misses), the buffer looks full in DropNewest mode, the thread has no
+//! shadow stack yet or it is full, the newest frame on it is not this
+//! call's parent on the same stack (a hole, or another stack's frame after
+//! a coroutine switch: the callback searches), or the thread is inside a
+//! callback already.
 //!
 //! Each fast path holds the core's recursion guard (the thread's `inside`
 //! byte) while it touches the shadow stack and the ring, and does nothing
@@ -23,8 +26,14 @@
 //! after the fast path pushed the shadow frame, so the body's `ret` is
 //! predicted, and lands in `lt_return_to_stub` (in [`crate::retstack`]).
 //! That exit, and `lt_return_to_handler` where the Rust callback hooked the
-//! return slot, have a fast exit for graph frames whose session registered
-//! here ([`FastSinks`]); everything else takes their Rust exit.
+//! return slot, have a fast exit for the thread's newest frame when its
+//! session registered here ([`FastSinks`]); everything else takes their
+//! Rust exit. The entry writes the frame before it publishes the depth,
+//! and the exits put the real return address back in the slot before they
+//! pop it, so a signal handler's backtrace at any instruction sees a
+//! consistent shadow stack. The stubs' unwind information names
+//! `crate::unwind::personality`, so exceptions and thread exits unwind
+//! through stub-served calls too.
 //!
 //! Templates use placeholder values, patched per session in [`patch`]:
 //!
@@ -32,7 +41,7 @@
 //! |---|---|
 //! | disp32 `0x7ace0000 + k` | `fs:` offset of the rings' cache way, + k |
 //! | imm32 `0x7ace1d00` | the rings' id |
-//! | disp32 `0x7ace2000 + k` | `fs:` offset of the thread's shadow stack, + k |
+//! | disp32 `0x7ace2000` | `fs:` offset of the thread's shadow-stack pointer |
 //! | imm32 `0x7ace3000` | the session (sink) id |
 //!
 //! plus the core's own (`fs:[SEQ]`), which the core patches when it copies
@@ -45,7 +54,7 @@ use std::sync::OnceLock;
 use livetrace_ftrace::FastPath;
 use livetrace_ring::ring::raw;
 
-use crate::retstack::{self, Frame, Shadow, MAX_DEPTH};
+use crate::retstack::{self, Block, Frame, MAX_DEPTH};
 use crate::session::{CALL, ENTRY};
 
 const WAY_PH: u32 = 0x7ace_0000;
@@ -140,6 +149,12 @@ std::arch::global_asm!(
     "lt_fast_function_end:",
     // ---- graph tracer entry, served through per-site stubs: push a
     // shadow frame, one ENTRY record (ts, ip, depth, ENTRY) ----
+    //
+    // Called by the site's stub: [rsp] is the stub's return address,
+    // [rsp + 8] the return slot. The stub hooks the return itself, by
+    // calling the body: the slot will hold the stub's return address + 9
+    // (past its `add rsp, 8` and `call rel32`), which the frame records as
+    // its hook.
     ".p2align 4",
     ".globl lt_fast_graph_start",
     "lt_fast_graph_start:",
@@ -147,40 +162,77 @@ std::arch::global_asm!(
     "    jne 8f",
     "    cmp qword ptr fs:[0x7ace0000], 0x7ace1d00",
     "    jne 8f",
-    "    cmp qword ptr fs:[0x7ace2000 + {depth}], {max_depth}",
-    "    jae 8f",
     "    mov byte ptr fs:[0x5eed0000], 1",
     "    lt_stash",
     "    movq xmm13, r8",
-    // Called by the site's stub: [rsp] is the stub's return address,
-    // [rsp + 8] the return slot. The stub hooks the return itself, by
-    // calling the body.
-    "    lt_ring_room 6f",
-    "    mov r8, qword ptr fs:[0x7ace2000 + {depth}]",
-    "    lea rax, [r8 + 1]",
-    "    mov qword ptr fs:[0x7ace2000 + {depth}], rax",
-    "    imul rdi, r8, {frame}",
+    // rdi: the thread's shadow stack (none yet: the callback maps it);
+    // r8: its depth d; rcx: 64 d (the top frame at rdi + rcx, the new one
+    // at rdi + rcx + 64).
+    "    mov rdi, qword ptr fs:[0x7ace2000]",
+    "    test rdi, rdi",
+    "    jz 6f",
+    "    mov r8, qword ptr [rdi + {depth}]",
+    "    cmp r8, {max_depth}",
+    "    jae 6f",
+    "    mov rcx, r8",
+    "    shl rcx, 6",
+    // The depth reported (edx): 0 with no frame; else one more than the
+    // top frame's, if that is this frame's parent on this stack (its slot
+    // above ours by less than NEAR). Anything else (a hole on top, another
+    // stack's frame) goes to the callback, which searches.
+    "    xor edx, edx",
+    "    test r8, r8",
+    "    jz 2f",
+    "    mov rsi, qword ptr [rdi + rcx + {f_slot}]",
+    "    sub rsi, rsp",
+    "    sub rsi, 8",
+    "    jbe 6f",
+    "    cmp rsi, {near}",
+    "    jae 6f",
+    "    mov edx, dword ptr [rdi + rcx + {f_level}]",
+    "    add edx, 1",
+    "2:",
+    // The frame as four pairs: (ret, slot), (child 0, sink | depth << 32),
+    // (hook, parent = d: the top frame's index + 1, or 0), (func, entry).
+    "    movq xmm14, qword ptr [rsp + 8]",
+    "    lea rsi, [rsp + 8]",
+    "    movq xmm15, rsi",
+    "    punpcklqdq xmm14, xmm15",
+    "    movups xmmword ptr [rdi + rcx + 64 + {f_ret}], xmm14",
+    "    mov esi, edx",
+    "    shl rsi, 32",
+    "    or rsi, 0x7ace3000",
+    "    movq xmm15, rsi",
+    "    pslldq xmm15, 8",
+    "    movups xmmword ptr [rdi + rcx + 64 + {f_child}], xmm15",
+    "    mov rsi, qword ptr [rsp]",
+    "    add rsi, {stub_body_return}",
+    "    movq xmm14, rsi",
+    "    movq xmm15, r8",
+    "    punpcklqdq xmm14, xmm15",
+    "    movups xmmword ptr [rdi + rcx + 64 + {f_hook}], xmm14",
+    // The depth survives rdtsc in esi.
+    "    mov esi, edx",
     "    rdtsc",
     "    shl rdx, 32",
     "    or rax, rdx",
     "    mov rdx, qword ptr [rsp]",
     "    mov rdx, qword ptr [rdx + {stub_ip}]",
-    // The frame as three pairs: (ret, slot), (func, entry), (0, sink).
-    "    movq xmm14, qword ptr [rsp + 8]",
-    "    movq xmm15, rsp",
-    "    paddq xmm15, xmmword ptr [rip + 4f]",
-    "    punpcklqdq xmm14, xmm15",
-    "    movups xmmword ptr fs:[rdi + 0x7ace2000 + {frames} + {f_ret}], xmm14",
     "    movq xmm14, rdx",
     "    movq xmm15, rax",
     "    punpcklqdq xmm14, xmm15",
-    "    movups xmmword ptr fs:[rdi + 0x7ace2000 + {frames} + {f_func}], xmm14",
-    "    movaps xmm15, xmmword ptr [rip + 3f]",
-    "    movups xmmword ptr fs:[rdi + 0x7ace2000 + {frames} + {f_child}], xmm15",
+    "    movups xmmword ptr [rdi + rcx + 64 + {f_func}], xmm14",
+    // The record's second pair: (depth, ENTRY).
+    "    movq xmm15, rsi",
+    "    movhps xmm15, qword ptr [rip + 5f]",
+    // Room in the buffer, else the callback (the frame written above is
+    // not published: harmless).
+    "    lt_ring_room 6f",
+    // Publish the frame: a signal handler sees it whole or not at all.
+    "    lea rax, [r8 + 1]",
+    "    mov qword ptr [rdi + {depth}], rax",
     // The record: (ts, ip), (depth, ENTRY).
     "    pshufd xmm14, xmm14, 0x4e",
-    "    movq xmm15, r8",
-    "    movhps xmm15, qword ptr [rip + 5f]",
     "    lt_ring_slot",
     "    movups xmmword ptr [rsi], xmm14",
     "    movups xmmword ptr [rsi + 16], xmm15",
@@ -195,11 +247,7 @@ std::arch::global_asm!(
     "    mov byte ptr fs:[0x5eed0000], 0",
     "8:",
     "    jmp qword ptr [rip + 9f]",
-    "    .p2align 4",
-    // (child ticks, sink): a new frame's last pair.
-    "3: .quad 0, 0x7ace3000",
-    // Added to rsp to make the slot's address (rsp + 8); high half unused.
-    "4: .quad 8, 0",
+    "    .p2align 3",
     "5: .quad {entry}",
     "9: .quad 0",
     ".globl lt_fast_graph_end",
@@ -213,25 +261,18 @@ std::arch::global_asm!(
     slots = const raw::SLOTS_OFFSET,
     call = const CALL,
     entry = const ENTRY,
-    depth = const offset_of!(Shadow, depth),
-    frames = const offset_of!(Shadow, frames),
-    frame = const std::mem::size_of::<Frame>(),
+    depth = const offset_of!(Block, depth),
     stub_ip = const livetrace_ftrace::STUB_IP_FROM_RETURN,
+    stub_body_return = const livetrace_ftrace::STUB_BODY_RETURN_FROM_RETURN,
     max_depth = const MAX_DEPTH,
+    near = const retstack::NEAR,
     f_ret = const offset_of!(Frame, ret),
+    f_slot = const offset_of!(Frame, slot),
     f_func = const offset_of!(Frame, func),
     f_child = const offset_of!(Frame, child_ticks),
+    f_level = const offset_of!(Frame, level),
+    f_hook = const offset_of!(Frame, hook),
 );
-
-// The pairs the graph entry stores: (ret, slot), (func, entry_ticks),
-// (child_ticks, sink and padding), each 16-byte aligned in a frame.
-const _: () = {
-    assert!(offset_of!(Frame, slot) == offset_of!(Frame, ret) + 8);
-    assert!(offset_of!(Frame, entry_ticks) == offset_of!(Frame, func) + 8);
-    assert!(offset_of!(Frame, sink) == offset_of!(Frame, child_ticks) + 8);
-    assert!(std::mem::size_of::<Frame>() == 48);
-    assert!(offset_of!(Shadow, frames) % 16 == 0 && std::mem::align_of::<Shadow>() == 16);
-};
 
 unsafe extern "C" {
     static lt_fast_function_start: u8;
@@ -343,7 +384,7 @@ pub(crate) fn patch(kind: Kind, o: Offsets, rings: u64, sink: u32) -> Option<Fas
     let sinks = patch32(&mut code, |v| v == SINK_PH, |_| i64::from(sid));
     let want = match kind {
         Kind::Function => (2, 1, 0, 0),
-        Kind::Graph => (2, 1, 6, 1),
+        Kind::Graph => (2, 1, 1, 1),
     };
     assert_eq!(
         (ways, rids, shadow, sinks),
@@ -352,7 +393,8 @@ pub(crate) fn patch(kind: Kind, o: Offsets, rings: u64, sink: u32) -> Option<Fas
     );
     let fast = match kind {
         Kind::Function => FastPath::new(code),
-        Kind::Graph => FastPath::calling_original(code, retstack::return_to_stub_addr()),
+        Kind::Graph => FastPath::calling_original(code, retstack::return_to_stub_addr())
+            .map(|f| f.with_personality(crate::unwind::personality as *const () as usize)),
     };
     Some(fast.expect("the templates keep the fast-path contract"))
 }
@@ -364,7 +406,7 @@ pub(crate) fn patch(kind: Kind, o: Offsets, rings: u64, sink: u32) -> Option<Fas
 pub(crate) static EXIT_READY: AtomicU8 = AtomicU8::new(0);
 /// `fs:` offset of the core's `inside` byte.
 pub(crate) static EXIT_INSIDE: AtomicI64 = AtomicI64::new(0);
-/// `fs:` offset of the shadow stack.
+/// `fs:` offset of the thread's shadow-stack pointer.
 pub(crate) static EXIT_SHADOW: AtomicI64 = AtomicI64::new(0);
 /// `fs:` offset of the ring crate's writer cache.
 pub(crate) static EXIT_CACHE: AtomicI64 = AtomicI64::new(0);

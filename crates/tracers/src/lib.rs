@@ -28,9 +28,15 @@
 //!   a signal handler's traced calls never interleave with a record being
 //!   written.
 //! - A return address is hooked only where its frame is on the shadow stack,
-//!   and every hooked address is restored before anything walks or unwinds
-//!   the stack (see [`retstack`]), so panics, C++ exceptions, thread exits
-//!   and backtraces behave exactly as without tracing.
+//!   and a frame is found by its return slot, so returns on other stacks
+//!   (coroutines, the signal stack) leave each other's frames alone, and a
+//!   frame is dropped only when proven dead ([`retstack`]).
+//! - Unwinders see the real return addresses: the hooks' unwind information
+//!   and its personality routine put each one back as an exception or a
+//!   thread exit goes through, and backtraces are lent them (`unwind.rs`),
+//!   so panics, C++ exceptions, `pthread_exit`, `pthread_cancel` and
+//!   backtraces behave as without tracing. Only slots an unwinder reaches
+//!   are written: never those of frames a `longjmp` skipped.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -39,9 +45,10 @@ mod fast;
 pub mod retstack;
 mod session;
 mod symbols;
+mod unwind;
 
-pub use retstack::{shadow_stats, ShadowStats, MAX_DEPTH};
-pub use session::{Config, Session, Tracer};
+pub use retstack::{no_shadow_stack, shadow_stats, ShadowStats, MAX_DEPTH, NEAR};
+pub use session::{Config, Controls, Session, Tracer};
 pub use symbols::process_identity;
 
 /// The trace clock, calibrated once.

@@ -77,28 +77,6 @@ fn table_name(addr: usize) -> Option<String> {
         .flatten()
 }
 
-/// How a symbol reads to people: the hidden body function of a `#[traced]`
-/// function (which is where its callees return to) is named after the
-/// function itself.
-fn display_name(symbol: String) -> String {
-    // Trait-impl bodies: `<T as path::__livetrace_bodies_HEX>::__livetrace_body_m`.
-    if let Some(body) = symbol.find(">::__livetrace_body_") {
-        if let (Some(start), Some(as_)) = (symbol.find('<'), symbol.find(" as ")) {
-            if start == 0 && as_ < body {
-                let ty = &symbol[1..as_];
-                let m = &symbol[body + ">::__livetrace_body_".len()..];
-                return format!("{ty}::{m}");
-            }
-        }
-    }
-    // Methods: `path::Type::__livetrace_body_m`; free functions:
-    // `path::f::__livetrace_body`.
-    if let Some(p) = symbol.strip_suffix("::__livetrace_body") {
-        return p.to_string();
-    }
-    symbol.replacen("::__livetrace_body_", "::", 1)
-}
-
 /// The function symbol containing `addr`, from the loaded objects' symbol
 /// tables (read once per object).
 fn symbol(addr: usize) -> Option<livetrace_sites::Symbol> {
@@ -112,7 +90,7 @@ fn symbol(addr: usize) -> Option<livetrace_sites::Symbol> {
         *g = Some((n, s));
     }
     g.as_ref()?.1.lookup(addr).map(|mut s| {
-        s.name = display_name(s.name);
+        s.name = livetrace_format::display_symbol(&s.name);
         s
     })
 }
@@ -151,45 +129,39 @@ pub(crate) fn name_events(trace: &mut Trace) {
             }
         }
     }
-    addrs.sort_unstable();
-    addrs.dedup();
-    for a in addrs {
-        let a = a as usize;
-        if let Some(n) = table_name(a) {
-            trace.symbols.insert(a as u64, 0, n);
-        } else if let Some(s) = symbol(a) {
-            // The whole function, so every address inside it (each call
-            // site of a caller) resolves to the same plain name.
-            trace.symbols.insert(s.addr as u64, s.size as u64, s.name);
-        } else {
-            trace.symbols.insert(a as u64, 0, name_of(a));
-        }
+    for (addr, size, name) in name_addrs(addrs) {
+        trace.symbols.insert(addr, size, name);
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::display_name;
-
-    #[test]
-    fn traced_bodies_read_as_their_functions() {
-        assert_eq!(
-            display_name("shop::checkout::__livetrace_body".into()),
-            "shop::checkout"
-        );
-        assert_eq!(
-            display_name("shop::Cart::__livetrace_body_total".into()),
-            "shop::Cart::total"
-        );
-        assert_eq!(
-            display_name(
-                "<shop::Cart as shop::__livetrace_bodies_00ff>::__livetrace_body_fmt".into()
-            ),
-            "shop::Cart::fmt"
-        );
-        assert_eq!(
-            display_name("std::rt::lang_start".into()),
-            "std::rt::lang_start"
-        );
+/// Names for `addrs` (functions and callers): `(address, size, name)`,
+/// sorted. A traced function by the record table's name; another address
+/// by the whole function symbol around it, so every address inside it (each
+/// call site of a caller) resolves to the same plain name.
+pub(crate) fn name_addrs(mut addrs: Vec<u64>) -> Vec<(u64, u64, String)> {
+    addrs.sort_unstable();
+    addrs.dedup();
+    let mut out = Vec::with_capacity(addrs.len());
+    for a in addrs {
+        let a = a as usize;
+        if let Some(n) = table_name(a) {
+            out.push((a as u64, 0, n));
+        } else if let Some(s) = symbol(a) {
+            out.push((s.addr as u64, s.size as u64, s.name));
+        } else {
+            out.push((a as u64, 0, name_of(a)));
+        }
     }
+    // One symbol per address: a traced function's table name (pushed for
+    // its site) with the size of the ELF symbol there (pushed for a call
+    // site inside it), so callers inside it resolve to it too.
+    out.sort_by_key(|s| s.0);
+    let mut merged: Vec<(u64, u64, String)> = Vec::with_capacity(out.len());
+    for (addr, size, name) in out {
+        match merged.last_mut() {
+            Some(last) if last.0 == addr => last.1 = last.1.max(size),
+            _ => merged.push((addr, size, name)),
+        }
+    }
+    merged
 }

@@ -1,15 +1,19 @@
 //! The fast paths under fire: cores+1 threads call nested traced functions
 //! while graph and function sessions start and stop around them, the
 //! functions move between the fast paths and the list caller, and a signal
-//! handler calls a traced function at arbitrary points of the threads —
-//! inside the fast paths' critical sections too. Every call must return
-//! its value, and every thread's trace must nest: each exit closes the
-//! innermost open entry, at the depth that entry had.
+//! handler calls a traced function and takes a backtrace at arbitrary
+//! points of the threads — inside the fast paths' critical sections and
+//! the return hooks too. One more thread runs coroutines that switch
+//! stacks inside traced functions. Every call must return its value, no
+//! backtrace may show the hook, and every thread's trace must nest: each
+//! exit closes the innermost open entry, at the depth that entry had (on
+//! the coroutines' thread, an open entry of the same function and depth:
+//! their calls interleave).
 //!
 //! `LIVETRACE_SOAK_SECS=n` runs it for n seconds instead of ~40 rounds.
 
 mod common;
-use common::traced;
+use common::{coro, traced};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::time::{Duration, Instant};
 
@@ -18,7 +22,17 @@ use livetrace_output::Event;
 use livetrace_sites::ExternalSite;
 use livetrace_tracers::{Config, Session, Tracer};
 
-traced!(".text.lt_fast_torture"; ft_outer => outer_body, ft_middle => middle_body, ft_leaf => leaf_body);
+traced!(".text.lt_fast_torture"; ft_outer => outer_body, ft_middle => middle_body, ft_leaf => leaf_body,
+    ft_yield => yield_body);
+
+/// In a coroutine: yields around a call of ft_middle.
+extern "C-unwind" fn yield_body(n: u64) -> u64 {
+    coro::yield_now();
+    // SAFETY: plain call through the stub.
+    let v = unsafe { ft_middle(n) };
+    coro::yield_now();
+    v
+}
 
 extern "C-unwind" fn outer_body(n: u64) -> u64 {
     // SAFETY: plain calls through the stubs (same ABI as the bodies).
@@ -43,12 +57,46 @@ fn expected(n: u64) -> u64 {
 
 static BAD: AtomicU64 = AtomicU64::new(0);
 static IN_HANDLER: AtomicU64 = AtomicU64::new(0);
+static HOOK_SEEN: AtomicU64 = AtomicU64::new(0);
+
+struct Walk {
+    ips: [usize; 64],
+    n: usize,
+}
+unsafe extern "C" fn collect(ctx: *mut std::ffi::c_void, arg: *mut std::ffi::c_void) -> i32 {
+    unsafe extern "C" {
+        fn _Unwind_GetIP(ctx: *mut std::ffi::c_void) -> usize;
+    }
+    // SAFETY: `arg` is the Walk below; the context is the unwinder's.
+    let w = unsafe { &mut *(arg as *mut Walk) };
+    if w.n == w.ips.len() {
+        return 5;
+    }
+    // SAFETY: as above.
+    w.ips[w.n] = unsafe { _Unwind_GetIP(ctx) };
+    w.n += 1;
+    0
+}
 
 extern "C" fn on_signal(_: libc::c_int) {
-    // Async-signal-safe: a traced call and two atomic adds.
+    unsafe extern "C" {
+        fn _Unwind_Backtrace(
+            trace: unsafe extern "C" fn(*mut std::ffi::c_void, *mut std::ffi::c_void) -> i32,
+            arg: *mut std::ffi::c_void,
+        ) -> i32;
+    }
+    // Async-signal-safe: a traced call, a backtrace (a sampling profiler's)
+    // and atomic adds.
     // SAFETY: plain call through the stub.
     if unsafe { ft_leaf(7) } != 21 {
         BAD.fetch_add(1, Relaxed);
+    }
+    let mut w = Walk { ips: [0; 64], n: 0 };
+    // SAFETY: `collect` is a trace function; `w` outlives the walk.
+    unsafe { _Unwind_Backtrace(collect, (&raw mut w).cast()) };
+    let hook = livetrace_tracers::retstack::return_to_handler_addr();
+    if w.ips[..w.n].contains(&hook) {
+        HOOK_SEEN.fetch_add(1, Relaxed);
     }
     IN_HANDLER.fetch_add(1, Relaxed);
 }
@@ -58,6 +106,7 @@ fn setup() {
         (ft_outer as *const () as usize, "ft::outer"),
         (ft_middle as *const () as usize, "ft::middle"),
         (ft_leaf as *const () as usize, "ft::leaf"),
+        (ft_yield as *const () as usize, "ft::yield"),
     ];
     let sites: Vec<ExternalSite<'_>> = sites
         .iter()
@@ -69,6 +118,27 @@ fn setup() {
         })
         .collect();
     with_table(|t| t.insert_external(&sites)).unwrap().unwrap();
+}
+
+/// Checks that each exit of a thread whose calls interleave (coroutines)
+/// closes an open entry of the same function and depth; returns how many.
+fn check_pairs(tid: u32, events: &[Event]) -> usize {
+    let mut open: Vec<(u64, u32)> = Vec::new();
+    let mut complete = 0;
+    for (i, e) in events.iter().enumerate() {
+        match *e {
+            Event::Entry { func, depth, .. } => open.push((func, depth)),
+            Event::Exit { func, depth, .. } => {
+                let k = open.iter().rposition(|&o| o == (func, depth));
+                let k =
+                    k.unwrap_or_else(|| panic!("thread {tid}, event {i}: an exit with no entry"));
+                open.remove(k);
+                complete += 1;
+            }
+            Event::Call { .. } => panic!("thread {tid}: a function event in a graph trace"),
+        }
+    }
+    complete
 }
 
 /// Checks that a thread's graph events nest; returns how many calls were
@@ -146,7 +216,62 @@ fn fast_paths_under_signals_and_session_churn() {
                 calls.fetch_add(n, Relaxed);
             });
         }
-        while ids.lock().unwrap().len() < workers {
+        // The coroutines' thread: four coroutines on adjacent stacks, each
+        // switching inside ft::yield, round after round.
+        let coro_tid = &*Box::leak(Box::new(AtomicU64::new(0)));
+        {
+            let (stop, calls, ids) = (&stop, &calls, &ids);
+            s.spawn(move || {
+                coro_tid.store(livetrace_ring::gettid() as u64, Relaxed);
+                // SAFETY: pthread_self has no preconditions.
+                ids.lock()
+                    .unwrap()
+                    .push(unsafe { libc::pthread_self() } as usize);
+                // The signal handler's traced call may be this thread's
+                // first in a session, which allocates: it must not
+                // interrupt malloc. So making and dropping the coroutines
+                // (which allocate) happens with the signal blocked; running
+                // them does not allocate.
+                let block = |how| {
+                    // SAFETY: plain signal mask changes of this thread.
+                    unsafe {
+                        let mut set: libc::sigset_t = std::mem::zeroed();
+                        libc::sigemptyset(&mut set);
+                        libc::sigaddset(&mut set, sig);
+                        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
+                    }
+                };
+                let mut n = 0u64;
+                while !stop.load(Relaxed) {
+                    block(libc::SIG_BLOCK);
+                    let bodies: Vec<Box<dyn FnOnce()>> = (0..4u64)
+                        .map(|c| {
+                            Box::new(move || {
+                                for k in 1..=8u64 {
+                                    let m = 1 + (k + c) % 4;
+                                    // SAFETY: plain call through the stub.
+                                    if unsafe { ft_yield(m) } != 3 * (m * (m - 1) / 2) {
+                                        BAD.fetch_add(1, Relaxed);
+                                    }
+                                }
+                            }) as Box<dyn FnOnce()>
+                        })
+                        .collect();
+                    let mut coros = coro::Coros::new(bodies);
+                    block(libc::SIG_UNBLOCK);
+                    coros.run();
+                    block(libc::SIG_BLOCK);
+                    if (0..4).any(|i| coros.panicked(i)) {
+                        BAD.fetch_add(1, Relaxed);
+                    }
+                    drop(coros);
+                    block(libc::SIG_UNBLOCK);
+                    n += 32;
+                }
+                calls.fetch_add(n, Relaxed);
+            });
+        }
+        while ids.lock().unwrap().len() < workers + 1 {
             std::thread::yield_now();
         }
         let pthreads: Vec<libc::pthread_t> = ids
@@ -202,7 +327,11 @@ fn fast_paths_under_signals_and_session_churn() {
             std::thread::sleep(Duration::from_millis(1));
             let trace = graph.snapshot();
             for t in &trace.threads {
-                complete += check_nesting(t.tid, &t.events);
+                complete += if u64::from(t.tid) == coro_tid.load(Relaxed) {
+                    check_pairs(t.tid, &t.events)
+                } else {
+                    check_nesting(t.tid, &t.events)
+                };
             }
             fast_rounds += u32::from(graph.has_fast_path());
             drop(func);
@@ -220,6 +349,7 @@ fn fast_paths_under_signals_and_session_churn() {
         IN_HANDLER.load(Relaxed)
     );
     assert_eq!(BAD.load(Relaxed), 0, "a call returned a wrong value");
+    assert_eq!(HOOK_SEEN.load(Relaxed), 0, "a backtrace showed the hook");
     assert!(complete > 1000, "too few calls recorded to mean anything");
     assert!(
         IN_HANDLER.load(Relaxed) > 100,

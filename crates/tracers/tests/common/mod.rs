@@ -11,8 +11,12 @@ macro_rules! traced {
             $(
                 ".p2align 4",
                 concat!(".globl ", stringify!($stub)),
+                // Unwind information, as a compiler gives every function
+                // (the state at entry holds throughout).
+                ".cfi_startproc",
                 concat!(stringify!($stub), ": .byte 0x0f,0x1f,0x44,0x00,0x00"),
                 concat!("    jmp {", stringify!($body), "}"),
+                ".cfi_endproc",
             )*
             ".popsection",
             $($body = sym $body,)*
@@ -23,3 +27,5 @@ macro_rules! traced {
     };
 }
 pub(crate) use traced;
+
+pub mod coro;

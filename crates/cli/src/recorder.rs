@@ -1,0 +1,580 @@
+//! The recording loop `trace`, `record` and `snapshot` share: a session's
+//! buffers mapped, its records moved out pass after pass (stream) or once
+//! at the end (flight recorder), the process's names written alongside,
+//! until the user, the program or a trigger ends it; and the outputs it
+//! can write to.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use livetrace_format::{ClockCal, End, EndReason, Format, Info, Mode, ProfileRow, Symbol, Tracer};
+use livetrace_output::Process;
+use livetrace_proto::{Client, ClientError, Request, Response};
+
+use crate::consume::{FileOut, LiveOut, Out, Source, Stats};
+use crate::symtab::Known;
+use crate::ui::{self, Progress};
+use crate::Fail;
+
+/// Why recording ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Ctrl-C, the duration, or the caller's own reason.
+    Asked,
+    /// The traced process went away.
+    ProgramEnded,
+    /// A flight recorder's snapshot trigger fired.
+    Triggered,
+}
+
+/// A session of a process, attached to.
+pub struct Attached {
+    pub client: Client,
+    pub id: u32,
+    pub pid: u32,
+    pub tracer: Tracer,
+    pub flight: bool,
+    pub source: Option<Source>,
+    clock: ClockCal,
+    names: Vec<Symbol>,
+    known: Known,
+    /// Names learnt before the output was open, to write first.
+    pending: Option<(Vec<livetrace_format::Mapping>, Vec<Symbol>)>,
+    alive: bool,
+    last_ping: Instant,
+    last_names: Instant,
+    progress: Progress,
+    started: Instant,
+}
+
+/// Whether the peer closed `client`'s socket (the server never speaks
+/// unasked, so anything readable between calls is the end).
+fn closed(client: &Client) -> bool {
+    let mut p = libc::pollfd {
+        fd: client.stream().as_raw_fd(),
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no waiting.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents != 0
+}
+
+/// Whether a call failed because the process went away.
+fn gone(e: &ClientError) -> bool {
+    matches!(e, ClientError::Frame(_))
+}
+
+impl Attached {
+    /// Maps session `id`'s buffers (`snapshot`: freezes a flight recorder
+    /// and maps it, `id` naming it if not the only one) and learns the
+    /// names of the functions it traces.
+    pub fn new(
+        mut client: Client,
+        id: Option<u32>,
+        tracer: Tracer,
+        flight: bool,
+        snapshot: bool,
+    ) -> Result<Attached, Fail> {
+        let pid = client.server().pid;
+        // Names first: a recorded program that ends at once waits at its
+        // exit only until its buffers are mapped, and its maps and function
+        // table go with it.
+        let mut names = Vec::new();
+        if !snapshot {
+            let mut from = 0;
+            loop {
+                let Response::FunctionNames { functions, next } =
+                    client.call(&Request::Functions {
+                        session: id.unwrap_or(0),
+                        from,
+                    })?
+                else {
+                    return Err("unexpected reply".to_string().into());
+                };
+                names.extend(functions.into_iter().map(|f| Symbol {
+                    addr: f.addr,
+                    size: f.size,
+                    name: f.name,
+                }));
+                match next {
+                    Some(n) => from = n,
+                    None => break,
+                }
+            }
+        }
+        let mut known = Known::default();
+        let pending = known.refresh(pid, &names);
+        let mut source = None;
+        let mut clock = ClockCal::default();
+        let mut id = id.unwrap_or(0);
+        let mut tracer = tracer;
+        if tracer != Tracer::Profile || snapshot {
+            let req = if snapshot {
+                Request::Snapshot {
+                    session: (id != 0).then_some(id),
+                }
+            } else {
+                Request::MapBuffers { session: id }
+            };
+            let (resp, fds) = client.call_with_fds(&req)?;
+            let Response::Buffers {
+                session,
+                tracer: t,
+                layout: l,
+                clock: c,
+            } = resp
+            else {
+                return Err("unexpected reply".to_string().into());
+            };
+            let [data, tails]: [std::os::fd::OwnedFd; 2] = fds
+                .try_into()
+                .map_err(|_| "the process passed no buffers".to_string())?;
+            let layout = livetrace_ring::Layout {
+                slots: l.slots,
+                stride: l.stride,
+                records: l.records,
+                pool_header: l.pool_header,
+                slot_header: l.slot_header,
+                data_bytes: l.data_bytes,
+                tails_bytes: l.tails_bytes,
+                overwrite: l.overwrite,
+            };
+            let shm = livetrace_ring::shm::Consumer::new(data, tails, layout)
+                .map_err(|e| format!("cannot map the process's buffers: {e}"))?;
+            clock = ClockCal {
+                tsc: c.tsc,
+                hz: c.hz,
+                base_ticks: c.base_ticks,
+                base_ns: c.base_ns,
+                mult: c.mult,
+            };
+            source = Some(Source::new(shm));
+            id = session;
+            tracer = t;
+        }
+        Ok(Attached {
+            client,
+            id,
+            pid,
+            tracer,
+            flight,
+            source,
+            clock,
+            names,
+            known,
+            pending: Some(pending),
+            alive: true,
+            last_ping: Instant::now(),
+            last_names: Instant::now(),
+            progress: Progress::new(),
+            started: Instant::now(),
+        })
+    }
+
+    /// What the recording's INFO block says.
+    pub fn info(&self) -> Info {
+        let s = self.client.server();
+        Info {
+            pid: s.pid,
+            tracer: Some(self.tracer),
+            mode: Some(if self.flight {
+                Mode::Flight
+            } else {
+                Mode::Stream
+            }),
+            program: s.program.clone(),
+            cmdline: s.cmdline.clone(),
+        }
+    }
+
+    pub fn clock(&self) -> ClockCal {
+        self.clock
+    }
+
+    /// The process facts a streaming writer starts with.
+    pub fn process(&self) -> Process {
+        let s = self.client.server();
+        Process {
+            pid: s.pid,
+            program: s.program.clone(),
+            cmdline: s.cmdline.clone(),
+            start_ns: monotonic_ns(),
+            maps: crate::symtab::exec_maps(self.pid)
+                .into_iter()
+                .map(|m| livetrace_output::Mapping {
+                    start: m.start,
+                    end: m.end,
+                    offset: m.offset,
+                    path: m.path,
+                })
+                .collect(),
+        }
+    }
+
+    /// Writes the names of what the process maps now and did not before.
+    pub fn names(&mut self, out: &mut dyn Out) -> io::Result<()> {
+        if let Some((maps, symbols)) = self.pending.take() {
+            out.names(&maps, &symbols)?;
+        }
+        let (maps, symbols) = self.known.refresh(self.pid, &self.names);
+        if !maps.is_empty() || !symbols.is_empty() {
+            out.names(&maps, &symbols)?;
+        }
+        Ok(())
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.source
+            .as_ref()
+            .map(|s| s.stats.clone())
+            .unwrap_or_default()
+    }
+
+    /// Keeps the connection's lease, and has the process mark threads that
+    /// died without their exit hook (a `Functions` request past the end).
+    fn upkeep(&mut self) -> Result<(), Fail> {
+        let every = (self.client.server().lease / 4).max(Duration::from_millis(100));
+        if self.alive && self.last_ping.elapsed() >= every {
+            match self.client.call(&Request::Functions {
+                session: self.id,
+                from: u32::MAX,
+            }) {
+                Ok(_) => {}
+                Err(e) if gone(&e) => self.alive = false,
+                Err(e) => return Err(e.into()),
+            }
+            self.last_ping = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Moves records out until `stop` says why to end, the process goes
+    /// away, or (flight recorder) a trigger fires.
+    pub fn run(
+        &mut self,
+        out: &mut dyn Out,
+        stop: &mut dyn FnMut(&Attached) -> Option<Stop>,
+    ) -> Result<Stop, Fail> {
+        self.names(out).map_err(write_error)?;
+        loop {
+            if let Some(s) = stop(self) {
+                return Ok(s);
+            }
+            if !self.alive || closed(&self.client) {
+                self.alive = false;
+                return Ok(Stop::ProgramEnded);
+            }
+            let mut moved = 0;
+            if let Some(src) = self.source.as_mut() {
+                if self.flight {
+                    if src.triggers() > 0 {
+                        return Ok(Stop::Triggered);
+                    }
+                } else {
+                    moved = src.pass(out, true).map_err(write_error)?;
+                }
+            }
+            if self.last_names.elapsed() >= Duration::from_secs(1) {
+                self.last_names = Instant::now();
+                self.names(out).map_err(write_error)?;
+                if let Some(src) = self.source.as_mut() {
+                    src.refresh_names(self.pid, out).map_err(write_error)?;
+                }
+            }
+            self.upkeep()?;
+            let st = self.stats();
+            let (pid, secs, flight) = (self.pid, self.started.elapsed().as_secs_f64(), self.flight);
+            self.progress.update(|| {
+                if flight {
+                    format!(
+                        "flight recorder on pid {pid}: {secs:.1}s (Ctrl-C to write the snapshot)"
+                    )
+                } else {
+                    format!(
+                        "tracing pid {pid}: {} events, {} lost, {secs:.1}s (Ctrl-C to stop)",
+                        ui::count(st.kept()),
+                        ui::count(st.lost())
+                    )
+                }
+            });
+            if moved == 0 {
+                std::thread::sleep(Duration::from_millis(if self.flight { 20 } else { 1 }));
+            }
+        }
+    }
+
+    /// Ends the session's recording: detaches the tracer (if the process
+    /// is still there) and moves out what is left: everything (stream), or
+    /// what the buffers hold, held still (flight recorder).
+    pub fn finish(&mut self, out: &mut dyn Out) -> Result<(), Fail> {
+        self.progress.finish();
+        if self.flight {
+            if self.alive {
+                // Freeze (this connection thaws it when it ends).
+                if let Err(e) = self.client.call_with_fds(&Request::Snapshot {
+                    session: Some(self.id),
+                }) {
+                    if gone(&e) {
+                        self.alive = false;
+                    } else {
+                        return Err(e.into());
+                    }
+                }
+            }
+            if let Some(src) = self.source.as_mut() {
+                src.pass(out, false).map_err(write_error)?;
+            }
+        } else {
+            if self.alive {
+                match self.client.call(&Request::StopTrace { session: self.id }) {
+                    Ok(_) => {}
+                    Err(e) if gone(&e) => self.alive = false,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if let Some(src) = self.source.as_mut() {
+                // Calls in flight at the detach may still record exits.
+                while src.pass(out, true).map_err(write_error)? > 0 {}
+            }
+        }
+        self.names(out).map_err(write_error)?;
+        Ok(())
+    }
+
+    /// The profile tracer's rows: the session's, now.
+    pub fn profile(&mut self) -> Result<Option<(Vec<ProfileRow>, bool)>, Fail> {
+        match self.client.call(&Request::Profile { session: self.id }) {
+            Ok(Response::Profile { rows, last }) => {
+                Ok(Some((rows.iter().map(row).collect(), last)))
+            }
+            Ok(_) => Err("unexpected reply".to_string().into()),
+            Err(e) if gone(&e) => {
+                self.alive = false;
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stops a profile session and returns its final rows.
+    pub fn stop_profile(&mut self) -> Result<Option<Vec<ProfileRow>>, Fail> {
+        match self.client.call(&Request::StopTrace { session: self.id }) {
+            Ok(Response::Events { profile, .. }) => Ok(Some(profile.iter().map(row).collect())),
+            Ok(_) => Err("unexpected reply".to_string().into()),
+            Err(e) if gone(&e) => {
+                self.alive = false;
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Waits, keeping the lease, until `stop` says or the process ends.
+    pub fn idle(&mut self, stop: &mut dyn FnMut(&Attached) -> Option<Stop>) -> Result<Stop, Fail> {
+        loop {
+            if let Some(s) = stop(self) {
+                return Ok(s);
+            }
+            if !self.alive || closed(&self.client) {
+                self.alive = false;
+                return Ok(Stop::ProgramEnded);
+            }
+            self.upkeep()?;
+            ui::nap(Duration::from_millis(50));
+        }
+    }
+}
+
+fn row(r: &livetrace_proto::ProfileEntry) -> ProfileRow {
+    ProfileRow {
+        name: r.name.clone(),
+        calls: r.calls,
+        total_ns: r.total_ns,
+        self_ns: r.self_ns,
+        min_ns: r.min_ns,
+        max_ns: r.max_ns,
+    }
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A write failure, said as such (the recording holds what came before).
+fn write_error(e: io::Error) -> Fail {
+    Fail(format!("cannot write the output: {e}"), 1)
+}
+
+/// Where records go, and what happens at the end.
+pub enum Output {
+    /// The recording file; with `convert`, converted to that at the end
+    /// and removed.
+    File {
+        out: FileOut,
+        path: PathBuf,
+        convert: Option<(PathBuf, Format)>,
+    },
+    /// A streaming writer, fed as records come.
+    Live { out: LiveOut, dest: Option<PathBuf> },
+}
+
+/// The recording kept next to `dest` while tracing, for the formats
+/// converted at the end.
+fn part_path(dest: &Path) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dest.with_file_name(format!(".{name}.{}.lttrace.part", std::process::id()))
+}
+
+/// A streaming writer of `livetrace-output` for `format` to `dest`.
+fn live(format: Format, dest: Option<&Path>, a: &Attached) -> Result<Output, Fail> {
+    use livetrace_output::convert::{sink_for, Dest};
+    let d = dest.map_or(Dest::Stdout, |p| Dest::Path(p.to_path_buf()));
+    let (sink, _) = sink_for(format, a.tracer, &d).map_err(|e| match dest {
+        Some(p) => Fail(format!("cannot write {}: {e}", p.display()), 1),
+        None => Fail(e.to_string(), 2),
+    })?;
+    Ok(Output::Live {
+        out: LiveOut::new(sink, &a.process(), a.clock()).map_err(write_error)?,
+        dest: dest.map(Path::to_path_buf),
+    })
+}
+
+impl Output {
+    /// Opens the output for `format` at `dest` (the terminal when `None`).
+    pub fn open(format: Format, dest: Option<&Path>, a: &Attached) -> Result<Output, Fail> {
+        let create = |p: &Path| {
+            FileOut::create(p, &a.info(), &a.clock())
+                .map_err(|e| Fail(format!("cannot create {}: {e}", p.display()), 1))
+        };
+        match (format, dest) {
+            (Format::Lttrace, Some(p)) => Ok(Output::File {
+                out: create(p)?,
+                path: p.to_path_buf(),
+                convert: None,
+            }),
+            // Written as records come: the aggregating outputs (small,
+            // whatever the trace's length), and anything to the terminal.
+            (Format::Folded | Format::Svg | Format::Profile, Some(p)) => live(format, Some(p), a),
+            (_, None) => live(format, None, a),
+            // Recorded as is, converted at the end: binary all the way.
+            (_, Some(p)) => {
+                let part = part_path(p);
+                Ok(Output::File {
+                    out: create(&part)?,
+                    path: part,
+                    convert: Some((p.to_path_buf(), format)),
+                })
+            }
+        }
+    }
+
+    pub fn out(&mut self) -> &mut dyn Out {
+        match self {
+            Output::File { out, .. } => out,
+            Output::Live { out, .. } => out,
+        }
+    }
+
+    /// Removes a half-written conversion's recording (on failure).
+    pub fn abandon(self) {
+        if let Output::File {
+            path,
+            convert: Some(_),
+            ..
+        } = self
+        {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Ends the output: the END block, then the conversion if one is due.
+    /// Returns where the result is.
+    pub fn close(self, end: &End) -> Result<String, Fail> {
+        match self {
+            Output::File { out, path, convert } => {
+                out.finish(end)
+                    .map_err(|e| Fail(format!("cannot write {}: {e}", path.display()), 1))?;
+                let Some((dest, format)) = convert else {
+                    return Ok(path.display().to_string());
+                };
+                let converted = (|| {
+                    use livetrace_output::convert as c;
+                    let mut rec = c::Recording::open(&path).map_err(|e| e.to_string())?;
+                    c::convert(&mut rec, format, &c::Dest::Path(dest.clone()))
+                        .map_err(|e| format!("cannot write {}: {e}", dest.display()))
+                })();
+                let _ = std::fs::remove_file(&path);
+                converted?;
+                Ok(dest.display().to_string())
+            }
+            Output::Live { out, dest } => {
+                match out.finish() {
+                    Ok(_) => {}
+                    // The terminal's reader went away (`| head`): done.
+                    Err(e) if dest.is_none() && e.kind() == io::ErrorKind::BrokenPipe => {}
+                    Err(e) => return Err(write_error(e)),
+                }
+                Ok(dest.map_or("the terminal".to_string(), |d| d.display().to_string()))
+            }
+        }
+    }
+}
+
+/// Writes the profile tracer's rows in `format` to `dest`.
+pub fn write_profile(
+    rows: &[ProfileRow],
+    format: Format,
+    dest: Option<&Path>,
+    info: &Info,
+    end: &End,
+) -> Result<(), Fail> {
+    let what = |e: String| match dest {
+        Some(p) => Fail(format!("cannot write {}: {e}", p.display()), 1),
+        None => Fail(format!("cannot write the output: {e}"), 1),
+    };
+    if let (Format::Lttrace, Some(p)) = (format, dest) {
+        let io = |e: io::Error| what(e.to_string());
+        let mut out = FileOut::create(p, info, &ClockCal::default()).map_err(io)?;
+        out.profile(rows).map_err(io)?;
+        return out.finish(end).map_err(io);
+    }
+    let out_rows: Vec<livetrace_output::ProfileRow> = rows
+        .iter()
+        .map(|r| livetrace_output::ProfileRow {
+            name: r.name.clone(),
+            calls: r.calls,
+            total_ns: r.total_ns,
+            self_ns: r.self_ns,
+            min_ns: r.min_ns,
+            max_ns: r.max_ns,
+        })
+        .collect();
+    use livetrace_output::convert::{write_profile as write, Dest, Error};
+    let d = dest.map_or(Dest::Stdout, |p| Dest::Path(p.to_path_buf()));
+    match write(&out_rows, format, &d) {
+        Ok(()) => Ok(()),
+        Err(Error::Io(e)) if dest.is_none() && e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(what(e.to_string())),
+    }
+}
+
+/// The END block for how recording stopped.
+pub fn end(reason: EndReason, status: i32, message: impl Into<String>) -> End {
+    End {
+        reason,
+        status,
+        message: message.into(),
+    }
+}
