@@ -142,21 +142,6 @@ int main(void) {
     s
 }
 
-/// The static TLS reserve to ask glibc for while livetrace's TLS block is
-/// larger than the default reserve for late libraries.
-fn tls_tunable(lib: &Path) -> Option<String> {
-    let out = Command::new("readelf")
-        .args(["-lW"])
-        .arg(lib)
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find(|l| l.trim_start().starts_with("TLS"))?;
-    let memsz =
-        u64::from_str_radix(line.split_whitespace().nth(5)?.trim_start_matches("0x"), 16).ok()?;
-    (memsz > 1024).then(|| format!("glibc.rtld.optional_static_tls={}", memsz + 4096))
-}
-
 struct Program {
     child: Child,
     stdout: BufReader<std::process::ChildStdout>,
@@ -193,28 +178,13 @@ pub fn run(args: Args) {
     std::fs::write(&src, source()).unwrap();
     let exe = tmp.join("prog");
     eprintln!("attach: building a program with {FUNCTIONS} functions");
-    // -fno-ipa-stack-alignment: the tracing core's fast trampoline needs
-    // the ABI's stack alignment at every site (see the attach tests).
     let built = Command::new("gcc")
-        .args([
-            "-O2",
-            "-pthread",
-            "-fpatchable-function-entry=5",
-            "-fno-ipa-stack-alignment",
-            "-o",
-        ])
+        .args(["-O2", "-pthread", "-fpatchable-function-entry=5", "-o"])
         .arg(&exe)
         .arg(&src)
         .status()
         .expect("gcc");
     assert!(built.success(), "gcc failed");
-    let tunable = tls_tunable(&lib);
-    if let Some(t) = &tunable {
-        eprintln!(
-            "attach: liblivetrace.so's TLS exceeds glibc's reserve for late libraries; \
-             programs start with GLIBC_TUNABLES={t}"
-        );
-    }
     let sockets = tmp.join("sockets");
     std::fs::create_dir_all(&sockets).unwrap();
     let start = || -> Program {
@@ -223,9 +193,6 @@ pub fn run(args: Args) {
             .env_remove("LD_PRELOAD")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
-        if let Some(t) = &tunable {
-            cmd.env("GLIBC_TUNABLES", t);
-        }
         let mut child = cmd.spawn().expect("start the program");
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();

@@ -25,7 +25,8 @@ use crate::ui::Style;
 
 /// The attach protocol's constants (the preload crate's `attach` module).
 mod protocol {
-    pub const ABI: u32 = 1;
+    pub const ABI: u32 = 2;
+    pub const MASK_SLOTS: usize = 256;
     pub const IDLE: u32 = 0;
     pub const READY: u32 = 2;
     pub const SERVING: u32 = 4;
@@ -271,6 +272,8 @@ struct Library {
     detach: u64,
     unload: u64,
     code: u64,
+    signals: u64,
+    masks: u64,
 }
 
 impl Library {
@@ -296,6 +299,8 @@ impl Library {
             detach: sym("livetrace_detach_start")?,
             unload: sym("livetrace_attach_unload")?,
             code: sym("livetrace_attach_code")?,
+            signals: sym("livetrace_attach_signals")?,
+            masks: sym("livetrace_attach_masks")?,
             module,
         })
     }
@@ -571,9 +576,14 @@ pub fn attach_process(pid: i32, lib: Option<&Path>) -> Result<Attached, String> 
 
 type Failure = (String, Option<Box<Library>>);
 
+/// LIVETRACE_VERBOSE=1: attach's steps on stderr.
+fn verbose() -> bool {
+    std::env::var_os("LIVETRACE_VERBOSE").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
 /// Reports the time since `t0` on stderr, with LIVETRACE_VERBOSE=1.
 fn step_done(t0: Instant, what: &str) {
-    if std::env::var_os("LIVETRACE_VERBOSE").is_some_and(|v| !v.is_empty() && v != "0") {
+    if verbose() {
         eprintln!(
             "livetrace: attach: {what} at {:.1} ms",
             t0.elapsed().as_secs_f64() * 1e3
@@ -695,12 +705,14 @@ fn convert_held(p: &mut Process, l: &Library, sleds: &[u64]) -> Result<(), Strin
         };
         if busy.is_none() {
             let r = p.call(l.convert, &[], Safety::LockFree, STEP);
+            let r = r.map_err(e).and_then(|n| {
+                if (n as i64) < 0 {
+                    return Err("the library had nothing prepared to convert".into());
+                }
+                unblock_held(p, l)
+            });
             p.release().map_err(e)?;
-            let n = r.map_err(e)? as i64;
-            if n < 0 {
-                return Err("the library had nothing prepared to convert".into());
-            }
-            return Ok(());
+            return r;
         }
         last = busy;
         p.release().map_err(e)?;
@@ -714,6 +726,96 @@ fn convert_held(p: &mut Process, l: &Library, sleds: &[u64]) -> Result<(), Strin
         if b.in_rip { "at" } else { "returning to" },
         b.addr
     ))
+}
+
+/// A thread's start time (field 22 of its `stat`), which tells a reused
+/// thread id apart.
+fn start_time(pid: i32, tid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    // The name, in parentheses, may hold spaces; fields count after it.
+    let rest = &s[s.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// With every thread held: clears the signals livetrace must be able to
+/// deliver (SIGTRAP for its traps, its world signal for probes and stops)
+/// from every thread's mask, and logs in the library what was cleared
+/// where, for [`reblock`]. A thread that started before livetrace was
+/// loaded may block them (a `sigwait` thread blocks everything), and
+/// livetrace refuses to patch while one does: its `int3`s would kill the
+/// thread. Threads created later inherit a mask from a thread cleared
+/// here, and from then on livetrace checks masks before every batch.
+fn unblock_held(p: &mut Process, l: &Library) -> Result<(), String> {
+    let e = |e: Error| e.to_string();
+    let need = p.read_u64(l.signals).map_err(e)?;
+    if need == 0 {
+        return Err("the library did not say which signals it needs".into());
+    }
+    let mut log = Vec::new();
+    for tid in p.tids() {
+        let mask = match p.signal_mask(tid) {
+            Ok(m) => m,
+            // Exited while held (a zombie no longer answers).
+            Err(_) if start_time(p.pid(), tid).is_none() => continue,
+            Err(x) => return Err(e(x)),
+        };
+        if mask & need == 0 {
+            continue;
+        }
+        p.set_signal_mask(tid, mask & !need).map_err(e)?;
+        if log.len() < protocol::MASK_SLOTS {
+            let start = start_time(p.pid(), tid).unwrap_or(0);
+            log.push([tid as u64, start, mask & need]);
+        }
+    }
+    let mut raw = Vec::with_capacity(8 + log.len() * 24);
+    raw.extend_from_slice(&(log.len() as u64).to_le_bytes());
+    for w in log.iter().flatten() {
+        raw.extend_from_slice(&w.to_le_bytes());
+    }
+    p.write(l.masks, &raw).map_err(e)?;
+    if !log.is_empty() && verbose() {
+        eprintln!(
+            "livetrace: attach: SIGTRAP and the world signal unblocked in {} thread(s)",
+            log.len()
+        );
+    }
+    Ok(())
+}
+
+/// With livetrace torn down: blocks again, in the threads [`unblock_held`]
+/// cleared that still run, the signals it cleared, every thread held.
+fn reblock(p: &mut Process, l: &Library) -> Result<(), String> {
+    let e = |e: Error| e.to_string();
+    let n = p.read_u64(l.masks).map_err(e)? as usize;
+    if n == 0 {
+        return Ok(());
+    }
+    if n > protocol::MASK_SLOTS {
+        return Err(format!("implausible count of thread masks {n}"));
+    }
+    let mut raw = vec![0u8; n * 24];
+    p.read(l.masks + 8, &mut raw).map_err(e)?;
+    let words: Vec<u64> = raw
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    p.hold().map_err(e)?;
+    let tids = p.tids();
+    let r = (|| -> Result<(), String> {
+        for w in words.chunks_exact(3) {
+            let (tid, start, bits) = (w[0] as i32, w[1], w[2]);
+            if !tids.contains(&tid) || start_time(p.pid(), tid) != Some(start) {
+                continue;
+            }
+            let mask = p.signal_mask(tid).map_err(e)?;
+            p.set_signal_mask(tid, mask | bits).map_err(e)?;
+        }
+        Ok(())
+    })();
+    p.release().map_err(e)?;
+    r?;
+    p.write(l.masks, &0u64.to_le_bytes()).map_err(e)
 }
 
 fn already_loaded(pid: i32, m: Module, t0: Instant) -> Result<Attached, String> {
@@ -809,6 +911,8 @@ fn unload(p: &mut Process, l: &Library) -> Result<(), String> {
             p.pid()
         ));
     }
+    // The program's own masks, as they were.
+    reblock(p, l)?;
     let path = l
         .module
         .path

@@ -595,6 +595,19 @@ impl Process {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// A stopped thread's blocked signals, bit `n - 1` for signal `n`
+    /// (every thread, while held): the mask it keeps, not the temporary
+    /// one of a `ppoll` or `sigsuspend` it is stopped in.
+    pub fn signal_mask(&self, tid: i32) -> Result<u64, Error> {
+        sys::get_sigmask(tid).map_err(ptrace_err("getsigmask", tid))
+    }
+
+    /// Sets a stopped thread's blocked signals (every thread, while held).
+    /// `SIGKILL` and `SIGSTOP` are never blocked whatever `mask` says.
+    pub fn set_signal_mask(&self, tid: i32, mask: u64) -> Result<(), Error> {
+        sys::set_sigmask(tid, mask).map_err(ptrace_err("setsigmask", tid))
+    }
+
     /// The registers of a stopped thread (every thread, while held).
     pub fn registers(&self, tid: i32) -> Result<Regs, Error> {
         sys::get_regs(tid).map_err(ptrace_err("getregs", tid))

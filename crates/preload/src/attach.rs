@@ -53,7 +53,7 @@ use livetrace::sites::{ConvertPolicy, ExternalSite};
 
 /// The protocol's version, for the injector to check.
 #[unsafe(no_mangle)]
-pub static livetrace_attach_abi: u32 = 1;
+pub static livetrace_attach_abi: u32 = 2;
 
 /// Loaded, nothing started.
 pub const IDLE: u32 = 0;
@@ -100,6 +100,29 @@ pub static livetrace_attach_unload: [AtomicUsize; 2] = [AtomicUsize::new(0), Ato
 /// may be executing when the library goes (it unmaps them then).
 #[unsafe(no_mangle)]
 pub static livetrace_attach_code: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+
+/// Once `READY`: the signals every thread must take (bit `n - 1` for
+/// signal `n`): `SIGTRAP` and the world signal. Threads that were running
+/// before livetrace was loaded may block them (the interposed mask
+/// functions only see calls made from now on, and a late-loaded library
+/// does not even interpose those the program binds to the C library); the
+/// injector clears them from every thread's mask while it holds every
+/// thread for the conversion, or the batch check would refuse to patch.
+#[unsafe(no_mangle)]
+pub static livetrace_attach_signals: AtomicU64 = AtomicU64::new(0);
+
+/// Room in [`livetrace_attach_masks`] for threads.
+pub const MASK_SLOTS: usize = 256;
+
+/// Written by the injector while it holds every thread: the count, then
+/// `(tid, start time, signals)` per thread whose mask it cleared of
+/// [`livetrace_attach_signals`], so that detaching blocks them again in
+/// the threads that still run (the start time, field 22 of
+/// `/proc/PID/task/TID/stat`, tells a reused thread id apart). The library
+/// itself never reads it.
+#[unsafe(no_mangle)]
+pub static livetrace_attach_masks: [AtomicU64; 1 + 3 * MASK_SLOTS] =
+    [const { AtomicU64::new(0) }; 1 + 3 * MASK_SLOTS];
 
 const MESSAGE_LEN: usize = 1024;
 
@@ -655,6 +678,10 @@ fn choose_signals(blocked: BlockedSignals) -> Result<(), String> {
         ));
     };
     livetrace::poke::set_probe_signal(world).map_err(|e| e.to_string())?;
+    livetrace_attach_signals.store(
+        (1u64 << (libc::SIGTRAP - 1)) | (1u64 << (world - 1)),
+        Release,
+    );
     let mut sigs = Vec::new();
     for sig in [libc::SIGTRAP, world] {
         let mut cur = std::mem::MaybeUninit::<libc::sigaction>::zeroed();

@@ -11,23 +11,6 @@ use std::process::Command;
 
 use common::{lib, scratch};
 
-/// The TLS reserve glibc keeps for libraries loaded late is ~1.5 KiB;
-/// while livetrace's block is larger, the test asks for more.
-fn tls_tunable() -> Option<String> {
-    use object::read::elf::{FileHeader, ProgramHeader};
-    let data = std::fs::read(lib()).unwrap();
-    let hdr = object::elf::FileHeader64::<object::Endianness>::parse(&*data).unwrap();
-    let e = hdr.endian().unwrap();
-    let tls = hdr
-        .program_headers(e, &*data)
-        .unwrap()
-        .iter()
-        .find(|p| p.p_type(e) == object::elf::PT_TLS)
-        .map_or(0, |p| p.p_memsz(e));
-    eprintln!("liblivetrace.so's TLS block: {tls} bytes");
-    (tls > 1024).then(|| format!("glibc.rtld.optional_static_tls={}", tls + 4096))
-}
-
 #[test]
 fn library_asks_for_static_tls() {
     use object::read::elf::{Dyn, FileHeader, ProgramHeader};
@@ -47,6 +30,20 @@ fn library_asks_for_static_tls() {
         flags & u64::from(object::elf::DF_STATIC_TLS) != 0,
         "DT_FLAGS {flags:#x} lacks STATIC_TLS: a late dlopen would give it dynamic TLS"
     );
+    // glibc keeps ~1.5 KiB of static TLS for every library loaded late,
+    // together; livetrace must leave room for others.
+    let tls = hdr
+        .program_headers(e, &*data)
+        .unwrap()
+        .iter()
+        .find(|p| p.p_type(e) == object::elf::PT_TLS)
+        .map_or(0, |p| p.p_memsz(e));
+    eprintln!("liblivetrace.so's TLS block: {tls} bytes");
+    assert!(
+        tls <= 1024,
+        "liblivetrace.so's TLS block is {tls} bytes: too large to be loaded late into a \
+         program started without GLIBC_TUNABLES=glibc.rtld.optional_static_tls"
+    );
 }
 
 #[test]
@@ -54,15 +51,7 @@ fn loaded_late_started_traced_torn_down_unloaded() {
     let dir = scratch("late");
     let exe = dir.join("late");
     let out = Command::new("gcc")
-        .args([
-            "-O2",
-            "-pthread",
-            "-fpatchable-function-entry=5",
-            // The tracing core's fast trampoline needs the ABI's stack
-            // alignment at every site (see crates/cli/tests/attach.rs).
-            "-fno-ipa-stack-alignment",
-            "-o",
-        ])
+        .args(["-O2", "-pthread", "-fpatchable-function-entry=5", "-o"])
         .arg(&exe)
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/c/late.c"))
         .arg("-ldl")
@@ -79,9 +68,6 @@ fn loaded_late_started_traced_torn_down_unloaded() {
     cmd.arg(lib())
         .env("LIVETRACE_SOCKET_DIR", &sockets)
         .env_remove("LD_PRELOAD");
-    if let Some(t) = tls_tunable() {
-        cmd.env("GLIBC_TUNABLES", t);
-    }
     let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

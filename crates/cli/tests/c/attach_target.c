@@ -2,10 +2,12 @@
  * calling traced functions and checking every result against an untraced
  * copy (and their own register state), a thread creating short-lived
  * threads, two threads blocked in poll (without and with a timeout), a
- * thread that can be made to wait inside a traced function, and a main
- * thread reading commands on stdin:
+ * thread that can be made to wait inside a traced function, a thread that
+ * blocks every signal (the classic sigwait thread) and calls a traced
+ * function between waits, and a main thread reading commands on stdin:
  *
  *   status        progress=A,B,C calls=N bad=N eintr=N errors=N timeouts=N churned=N
+ *                 sigwaiter=TID sigwaited=N
  *   poke          wake both poll threads: woken0=N woken1=N
  *   enter         make the waiter call work_wait (it blocks inside)
  *   release       let work_wait return: waited=N result_ok=0|1
@@ -20,12 +22,14 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #define NOSITE __attribute__((patchable_function_entry(0, 0), noinline))
@@ -149,6 +153,33 @@ NOSITE static void *waiter(void *arg) {
     return NULL;
 }
 
+/* Blocks every signal, as a server's signal-handling thread does, before
+ * livetrace is loaded: livetrace must give it SIGTRAP back or its first
+ * trap would kill the process (and its batches refuse to run meanwhile).
+ * sigtimedwait fails with EINTR whenever ptrace stops the thread (the
+ * kernel does not restart it): counted as a round like a timeout. */
+static _Atomic int sigwaiter_tid;
+static _Atomic uint64_t sigwaited;
+
+NOSITE static void *sigwaiter(void *arg) {
+    (void)arg;
+    sigset_t all, usr1;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    atomic_store(&sigwaiter_tid, (int)syscall(SYS_gettid));
+    for (uint64_t i = 1;; i++) {
+        struct timespec ts = {0, 1000000};
+        siginfo_t si;
+        sigtimedwait(&usr1, &si, &ts);
+        if (work_item(i) != ref_item(i))
+            atomic_fetch_add(&bad, 1);
+        atomic_fetch_add(&sigwaited, 1);
+    }
+    return NULL;
+}
+
 int main(void) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     pthread_t t;
@@ -160,7 +191,8 @@ int main(void) {
         pthread_create(&t, NULL, busy, (void *)(intptr_t)i);
     pthread_create(&t, NULL, churn, NULL);
     pthread_create(&t, NULL, waiter, NULL);
-    while (atomic_load(&ready_pollers) < 2)
+    pthread_create(&t, NULL, sigwaiter, NULL);
+    while (atomic_load(&ready_pollers) < 2 || !atomic_load(&sigwaiter_tid))
         usleep(1000);
     usleep(20000);
     printf("ready pid=%d\n", getpid());
@@ -168,11 +200,12 @@ int main(void) {
     while (fgets(line, sizeof line, stdin)) {
         if (!strncmp(line, "status", 6)) {
             printf("progress=%llu,%llu,%llu calls=%llu bad=%llu eintr=%d errors=%d timeouts=%d "
-                   "churned=%llu\n",
+                   "churned=%llu sigwaiter=%d sigwaited=%llu\n",
                    (unsigned long long)progress[0], (unsigned long long)progress[1],
                    (unsigned long long)progress[2], (unsigned long long)calls,
                    (unsigned long long)bad, poll_eintr, poll_err, poll_zero,
-                   (unsigned long long)churned);
+                   (unsigned long long)churned, (int)sigwaiter_tid,
+                   (unsigned long long)sigwaited);
         } else if (!strncmp(line, "poke", 4)) {
             int b0 = woken[0], b1 = woken[1];
             if (write(pipes[0][1], "x", 1) != 1 || write(pipes[1][1], "x", 1) != 1)
