@@ -45,6 +45,13 @@ const SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
 const EFLAGS_TF: u64 = 0x100;
 const EFLAGS_DF: u64 = 0x400;
 
+/// The signals a fault raises (bit `n - 1` for signal `n`).
+const SYNCHRONOUS_SIGNALS: u64 = (1 << (libc::SIGSEGV - 1))
+    | (1 << (libc::SIGBUS - 1))
+    | (1 << (libc::SIGILL - 1))
+    | (1 << (libc::SIGFPE - 1))
+    | (1 << (libc::SIGTRAP - 1));
+
 /// System calls a thread blocks in while idle, holding no lock of the C
 /// library: the best threads to borrow for a call.
 const IDLE_SYSCALLS: &[i64] = &[
@@ -1155,6 +1162,17 @@ impl Process {
         assert!(args.len() <= 6, "at most six register arguments");
         let mut saved = sys::get_regs(tid).map_err(ptrace_err("getregs", tid))?;
         let xstate = sys::get_xstate(tid).map_err(ptrace_err("getregset", tid))?;
+        // The call runs with the synchronous signals deliverable: its end is
+        // a SIGSEGV, and a fault with the signal blocked makes the kernel
+        // reset the process's disposition of it to the default (the
+        // program's handler would be lost) and unblock it in the thread. A
+        // thread that blocks everything (a `sigwait` thread) is a favourite
+        // to borrow, being idle. Its own mask is put back afterwards (the
+        // mask it returns to, which `PTRACE_GETSIGMASK` reports even inside
+        // a `ppoll` or `sigsuspend`: restarted, that call sets its
+        // temporary mask again).
+        let mask = sys::get_sigmask(tid).map_err(ptrace_err("getsigmask", tid))?;
+        let call_mask = mask & !SYNCHRONOUS_SIGNALS;
         // A thread stopped inside an interrupted system call: resume it
         // later exactly as the kernel would without a signal handler, by
         // re-executing the `syscall` instruction, so the call made now
@@ -1201,11 +1219,20 @@ impl Process {
         regs.orig_rax = u64::MAX;
         regs.eflags &= !(EFLAGS_DF | EFLAGS_TF);
         let restore = |p: &mut Process| -> Result<(), Error> {
+            if call_mask != mask {
+                sys::set_sigmask(tid, mask).map_err(ptrace_err("setsigmask", tid))?;
+            }
             p.write(rsp, &original)?;
             sys::set_xstate(tid, &xstate).map_err(ptrace_err("setregset", tid))?;
             sys::set_regs(tid, &saved).map_err(ptrace_err("setregs", tid))?;
             Ok(())
         };
+        if call_mask != mask {
+            if let Err(e) = sys::set_sigmask(tid, call_mask) {
+                restore(self)?;
+                return Err(ptrace_err("setsigmask", tid)(e));
+            }
+        }
         if let Err(e) = sys::set_regs(tid, &regs) {
             restore(self)?;
             return Err(ptrace_err("setregs", tid)(e));
