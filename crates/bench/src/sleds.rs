@@ -50,10 +50,8 @@ fn make_sleds(n: usize) -> (usize, usize) {
         unsafe { std::ptr::write((base + 16 * i) as *mut [u8; 16], f) };
     }
     // SAFETY: our mapping, made executable and read-only.
-    assert_eq!(
-        unsafe { libc::mprotect(p, len, libc::PROT_READ | libc::PROT_EXEC) },
-        0
-    );
+    let made = unsafe { libc::mprotect(p, len, libc::PROT_READ | libc::PROT_EXEC) };
+    assert_eq!(made, 0);
     (base, len)
 }
 

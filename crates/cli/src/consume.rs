@@ -70,8 +70,10 @@ impl Stats {
     }
 
     /// The closing lines: each thread that lost records (and why), then
-    /// the totals.
-    pub fn report(&self, what: &str) -> Vec<String> {
+    /// the totals and where they went, worded as `livetrace convert` words
+    /// them (`N events written to PLACE from T threads, M lost`, plain
+    /// numbers, so scripts can read the count).
+    pub fn report(&self, place: &str) -> Vec<String> {
         let mut lines = Vec::new();
         for (tid, t) in self.threads.iter().filter(|(_, t)| t.lost.total() > 0) {
             let who = if *tid == 0 {
@@ -100,10 +102,10 @@ impl Stats {
             .filter(|(t, s)| **t != 0 && s.kept > 0)
             .count();
         lines.push(format!(
-            "{} events kept, {} lost, from {threads} thread{}{what}",
-            crate::ui::count(self.kept()),
-            crate::ui::count(self.lost()),
-            if threads == 1 { "" } else { "s" }
+            "{} events written to {place} from {threads} thread{}, {} lost",
+            self.kept(),
+            if threads == 1 { "" } else { "s" },
+            self.lost(),
         ));
         lines
     }

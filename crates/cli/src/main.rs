@@ -23,6 +23,7 @@ mod cmd;
 mod consume;
 mod convert;
 mod recorder;
+mod source;
 mod symtab;
 mod ui;
 

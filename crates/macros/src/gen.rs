@@ -21,7 +21,9 @@ use syn::visit_mut::VisitMut;
 use syn::{Block, FnArg, GenericParam, Generics, Ident, Path, Signature, Type, Visibility};
 
 use crate::attrs;
-use crate::util::{compact, location, mentions_self_type, EraseLifetimes, ReplaceSelf};
+use crate::util::{
+    compact, location, mentions_self_type, CanonicalPaths, EraseLifetimes, ReplaceSelf,
+};
 
 /// The impl block a method sits in.
 pub(crate) struct ImplCtx {
@@ -72,10 +74,11 @@ fn record_lines(line: u32) -> Vec<String> {
 /// for generic functions: one string would have to stand for every
 /// instantiation, which need not share a type.
 ///
-/// The comparison is textual: two functions match when their types are
-/// written the same way, so the check is conservative about spelling
-/// (`u64` and `core::primitive::u64` differ) and trusts that a type path
-/// written identically names the same type in both places.
+/// The comparison is of these strings: the standard library's primitive and
+/// prelude types are spelled short first (`core::primitive::u64` and `u64`
+/// match, as do `std::vec::Vec<u8>` and `Vec<u8>`); any other path must be
+/// written the same way in both places, and is trusted to name the same
+/// type there (a macro cannot resolve paths).
 fn signature_string(ctx: &Ctx<'_>, sig: &Signature, generic: bool) -> String {
     if generic {
         return String::new();
@@ -92,6 +95,7 @@ fn signature_string(ctx: &Ctx<'_>, sig: &Signature, generic: bool) -> String {
         if let Some(rs) = self_ctx.as_mut() {
             rs.visit_type_mut(&mut ty);
         }
+        CanonicalPaths.visit_type_mut(&mut ty);
         compact(&ty)
     };
     let args: Vec<String> = sig
@@ -466,6 +470,14 @@ mod tests {
             "unsafe fn(*const u8)"
         );
         assert_eq!(sig_of(Ctx::Free, "fn f<T>(t: T) -> T {}", true), "");
+        assert_eq!(
+            sig_of(
+                Ctx::Free,
+                "fn f(a: core::primitive::u64, v: std::vec::Vec<u8>) -> ::std::primitive::u64 {}",
+                false
+            ),
+            "fn(u64, Vec<u8>) -> u64"
+        );
         let c = ImplCtx {
             self_ty: syn::parse_str("Counter").unwrap(),
             generics: Generics::default(),

@@ -155,6 +155,62 @@ impl VisitMut for ReplaceSelf<'_> {
     }
 }
 
+/// Spells the standard library's primitive and prelude types by their
+/// short names (`core::primitive::u64` → `u64`, `std::vec::Vec<u8>` →
+/// `Vec<u8>`), so that a live patch's signature check compares types, not
+/// the way they happened to be written. Only paths that name exactly these
+/// items are shortened; any other path is kept whole.
+pub(crate) struct CanonicalPaths;
+
+/// `(modules, item names)`: an item of the list reached through one of the
+/// module paths (after `std`, `core` or `alloc`, with or without `::`) is
+/// the prelude's or the language's own.
+const CANONICAL: &[(&[&str], &[&str])] = &[
+    (
+        &["primitive"],
+        &[
+            "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32", "i64", "i128", "isize",
+            "f32", "f64", "bool", "char", "str",
+        ],
+    ),
+    (&["string"], &["String"]),
+    (&["vec"], &["Vec"]),
+    (&["boxed"], &["Box"]),
+    (&["option"], &["Option"]),
+    (&["result"], &["Result"]),
+];
+
+impl VisitMut for CanonicalPaths {
+    fn visit_type_path_mut(&mut self, tp: &mut syn::TypePath) {
+        visit_mut::visit_type_path_mut(self, tp);
+        if tp.qself.is_some() || tp.path.segments.len() != 3 {
+            return;
+        }
+        let seg: Vec<String> = tp
+            .path
+            .segments
+            .iter()
+            .map(|s| s.ident.to_string())
+            .collect();
+        let root_ok = matches!(seg[0].as_str(), "std" | "core" | "alloc");
+        let prefix_args_empty = tp
+            .path
+            .segments
+            .iter()
+            .take(2)
+            .all(|s| s.arguments.is_none());
+        let known = CANONICAL
+            .iter()
+            .any(|(m, items)| m.contains(&seg[1].as_str()) && items.contains(&seg[2].as_str()));
+        if root_ok && prefix_args_empty && known {
+            let last = tp.path.segments.pop().unwrap().into_value();
+            tp.path.segments.clear();
+            tp.path.leading_colon = None;
+            tp.path.segments.push(last);
+        }
+    }
+}
+
 /// Turns every lifetime into `'static`. A non-generic site stub names the
 /// body with a concrete path; lifetimes are erased in machine code, so any
 /// lifetime names the same body, and `'static` satisfies every outlives bound
@@ -189,6 +245,29 @@ mod tests {
         assert_eq!(
             compact(quote!(Box<dyn Fn(u32) -> u32 + Send>)),
             "Box<dyn Fn(u32)->u32 + Send>"
+        );
+    }
+
+    #[test]
+    fn std_paths_are_spelled_short() {
+        let canon = |t: &str| {
+            let mut ty: Type = syn::parse_str(t).unwrap();
+            CanonicalPaths.visit_type_mut(&mut ty);
+            compact(&ty)
+        };
+        assert_eq!(canon("core::primitive::u64"), "u64");
+        assert_eq!(canon("::std::primitive::str"), "str");
+        assert_eq!(
+            canon("std::result::Result<alloc::vec::Vec<core::primitive::u8>, String>"),
+            "Result<Vec<u8>, String>"
+        );
+        assert_eq!(canon("&mut std::string::String"), "&mut String");
+        // Anything else is kept as written.
+        assert_eq!(canon("core::fmt::Display"), "core::fmt::Display");
+        assert_eq!(canon("mycrate::primitive::u64"), "mycrate::primitive::u64");
+        assert_eq!(
+            canon("std::collections::HashMap<u8, u8>"),
+            "std::collections::HashMap<u8, u8>"
         );
     }
 

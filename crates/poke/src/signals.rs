@@ -967,6 +967,9 @@ impl std::fmt::Display for BlockedThread {
                  (it blocked them with a raw system call, or before livetrace was loaded)"
             )?;
         }
+        if !self.state.is_empty() {
+            write!(f, " [{}]", self.state)?;
+        }
         Ok(())
     }
 }
@@ -978,11 +981,24 @@ pub fn masks_repaired() -> u32 {
     REPAIRED.load(SeqCst)
 }
 
+/// glibc's mask for a thread whose start routine has returned: every
+/// signal but SIGSETXID (33) blocked with a raw `rt_sigprocmask` in
+/// `start_thread`, so that no program code (a handler) runs on a thread
+/// that is about to exit (glibc bugs 12889 and 28361). Such a thread never
+/// reaches a site again — its TLS destructors have run — but under load it
+/// can take a while to be gone (it frees its stack with `madvise` first).
+fn exiting_mask(m: u64) -> bool {
+    let unblockable = (1u64 << (libc::SIGKILL - 1)) | (1u64 << (libc::SIGSTOP - 1));
+    let setxid = 1u64 << (33 - 1);
+    m & setxid == 0 && (m | unblockable | setxid) == u64::MAX
+}
+
 /// Before a batch: every thread must take SIGTRAP. A thread found blocking
 /// a protected signal is re-read for a short while (glibc blocks every
 /// signal for a few instructions in `pthread_create`, `raise` and thread
 /// exit), then given it back through a probe if the world signal reaches
-/// it; otherwise the batch is refused naming it.
+/// it; otherwise the batch is refused naming it, unless its mask is glibc's
+/// for a thread on its way out ([`exiting_mask`]).
 pub(crate) fn check_threads() -> Result<(), crate::Error> {
     let me = world::proc::gettid();
     let trap = 1u64 << (libc::SIGTRAP - 1);
@@ -1018,7 +1034,8 @@ pub(crate) fn check_threads() -> Result<(), crate::Error> {
             std::thread::sleep(std::time::Duration::from_micros(50 << attempt.min(6)));
         }
         if !ok {
-            if let Some(m) = world::proc::blocked_signals(tid).filter(|m| m & trap != 0) {
+            let still = world::proc::blocked_signals(tid).filter(|m| m & trap != 0);
+            if let Some(m) = still.filter(|&m| !exiting_mask(m)) {
                 let mut name = [0u8; 32];
                 let n = world::proc::read_task_file(tid, b"comm", &mut name);
                 let name =
@@ -1054,6 +1071,17 @@ pub(crate) fn check_threads() -> Result<(), crate::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_glibcs_exit_mask_counts_as_exiting() {
+        let all = u64::MAX & !(1 << 8) & !(1 << 18);
+        assert!(exiting_mask(all & !(1 << 32)));
+        // Every signal, SIGSETXID included: not glibc's exit.
+        assert!(!exiting_mask(all));
+        // A program's mask that leaves some signal deliverable.
+        assert!(!exiting_mask(all & !(1 << 32) & !(1 << 1)));
+        assert!(!exiting_mask(1 << 4));
+    }
 
     #[test]
     fn the_interposed_mask_functions_never_block_sigtrap() {

@@ -58,6 +58,13 @@ fn cli_traces_a_running_c_program() {
         assert!(ls.stdout.contains(f), "{ls}");
     }
     assert!(!ls.stdout.contains("unconverted"), "{ls}");
+    // C functions get their source line from the program's DWARF.
+    let row = ls
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("work_item "))
+        .unwrap();
+    assert!(row.contains("worker.c:"), "{row}");
 
     let dir = scratch("cli");
     let graph = dir.join("graph.txt");

@@ -1139,9 +1139,9 @@ mod tests {
             .filter(Pattern::parse("g::*"))
             .build(move |call| {
                 // SAFETY: the slot is this call's return slot.
-                if let Some(d) =
-                    unsafe { hook(call.return_slot(), call.ip(), crate::clock_now(), 9999) }
-                {
+                let hooked =
+                    unsafe { hook(call.return_slot(), call.ip(), crate::clock_now(), 9999) };
+                if let Some(d) = hooked {
                     log.0.lock().unwrap().push(('e', call.ip(), d));
                 }
             });

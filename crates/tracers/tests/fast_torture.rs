@@ -291,6 +291,16 @@ fn fast_paths_under_signals_and_session_churn() {
                 std::thread::sleep(Duration::from_micros(50));
             }
         });
+        // A failed assertion below must stop every thread (and fail the
+        // test) rather than leave the scope waiting for them forever.
+        struct StopOnDrop<'a>(&'a AtomicBool, &'a AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Relaxed);
+                self.1.store(true, Relaxed);
+            }
+        }
+        let _stop_all = StopOnDrop(stop_kill, &stop);
         let start = Instant::now();
         loop {
             let done = match soak {

@@ -313,6 +313,7 @@ unsafe extern "C" fn collect(ctx: *mut std::ffi::c_void, arg: *mut std::ffi::c_v
     if w.n == WALK {
         return 5;
     }
+    // SAFETY: the context is the unwinder's, valid during this callback.
     w.ips[w.n] = unsafe { _Unwind_GetIP(ctx) };
     w.n += 1;
     0

@@ -26,6 +26,13 @@ fn compute_v2(x: u64) -> u64 {
     x * 2 + 1000
 }
 
+/// The same signature spelled with full paths: a patch onto it is
+/// accepted (types are compared, not their spelling).
+#[livetrace::traced]
+fn compute_spelled(x: core::primitive::u64) -> ::std::primitive::u64 {
+    x * 2 + 2000
+}
+
 /// Same shape, another type: a patch onto it must be refused.
 #[livetrace::traced]
 fn compute_narrow(x: u32) -> u32 {
@@ -112,4 +119,5 @@ fn main() {
         let _ = w.join();
     }
     let _ = black_box(compute_v2(1));
+    let _ = black_box(compute_spelled(1));
 }

@@ -1,6 +1,6 @@
 //! `livetrace ls PID [GLOB]`: a process's traceable functions.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use livetrace_proto::{Request, Response};
@@ -21,6 +21,50 @@ pub struct Args {
     /// Also show each function's recorded signature
     #[arg(long, short = 's')]
     signatures: bool,
+    /// Never shorten names (to a terminal, names longer than the NAME
+    /// column are shortened in the middle)
+    #[arg(long, short = 'w')]
+    wide: bool,
+}
+
+/// The NAME column is at most this wide: a Rust program's closures and
+/// trait impls have names of hundreds of characters, and padding every
+/// row to the longest would push the other columns off any screen.
+const NAME_COLUMN: usize = 60;
+
+/// How names fill the NAME column.
+#[derive(Clone, Copy)]
+struct Names {
+    width: usize,
+    /// Shorten longer names (to a terminal); otherwise they overflow their
+    /// own row only, so a pipe still gets every name whole.
+    shorten: bool,
+}
+
+impl Names {
+    fn new<'a>(names: impl Iterator<Item = &'a str>, wide: bool) -> Names {
+        let longest = names.map(|n| n.chars().count()).max().unwrap_or(0);
+        Names {
+            width: longest.clamp(4, NAME_COLUMN),
+            shorten: !wide && std::io::stdout().is_terminal(),
+        }
+    }
+
+    /// `name` padded to the column, or shortened in the middle with `…`
+    /// (the start says where a function lives, the end which it is).
+    fn fit(&self, name: &str) -> String {
+        let n = name.chars().count();
+        if n <= self.width || !self.shorten {
+            return format!("{name:<w$}", w = self.width);
+        }
+        let keep = self.width - 1;
+        let head = keep / 2;
+        let tail = keep - head;
+        let mut s: String = name.chars().take(head).collect();
+        s.push('…');
+        s.extend(name.chars().skip(n - tail));
+        s
+    }
 }
 
 pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
@@ -29,6 +73,7 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
         glob,
         enabled,
         signatures,
+        wide,
     } = a;
     let style = Style::stdout();
     let mut c = connect(dir, pid)?;
@@ -62,7 +107,8 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
             let _ = writeln!(out, "{}", style.dim("no enabled functions"));
             return Ok(());
         }
-        let w = rows.iter().map(|f| f.name.len()).max().unwrap_or(0).max(4);
+        let names = Names::new(rows.iter().map(|f| f.name.as_str()), wide);
+        let w = names.width;
         let ow = rows
             .iter()
             .map(|f| f.ops.join(",").len())
@@ -81,7 +127,7 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
             let _ = writeln!(
                 out,
                 "{}  {:<14}  {:<ow$}  {}",
-                style.name(&format!("{:<w$}", f.name)),
+                style.name(&names.fit(&f.name)),
                 format!("{:#x}", f.ip),
                 f.ops.join(","),
                 f.trampoline
@@ -100,12 +146,24 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
         return Err("unexpected reply".to_string().into());
     };
     drop(progress);
-    let w = functions
-        .iter()
-        .map(|f| f.name.len())
-        .max()
-        .unwrap_or(0)
-        .max(4);
+    // Where the target recorded no `file:line` (C and C++ functions, Rust
+    // ones without `#[traced]`), the object's DWARF may have it.
+    let mut sources = crate::source::Sources::new(pid);
+    let source_of = |f: &livetrace_proto::FunctionInfo, sources: &mut Option<_>| {
+        let has_line = f
+            .source
+            .rsplit_once(':')
+            .is_some_and(|(_, l)| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()));
+        if has_line {
+            return f.source.clone();
+        }
+        sources
+            .as_mut()
+            .and_then(|s: &mut crate::source::Sources| s.lookup(f.addr))
+            .unwrap_or_else(|| f.source.clone())
+    };
+    let names = Names::new(functions.iter().map(|f| f.name.as_str()), wide);
+    let w = names.width;
     let _ = writeln!(
         out,
         "{}",
@@ -126,9 +184,9 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
         let _ = write!(
             out,
             "{}  {:<14}  {state}  {}",
-            style.name(&format!("{:<w$}", f.name)),
+            style.name(&names.fit(&f.name)),
             format!("{:#x}", f.addr),
-            f.source
+            source_of(f, &mut sources)
         );
         if signatures {
             let _ = write!(out, "  {}", f.signature.as_deref().unwrap_or("-"));
@@ -141,4 +199,31 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_names_are_shortened_in_the_middle_or_overflow() {
+        let long = format!("crate::module::{}::method", "x".repeat(200));
+        let names = Names::new(["a", long.as_str()].into_iter(), false);
+        assert_eq!(names.width, NAME_COLUMN);
+        let cut = Names {
+            shorten: true,
+            ..names
+        };
+        let s = cut.fit(&long);
+        assert_eq!(s.chars().count(), NAME_COLUMN);
+        assert!(s.starts_with("crate::module::x") && s.ends_with("x::method") && s.contains('…'));
+        assert_eq!(cut.fit("a").len(), NAME_COLUMN);
+        let whole = Names {
+            shorten: false,
+            ..names
+        };
+        assert_eq!(whole.fit(&long), long);
+        // Short lists keep a narrow column.
+        assert_eq!(Names::new(["ab", "abcdef"].into_iter(), false).width, 6);
+    }
 }

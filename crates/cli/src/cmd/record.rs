@@ -214,7 +214,7 @@ fn record(
     drop(at);
     let place = output.close(&end(reason, code, format!("{program} {said}")))?;
     eprintln!("livetrace: {program} {said}");
-    for line in stats.report(&format!("; written to {place}")) {
+    for line in stats.report(&place) {
         eprintln!("livetrace: {line}");
     }
     Ok(())

@@ -36,7 +36,7 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
     let _ = at.client.call(&Request::Thaw { session: at.id });
     let stats = at.stats();
     let place = output.close(&end(EndReason::Snapshot, 0, "snapshot"))?;
-    for line in stats.report(&format!("; written to {place}")) {
+    for line in stats.report(&place) {
         eprintln!("livetrace: {line}");
     }
     Ok(())

@@ -127,7 +127,7 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
     if let Some(s) = said {
         eprintln!("livetrace: {s}");
     }
-    for line in stats.report(&format!("; written to {place}")) {
+    for line in stats.report(&place) {
         eprintln!("livetrace: {line}");
     }
     Ok(())

@@ -1,0 +1,144 @@
+//! `file:line` of a function in another process, from its object file's
+//! DWARF, the way `addr2line` and perf find them: the address is placed in
+//! the mapping that holds it (`/proc/PID/maps`), turned into a file offset
+//! and then into the object's own virtual address through its `PT_LOAD`
+//! headers, and looked up in the line table.
+//!
+//! This runs in the CLI, never in the traced process: reading debug
+//! information costs megabytes and milliseconds that a traced program
+//! should not pay for a listing.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// One file-backed mapping of the process.
+struct Map {
+    start: u64,
+    end: u64,
+    offset: u64,
+    path: String,
+}
+
+/// An object file opened for lookups: its line tables and where its
+/// loadable segments lie in the file.
+struct Object {
+    loader: addr2line::Loader,
+    /// `(p_offset, p_filesz, p_vaddr)` of each `PT_LOAD`.
+    loads: Vec<(u64, u64, u64)>,
+}
+
+/// Source locations of addresses in one process; object files are opened
+/// once, on their first lookup.
+pub struct Sources {
+    pid: u32,
+    maps: Vec<Map>,
+    objects: HashMap<String, Option<Object>>,
+}
+
+impl Sources {
+    /// The process's mappings as they are now; `None` if they cannot be
+    /// read (the process is gone or not ours to look into).
+    pub fn new(pid: u32) -> Option<Sources> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+        let maps = text.lines().filter_map(parse_map).collect();
+        Some(Sources {
+            pid,
+            maps,
+            objects: HashMap::new(),
+        })
+    }
+
+    /// `file:line` of the code at `addr`, when its object has line
+    /// information for it.
+    pub fn lookup(&mut self, addr: u64) -> Option<String> {
+        let m = self.maps.iter().find(|m| m.start <= addr && addr < m.end)?;
+        let file_offset = addr - m.start + m.offset;
+        let pid = self.pid;
+        let obj = self
+            .objects
+            .entry(m.path.clone())
+            .or_insert_with(|| open(pid, &m.path))
+            .as_ref()?;
+        let &(p_offset, _, p_vaddr) = obj
+            .loads
+            .iter()
+            .find(|&&(o, sz, _)| o <= file_offset && file_offset < o + sz)?;
+        let svma = file_offset - p_offset + p_vaddr;
+        let loc = obj.loader.find_location(svma).ok()??;
+        let (file, line) = (loc.file?, loc.line?);
+        Some(format!("{file}:{line}"))
+    }
+}
+
+/// `start-end perms offset dev inode path` for file-backed lines.
+fn parse_map(line: &str) -> Option<Map> {
+    let mut f = line.split_whitespace();
+    let (range, _perms, offset) = (f.next()?, f.next()?, f.next()?);
+    let (_dev, _inode) = (f.next()?, f.next()?);
+    let path = f.collect::<Vec<_>>().join(" ");
+    if !path.starts_with('/') || path.ends_with(" (deleted)") {
+        return None;
+    }
+    let (s, e) = range.split_once('-')?;
+    Some(Map {
+        start: u64::from_str_radix(s, 16).ok()?,
+        end: u64::from_str_radix(e, 16).ok()?,
+        offset: u64::from_str_radix(offset, 16).ok()?,
+        path,
+    })
+}
+
+/// Opens `path` as the process sees it: through `/proc/PID/root` first, so
+/// a process in another mount namespace (a container) has its own files
+/// read, else by the same path here.
+fn open(pid: u32, path: &str) -> Option<Object> {
+    let candidates = [
+        PathBuf::from(format!("/proc/{pid}/root{path}")),
+        PathBuf::from(path),
+    ];
+    candidates.iter().find_map(|p| {
+        let loads = loads(p)?;
+        let loader = addr2line::Loader::new(p).ok()?;
+        Some(Object { loader, loads })
+    })
+}
+
+fn loads(path: &std::path::Path) -> Option<Vec<(u64, u64, u64)>> {
+    use object::read::elf::{FileHeader, ProgramHeader};
+    let data = std::fs::read(path).ok()?;
+    let hdr = object::elf::FileHeader64::<object::Endianness>::parse(&*data).ok()?;
+    let e = hdr.endian().ok()?;
+    Some(
+        hdr.program_headers(e, &*data)
+            .ok()?
+            .iter()
+            .filter(|p| p.p_type(e) == object::elf::PT_LOAD)
+            .map(|p| (p.p_offset(e), p.p_filesz(e), p.p_vaddr(e)))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_lines_parse() {
+        let m =
+            parse_map("7f00a000-7f00b000 r-xp 00002000 08:01 1234   /usr/lib/libz.so.1").unwrap();
+        assert_eq!((m.start, m.end, m.offset), (0x7f00a000, 0x7f00b000, 0x2000));
+        assert_eq!(m.path, "/usr/lib/libz.so.1");
+        assert!(parse_map("7f00a000-7f00b000 rw-p 00000000 00:00 0 [heap]").is_none());
+        assert!(parse_map("7f00a000-7f00b000 r-xp 00000000 08:01 9 /tmp/x (deleted)").is_none());
+    }
+
+    /// This test's own code has line information (tests build with debug
+    /// info): the lookup finds this file.
+    #[test]
+    fn finds_this_function() {
+        let mut s = Sources::new(std::process::id()).unwrap();
+        let here = finds_this_function as *const () as u64;
+        let loc = s.lookup(here).expect("a location for the test itself");
+        assert!(loc.contains("source.rs:"), "{loc}");
+    }
+}
