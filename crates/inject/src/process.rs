@@ -130,8 +130,11 @@ pub struct Stats {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     Running,
-    /// In `PTRACE_EVENT_STOP` (our interrupt, a new thread's first stop)
-    /// or stopped after reporting a clone.
+    /// In `PTRACE_EVENT_STOP` (our interrupt, a new thread's first stop),
+    /// on its way back to user space, where the registers are the
+    /// thread's own: a call can start here. Never an event stop inside a
+    /// system call (a clone reported), which is resumed at once
+    /// ([`Process::restop`]).
     Stopped,
     /// In a job-control group-stop.
     GroupStop,
@@ -321,7 +324,9 @@ impl Process {
 
     fn mark_stopped(&mut self, tid: i32, state: State) {
         if let Some(t) = self.threads.get_mut(&tid) {
-            if t.state == State::Running {
+            // A thread let finish a system call before stopping again
+            // ([`Process::restop`]) was stopped all along.
+            if t.stopped_since.is_none() {
                 t.stopped_since = Some(Instant::now());
             }
             t.state = state;
@@ -423,6 +428,18 @@ impl Process {
                 self.threads.entry(new).or_insert_with(|| Thread::new(true));
                 self.stats.threads = self.stats.threads.max(self.threads.len());
                 self.mark_stopped(tid, State::Stopped);
+                // Stopped inside `clone`/`clone3`: the thread exists, but
+                // the call has not returned, and `rax` holds the kernel's
+                // `-ENOSYS` placeholder. Registers saved here and set back
+                // after a call made from here would make the program see
+                // `ENOSYS` for a thread it did create (glibc then creates
+                // it again, on the same stack). So a thread is never kept
+                // at this stop: it finishes the call and stops, with an
+                // interrupt, on its way back to user space.
+                let keep = self.held || self.threads.get(&tid).is_some_and(|t| t.pinned);
+                if keep {
+                    return self.restop(tid);
+                }
             }
             Event::Stop(sig) => {
                 // A new thread's first stop may come before its parent's
@@ -448,6 +465,32 @@ impl Process {
         let keep = self.held || self.threads.get(&tid).is_some_and(|t| t.pinned);
         if !keep {
             self.resume(tid)?;
+        }
+        Ok(())
+    }
+
+    /// Lets a thread that must stay stopped but is at a stop inside a
+    /// system call (an event stop) finish it, and stop again at once on
+    /// its way back to user space (`PTRACE_EVENT_STOP`), where its
+    /// registers are its own. An interrupt sent while it runs: "any trap
+    /// clears a pending interrupt", so one sent before resuming might be
+    /// consumed by this very stop.
+    fn restop(&mut self, tid: i32) -> Result<(), Error> {
+        match sys::cont(tid, 0) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
+            Err(e) => return Err(ptrace_err("cont", tid)(e)),
+        }
+        let Some(t) = self.threads.get_mut(&tid) else {
+            return Ok(());
+        };
+        // Still stopped as far as the statistics go: it is only finishing
+        // its system call.
+        t.state = State::Running;
+        match sys::interrupt(tid) {
+            Ok(()) => t.stop_pending = true,
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(e) => return Err(ptrace_err("interrupt", tid)(e)),
         }
         Ok(())
     }

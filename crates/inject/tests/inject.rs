@@ -337,3 +337,55 @@ fn signals_pass_through_holds_and_calls() {
     );
     prog.assert_unharmed();
 }
+
+/// Calls on a thread that creates threads without pause, and holds with a
+/// call while it does: it is nearly always inside `clone3`, where ptrace
+/// stops it to report the new thread. A call made from there (registers
+/// saved inside the system call, `rax` still the kernel's `-ENOSYS`
+/// placeholder) returned "ENOSYS" to glibc for a thread that was created,
+/// and glibc created it again on the same stack: the program crashed.
+#[test]
+fn calls_never_start_inside_clone() {
+    let mut prog = Program::start();
+    let spawner = fields(&prog.ask("spawn"))("spawner");
+    let lib = build_dir().join("libprobe.so");
+    let lib_s = lib.display().to_string();
+    let mut p = Process::seize(Target::inspect(prog.pid).unwrap()).unwrap();
+    let handle = p.dlopen(&lib_s, libc::RTLD_NOW, T).unwrap();
+    let m = p.module(&lib_s).unwrap().unwrap();
+    let clobber = m.symbol("probe_clobber").unwrap().unwrap().addr;
+    let tid = m.symbol("probe_tid").unwrap().unwrap().addr;
+    for i in 0..300 {
+        let got = p
+            .call_on_thread(spawner, tid, &[], Safety::LockFree, T)
+            .unwrap();
+        assert_eq!(got as i32, spawner);
+        if i % 10 == 0 {
+            // Every thread held, one of them borrowed (the spawner, or
+            // the thread it was creating, are candidates).
+            p.hold().unwrap();
+            p.call(clobber, &[], Safety::LockFree, T).unwrap();
+            p.release().unwrap();
+        }
+    }
+    p.dlclose(handle, T).unwrap();
+    drop(p);
+    std::thread::sleep(Duration::from_millis(100));
+    let s = prog.ask("spawned");
+    let f = |k: &str| -> i64 {
+        s.split_whitespace()
+            .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("the program died? {s:?}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    // Each thread created runs once (the last one may have run before
+    // its creator counted it).
+    assert_eq!(f("failed"), 0, "{s}");
+    assert!(
+        f("spawned") > 0 && (0..=1).contains(&(f("ran") - f("spawned"))),
+        "{s}"
+    );
+    prog.assert_unharmed();
+}

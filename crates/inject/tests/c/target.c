@@ -3,6 +3,11 @@
  * one with a timeout), a thread creating threads all along, and a main
  * thread reading commands on stdin.
  *
+ * "spawn" starts a thread that creates and joins threads as fast as it
+ * can (it spends most of its time inside clone3: ptrace's clone event
+ * stops it there) and prints its id; "spawned" prints how many threads it
+ * created, how many of them ran, and how many creations failed.
+ *
  * Commands: "poke" wakes both poll threads (a byte on their pipe),
  * "status" prints counters, "quit" exits. Every line printed is one
  * `key=value ...` record. */
@@ -43,6 +48,34 @@ static void *churn(void *arg) {
     return arg;
 }
 static _Atomic long signals_seen;
+
+static _Atomic long spawned, spawned_ran, spawn_failed;
+static _Atomic int spawner_tid;
+
+static void *spawned_thread(void *arg) {
+    atomic_fetch_add(&spawned_ran, 1);
+    return arg;
+}
+
+/* No pause: a clone event at nearly every interrupt. A clone3 that
+ * created its thread but returned an error to glibc (a call injected at
+ * the clone event, with the registers put back as they were inside the
+ * system call) makes glibc create the thread a second time on the same
+ * stack: a thread that runs twice, a failure, or a crash. */
+static void *spawner(void *arg) {
+    atomic_store(&spawner_tid, (int)syscall(SYS_gettid));
+    for (;;) {
+        pthread_t t;
+        int rc = pthread_create(&t, NULL, spawned_thread, NULL);
+        if (rc == 0) {
+            atomic_fetch_add(&spawned, 1);
+            pthread_join(t, NULL);
+        } else {
+            atomic_fetch_add(&spawn_failed, 1);
+        }
+    }
+    return arg;
+}
 
 static void on_signal(int sig) {
     (void)sig;
@@ -140,6 +173,16 @@ int main(void) {
                    atomic_load(&poll_eintr), atomic_load(&poll_other_err), atomic_load(&poll_zero));
         } else if (!strncmp(line, "signals", 7)) {
             printf("signals=%ld churned=%ld\n", atomic_load(&signals_seen), atomic_load(&churned));
+        } else if (!strncmp(line, "spawned", 7)) {
+            printf("spawned=%ld ran=%ld failed=%ld\n", atomic_load(&spawned),
+                   atomic_load(&spawned_ran), atomic_load(&spawn_failed));
+        } else if (!strncmp(line, "spawn", 5)) {
+            if (!atomic_load(&spawner_tid)) {
+                pthread_create(&t, NULL, spawner, NULL);
+                while (!atomic_load(&spawner_tid))
+                    usleep(1000);
+            }
+            printf("spawner=%d\n", atomic_load(&spawner_tid));
         } else if (!strncmp(line, "quit", 4)) {
             return 0;
         }
