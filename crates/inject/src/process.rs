@@ -258,8 +258,10 @@ impl Process {
                     Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
                         // A thread created by one we seized is ours
                         // already (auto-attached); its clone event will
-                        // come. Anything else is a refusal.
-                        if !traced_by_us(pid, tid) {
+                        // come. One that has exited meanwhile (a zombie
+                        // cannot be attached) is no concern. Anything
+                        // else is a refusal.
+                        if !traced_by_us(pid, tid) && !exited(pid, tid) {
                             if p.threads.is_empty() {
                                 p.detached = true;
                                 return Err(Error::Refused(explain_eperm(&p.target)));
@@ -608,6 +610,7 @@ impl Process {
                         let _ = e;
                         self.threads.insert(tid, Thread::new(true));
                     }
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) && exited(self.pid, tid) => {}
                     Err(e) => return Err(ptrace_err("seize", tid)(e)),
                 }
             }
@@ -1500,6 +1503,12 @@ fn gettid() -> i32 {
 /// Whether `tid` of `pid` is traced by this thread.
 fn traced_by_us(pid: i32, tid: i32) -> bool {
     procfs::status(&format!("{pid}/task/{tid}")).is_ok_and(|s| s.tracer == gettid())
+}
+
+/// Whether `tid` of `pid` has exited (a zombie, or gone): the kernel
+/// refuses to attach to such a thread with `EPERM`.
+fn exited(pid: i32, tid: i32) -> bool {
+    procfs::status(&format!("{pid}/task/{tid}")).map_or(true, |s| matches!(s.state, 'Z' | 'X'))
 }
 
 /// The most likely reason the kernel refused to let us attach.

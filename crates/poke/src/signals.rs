@@ -993,12 +993,31 @@ fn exiting_mask(m: u64) -> bool {
     m & setxid == 0 && (m | unblockable | setxid) == u64::MAX
 }
 
+/// glibc's mask around the creation of a thread (`pthread_create` blocks
+/// every signal, SIGCANCEL and SIGSETXID included, with a raw
+/// `rt_sigprocmask`, and the new thread starts with it until
+/// `start_thread` restores the creator's mask) and around `raise`. No
+/// mask the program sets through glibc looks like it (glibc never lets
+/// SIGCANCEL and SIGSETXID be blocked), and it is transient, but it can
+/// last: a new thread waits for a CPU on a busy machine, and a debugger or
+/// `livetrace attach` keeps a thread it reported stopped while it holds
+/// the process. Such a thread is waited for longer ([`CREATION_WAIT`]).
+fn creation_mask(m: u64) -> bool {
+    let unblockable = (1u64 << (libc::SIGKILL - 1)) | (1u64 << (libc::SIGSTOP - 1));
+    m | unblockable == u64::MAX
+}
+
+/// How long [`check_threads`] waits for a thread with glibc's creation
+/// mask ([`creation_mask`]) to be done with it.
+const CREATION_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Before a batch: every thread must take SIGTRAP. A thread found blocking
 /// a protected signal is re-read for a short while (glibc blocks every
 /// signal for a few instructions in `pthread_create`, `raise` and thread
-/// exit), then given it back through a probe if the world signal reaches
-/// it; otherwise the batch is refused naming it, unless its mask is glibc's
-/// for a thread on its way out ([`exiting_mask`]).
+/// exit; longer while the mask is glibc's creation mask, see
+/// [`creation_mask`]), then given it back through a probe if the world
+/// signal reaches it; otherwise the batch is refused naming it, unless its
+/// mask is glibc's for a thread on its way out ([`exiting_mask`]).
 pub(crate) fn check_threads() -> Result<(), crate::Error> {
     let me = world::proc::gettid();
     let trap = 1u64 << (libc::SIGTRAP - 1);
@@ -1010,8 +1029,15 @@ pub(crate) fn check_threads() -> Result<(), crate::Error> {
             continue;
         }
         let mut ok = false;
-        for attempt in 0..20u32 {
-            match world::proc::blocked_signals(tid) {
+        let start = std::time::Instant::now();
+        let mut creating = false;
+        for attempt in 0u32.. {
+            if attempt >= 20 && !(creating && start.elapsed() < CREATION_WAIT) {
+                break;
+            }
+            let blocked = world::proc::blocked_signals(tid);
+            creating = blocked.is_some_and(creation_mask);
+            match blocked {
                 // Gone, or SIGTRAP deliverable (a thread that blocks only
                 // the world signal can be patched under; the quiescence
                 // wait reports it if it ever needs to probe it).
@@ -1071,6 +1097,17 @@ pub(crate) fn check_threads() -> Result<(), crate::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_glibcs_creation_mask_is_waited_for_longer() {
+        let kernel_all = u64::MAX & !(1 << 8) & !(1 << 18);
+        assert!(creation_mask(kernel_all));
+        assert!(creation_mask(u64::MAX));
+        // What a program blocking "everything" through glibc gets.
+        assert!(!creation_mask(kernel_all & !(1 << 31) & !(1 << 32)));
+        // glibc's exit mask.
+        assert!(!creation_mask(kernel_all & !(1 << 32)));
+    }
 
     #[test]
     fn only_glibcs_exit_mask_counts_as_exiting() {

@@ -803,6 +803,41 @@ pub extern "C" fn livetrace_detach_start() -> i64 {
     .unwrap_or(-(libc::EFAULT as i64))
 }
 
+/// How long detaching keeps retrying to take tracers off the sites.
+const DETACH_RETRY: Duration = Duration::from_secs(10);
+
+/// Unregisters every ops still registered once the sessions are gone,
+/// retrying until none is left or `patience` runs out. A session whose
+/// stop was refused — a batch refuses while some thread cannot take
+/// SIGTRAP, which is mostly transient: a thread being created, stopped by
+/// a debugger meanwhile — leaves its ops registered and its sites live;
+/// giving up on the first refusal would leave livetrace loaded for good.
+fn unregister_leftovers(patience: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + patience;
+    let mut last_err = None;
+    loop {
+        let left = livetrace::enabled_functions().map_err(|e| e.to_string())?;
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{} function(s) are still traced or patched ({}{}){}; not unloading",
+                left.len(),
+                left[0].name,
+                if left.len() > 1 { ", …" } else { "" },
+                last_err.map_or(String::new(), |e| format!(": {e}"))
+            ));
+        }
+        for ops in livetrace_ftrace::registered().map_err(|e| e.to_string())? {
+            if let Err(e) = livetrace_ftrace::unregister(&ops) {
+                last_err = Some(e.to_string());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn detach() {
     unblock_signals();
     // Every connection ends: its sessions stop (sites back to NOPs,
@@ -811,17 +846,8 @@ fn detach() {
     if let Err(e) = livetrace_server::revert_all_patches() {
         return fail(format!("cannot revert a patch: {e}"));
     }
-    match livetrace::enabled_functions() {
-        Ok(v) if v.is_empty() => {}
-        Ok(v) => {
-            return fail(format!(
-                "{} function(s) are still traced or patched ({}{}); not unloading",
-                v.len(),
-                v[0].name,
-                if v.len() > 1 { ", …" } else { "" }
-            ))
-        }
-        Err(e) => return fail(e.to_string()),
+    if let Err(m) = unregister_leftovers(DETACH_RETRY) {
+        return fail(m);
     }
     crate::STATE.store(crate::OFF, Release);
     restore_signals();
