@@ -851,8 +851,27 @@ fn already_loaded(pid: i32, m: Module, t0: Instant) -> Result<Attached, String> 
 // ---------------------------------------------------------------------------
 // Detaching.
 
+/// Runs `f` with the process not traced (its memory still readable), and
+/// seizes it again. Tearing livetrace down stops sessions and reverts
+/// patches, batches the engine refuses while the process is traced (a
+/// tracer that does not pass SIGTRAP on would kill it) and while a thread
+/// blocks SIGTRAP, as threads this command keeps stopped a moment after
+/// their creation do (glibc's creation mask).
+fn untraced<T>(
+    p: &mut Process,
+    f: impl FnOnce(&mut Process) -> Result<T, String>,
+) -> Result<T, String> {
+    p.let_go().map_err(|e| e.to_string())?;
+    let r = f(p);
+    let again = p.reseize().map_err(|e| e.to_string());
+    let v = r?;
+    again?;
+    Ok(v)
+}
+
 /// Tears livetrace down in the process and unloads the library (see the
-/// module docs); the process stays attached (ptrace) by `p`.
+/// module docs); the process stays attached (ptrace) by `p`, but for the
+/// teardown itself ([`untraced`]).
 fn unload(p: &mut Process, l: &Library) -> Result<(), String> {
     let e = |e: Error| e.to_string();
     let state = l.state(p)?;
@@ -877,7 +896,9 @@ fn unload(p: &mut Process, l: &Library) -> Result<(), String> {
             "starting",
         )?;
         if s == protocol::DETACHING {
-            l.wait_for(p, &[protocol::UNLOADABLE], "tearing down")?;
+            untraced(p, |p| {
+                l.wait_for(p, &[protocol::UNLOADABLE], "tearing down")
+            })?;
         }
     }
     if ![protocol::IDLE, protocol::UNLOADABLE].contains(&l.state(p)?) {
@@ -889,7 +910,9 @@ fn unload(p: &mut Process, l: &Library) -> Result<(), String> {
                 std::io::Error::from_raw_os_error(-rc as i32)
             ));
         }
-        l.wait_for(p, &[protocol::UNLOADABLE], "tearing down")?;
+        untraced(p, |p| {
+            l.wait_for(p, &[protocol::UNLOADABLE], "tearing down")
+        })?;
     }
     // Nothing may be inside the library when it goes (see `inside_library`).
     let mut last = String::new();

@@ -614,14 +614,20 @@ fn other_users() {
     p.assert_c_unharmed();
 }
 
-/// Attach and detach over and over while the program runs (sized to
-/// about a minute on 2 cores; `LIVETRACE_SOAK_SECS` runs longer).
+/// Attach and detach over and over while the program runs and creates
+/// threads without pause (sized to about a minute on 2 cores;
+/// `LIVETRACE_SOAK_SECS` runs longer). Each stop of the process finds a
+/// thread inside `clone3` (where ptrace reports the new thread), new
+/// threads with glibc's all-blocking creation mask, threads exiting as
+/// they are seized.
 #[test]
 fn attach_detach_torture() {
     let soak = std::env::var("LIVETRACE_SOAK_SECS")
         .ok()
         .and_then(|s| s.parse::<u64>().ok());
-    let mut p = Program::start(gcc_target());
+    let mut cmd = Command::new(gcc_target());
+    cmd.arg("fast");
+    let mut p = Program::start_cmd(cmd);
     let pid = p.pid_s();
     let out = TempDir::new("torture-out");
     std::fs::create_dir_all(out.path()).unwrap();
@@ -659,4 +665,49 @@ fn attach_detach_torture() {
     }
     let s = p.assert_c_unharmed();
     eprintln!("{rounds} attach/detach rounds in {:?}: {s}", t0.elapsed());
+}
+
+/// A session still tracing when `detach` comes, whose stop is refused for
+/// a while (a thread blocks SIGTRAP and every real-time signal behind the
+/// C library's back, as a thread being created does for a moment):
+/// detaching retries until it can take the tracer off, and unloads.
+#[test]
+fn detach_outlasts_a_transient_refusal() {
+    let mut p = Program::start(gcc_target());
+    let pid = p.pid_s();
+    p.ok(&["attach", &pid]);
+    let out = TempDir::new("refusal-out");
+    std::fs::create_dir_all(out.path()).unwrap();
+    let file = out.path().join("t.json");
+    let mut trace = Command::new(CLI)
+        .args(["trace", &pid, "-f", "work_*", "-t", "function", "-d", "60s"])
+        .args(["--flight", "--buffer", "1024", "-o"])
+        .arg(&file)
+        .env("LIVETRACE_SOCKET_DIR", p.socket_dir.path())
+        .env("LIVETRACE_PRELOAD_LIB", lib())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Tracing: work_item is enabled.
+    let t0 = Instant::now();
+    loop {
+        let ls = p.ok(&["ls", &pid, "work_item", "--enabled", "--no-attach"]);
+        if ls.lines().any(|l| l.starts_with("work_item")) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "never traced:\n{ls}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let b = p.ask("block 1500");
+    assert!(b.starts_with("blocking tid="), "{b}");
+    let d = p.ok(&["detach", &pid]);
+    assert!(d.contains("unloaded"), "{d}");
+    assert!(!p.maps_have_livetrace());
+    let _ = trace.kill();
+    let _ = trace.wait();
+    p.assert_c_unharmed();
 }

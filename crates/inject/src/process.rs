@@ -238,6 +238,35 @@ impl Process {
             detached: false,
             _not_send: PhantomData,
         };
+        p.seize_threads()?;
+        Ok(p)
+    }
+
+    /// Detaches from every thread (as dropping does) but keeps the
+    /// process's memory open: [`Process::read`] and [`Process::write`]
+    /// still work, and [`Process::wait_until`] waits with nothing to pass
+    /// through, until [`Process::reseize`]. For what the process must do
+    /// untraced: livetrace refuses to patch a traced process, and a
+    /// thread a tracer keeps stopped a moment after creating it still has
+    /// the creation mask that blocks every signal.
+    pub fn let_go(&mut self) -> Result<(), Error> {
+        self.detach_all()
+    }
+
+    /// Seizes every thread again after [`Process::let_go`].
+    pub fn reseize(&mut self) -> Result<(), Error> {
+        if !self.detached {
+            return Ok(());
+        }
+        self.detached = false;
+        self.held = false;
+        self.seize_threads()
+    }
+
+    /// Seizes every thread, and threads created meanwhile.
+    fn seize_threads(&mut self) -> Result<(), Error> {
+        let p = self;
+        let pid = p.pid;
         let options = sys::PTRACE_O_TRACECLONE | sys::PTRACE_O_TRACEEXEC;
         loop {
             let tids = procfs::threads(pid).map_err(|_| Error::Exited(pid))?;
@@ -281,8 +310,8 @@ impl Process {
                 break;
             }
         }
-        p.stats.threads = p.threads.len();
-        Ok(p)
+        p.stats.threads = p.stats.threads.max(p.threads.len());
+        Ok(())
     }
 
     /// The process.

@@ -11,7 +11,13 @@
  *   poke          wake both poll threads: woken0=N woken1=N
  *   enter         make the waiter call work_wait (it blocks inside)
  *   release       let work_wait return: waited=N result_ok=0|1
+ *   block MS      a thread blocks SIGTRAP and every real-time signal with a
+ *                 raw system call for MS milliseconds (livetrace cannot
+ *                 patch meanwhile): blocking tid=N
  *   quit
+ *
+ * With the argument "fast", the churn thread creates threads without
+ * pausing (a clone event at nearly every stop of the process).
  *
  * Built with -fpatchable-function-entry=5 (gcc: five one-byte NOPs).
  * The busy threads call the traced functions all the time, and sleep
@@ -89,6 +95,8 @@ NOSITE static void *short_lived(void *arg) {
     return NULL;
 }
 
+static int fast_churn;
+
 NOSITE static void *churn(void *arg) {
     (void)arg;
     for (uint64_t n = 1;; n++) {
@@ -97,7 +105,8 @@ NOSITE static void *churn(void *arg) {
             pthread_join(t, NULL);
             atomic_fetch_add(&churned, 1);
         }
-        usleep(2000);
+        if (!fast_churn)
+            usleep(2000);
     }
     return NULL;
 }
@@ -180,8 +189,26 @@ NOSITE static void *sigwaiter(void *arg) {
     return NULL;
 }
 
-int main(void) {
+/* Blocks SIGTRAP and every real-time signal (livetrace's world signal is
+ * one) behind the C library's back for a while: batches are refused
+ * meanwhile. */
+static _Atomic int blocker_tid;
+
+NOSITE static void *blocker(void *arg) {
+    uint64_t ms = (uint64_t)(intptr_t)arg;
+    uint64_t mask = 1ull << (SIGTRAP - 1), none = 0;
+    for (int s = 34; s <= 64; s++)
+        mask |= 1ull << (s - 1);
+    syscall(SYS_rt_sigprocmask, SIG_BLOCK, &mask, NULL, 8);
+    atomic_store(&blocker_tid, (int)syscall(SYS_gettid));
+    usleep(ms * 1000);
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, 8);
+    return NULL;
+}
+
+int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
+    fast_churn = argc > 1 && !strcmp(argv[1], "fast");
     pthread_t t;
     if (pipe(pipes[0]) || pipe(pipes[1]) || pipe(wait_pipe) || pipe(enter_pipe))
         return 1;
@@ -226,6 +253,13 @@ int main(void) {
             for (int i = 0; i < 5000 && waited == before; i++)
                 usleep(1000);
             printf("waited=%d result_ok=%d\n", (int)waited, (int)wait_ok);
+        } else if (!strncmp(line, "block ", 6)) {
+            atomic_store(&blocker_tid, 0);
+            pthread_create(&t, NULL, blocker, (void *)(intptr_t)atoi(line + 6));
+            pthread_detach(t);
+            while (!atomic_load(&blocker_tid))
+                usleep(1000);
+            printf("blocking tid=%d\n", (int)blocker_tid);
         } else if (!strncmp(line, "quit", 4)) {
             return 0;
         }
