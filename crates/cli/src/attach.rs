@@ -759,7 +759,7 @@ fn unblock_held(p: &mut Process, l: &Library) -> Result<(), String> {
             Err(_) if start_time(p.pid(), tid).is_none() => continue,
             Err(x) => return Err(e(x)),
         };
-        if mask & need == 0 {
+        if mask & need == 0 || glibc_transient(mask) {
             continue;
         }
         p.set_signal_mask(tid, mask & !need).map_err(e)?;
@@ -783,8 +783,25 @@ fn unblock_held(p: &mut Process, l: &Library) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether a mask is one glibc sets for a few instructions with a raw
+/// system call, the thread's own mask saved in its memory to be put back:
+/// every signal (creating a thread, in the creator and in the new thread
+/// until it starts; `raise`), or every signal but SIGSETXID (a thread
+/// exiting). Such a mask is not the thread's: clearing signals from it
+/// changes nothing lasting, and blocking them again at detach would block
+/// them in the mask the thread has by then (its own, which never blocked
+/// them), for good, and in every thread it creates.
+fn glibc_transient(mask: u64) -> bool {
+    let unblockable = (1u64 << (libc::SIGKILL - 1)) | (1u64 << (libc::SIGSTOP - 1));
+    let setxid = 1u64 << (33 - 1);
+    mask | unblockable == u64::MAX
+        || (mask & setxid == 0 && mask | unblockable | setxid == u64::MAX)
+}
+
 /// With livetrace torn down: blocks again, in the threads [`unblock_held`]
-/// cleared that still run, the signals it cleared, every thread held.
+/// cleared that still run, the signals it cleared, every thread held (a
+/// thread found in one of glibc's transient masks is let run and tried
+/// again).
 fn reblock(p: &mut Process, l: &Library) -> Result<(), String> {
     let e = |e: Error| e.to_string();
     let n = p.read_u64(l.masks).map_err(e)? as usize;
@@ -800,21 +817,34 @@ fn reblock(p: &mut Process, l: &Library) -> Result<(), String> {
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
         .collect();
-    p.hold().map_err(e)?;
-    let tids = p.tids();
-    let r = (|| -> Result<(), String> {
-        for w in words.chunks_exact(3) {
-            let (tid, start, bits) = (w[0] as i32, w[1], w[2]);
-            if !tids.contains(&tid) || start_time(p.pid(), tid) != Some(start) {
-                continue;
+    let mut todo: Vec<&[u64]> = words.chunks_exact(3).collect();
+    for attempt in 1..=HOLD_ATTEMPTS {
+        p.hold().map_err(e)?;
+        let tids = p.tids();
+        let r = (|| -> Result<(), String> {
+            let mut later = Vec::new();
+            for &w in &todo {
+                let (tid, start, bits) = (w[0] as i32, w[1], w[2]);
+                if !tids.contains(&tid) || start_time(p.pid(), tid) != Some(start) {
+                    continue;
+                }
+                let mask = p.signal_mask(tid).map_err(e)?;
+                if glibc_transient(mask) && attempt < HOLD_ATTEMPTS {
+                    later.push(w);
+                    continue;
+                }
+                p.set_signal_mask(tid, mask | bits).map_err(e)?;
             }
-            let mask = p.signal_mask(tid).map_err(e)?;
-            p.set_signal_mask(tid, mask | bits).map_err(e)?;
+            todo = later;
+            Ok(())
+        })();
+        p.release().map_err(e)?;
+        r?;
+        if todo.is_empty() {
+            break;
         }
-        Ok(())
-    })();
-    p.release().map_err(e)?;
-    r?;
+        let _ = p.wait_until(Duration::from_millis(1), |_| false);
+    }
     p.write(l.masks, &0u64.to_le_bytes()).map_err(e)
 }
 
@@ -1203,6 +1233,16 @@ fn short_refusal(r: &livetrace_inject::Refusal) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn glibcs_transient_masks() {
+        let kernel_all = u64::MAX & !(1 << 8) & !(1 << 18);
+        assert!(glibc_transient(kernel_all));
+        assert!(glibc_transient(kernel_all & !(1 << 32)));
+        // A program's sigwait thread (glibc never blocks 32 and 33 for it).
+        assert!(!glibc_transient(kernel_all & !(3 << 31)));
+        assert!(!glibc_transient(1 << 4));
+    }
 
     #[test]
     fn inside_sled_is_strict() {
