@@ -380,12 +380,9 @@ fn calls_never_start_inside_clone() {
             .parse()
             .unwrap()
     };
-    // Each thread created runs once (the last one may have run before
-    // its creator counted it).
+    // Each thread created ran once, and no creation failed.
+    assert!(f("spawned") > 0, "{s}");
     assert_eq!(f("failed"), 0, "{s}");
-    assert!(
-        f("spawned") > 0 && (0..=1).contains(&(f("ran") - f("spawned"))),
-        "{s}"
-    );
+    assert_eq!(f("miscounted"), 0, "{s}");
     prog.assert_unharmed();
 }
