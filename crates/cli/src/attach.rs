@@ -9,8 +9,9 @@
 //! finds its sites), then convert gcc's sleds with **every thread held**
 //! and checked to be outside them, then wait for its control socket.
 //! Detaching tears livetrace down inside the process (sessions, patches,
-//! signal handlers), checks with every thread held that none is inside the
-//! library, and `dlclose`s it: `/proc/PID/maps` no longer maps it.
+//! signal handlers) with the process not traced meanwhile, checks with
+//! every thread held that none is inside the library, and `dlclose`s it:
+//! `/proc/PID/maps` no longer maps it.
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;

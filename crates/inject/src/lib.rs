@@ -24,6 +24,10 @@
 //! [`Process::release`]. While held, [`Process::find_inside`] checks every
 //! thread's instruction pointer and live stack against any predicate.
 //!
+//! [`Process::let_go`] detaches from every thread for a while, memory
+//! still readable, and [`Process::reseize`] attaches again: for what the
+//! process must do untraced.
+//!
 //! [`Process::call`] runs one function on one thread and returns its
 //! `rax`: `dlopen`, `dlclose` ([`Process::dlopen`], [`Process::dlclose`]),
 //! or a function of a loaded library. The thread is chosen for what the
@@ -44,6 +48,12 @@
 //!   is written over stack bytes that are saved and written back. The
 //!   call returns to an unmapped page, whose fault at exactly that address
 //!   ends it; any other fault is reported and the thread restored.
+//! - **A thread is kept stopped only where its registers are its own.** A
+//!   stop inside a system call (the clone event, reported while `clone3`
+//!   has created the thread but not returned, `rax` still the kernel's
+//!   `-ENOSYS` placeholder) is never kept: the thread finishes the call
+//!   and stops again on its way back to user space. Registers saved there
+//!   and set back after a call would make the system call seem to fail.
 //! - **An interrupted system call is resumed, never failed.** A thread
 //!   stopped inside a restartable system call (`-ERESTARTSYS`,
 //!   `-ERESTARTNOINTR`, `-ERESTARTNOHAND`, `-ERESTART_RESTARTBLOCK`) is

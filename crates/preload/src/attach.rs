@@ -37,9 +37,12 @@
 //! socket is shut down (every connection's sessions end, every site goes
 //! back to a NOP, quiescence waited for), every patch is reverted, the
 //! signal dispositions livetrace changed are put back, and thread-local
-//! destructors are forgotten ([`crate::tls`]): state `UNLOADABLE`. The
-//! injector then checks, every thread held, that none is inside the
-//! library, and `dlclose`s it.
+//! destructors are forgotten ([`crate::tls`]): state `UNLOADABLE`. A
+//! session stop the engine refuses (a thread that cannot take SIGTRAP for
+//! a while) is retried for a few seconds before detaching fails. The
+//! injector does not trace the process meanwhile (the engine refuses to
+//! patch a traced process); it then seizes it again, checks, every thread
+//! held, that none is inside the library, and `dlclose`s it.
 //!
 //! States and messages are plain exported statics the injector reads with
 //! ptrace; the functions are found in the dynamic symbol table.
