@@ -4,6 +4,7 @@
 //! Times are wall-clock medians over interleaved rounds, with the baseline
 //! measured in the same process: the machines are shared and noisy.
 
+mod attach;
 mod c;
 mod callback;
 mod convert;
@@ -43,6 +44,9 @@ enum Bench {
     Function(tracers::Args),
     /// Cost per call recorded by the function-graph tracer (entry and exit).
     Graph(tracers::Args),
+    /// Attaching to a running program started without livetrace: time to
+    /// the first event, longest thread stop, detach.
+    Attach(attach::Args),
     /// Register/unregister cycles with threads blocked in `poll`: the
     /// quiescence wait's time, the signals it sends, the EINTRs seen.
     Quiesce(quiesce::Args),
@@ -72,6 +76,7 @@ fn main() {
         Bench::C => c::run(),
         Bench::Function(a) => tracers::run(livetrace_tracers::Tracer::Function, a),
         Bench::Graph(a) => tracers::run(livetrace_tracers::Tracer::Graph, a),
+        Bench::Attach(a) => attach::run(a),
         Bench::Relocated(a) => relocated::run(a),
         Bench::Quiesce(a) => quiesce::run(a),
         Bench::Convert(a) => sleds::run(a),

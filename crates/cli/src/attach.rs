@@ -9,8 +9,9 @@
 //! finds its sites), then convert gcc's sleds with **every thread held**
 //! and checked to be outside them, then wait for its control socket.
 //! Detaching tears livetrace down inside the process (sessions, patches,
-//! signal handlers), checks with every thread held that none is inside the
-//! library, and `dlclose`s it: `/proc/PID/maps` no longer maps it.
+//! signal handlers) with the process not traced meanwhile, checks with
+//! every thread held that none is inside the library, and `dlclose`s it:
+//! `/proc/PID/maps` no longer maps it.
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -25,7 +26,8 @@ use crate::ui::Style;
 
 /// The attach protocol's constants (the preload crate's `attach` module).
 mod protocol {
-    pub const ABI: u32 = 1;
+    pub const ABI: u32 = 2;
+    pub const MASK_SLOTS: usize = 256;
     pub const IDLE: u32 = 0;
     pub const READY: u32 = 2;
     pub const SERVING: u32 = 4;
@@ -141,11 +143,13 @@ fn find_socket(pid: i32) -> Option<PathBuf> {
         let listening = u32::from_str_radix(f[3], 16).is_ok_and(|fl| fl & 0x10000 != 0);
         let inode: u64 = f[6].parse().unwrap_or(0);
         let path = f[7];
-        if listening
-            && inodes.contains(&inode)
-            && path.ends_with(".sock")
-            && path.contains("livetrace")
-        {
+        // The server's socket: `<dir>/<pid>.sock` (its pid as it sees it).
+        let named = Path::new(path)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".sock"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if listening && inodes.contains(&inode) && named {
             return Some(reachable(pid, path));
         }
     }
@@ -269,6 +273,8 @@ struct Library {
     detach: u64,
     unload: u64,
     code: u64,
+    signals: u64,
+    masks: u64,
 }
 
 impl Library {
@@ -294,6 +300,8 @@ impl Library {
             detach: sym("livetrace_detach_start")?,
             unload: sym("livetrace_attach_unload")?,
             code: sym("livetrace_attach_code")?,
+            signals: sym("livetrace_attach_signals")?,
+            masks: sym("livetrace_attach_masks")?,
             module,
         })
     }
@@ -493,8 +501,39 @@ fn inside_sled(sleds: &[u64], a: u64) -> bool {
     i > 0 && a - sleds[i - 1] < 5
 }
 
+/// Holds off Ctrl-C, SIGTERM, SIGHUP and SIGQUIT while alive: this command
+/// must not die with a thread of the process halfway through a call it
+/// made there (the thread would return to nowhere). They are delivered
+/// when it drops.
+struct Uninterruptible(libc::sigset_t);
+
+impl Uninterruptible {
+    fn new() -> Uninterruptible {
+        // SAFETY: sigset operations on local sets; blocks the signals in
+        // this (the only) thread, the old mask kept to restore.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+                libc::sigaddset(&mut set, s);
+            }
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+            Uninterruptible(old)
+        }
+    }
+}
+
+impl Drop for Uninterruptible {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved in `new`.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+    }
+}
+
 /// Loads livetrace into `pid` and waits for its control socket.
 pub fn attach_process(pid: i32, lib: Option<&Path>) -> Result<Attached, String> {
+    let _hold_signals = Uninterruptible::new();
     let t0 = Instant::now();
     let target = Target::inspect(pid).map_err(|r| r.to_string())?;
     if let Some(m) = Library::find(&target.modules) {
@@ -538,14 +577,31 @@ pub fn attach_process(pid: i32, lib: Option<&Path>) -> Result<Attached, String> 
 
 type Failure = (String, Option<Box<Library>>);
 
+/// LIVETRACE_VERBOSE=1: attach's steps on stderr.
+fn verbose() -> bool {
+    std::env::var_os("LIVETRACE_VERBOSE").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Reports the time since `t0` on stderr, with LIVETRACE_VERBOSE=1.
+fn step_done(t0: Instant, what: &str) {
+    if verbose() {
+        eprintln!(
+            "livetrace: attach: {what} at {:.1} ms",
+            t0.elapsed().as_secs_f64() * 1e3
+        );
+    }
+}
+
 fn load_and_start(p: &mut Process, staged: &Staged, lib: &Path) -> Result<String, Failure> {
     let e = |e: Error| -> String { e.to_string() };
+    let t0 = Instant::now();
     let handle = match p.dlopen(&staged.path, libc::RTLD_NOW, STEP) {
         Ok(h) => h,
         Err(Error::Load(msg)) => return Err((explain_load(&msg, lib), None)),
         Err(x) => return Err((e(x), None)),
     };
     let _ = handle;
+    step_done(t0, "loaded");
     let module = p
         .module(&staged.path)
         .map_err(|x| (e(x), None))?
@@ -597,9 +653,11 @@ fn load_and_start(p: &mut Process, staged: &Staged, lib: &Path) -> Result<String
             l,
         );
     }
+    step_done(t0, "started");
     if let Err(m) = l.wait_for(p, &[protocol::READY], "finding the sites") {
         return fail(m, l);
     }
+    step_done(t0, "sites found");
     let sleds = match read_sleds(p, &l) {
         Ok(s) => s,
         Err(m) => return fail(m, l),
@@ -607,9 +665,11 @@ fn load_and_start(p: &mut Process, staged: &Staged, lib: &Path) -> Result<String
     if let Err(m) = convert_held(p, &l, &sleds) {
         return fail(m, l);
     }
+    step_done(t0, &format!("{} sleds converted", sleds.len()));
     if let Err(m) = l.wait_for(p, &[protocol::SERVING], "starting its control socket") {
         return fail(m, l);
     }
+    step_done(t0, "serving");
     Ok(l.message(p))
 }
 
@@ -646,12 +706,14 @@ fn convert_held(p: &mut Process, l: &Library, sleds: &[u64]) -> Result<(), Strin
         };
         if busy.is_none() {
             let r = p.call(l.convert, &[], Safety::LockFree, STEP);
+            let r = r.map_err(e).and_then(|n| {
+                if (n as i64) < 0 {
+                    return Err("the library had nothing prepared to convert".into());
+                }
+                unblock_held(p, l)
+            });
             p.release().map_err(e)?;
-            let n = r.map_err(e)? as i64;
-            if n < 0 {
-                return Err("the library had nothing prepared to convert".into());
-            }
-            return Ok(());
+            return r;
         }
         last = busy;
         p.release().map_err(e)?;
@@ -665,6 +727,126 @@ fn convert_held(p: &mut Process, l: &Library, sleds: &[u64]) -> Result<(), Strin
         if b.in_rip { "at" } else { "returning to" },
         b.addr
     ))
+}
+
+/// A thread's start time (field 22 of its `stat`), which tells a reused
+/// thread id apart.
+fn start_time(pid: i32, tid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    // The name, in parentheses, may hold spaces; fields count after it.
+    let rest = &s[s.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// With every thread held: clears the signals livetrace must be able to
+/// deliver (SIGTRAP for its traps, its world signal for probes and stops)
+/// from every thread's mask, and logs in the library what was cleared
+/// where, for [`reblock`]. A thread that started before livetrace was
+/// loaded may block them (a `sigwait` thread blocks everything), and
+/// livetrace refuses to patch while one does: its `int3`s would kill the
+/// thread. Threads created later inherit a mask from a thread cleared
+/// here, and from then on livetrace checks masks before every batch.
+fn unblock_held(p: &mut Process, l: &Library) -> Result<(), String> {
+    let e = |e: Error| e.to_string();
+    let need = p.read_u64(l.signals).map_err(e)?;
+    if need == 0 {
+        return Err("the library did not say which signals it needs".into());
+    }
+    let mut log = Vec::new();
+    for tid in p.tids() {
+        let mask = match p.signal_mask(tid) {
+            Ok(m) => m,
+            // Exited while held (a zombie no longer answers).
+            Err(_) if start_time(p.pid(), tid).is_none() => continue,
+            Err(x) => return Err(e(x)),
+        };
+        if mask & need == 0 || glibc_transient(mask) {
+            continue;
+        }
+        p.set_signal_mask(tid, mask & !need).map_err(e)?;
+        if log.len() < protocol::MASK_SLOTS {
+            let start = start_time(p.pid(), tid).unwrap_or(0);
+            log.push([tid as u64, start, mask & need]);
+        }
+    }
+    let mut raw = Vec::with_capacity(8 + log.len() * 24);
+    raw.extend_from_slice(&(log.len() as u64).to_le_bytes());
+    for w in log.iter().flatten() {
+        raw.extend_from_slice(&w.to_le_bytes());
+    }
+    p.write(l.masks, &raw).map_err(e)?;
+    if !log.is_empty() && verbose() {
+        eprintln!(
+            "livetrace: attach: SIGTRAP and the world signal unblocked in {} thread(s)",
+            log.len()
+        );
+    }
+    Ok(())
+}
+
+/// Whether a mask is one glibc sets for a few instructions with a raw
+/// system call, the thread's own mask saved in its memory to be put back:
+/// every signal (creating a thread, in the creator and in the new thread
+/// until it starts; `raise`), or every signal but SIGSETXID (a thread
+/// exiting). Such a mask is not the thread's: clearing signals from it
+/// changes nothing lasting, and blocking them again at detach would block
+/// them in the mask the thread has by then (its own, which never blocked
+/// them), for good, and in every thread it creates.
+fn glibc_transient(mask: u64) -> bool {
+    let unblockable = (1u64 << (libc::SIGKILL - 1)) | (1u64 << (libc::SIGSTOP - 1));
+    let setxid = 1u64 << (33 - 1);
+    mask | unblockable == u64::MAX
+        || (mask & setxid == 0 && mask | unblockable | setxid == u64::MAX)
+}
+
+/// With livetrace torn down: blocks again, in the threads [`unblock_held`]
+/// cleared that still run, the signals it cleared, every thread held (a
+/// thread found in one of glibc's transient masks is let run and tried
+/// again).
+fn reblock(p: &mut Process, l: &Library) -> Result<(), String> {
+    let e = |e: Error| e.to_string();
+    let n = p.read_u64(l.masks).map_err(e)? as usize;
+    if n == 0 {
+        return Ok(());
+    }
+    if n > protocol::MASK_SLOTS {
+        return Err(format!("implausible count of thread masks {n}"));
+    }
+    let mut raw = vec![0u8; n * 24];
+    p.read(l.masks + 8, &mut raw).map_err(e)?;
+    let words: Vec<u64> = raw
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    let mut todo: Vec<&[u64]> = words.chunks_exact(3).collect();
+    for attempt in 1..=HOLD_ATTEMPTS {
+        p.hold().map_err(e)?;
+        let tids = p.tids();
+        let r = (|| -> Result<(), String> {
+            let mut later = Vec::new();
+            for &w in &todo {
+                let (tid, start, bits) = (w[0] as i32, w[1], w[2]);
+                if !tids.contains(&tid) || start_time(p.pid(), tid) != Some(start) {
+                    continue;
+                }
+                let mask = p.signal_mask(tid).map_err(e)?;
+                if glibc_transient(mask) && attempt < HOLD_ATTEMPTS {
+                    later.push(w);
+                    continue;
+                }
+                p.set_signal_mask(tid, mask | bits).map_err(e)?;
+            }
+            todo = later;
+            Ok(())
+        })();
+        p.release().map_err(e)?;
+        r?;
+        if todo.is_empty() {
+            break;
+        }
+        let _ = p.wait_until(Duration::from_millis(1), |_| false);
+    }
+    p.write(l.masks, &0u64.to_le_bytes()).map_err(e)
 }
 
 fn already_loaded(pid: i32, m: Module, t0: Instant) -> Result<Attached, String> {
@@ -700,8 +882,27 @@ fn already_loaded(pid: i32, m: Module, t0: Instant) -> Result<Attached, String> 
 // ---------------------------------------------------------------------------
 // Detaching.
 
+/// Runs `f` with the process not traced (its memory still readable), and
+/// seizes it again. Tearing livetrace down stops sessions and reverts
+/// patches, batches the engine refuses while the process is traced (a
+/// tracer that does not pass SIGTRAP on would kill it) and while a thread
+/// blocks SIGTRAP, as threads this command keeps stopped a moment after
+/// their creation do (glibc's creation mask).
+fn untraced<T>(
+    p: &mut Process,
+    f: impl FnOnce(&mut Process) -> Result<T, String>,
+) -> Result<T, String> {
+    p.let_go().map_err(|e| e.to_string())?;
+    let r = f(p);
+    let again = p.reseize().map_err(|e| e.to_string());
+    let v = r?;
+    again?;
+    Ok(v)
+}
+
 /// Tears livetrace down in the process and unloads the library (see the
-/// module docs); the process stays attached (ptrace) by `p`.
+/// module docs); the process stays attached (ptrace) by `p`, but for the
+/// teardown itself ([`untraced`]).
 fn unload(p: &mut Process, l: &Library) -> Result<(), String> {
     let e = |e: Error| e.to_string();
     let state = l.state(p)?;
@@ -726,7 +927,9 @@ fn unload(p: &mut Process, l: &Library) -> Result<(), String> {
             "starting",
         )?;
         if s == protocol::DETACHING {
-            l.wait_for(p, &[protocol::UNLOADABLE], "tearing down")?;
+            untraced(p, |p| {
+                l.wait_for(p, &[protocol::UNLOADABLE], "tearing down")
+            })?;
         }
     }
     if ![protocol::IDLE, protocol::UNLOADABLE].contains(&l.state(p)?) {
@@ -738,7 +941,9 @@ fn unload(p: &mut Process, l: &Library) -> Result<(), String> {
                 std::io::Error::from_raw_os_error(-rc as i32)
             ));
         }
-        l.wait_for(p, &[protocol::UNLOADABLE], "tearing down")?;
+        untraced(p, |p| {
+            l.wait_for(p, &[protocol::UNLOADABLE], "tearing down")
+        })?;
     }
     // Nothing may be inside the library when it goes (see `inside_library`).
     let mut last = String::new();
@@ -760,6 +965,8 @@ fn unload(p: &mut Process, l: &Library) -> Result<(), String> {
             p.pid()
         ));
     }
+    // The program's own masks, as they were.
+    reblock(p, l)?;
     let path = l
         .module
         .path
@@ -796,7 +1003,16 @@ fn inside_library(p: &mut Process, l: &Library) -> Result<Option<String>, String
     for tid in p.tids() {
         let comm = std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", p.pid()))
             .unwrap_or_default();
-        if comm.starts_with("livetrace-") {
+        // The names livetrace's threads are given (truncated to 15 bytes);
+        // the attach thread's helper threads inherit its name.
+        if [
+            "livetrace-serve",
+            "livetrace-conn",
+            "livetrace-attac",
+            "livetrace-detac",
+        ]
+        .contains(&comm.trim_end())
+        {
             return Ok(Some(format!(
                 "livetrace's thread {tid} ({}) has not exited",
                 comm.trim()
@@ -887,6 +1103,7 @@ pub fn cmd_detach(pid: u32) -> Result<(), String> {
         return Err(format!("livetrace is not loaded in process {pid}"));
     };
     let l = Library::of(m)?;
+    let _hold_signals = Uninterruptible::new();
     let mut p = Process::seize(target).map_err(|e| e.to_string())?;
     unload(&mut p, &l)?;
     let stats = p.detach().map_err(|e| e.to_string())?;
@@ -947,7 +1164,7 @@ pub fn ps(dir: &Path, args: &PsArgs) -> Result<(), String> {
         if maps.is_empty() {
             continue; // a kernel thread
         }
-        let modules = livetrace_inject::modules(&maps, &procfs::root_of(pid));
+        let modules = livetrace_inject::modules(pid, &maps, &procfs::root_of(pid));
         let sites: usize = modules
             .iter()
             .filter(|m| !is_livetrace_lib(m))
@@ -1011,5 +1228,39 @@ fn short_refusal(r: &livetrace_inject::Refusal) -> String {
         NoDlopen { .. } => "no dlopen".into(),
         NotX86_64 { .. } => "not x86-64".into(),
         _ => "refused".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glibcs_transient_masks() {
+        let kernel_all: u64 = !((1 << 8) | (1 << 18));
+        assert!(glibc_transient(kernel_all));
+        assert!(glibc_transient(kernel_all & !(1 << 32)));
+        // A program's sigwait thread (glibc never blocks 32 and 33 for it).
+        assert!(!glibc_transient(kernel_all & !(3 << 31)));
+        assert!(!glibc_transient(1 << 4));
+    }
+
+    #[test]
+    fn inside_sled_is_strict() {
+        let sleds = [0x1000, 0x2000];
+        assert!(!inside_sled(&sleds, 0x1000));
+        assert!(inside_sled(&sleds, 0x1001));
+        assert!(inside_sled(&sleds, 0x1004));
+        assert!(!inside_sled(&sleds, 0x1005));
+        assert!(!inside_sled(&sleds, 0xfff));
+        assert!(inside_sled(&sleds, 0x2003));
+        assert!(!inside_sled(&[], 0x1001));
+    }
+
+    #[test]
+    fn counts_no_sites_in_a_plain_binary() {
+        // This test binary has none of the site sections.
+        assert_eq!(sites_in(Path::new("/proc/self/exe")), Some(0));
+        assert_eq!(sites_in(Path::new("/nonexistent")), None);
     }
 }

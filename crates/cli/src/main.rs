@@ -1,7 +1,7 @@
-//! `livetrace`: attach to a running process that has livetrace's control
-//! socket (`livetrace-server`), and list, trace, profile and live-patch its
-//! functions; or run a program traced from start to exit; or convert and
-//! report on recordings.
+//! `livetrace`: attach to a running process (through its control socket,
+//! loading livetrace into it first when it has none: [`attach`]), and list,
+//! trace, profile and live-patch its functions; or run a program traced
+//! from start to exit; or convert and report on recordings.
 //!
 //! Exit codes: 0 success, 1 failure (the message says why), 2 bad usage.
 //!
@@ -39,8 +39,9 @@ use livetrace_proto::{Client, ClientError};
     version,
     about = "Trace and live-patch the functions of running programs (dynamic ftrace in user space)",
     long_about = "Trace and live-patch the functions of running programs (dynamic ftrace in user space).\n\n\
-                  A program can be attached to when it runs livetrace's control socket: it links \
-                  livetrace-server and either calls livetrace_server::serve() or runs with LIVETRACE=1.\n\n\
+                  A process that runs no livetrace control socket gets liblivetrace.so loaded first \
+                  (with ptrace: `livetrace attach`; `livetrace detach` unloads it), provided it has \
+                  sites: C and C++ built with -fpatchable-function-entry=5, Rust with #[traced].\n\n\
                   Exit codes: 0 success, 1 failure, 2 bad usage."
 )]
 struct Cli {

@@ -2,12 +2,14 @@
 //! from their files (the dynamic symbol table, with symbol versions) and
 //! placed at their load address from `/proc/PID/maps`.
 
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use object::elf;
 use object::read::elf::{FileHeader, ProgramHeader, Sym};
-use object::Endianness;
+use object::{Endianness, ReadCache};
 
 use crate::procfs::{self, Mapping};
 
@@ -22,6 +24,9 @@ pub struct Module {
     pub bias: u64,
     /// Its mappings.
     pub maps: Vec<Mapping>,
+    /// Its exported symbols, read once: (name, value, size), default
+    /// versions first.
+    exports: OnceLock<Arc<Vec<(String, u64, u64)>>>,
 }
 
 /// A symbol's runtime address and size.
@@ -53,30 +58,41 @@ impl Module {
         self.path.rsplit('/').next().unwrap_or(&self.path)
     }
 
+    fn exports(&self) -> io::Result<Arc<Vec<(String, u64, u64)>>> {
+        if let Some(e) = self.exports.get() {
+            return Ok(e.clone());
+        }
+        let cache = ReadCache::new(File::open(&self.file)?);
+        let e = Arc::new(exported(&cache)?);
+        Ok(self.exports.get_or_init(|| e).clone())
+    }
+
     /// The exported (dynamic) symbol `name`: its default version when it
     /// has several (`dlopen@@GLIBC_2.34` over `dlopen@GLIBC_2.2.5`).
     pub fn symbol(&self, name: &str) -> io::Result<Option<Symbol>> {
-        let data = std::fs::read(&self.file)?;
-        let found = exported(&data, |n| n == name.as_bytes())?;
-        Ok(found.first().map(|&(_, value, size)| Symbol {
-            addr: value.wrapping_add(self.bias),
-            size,
-        }))
+        let e = self.exports()?;
+        let i = e.partition_point(|(n, _, _)| n.as_str() < name);
+        Ok(e.get(i)
+            .filter(|(n, _, _)| n == name)
+            .map(|&(_, value, size)| Symbol {
+                addr: value.wrapping_add(self.bias),
+                size,
+            }))
     }
 
     /// Every exported function whose name satisfies `pred`, at runtime
     /// addresses: (name, symbol).
     pub fn functions(&self, pred: impl Fn(&str) -> bool) -> io::Result<Vec<(String, Symbol)>> {
-        let data = std::fs::read(&self.file)?;
-        let found = exported(&data, |n| std::str::from_utf8(n).is_ok_and(&pred))?;
-        Ok(found
-            .into_iter()
+        Ok(self
+            .exports()?
+            .iter()
+            .filter(|(n, _, _)| pred(n))
             .map(|(n, value, size)| {
                 (
-                    n,
+                    n.clone(),
                     Symbol {
                         addr: value.wrapping_add(self.bias),
-                        size,
+                        size: *size,
                     },
                 )
             })
@@ -88,9 +104,10 @@ fn bad(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
-/// Defined dynamic symbols whose name satisfies `pred`: (name, value,
-/// size), the default version first for each name.
-fn exported(data: &[u8], pred: impl Fn(&[u8]) -> bool) -> io::Result<Vec<(String, u64, u64)>> {
+/// Defined dynamic symbols: (name, value, size), sorted by name, the
+/// default version first for each name. Reads only the headers and the
+/// dynamic symbol, string and version tables.
+fn exported<'a, R: object::ReadRef<'a>>(data: R) -> io::Result<Vec<(String, u64, u64)>> {
     let hdr = elf::FileHeader64::<Endianness>::parse(data).map_err(|e| bad(e.to_string()))?;
     let endian = hdr.endian().map_err(|e| bad(e.to_string()))?;
     let sections = hdr.sections(endian, data).map_err(|e| bad(e.to_string()))?;
@@ -108,9 +125,6 @@ fn exported(data: &[u8], pred: impl Fn(&[u8]) -> bool) -> io::Result<Vec<(String
         let Ok(name) = sym.name(endian, dynsym.strings()) else {
             continue;
         };
-        if !pred(name) {
-            continue;
-        }
         let hidden = versions
             .as_ref()
             .is_some_and(|v| v.version_index(endian, object::SymbolIndex(i)).is_hidden());
@@ -121,7 +135,7 @@ fn exported(data: &[u8], pred: impl Fn(&[u8]) -> bool) -> io::Result<Vec<(String
             hidden,
         ));
     }
-    // Default (non-hidden) versions first, then by name.
+    // By name, default (non-hidden) versions first.
     out.sort_by(|a, b| (&a.0, a.3).cmp(&(&b.0, b.3)));
     Ok(out.into_iter().map(|(n, v, s, _)| (n, v, s)).collect())
 }
@@ -141,12 +155,14 @@ pub struct ElfKind {
 
 /// Reads the headers of the ELF file at `path`.
 pub fn kind(path: &Path) -> io::Result<ElfKind> {
-    let data = std::fs::read(path)?;
-    if data.len() < 20 || &data[..4] != b"\x7fELF" {
+    use std::os::unix::fs::FileExt;
+    let f = File::open(path)?;
+    let mut ident = [0u8; 20];
+    if f.read_exact_at(&mut ident, 0).is_err() || &ident[..4] != b"\x7fELF" {
         return Err(bad(format!("{} is not an ELF file", path.display())));
     }
-    let class64 = data[4] == 2;
-    let machine = u16::from_le_bytes([data[18], data[19]]);
+    let class64 = ident[4] == 2;
+    let machine = u16::from_le_bytes([ident[18], ident[19]]);
     if !class64 {
         return Ok(ElfKind {
             class64,
@@ -155,17 +171,19 @@ pub fn kind(path: &Path) -> io::Result<ElfKind> {
             dynamic: false,
         });
     }
-    let hdr = elf::FileHeader64::<Endianness>::parse(&*data).map_err(|e| bad(e.to_string()))?;
+    let cache = ReadCache::new(f);
+    let data = &cache;
+    let hdr = elf::FileHeader64::<Endianness>::parse(data).map_err(|e| bad(e.to_string()))?;
     let endian = hdr.endian().map_err(|e| bad(e.to_string()))?;
     let phdrs = hdr
-        .program_headers(endian, &*data)
+        .program_headers(endian, data)
         .map_err(|e| bad(e.to_string()))?;
     let mut interp = None;
     let mut dynamic = false;
     for ph in phdrs {
         match ph.p_type(endian) {
             elf::PT_INTERP => {
-                if let Ok(Some(b)) = ph.interpreter(endian, &*data) {
+                if let Ok(Some(b)) = ph.interpreter(endian, data) {
                     interp = Some(String::from_utf8_lossy(b).into_owned());
                 }
             }
@@ -183,7 +201,7 @@ pub fn kind(path: &Path) -> io::Result<ElfKind> {
 
 /// The load bias of an object from one of its mappings: the `PT_LOAD`
 /// whose page-aligned file offset is the mapping's.
-fn bias_of(data: &[u8], m: &Mapping) -> io::Result<u64> {
+fn bias_of<'a, R: object::ReadRef<'a>>(data: R, m: &Mapping) -> io::Result<u64> {
     let hdr = elf::FileHeader64::<Endianness>::parse(data).map_err(|e| bad(e.to_string()))?;
     let endian = hdr.endian().map_err(|e| bad(e.to_string()))?;
     let phdrs = hdr
@@ -202,8 +220,10 @@ fn bias_of(data: &[u8], m: &Mapping) -> io::Result<u64> {
     Err(bad("no PT_LOAD matches the mapping"))
 }
 
-/// Every ELF object mapped into `pid`, files read under `root`.
-pub fn modules(maps: &[Mapping], root: &Path) -> Vec<Module> {
+/// Every ELF object mapped into `pid` (`maps` is its map), files read
+/// under `root`; a file removed since it was mapped is read through
+/// `/proc/PID/map_files`.
+pub fn modules(pid: i32, maps: &[Mapping], root: &Path) -> Vec<Module> {
     let mut out: Vec<Module> = Vec::new();
     for m in maps.iter().filter(|m| m.is_file()) {
         if let Some(md) = out
@@ -213,24 +233,28 @@ pub fn modules(maps: &[Mapping], root: &Path) -> Vec<Module> {
             md.maps.push(m.clone());
             continue;
         }
+        let file = if m.path.ends_with(" (deleted)") {
+            PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end))
+        } else {
+            procfs::in_root(root, &m.path)
+        };
         out.push(Module {
             path: m.path.clone(),
-            file: procfs::in_root(root, &m.path),
+            file,
             bias: 0,
             maps: vec![m.clone()],
+            exports: OnceLock::new(),
         });
     }
     out.retain_mut(|md| {
         let Some(first) = md.maps.iter().min_by_key(|m| m.offset).cloned() else {
             return false;
         };
-        let Ok(data) = std::fs::read(&md.file) else {
+        let Ok(f) = File::open(&md.file) else {
             return false;
         };
-        if data.len() < 4 || &data[..4] != b"\x7fELF" {
-            return false;
-        }
-        match bias_of(&data, &first) {
+        let cache = ReadCache::new(f);
+        match bias_of(&cache, &first) {
             Ok(b) => {
                 md.bias = b;
                 true
@@ -247,7 +271,7 @@ mod tests {
 
     fn own_libc() -> Module {
         let maps = procfs::maps(std::process::id() as i32).unwrap();
-        modules(&maps, Path::new("/"))
+        modules(std::process::id() as i32, &maps, Path::new("/"))
             .into_iter()
             .find(|m| m.file_name().starts_with("libc.so"))
             .expect("libc is mapped")

@@ -31,6 +31,8 @@ pub enum Error {
     NotStopped {
         /// The thread.
         tid: i32,
+        /// Its state, as the kernel and as we see it.
+        state: String,
     },
     /// No thread was at a point where it could be made to call the
     /// function (see the message).
@@ -73,10 +75,9 @@ impl fmt::Display for Error {
             Error::Ptrace { op, tid, source } => write!(f, "ptrace {op} on thread {tid}: {source}"),
             Error::Exited(pid) => write!(f, "process {pid} exited"),
             Error::Exec(pid) => write!(f, "process {pid} executed another program meanwhile"),
-            Error::NotStopped { tid } => write!(
-                f,
-                "thread {tid} did not stop within 2 s (uninterruptible sleep in the kernel?)"
-            ),
+            Error::NotStopped { tid, state } => {
+                write!(f, "thread {tid} did not stop within 2 s ({state})")
+            }
             Error::NoSafeThread(why) => write!(f, "no thread could be used: {why}"),
             Error::CallFault { tid, signal, rip } => write!(
                 f,

@@ -24,6 +24,10 @@
 //! [`Process::release`]. While held, [`Process::find_inside`] checks every
 //! thread's instruction pointer and live stack against any predicate.
 //!
+//! [`Process::let_go`] detaches from every thread for a while, memory
+//! still readable, and [`Process::reseize`] attaches again: for what the
+//! process must do untraced.
+//!
 //! [`Process::call`] runs one function on one thread and returns its
 //! `rax`: `dlopen`, `dlclose` ([`Process::dlopen`], [`Process::dlclose`]),
 //! or a function of a loaded library. The thread is chosen for what the
@@ -44,6 +48,12 @@
 //!   is written over stack bytes that are saved and written back. The
 //!   call returns to an unmapped page, whose fault at exactly that address
 //!   ends it; any other fault is reported and the thread restored.
+//! - **A thread is kept stopped only where its registers are its own.** A
+//!   stop inside a system call (the clone event, reported while `clone3`
+//!   has created the thread but not returned, `rax` still the kernel's
+//!   `-ENOSYS` placeholder) is never kept: the thread finishes the call
+//!   and stops again on its way back to user space. Registers saved there
+//!   and set back after a call would make the system call seem to fail.
 //! - **An interrupted system call is resumed, never failed.** A thread
 //!   stopped inside a restartable system call (`-ERESTARTSYS`,
 //!   `-ERESTARTNOINTR`, `-ERESTARTNOHAND`, `-ERESTART_RESTARTBLOCK`) is
@@ -57,9 +67,26 @@
 //! - **The process outlives us cleanly.** Dropping a [`Process`] stops
 //!   every thread and detaches it, delivering what is pending.
 //!
-//! A call that never returns (a deadlock the checks did not foresee) is
-//! reported ([`Error::CallTimeout`]) and the thread left in it: it cannot
-//! be recalled.
+//! # Limits
+//!
+//! - A call that never returns (a deadlock the checks did not foresee) is
+//!   reported ([`Error::CallTimeout`]) and the thread left in it: it cannot
+//!   be recalled, and detaching lets it return into the unmapped page.
+//!   The checks look at the innermost 16 KiB of a stack only (deeper
+//!   words are too often stale), so a thread deep in a signal handler that
+//!   interrupted malloc could pass them.
+//! - A signal held back during a call is delivered after the borrowed
+//!   thread's interrupted system call was set up to restart: a handler
+//!   without `SA_RESTART` then sees the call restarted rather than failed
+//!   with `EINTR`.
+//! - A borrowed thread that was in a call the kernel continues with
+//!   `restart_syscall` (`poll`, `nanosleep`, `futex` with a timeout) relies
+//!   on the call made meanwhile not being interrupted in such a call
+//!   itself (which would replace the thread's restart state): `dlopen` and
+//!   the functions livetrace calls make none.
+//! - Only the calling thread may use a [`Process`] (ptrace's rule), and
+//!   waiting is per thread (`waitpid(tid)`), so a tracer that has other
+//!   children keeps their exit statuses for itself.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]

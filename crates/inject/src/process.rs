@@ -45,6 +45,13 @@ const SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
 const EFLAGS_TF: u64 = 0x100;
 const EFLAGS_DF: u64 = 0x400;
 
+/// The signals a fault raises (bit `n - 1` for signal `n`).
+const SYNCHRONOUS_SIGNALS: u64 = (1 << (libc::SIGSEGV - 1))
+    | (1 << (libc::SIGBUS - 1))
+    | (1 << (libc::SIGILL - 1))
+    | (1 << (libc::SIGFPE - 1))
+    | (1 << (libc::SIGTRAP - 1));
+
 /// System calls a thread blocks in while idle, holding no lock of the C
 /// library: the best threads to borrow for a call.
 const IDLE_SYSCALLS: &[i64] = &[
@@ -123,8 +130,11 @@ pub struct Stats {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     Running,
-    /// In `PTRACE_EVENT_STOP` (our interrupt, a new thread's first stop)
-    /// or stopped after reporting a clone.
+    /// In `PTRACE_EVENT_STOP` (our interrupt, a new thread's first stop),
+    /// on its way back to user space, where the registers are the
+    /// thread's own: a call can start here. Never an event stop inside a
+    /// system call (a clone reported), which is resumed at once
+    /// ([`Process::restop`]).
     Stopped,
     /// In a job-control group-stop.
     GroupStop,
@@ -146,11 +156,16 @@ struct Thread {
     longest_stop: Duration,
     /// Where `errno` is (from `__errno_location`), once known.
     errno_at: Option<u64>,
+    /// It has run since it was created (a thread at its first stop is
+    /// inside `clone`, with every signal blocked and its thread structure
+    /// not set up yet).
+    started: bool,
 }
 
 impl Thread {
     fn new(stop_pending: bool) -> Thread {
         Thread {
+            started: !stop_pending,
             state: State::Running,
             stop_pending,
             pinned: false,
@@ -223,6 +238,35 @@ impl Process {
             detached: false,
             _not_send: PhantomData,
         };
+        p.seize_threads()?;
+        Ok(p)
+    }
+
+    /// Detaches from every thread (as dropping does) but keeps the
+    /// process's memory open: [`Process::read`] and [`Process::write`]
+    /// still work, and [`Process::wait_until`] waits with nothing to pass
+    /// through, until [`Process::reseize`]. For what the process must do
+    /// untraced: livetrace refuses to patch a traced process, and a
+    /// thread a tracer keeps stopped a moment after creating it still has
+    /// the creation mask that blocks every signal.
+    pub fn let_go(&mut self) -> Result<(), Error> {
+        self.detach_all()
+    }
+
+    /// Seizes every thread again after [`Process::let_go`].
+    pub fn reseize(&mut self) -> Result<(), Error> {
+        if !self.detached {
+            return Ok(());
+        }
+        self.detached = false;
+        self.held = false;
+        self.seize_threads()
+    }
+
+    /// Seizes every thread, and threads created meanwhile.
+    fn seize_threads(&mut self) -> Result<(), Error> {
+        let p = self;
+        let pid = p.pid;
         let options = sys::PTRACE_O_TRACECLONE | sys::PTRACE_O_TRACEEXEC;
         loop {
             let tids = procfs::threads(pid).map_err(|_| Error::Exited(pid))?;
@@ -243,8 +287,10 @@ impl Process {
                     Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
                         // A thread created by one we seized is ours
                         // already (auto-attached); its clone event will
-                        // come. Anything else is a refusal.
-                        if !traced_by_us(pid, tid) {
+                        // come. One that has exited meanwhile (a zombie
+                        // cannot be attached) is no concern. Anything
+                        // else is a refusal.
+                        if !traced_by_us(pid, tid) && !exited(pid, tid) {
                             if p.threads.is_empty() {
                                 p.detached = true;
                                 return Err(Error::Refused(explain_eperm(&p.target)));
@@ -264,8 +310,8 @@ impl Process {
                 break;
             }
         }
-        p.stats.threads = p.threads.len();
-        Ok(p)
+        p.stats.threads = p.stats.threads.max(p.threads.len());
+        Ok(())
     }
 
     /// The process.
@@ -309,7 +355,9 @@ impl Process {
 
     fn mark_stopped(&mut self, tid: i32, state: State) {
         if let Some(t) = self.threads.get_mut(&tid) {
-            if t.state == State::Running {
+            // A thread let finish a system call before stopping again
+            // ([`Process::restop`]) was stopped all along.
+            if t.stopped_since.is_none() {
                 t.stopped_since = Some(Instant::now());
             }
             t.state = state;
@@ -317,6 +365,9 @@ impl Process {
     }
 
     fn note_resumed(t: &mut Thread, tid: i32, stats: &mut Stats) {
+        if !t.stop_pending {
+            t.started = true;
+        }
         if let Some(since) = t.stopped_since.take() {
             let d = since.elapsed();
             if d > t.longest_stop {
@@ -382,6 +433,14 @@ impl Process {
     /// Handles one reported event. `call` is the thread running an
     /// injected call, whose own events the caller handles.
     fn handle(&mut self, tid: i32, ev: Event) -> Result<(), Error> {
+        // Any trap ends a pending `PTRACE_INTERRUPT` (or a new thread's
+        // pending first stop), not only `PTRACE_EVENT_STOP`: the kernel
+        // clears the request at whatever stop comes first.
+        if ev != Event::Exited {
+            if let Some(t) = self.threads.get_mut(&tid) {
+                t.stop_pending = false;
+            }
+        }
         match ev {
             Event::Exited => {
                 if let Some(mut t) = self.threads.remove(&tid) {
@@ -400,6 +459,18 @@ impl Process {
                 self.threads.entry(new).or_insert_with(|| Thread::new(true));
                 self.stats.threads = self.stats.threads.max(self.threads.len());
                 self.mark_stopped(tid, State::Stopped);
+                // Stopped inside `clone`/`clone3`: the thread exists, but
+                // the call has not returned, and `rax` holds the kernel's
+                // `-ENOSYS` placeholder. Registers saved here and set back
+                // after a call made from here would make the program see
+                // `ENOSYS` for a thread it did create (glibc then creates
+                // it again, on the same stack). So a thread is never kept
+                // at this stop: it finishes the call and stops, with an
+                // interrupt, on its way back to user space.
+                let keep = self.held || self.threads.get(&tid).is_some_and(|t| t.pinned);
+                if keep {
+                    return self.restop(tid);
+                }
             }
             Event::Stop(sig) => {
                 // A new thread's first stop may come before its parent's
@@ -425,6 +496,32 @@ impl Process {
         let keep = self.held || self.threads.get(&tid).is_some_and(|t| t.pinned);
         if !keep {
             self.resume(tid)?;
+        }
+        Ok(())
+    }
+
+    /// Lets a thread that must stay stopped but is at a stop inside a
+    /// system call (an event stop) finish it, and stop again at once on
+    /// its way back to user space (`PTRACE_EVENT_STOP`), where its
+    /// registers are its own. An interrupt sent while it runs: "any trap
+    /// clears a pending interrupt", so one sent before resuming might be
+    /// consumed by this very stop.
+    fn restop(&mut self, tid: i32) -> Result<(), Error> {
+        match sys::cont(tid, 0) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
+            Err(e) => return Err(ptrace_err("cont", tid)(e)),
+        }
+        let Some(t) = self.threads.get_mut(&tid) else {
+            return Ok(());
+        };
+        // Still stopped as far as the statistics go: it is only finishing
+        // its system call.
+        t.state = State::Running;
+        match sys::interrupt(tid) {
+            Ok(()) => t.stop_pending = true,
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(e) => return Err(ptrace_err("interrupt", tid)(e)),
         }
         Ok(())
     }
@@ -520,7 +617,7 @@ impl Process {
                     .iter()
                     .find(|(_, t)| t.state == State::Running)
                     .map_or(0, |(&t, _)| t);
-                return Err(Error::NotStopped { tid });
+                return Err(self.not_stopped(tid));
             }
             // Every thread we know is stopped, so none can create more; a
             // thread listed here and unknown would have escaped us.
@@ -542,9 +639,23 @@ impl Process {
                         let _ = e;
                         self.threads.insert(tid, Thread::new(true));
                     }
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) && exited(self.pid, tid) => {}
                     Err(e) => return Err(ptrace_err("seize", tid)(e)),
                 }
             }
+        }
+    }
+
+    fn not_stopped(&self, tid: i32) -> Error {
+        let kernel = procfs::status(&format!("{}/task/{tid}", self.pid))
+            .map_or_else(|_| "gone".to_string(), |s| s.state.to_string());
+        let ours = self.threads.get(&tid).map_or_else(
+            || "unknown".to_string(),
+            |t| format!("{:?}, stop pending {}", t.state, t.stop_pending),
+        );
+        Error::NotStopped {
+            tid,
+            state: format!("kernel state {kernel}; {ours}"),
         }
     }
 
@@ -564,6 +675,19 @@ impl Process {
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// A stopped thread's blocked signals, bit `n - 1` for signal `n`
+    /// (every thread, while held): the mask it keeps, not the temporary
+    /// one of a `ppoll` or `sigsuspend` it is stopped in.
+    pub fn signal_mask(&self, tid: i32) -> Result<u64, Error> {
+        sys::get_sigmask(tid).map_err(ptrace_err("getsigmask", tid))
+    }
+
+    /// Sets a stopped thread's blocked signals (every thread, while held).
+    /// `SIGKILL` and `SIGSTOP` are never blocked whatever `mask` says.
+    pub fn set_signal_mask(&self, tid: i32, mask: u64) -> Result<(), Error> {
+        sys::set_sigmask(tid, mask).map_err(ptrace_err("setsigmask", tid))
     }
 
     /// The registers of a stopped thread (every thread, while held).
@@ -733,7 +857,7 @@ impl Process {
     /// any.
     pub fn module(&self, path: &str) -> Result<Option<Module>, Error> {
         let maps = procfs::maps(self.pid).map_err(Error::Io)?;
-        Ok(elf::modules(&maps, &self.target.root)
+        Ok(elf::modules(self.pid, &maps, &self.target.root)
             .into_iter()
             .find(|m| m.path == path || m.path.strip_suffix(" (deleted)") == Some(path)))
     }
@@ -993,7 +1117,7 @@ impl Process {
                     // Not where a call can start: let it take its signal
                     // (it is pinned, so the next stop is kept).
                     if t.state == State::GroupStop {
-                        return Err(Error::NotStopped { tid });
+                        return Err(self.not_stopped(tid));
                     }
                     self.resume(tid)?;
                     if let Some(t) = self.threads.get_mut(&tid) {
@@ -1007,7 +1131,7 @@ impl Process {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Error::NotStopped { tid });
+                return Err(self.not_stopped(tid));
             }
             self.pump_until(left, |p| {
                 p.threads
@@ -1026,6 +1150,9 @@ impl Process {
                 "thread {tid} is not at a plain stop ({:?})",
                 t.state
             ));
+        }
+        if !t.started {
+            return Err(format!("thread {tid} is being created"));
         }
         let regs = sys::get_regs(tid).map_err(|e| format!("thread {tid}: {e}"))?;
         let maps = procfs::maps(self.pid).map_err(|e| e.to_string())?;
@@ -1053,6 +1180,21 @@ impl Process {
             rank += 1;
         }
         if safety == Safety::CallsLibc {
+            // A thread that blocks (nearly) every signal is creating a
+            // thread or starting; threads made by the call would inherit
+            // its mask.
+            let blocked = std::fs::read_to_string(format!("/proc/{}/task/{tid}/status", self.pid))
+                .ok()
+                .and_then(|s| {
+                    let v = s.lines().find_map(|l| l.strip_prefix("SigBlk:"))?;
+                    u64::from_str_radix(v.trim(), 16).ok()
+                })
+                .unwrap_or(0);
+            if blocked.count_ones() >= 56 {
+                return Err(format!(
+                    "thread {tid} blocks every signal (creating a thread?)"
+                ));
+            }
             let unsafe_at = |a: u64| self.target.in_unsafe_code(a);
             if unsafe_at(regs.rip) {
                 return Err(format!(
@@ -1095,6 +1237,17 @@ impl Process {
         assert!(args.len() <= 6, "at most six register arguments");
         let mut saved = sys::get_regs(tid).map_err(ptrace_err("getregs", tid))?;
         let xstate = sys::get_xstate(tid).map_err(ptrace_err("getregset", tid))?;
+        // The call runs with the synchronous signals deliverable: its end is
+        // a SIGSEGV, and a fault with the signal blocked makes the kernel
+        // reset the process's disposition of it to the default (the
+        // program's handler would be lost) and unblock it in the thread. A
+        // thread that blocks everything (a `sigwait` thread) is a favourite
+        // to borrow, being idle. Its own mask is put back afterwards (the
+        // mask it returns to, which `PTRACE_GETSIGMASK` reports even inside
+        // a `ppoll` or `sigsuspend`: restarted, that call sets its
+        // temporary mask again).
+        let mask = sys::get_sigmask(tid).map_err(ptrace_err("getsigmask", tid))?;
+        let call_mask = mask & !SYNCHRONOUS_SIGNALS;
         // A thread stopped inside an interrupted system call: resume it
         // later exactly as the kernel would without a signal handler, by
         // re-executing the `syscall` instruction, so the call made now
@@ -1141,11 +1294,20 @@ impl Process {
         regs.orig_rax = u64::MAX;
         regs.eflags &= !(EFLAGS_DF | EFLAGS_TF);
         let restore = |p: &mut Process| -> Result<(), Error> {
+            if call_mask != mask {
+                sys::set_sigmask(tid, mask).map_err(ptrace_err("setsigmask", tid))?;
+            }
             p.write(rsp, &original)?;
             sys::set_xstate(tid, &xstate).map_err(ptrace_err("setregset", tid))?;
             sys::set_regs(tid, &saved).map_err(ptrace_err("setregs", tid))?;
             Ok(())
         };
+        if call_mask != mask {
+            if let Err(e) = sys::set_sigmask(tid, call_mask) {
+                restore(self)?;
+                return Err(ptrace_err("setsigmask", tid)(e));
+            }
+        }
         if let Err(e) = sys::set_regs(tid, &regs) {
             restore(self)?;
             return Err(ptrace_err("setregs", tid)(e));
@@ -1185,6 +1347,9 @@ impl Process {
                 Err(e) if e.raw_os_error() == Some(libc::ECHILD) => Event::Exited,
                 Err(e) => return Err(ptrace_err("waitpid", tid)(e)),
             };
+            if let Some(t) = self.threads.get_mut(&tid) {
+                t.stop_pending = false;
+            }
             match ev {
                 Event::Exited => {
                     self.threads.remove(&tid);
@@ -1367,6 +1532,12 @@ fn gettid() -> i32 {
 /// Whether `tid` of `pid` is traced by this thread.
 fn traced_by_us(pid: i32, tid: i32) -> bool {
     procfs::status(&format!("{pid}/task/{tid}")).is_ok_and(|s| s.tracer == gettid())
+}
+
+/// Whether `tid` of `pid` has exited (a zombie, or gone): the kernel
+/// refuses to attach to such a thread with `EPERM`.
+fn exited(pid: i32, tid: i32) -> bool {
+    procfs::status(&format!("{pid}/task/{tid}")).map_or(true, |s| matches!(s.state, 'Z' | 'X'))
 }
 
 /// The most likely reason the kernel refused to let us attach.

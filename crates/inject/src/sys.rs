@@ -13,6 +13,8 @@ const PTRACE_INTERRUPT: libc::c_uint = 0x4207;
 const PTRACE_LISTEN: libc::c_uint = 0x4208;
 const PTRACE_GETREGSET: libc::c_uint = 0x4204;
 const PTRACE_SETREGSET: libc::c_uint = 0x4205;
+const PTRACE_GETSIGMASK: libc::c_uint = 0x420a;
+const PTRACE_SETSIGMASK: libc::c_uint = 0x420b;
 const NT_X86_XSTATE: usize = 0x202;
 
 pub(crate) const PTRACE_O_TRACECLONE: usize = 0x8;
@@ -131,6 +133,28 @@ pub(crate) fn set_xstate(tid: i32, x: &[u8]) -> io::Result<()> {
         )
     }
     .map(drop)
+}
+
+/// The thread's blocked signals (bit `n - 1` for signal `n`): the mask
+/// it returns to, not the temporary one of a `sigsuspend`, `ppoll`,
+/// `pselect` or `epoll_pwait` it is stopped in (the kernel reports the
+/// saved mask then).
+pub(crate) fn get_sigmask(tid: i32) -> io::Result<u64> {
+    let mut m: u64 = 0;
+    // SAFETY: `addr` is the kernel's sigset size (8 bytes on x86-64),
+    // `data` points to 8 bytes the kernel writes.
+    unsafe { ptrace(PTRACE_GETSIGMASK, tid, 8, &mut m as *mut u64 as usize) }?;
+    Ok(m)
+}
+
+/// Sets the thread's blocked signals. The kernel also drops a temporary
+/// mask the thread would have restored on its way out of the call it is
+/// stopped in, so `mask` is the one it keeps; a call it restarts sets its
+/// temporary mask again.
+pub(crate) fn set_sigmask(tid: i32, mask: u64) -> io::Result<()> {
+    // SAFETY: `addr` is the kernel's sigset size, `data` points to 8 bytes
+    // the kernel reads.
+    unsafe { ptrace(PTRACE_SETSIGMASK, tid, 8, &mask as *const u64 as usize) }.map(drop)
 }
 
 pub(crate) fn get_siginfo(tid: i32) -> io::Result<libc::siginfo_t> {

@@ -101,6 +101,12 @@ impl fmt::Display for Refusal {
         match self {
             Refusal::NoSuchProcess(pid) => write!(f, "no process {pid}"),
             Refusal::Ourselves => f.write_str("cannot attach to this very process"),
+            Refusal::OtherUser { pid, owner, me: 0 } => write!(
+                f,
+                "process {pid} belongs to {}, and you are root without CAP_SYS_PTRACE (in a \
+                 container?): attaching to another user's process needs that capability",
+                user_name(*owner)
+            ),
             Refusal::OtherUser { pid, owner, me } => write!(
                 f,
                 "process {pid} belongs to {}, and you are {}: attaching needs the same user, or \
@@ -397,7 +403,7 @@ impl Target {
         let root = procfs::root_of(pid);
         let maps: Vec<Mapping> =
             procfs::maps(pid).map_err(|e| unreadable(format!("/proc/{pid}/maps"), e))?;
-        let modules = elf::modules(&maps, &root);
+        let modules = elf::modules(pid, &maps, &root);
         // The C library: the object exporting dlopen (glibc 2.34 and later
         // have it in libc.so.6; before, in libdl.so.2).
         let mut found = None;

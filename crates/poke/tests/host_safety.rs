@@ -228,6 +228,57 @@ fn a_thread_that_cannot_take_sigtrap_makes_the_batch_refuse() {
     flip(range, false).unwrap();
 }
 
+/// Sets the calling thread's mask with the raw system call, as glibc's
+/// `pthread_create` does (every signal, SIGCANCEL and SIGSETXID included).
+fn raw_setmask(mask: u64) {
+    // SAFETY: rt_sigprocmask with a valid 8-byte kernel sigset changes
+    // this thread's mask only.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &mask,
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        );
+    }
+}
+
+/// A thread with glibc's mask for a thread being created (every signal
+/// blocked) is waited for: a new thread keeps it until it first runs,
+/// which on a busy machine, or while a debugger (`livetrace attach`) holds
+/// it, takes longer than the short re-reads other masks get. Only a thread
+/// that keeps it for seconds makes the batch refuse.
+#[test]
+fn a_thread_being_created_is_waited_for() {
+    let _s = serial();
+    let range = 2320..2330;
+    let hold_for = |ms: u64| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            raw_setmask(u64::MAX);
+            tx.send(livetrace_poke::world::gettid()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            raw_setmask(0);
+        });
+        (t, rx.recv().unwrap())
+    };
+    // Longer than the 48 ms other masks are re-read for.
+    let (t, _) = hold_for(300);
+    flip(range.clone(), true).unwrap();
+    t.join().unwrap();
+    flip(range.clone(), false).unwrap();
+    // For good (a program's own raw all-blocking mask): refused, named.
+    let (t, tid) = hold_for(4000);
+    let err = flip(range.clone(), true).unwrap_err();
+    assert!(
+        matches!(&err, Error::SignalsBlocked(l) if l.iter().any(|b| b.tid == tid)),
+        "{err}"
+    );
+    assert!(range.clone().map(site_bytes).all(|b| b == NOP5));
+    t.join().unwrap();
+}
+
 /// Text mapped `MAP_SHARED` is refused: writing it would write the file.
 #[test]
 fn shared_text_is_never_written() {

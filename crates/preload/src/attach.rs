@@ -37,9 +37,12 @@
 //! socket is shut down (every connection's sessions end, every site goes
 //! back to a NOP, quiescence waited for), every patch is reverted, the
 //! signal dispositions livetrace changed are put back, and thread-local
-//! destructors are forgotten ([`crate::tls`]): state `UNLOADABLE`. The
-//! injector then checks, every thread held, that none is inside the
-//! library, and `dlclose`s it.
+//! destructors are forgotten ([`crate::tls`]): state `UNLOADABLE`. A
+//! session stop the engine refuses (a thread that cannot take SIGTRAP for
+//! a while) is retried for a few seconds before detaching fails. The
+//! injector does not trace the process meanwhile (the engine refuses to
+//! patch a traced process); it then seizes it again, checks, every thread
+//! held, that none is inside the library, and `dlclose`s it.
 //!
 //! States and messages are plain exported statics the injector reads with
 //! ptrace; the functions are found in the dynamic symbol table.
@@ -53,7 +56,7 @@ use livetrace::sites::{ConvertPolicy, ExternalSite};
 
 /// The protocol's version, for the injector to check.
 #[unsafe(no_mangle)]
-pub static livetrace_attach_abi: u32 = 1;
+pub static livetrace_attach_abi: u32 = 2;
 
 /// Loaded, nothing started.
 pub const IDLE: u32 = 0;
@@ -100,6 +103,29 @@ pub static livetrace_attach_unload: [AtomicUsize; 2] = [AtomicUsize::new(0), Ato
 /// may be executing when the library goes (it unmaps them then).
 #[unsafe(no_mangle)]
 pub static livetrace_attach_code: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+
+/// Once `READY`: the signals every thread must take (bit `n - 1` for
+/// signal `n`): `SIGTRAP` and the world signal. Threads that were running
+/// before livetrace was loaded may block them (the interposed mask
+/// functions only see calls made from now on, and a late-loaded library
+/// does not even interpose those the program binds to the C library); the
+/// injector clears them from every thread's mask while it holds every
+/// thread for the conversion, or the batch check would refuse to patch.
+#[unsafe(no_mangle)]
+pub static livetrace_attach_signals: AtomicU64 = AtomicU64::new(0);
+
+/// Room in [`livetrace_attach_masks`] for threads.
+pub const MASK_SLOTS: usize = 256;
+
+/// Written by the injector while it holds every thread: the count, then
+/// `(tid, start time, signals)` per thread whose mask it cleared of
+/// [`livetrace_attach_signals`], so that detaching blocks them again in
+/// the threads that still run (the start time, field 22 of
+/// `/proc/PID/task/TID/stat`, tells a reused thread id apart). The library
+/// itself never reads it.
+#[unsafe(no_mangle)]
+pub static livetrace_attach_masks: [AtomicU64; 1 + 3 * MASK_SLOTS] =
+    [const { AtomicU64::new(0) }; 1 + 3 * MASK_SLOTS];
 
 const MESSAGE_LEN: usize = 1024;
 
@@ -322,11 +348,21 @@ struct Saved {
 
 static SAVED: AtomicPtr<Saved> = AtomicPtr::new(std::ptr::null_mut());
 
-fn attach(flags: u64) {
-    crate::tls::set_loaded_late(true);
-    if let Err(e) = choose_signals() {
-        return fail(e);
+/// Lets this thread (and the threads it starts) take every signal: it
+/// inherited the mask of whichever program thread started it.
+fn unblock_signals() {
+    // SAFETY: an empty set is valid; sets this thread's mask only.
+    unsafe {
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
     }
+}
+
+fn attach(flags: u64) {
+    unblock_signals();
+    crate::tls::set_loaded_late(true);
+    let mut blocked = BlockedSignals::start();
     // The core checks its thread state is in static TLS (a thread spawned
     // and joined).
     if let Err(e) = livetrace_ftrace::with_table(|_| ()) {
@@ -346,6 +382,7 @@ fn attach(flags: u64) {
         livetrace_tracers::retstack::return_to_handler_addr(),
         Release,
     );
+    blocked.sample();
     let serial = crate::interpose::serialize();
     let prepared = livetrace_ftrace::with_table(|t| -> Result<(Vec<u64>, Vec<Pin>), String> {
         let scan = t.rescan().map_err(|e| e.to_string())?;
@@ -396,6 +433,10 @@ fn attach(flags: u64) {
         Ok(Err(e)) => return fail(e),
         Err(e) => return fail(e.to_string()),
     };
+    // Before anything can probe threads or stop the world.
+    if let Err(e) = choose_signals(blocked) {
+        return fail(e);
+    }
     if flags & CONVERT_BY_CALLER != 0 {
         if let Err(e) = prepare_conversion(sleds) {
             return fail(e);
@@ -539,35 +580,111 @@ fn free_signal(sig: libc::c_int, blocked: u64) -> bool {
     cur.sa_sigaction == libc::SIG_DFL && blocked & (1u64 << (sig - 1)) == 0
 }
 
-/// Signals some thread blocks, from `/proc/self/task/*/status`.
-fn blocked_anywhere() -> u64 {
-    let mut mask = 0u64;
-    if let Ok(rd) = std::fs::read_dir("/proc/self/task") {
-        for e in rd.flatten() {
-            if let Ok(s) = std::fs::read_to_string(e.path().join("status")) {
-                for l in s.lines() {
-                    if let Some(v) = l.strip_prefix("SigBlk:") {
-                        mask |= u64::from_str_radix(v.trim(), 16).unwrap_or(0);
+/// Signals some thread keeps blocked, from `/proc/self/task/*/status`,
+/// sampled several times while the attach thread works: a thread's mask
+/// counts only for what it blocks in every sample, threads that come and
+/// go meanwhile not at all, and a mask blocking everything not at all
+/// (glibc blocks everything while it creates a thread, and a new thread
+/// starts so, for as long as they wait for a CPU or the injector holds
+/// them; a thread that really blocks everything cannot answer the thread
+/// probes on any signal).
+struct BlockedSignals {
+    steady: std::collections::HashMap<String, u64>,
+    samples: u32,
+    since: Instant,
+}
+
+impl BlockedSignals {
+    fn read() -> std::collections::HashMap<String, u64> {
+        let mut out = std::collections::HashMap::new();
+        if let Ok(rd) = std::fs::read_dir("/proc/self/task") {
+            for e in rd.flatten() {
+                if let Ok(s) = std::fs::read_to_string(e.path().join("status")) {
+                    // Held by the injector (at a clone, say): not its own
+                    // doing.
+                    if s.lines().any(|l| l.starts_with("State:\tt")) {
+                        continue;
+                    }
+                    if let Some(v) = s.lines().find_map(|l| l.strip_prefix("SigBlk:")) {
+                        let mask = u64::from_str_radix(v.trim(), 16).unwrap_or(0);
+                        // Everything blocked: creating or starting a thread
+                        // (for as long as it waits for a CPU), or a thread
+                        // no signal-based probe could ever reach anyway.
+                        if mask.count_ones() < 56 {
+                            out.insert(e.file_name().to_string_lossy().into_owned(), mask);
+                        }
                     }
                 }
             }
         }
+        out
     }
-    mask
+
+    fn start() -> BlockedSignals {
+        BlockedSignals {
+            steady: BlockedSignals::read(),
+            samples: 1,
+            since: Instant::now(),
+        }
+    }
+
+    fn sample(&mut self) {
+        let next = BlockedSignals::read();
+        self.steady.retain(|tid, mask| match next.get(tid) {
+            Some(m) => {
+                *mask &= m;
+                true
+            }
+            None => false,
+        });
+        self.samples += 1;
+    }
+
+    /// The mask, after at least 4 samples over at least 10 ms, and which
+    /// threads block what.
+    fn blocked(mut self) -> (u64, String) {
+        while self.samples < 4 || self.since.elapsed() < Duration::from_millis(10) {
+            std::thread::sleep(Duration::from_millis(3));
+            self.sample();
+        }
+        let who: Vec<String> = self
+            .steady
+            .iter()
+            .filter(|(_, &m)| m != 0)
+            .map(|(t, m)| format!("thread {t}: {m:#x}"))
+            .collect();
+        (self.steady.values().fold(0, |a, m| a | m), who.join(", "))
+    }
 }
 
 /// Picks the world signal (thread probes and stops) among real-time
 /// signals the program does not use, and saves the program's dispositions
 /// of it and of SIGTRAP.
-fn choose_signals() -> Result<(), String> {
-    let blocked = blocked_anywhere();
+fn choose_signals(blocked: BlockedSignals) -> Result<(), String> {
+    let (blocked, who) = blocked.blocked();
     let Some(world) = (libc::SIGRTMIN()..=libc::SIGRTMAX())
         .rev()
         .find(|&s| free_signal(s, blocked))
     else {
-        return Err("every real-time signal is in use by the program; livetrace needs one".into());
+        let handled: Vec<String> = (libc::SIGRTMIN()..=libc::SIGRTMAX())
+            .filter(|&s| !free_signal(s, 0))
+            .map(|s| s.to_string())
+            .collect();
+        return Err(format!(
+            "every real-time signal is in use by the program (blocked: {who}; with a \
+             handler or ignored: {}); livetrace needs one",
+            if handled.is_empty() {
+                "none".into()
+            } else {
+                handled.join(" ")
+            }
+        ));
     };
     livetrace::poke::set_probe_signal(world).map_err(|e| e.to_string())?;
+    livetrace_attach_signals.store(
+        (1u64 << (libc::SIGTRAP - 1)) | (1u64 << (world - 1)),
+        Release,
+    );
     let mut sigs = Vec::new();
     for sig in [libc::SIGTRAP, world] {
         let mut cur = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
@@ -689,24 +806,51 @@ pub extern "C" fn livetrace_detach_start() -> i64 {
     .unwrap_or(-(libc::EFAULT as i64))
 }
 
+/// How long detaching keeps retrying to take tracers off the sites.
+const DETACH_RETRY: Duration = Duration::from_secs(10);
+
+/// Unregisters every ops still registered once the sessions are gone,
+/// retrying until none is left or `patience` runs out. A session whose
+/// stop was refused — a batch refuses while some thread cannot take
+/// SIGTRAP, which is mostly transient: a thread being created, stopped by
+/// a debugger meanwhile — leaves its ops registered and its sites live;
+/// giving up on the first refusal would leave livetrace loaded for good.
+fn unregister_leftovers(patience: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + patience;
+    let mut last_err = None;
+    loop {
+        let left = livetrace::enabled_functions().map_err(|e| e.to_string())?;
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{} function(s) are still traced or patched ({}{}){}; not unloading",
+                left.len(),
+                left[0].name,
+                if left.len() > 1 { ", …" } else { "" },
+                last_err.map_or(String::new(), |e| format!(": {e}"))
+            ));
+        }
+        for ops in livetrace_ftrace::registered().map_err(|e| e.to_string())? {
+            if let Err(e) = livetrace_ftrace::unregister(&ops) {
+                last_err = Some(e.to_string());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn detach() {
+    unblock_signals();
     // Every connection ends: its sessions stop (sites back to NOPs,
     // quiescence waited for) and its patches are reverted.
     livetrace_server::shutdown(Duration::from_secs(10));
     if let Err(e) = livetrace_server::revert_all_patches() {
         return fail(format!("cannot revert a patch: {e}"));
     }
-    match livetrace::enabled_functions() {
-        Ok(v) if v.is_empty() => {}
-        Ok(v) => {
-            return fail(format!(
-                "{} function(s) are still traced or patched ({}{}); not unloading",
-                v.len(),
-                v[0].name,
-                if v.len() > 1 { ", …" } else { "" }
-            ))
-        }
-        Err(e) => return fail(e.to_string()),
+    if let Err(m) = unregister_leftovers(DETACH_RETRY) {
+        return fail(m);
     }
     crate::STATE.store(crate::OFF, Release);
     restore_signals();

@@ -24,16 +24,26 @@
 //!    live patch is in flight.
 //! 3. **C API** ([`capi`]): `lt_*` functions for programs that trace
 //!    themselves.
+//! 4. **Attach** ([`attach`]): loaded late, with `dlopen` (by `livetrace
+//!    attach`, through ptrace), the constructor does nothing; the injector
+//!    starts livetrace through exported entry points, converts the sleds
+//!    itself while it holds every thread, and later tears it down and
+//!    unloads the library. What a late library needs to work and to be
+//!    unloadable: its thread-local block in static TLS through an
+//!    initial-exec relocation, thread-local destructors that do not pin it
+//!    ([`tls`]), and its trampolines unmapped with it ([`code`]).
 //!
 //! # Invariants
 //!
 //! - **A sled is converted only where no thread can be inside it**: in the
 //!   constructor while the process has one thread (else with the other
-//!   threads stopped), and in the `dlopen` interposer, with the other
-//!   threads stopped, for the objects that call loaded (their constructors
-//!   may have started threads running their code) before the program gets
-//!   the handle: interposed `dlopen`s and `dlclose`s are serialised by one
-//!   lock held across the real call and the table update.
+//!   threads stopped), by [`attach::livetrace_attach_convert`] while the
+//!   injector holds every thread outside the sleds, and in the `dlopen`
+//!   interposer, with the other threads stopped, for the objects that call
+//!   loaded (their constructors may have started threads running their
+//!   code) before the program gets the handle: interposed `dlopen`s and
+//!   `dlclose`s are serialised by one lock held across the real call and
+//!   the table update.
 //! - **No site calls into unmapped code**: a library with an enabled site is
 //!   pinned by the table, so the program's `dlclose` only lowers its count;
 //!   it unloads when tracing of its last site stops, and its records go at

@@ -43,28 +43,43 @@ pub fn masks_repaired() -> u32 {
     REPAIRED.load(SeqCst)
 }
 
-/// Whether a mask can only be glibc's own, set with a raw `rt_sigprocmask`
-/// around code that runs no program function: it blocks SIGCANCEL (32),
-/// which glibc's `pthread_sigmask` and `sigprocmask` never let a program
-/// block. glibc blocks everything while it creates a thread (the parent
-/// around `clone`, the child until `start_thread` restores its mask before
-/// the start routine) and, once a start routine has returned, everything
-/// but SIGSETXID until the thread is gone (glibc bugs 12889 and 28361: no
-/// handler may run on a thread about to exit). Neither reaches a site with
-/// that mask, but under load — or while the thread is held by a ptrace
-/// stop — it can outlast the re-reads.
-fn glibc_internal_mask(m: u64) -> bool {
-    let sigcancel = 1u64 << (32 - 1);
-    m & sigcancel != 0
+/// glibc's mask for a thread whose start routine has returned: every
+/// signal but SIGSETXID (33) blocked with a raw `rt_sigprocmask` in
+/// `start_thread`, so that no program code (a handler) runs on a thread
+/// that is about to exit (glibc bugs 12889 and 28361). Such a thread never
+/// reaches a site again — its TLS destructors have run — but under load it
+/// can take a while to be gone (it frees its stack with `madvise` first).
+fn exiting_mask(m: u64) -> bool {
+    let unblockable = (1u64 << (libc::SIGKILL - 1)) | (1u64 << (libc::SIGSTOP - 1));
+    let setxid = 1u64 << (33 - 1);
+    m & setxid == 0 && (m | unblockable | setxid) == u64::MAX
 }
+
+/// glibc's mask around the creation of a thread (`pthread_create` blocks
+/// every signal, SIGCANCEL and SIGSETXID included, with a raw
+/// `rt_sigprocmask`, and the new thread starts with it until
+/// `start_thread` restores the creator's mask) and around `raise`. No
+/// mask the program sets through glibc looks like it (glibc never lets
+/// SIGCANCEL and SIGSETXID be blocked), and it is transient, but it can
+/// last: a new thread waits for a CPU on a busy machine, and a debugger or
+/// `livetrace attach` keeps a thread it reported stopped while it holds
+/// the process. Such a thread is waited for longer ([`CREATION_WAIT`]).
+fn creation_mask(m: u64) -> bool {
+    let unblockable = (1u64 << (libc::SIGKILL - 1)) | (1u64 << (libc::SIGSTOP - 1));
+    m | unblockable == u64::MAX
+}
+
+/// How long [`check_threads`] waits for a thread with glibc's creation
+/// mask ([`creation_mask`]) to be done with it.
+const CREATION_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Before a batch: every thread must take SIGTRAP. A thread found blocking
 /// a protected signal is re-read for a short while (glibc blocks every
 /// signal for a few instructions in `pthread_create`, `raise` and thread
-/// exit), then given it back through a probe if the world signal reaches
-/// it; otherwise the batch is refused naming it, unless its mask is glibc's
-/// for a thread in the middle of its creation or exit
-/// ([`glibc_internal_mask`]).
+/// exit; longer while the mask is glibc's creation mask, see
+/// [`creation_mask`]), then given it back through a probe if the world
+/// signal reaches it; otherwise the batch is refused naming it, unless its
+/// mask is glibc's for a thread on its way out ([`exiting_mask`]).
 pub(crate) fn check_threads() -> Result<(), crate::Error> {
     let me = world::proc::gettid();
     let trap = 1u64 << (libc::SIGTRAP - 1);
@@ -76,8 +91,15 @@ pub(crate) fn check_threads() -> Result<(), crate::Error> {
             continue;
         }
         let mut ok = false;
-        for attempt in 0..20u32 {
-            match world::proc::blocked_signals(tid) {
+        let start = std::time::Instant::now();
+        let mut creating = false;
+        for attempt in 0u32.. {
+            if attempt >= 20 && !(creating && start.elapsed() < CREATION_WAIT) {
+                break;
+            }
+            let blocked = world::proc::blocked_signals(tid);
+            creating = blocked.is_some_and(creation_mask);
+            match blocked {
                 // Gone, or SIGTRAP deliverable (a thread that blocks only
                 // the world signal can be patched under; the quiescence
                 // wait reports it if it ever needs to probe it).
@@ -101,7 +123,7 @@ pub(crate) fn check_threads() -> Result<(), crate::Error> {
         }
         if !ok {
             let still = world::proc::blocked_signals(tid).filter(|m| m & trap != 0);
-            if let Some(m) = still.filter(|&m| !glibc_internal_mask(m)) {
+            if let Some(m) = still.filter(|&m| !exiting_mask(m)) {
                 let mut name = [0u8; 32];
                 let n = world::proc::read_task_file(tid, b"comm", &mut name);
                 let name =
@@ -139,15 +161,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_glibcs_own_masks_count_as_internal() {
-        let all = !(1u64 << 8) & !(1 << 18);
-        // Thread exit: everything but SIGSETXID.
-        assert!(glibc_internal_mask(all & !(1 << 32)));
-        // Thread creation: everything.
-        assert!(glibc_internal_mask(all));
-        // What a program's pthread_sigmask(sigfillset) leaves: SIGCANCEL
-        // and SIGSETXID deliverable.
-        assert!(!glibc_internal_mask(all & !(1 << 31) & !(1 << 32)));
-        assert!(!glibc_internal_mask(1 << 4));
+    fn only_glibcs_creation_mask_is_waited_for_longer() {
+        let kernel_all: u64 = !((1 << 8) | (1 << 18));
+        assert!(creation_mask(kernel_all));
+        assert!(creation_mask(u64::MAX));
+        // What a program blocking "everything" through glibc gets.
+        assert!(!creation_mask(kernel_all & !(1 << 31) & !(1 << 32)));
+        // glibc's exit mask.
+        assert!(!creation_mask(kernel_all & !(1 << 32)));
+    }
+
+    #[test]
+    fn only_glibcs_exit_mask_counts_as_exiting() {
+        let all: u64 = !((1 << 8) | (1 << 18));
+        assert!(exiting_mask(all & !(1 << 32)));
+        // Every signal, SIGSETXID included: not glibc's exit.
+        assert!(!exiting_mask(all));
+        // A program's mask that leaves some signal deliverable.
+        assert!(!exiting_mask(all & !(1 << 32) & !(1 << 1)));
+        assert!(!exiting_mask(1 << 4));
     }
 }
