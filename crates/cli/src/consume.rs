@@ -42,6 +42,12 @@ pub trait Out {
     fn loss(&mut self, tid: u32, reason: LossReason, n: u64) -> io::Result<()>;
     /// New mappings and the symbols of what they map.
     fn names(&mut self, maps: &[Mapping], symbols: &[Symbol]) -> io::Result<()>;
+    /// The buffers are drained for now: push out what is buffered, so a
+    /// reader (a terminal, a pipe) sees the first events without waiting
+    /// for a buffer to fill.
+    fn idle(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// What one thread kept and lost.
@@ -474,5 +480,9 @@ impl Out for LiveOut {
             self.symbols.insert(s.addr, s.size, s.name.clone());
         }
         Ok(())
+    }
+
+    fn idle(&mut self) -> io::Result<()> {
+        self.sink.flush()
     }
 }

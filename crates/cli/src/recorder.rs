@@ -45,6 +45,8 @@ pub struct Attached {
     alive: bool,
     last_ping: Instant,
     last_names: Instant,
+    /// Records were written since the output was last flushed.
+    unflushed: bool,
     progress: Progress,
     started: Instant,
 }
@@ -169,6 +171,7 @@ impl Attached {
             alive: true,
             last_ping: Instant::now(),
             last_names: Instant::now(),
+            unflushed: false,
             progress: Progress::new(),
             started: Instant::now(),
         })
@@ -301,7 +304,15 @@ impl Attached {
                 }
             });
             if moved == 0 {
+                // Drained: what the last passes wrote reaches its reader
+                // now (once per busy spell, not every idle millisecond).
+                if self.unflushed {
+                    self.unflushed = false;
+                    out.idle().map_err(write_error)?;
+                }
                 std::thread::sleep(Duration::from_millis(if self.flight { 20 } else { 1 }));
+            } else {
+                self.unflushed = true;
             }
         }
     }

@@ -50,6 +50,13 @@ pub trait Sink {
     /// Writes what is left and flushes. `names` are the final symbols.
     /// Returns what was kept and lost, per thread.
     fn finish(&mut self, names: &Symbols) -> io::Result<Summary>;
+
+    /// The stream paused: push what is buffered to its reader (a terminal
+    /// or a pipe waiting for the first lines). Writers that can only write
+    /// whole files at the end do nothing.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl<S: Sink + ?Sized> Sink for Box<S> {
@@ -67,6 +74,9 @@ impl<S: Sink + ?Sized> Sink for Box<S> {
     }
     fn finish(&mut self, names: &Symbols) -> io::Result<Summary> {
         (**self).finish(names)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        (**self).flush()
     }
 }
 
@@ -100,6 +110,9 @@ impl Sink for Tee {
             first.get_or_insert(summary);
         }
         Ok(first.unwrap_or_default())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|s| s.flush())
     }
 }
 

@@ -175,6 +175,10 @@ impl<W: Write> FunctionText<W> {
 }
 
 impl<W: Write> Sink for FunctionText<W> {
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
     fn begin(&mut self, process: &Process) -> io::Result<()> {
         write_preamble(process, "function", &mut self.out)?;
         // Columns: comm to 15, '-', tid 17..=23, seconds 25..=29, '.', ns to
@@ -344,6 +348,10 @@ fn parens(name: &str) -> &'static str {
 }
 
 impl<W: Write> Sink for GraphText<W> {
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
     fn begin(&mut self, process: &Process) -> io::Result<()> {
         write_preamble(process, "function_graph", &mut self.out)?;
         let width = process.pid.to_string().len().max(3);
