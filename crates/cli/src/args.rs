@@ -33,6 +33,12 @@ pub struct Selection {
     /// counted lost
     #[arg(long, value_name = "SIZE", value_parser = ui::parse_size)]
     pub memory: Option<u64>,
+    /// Give functions compiled without a site one by prologue relocation
+    /// when a filter names them (experimental: a caller gcc optimised
+    /// across the call may keep values in registers the trampolines do not
+    /// save; see the README)
+    #[arg(long)]
+    pub relocate: bool,
     #[command(flatten)]
     pub volume: Volume,
 }

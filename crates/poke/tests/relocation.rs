@@ -255,7 +255,9 @@ fn a_thread_that_stays_inside_makes_the_install_fail_changing_nothing() {
         assert!(t0.elapsed() < Duration::from_secs(10));
         std::thread::yield_now();
     }
-    let err = install(std::slice::from_ref(&r), Duration::from_millis(50)).unwrap_err();
+    // Long enough for a loaded machine to let the thread answer the probe
+    // (it stays in the handler, so the install fails whatever the wait).
+    let err = install(std::slice::from_ref(&r), Duration::from_secs(3)).unwrap_err();
     match &err {
         Error::NotClear { threads } => {
             let t = threads.iter().find(|t| t.tid == tid).expect("the thread");

@@ -219,6 +219,11 @@ pub enum Request {
         /// What to record at all.
         #[serde(default)]
         controls: Controls,
+        /// Give the functions a filter names that have no site one by
+        /// prologue relocation (off unless asked: see
+        /// `livetrace_ftrace::set_relocate_on_demand`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        relocate: bool,
     },
     /// The session's buffers, to consume them directly: answered with
     /// [`Response::Buffers`], which passes the two memory files with
@@ -308,6 +313,8 @@ impl Request {
                 mode,
                 memory_budget,
                 controls,
+                relocate: false,
+                ..
             } => {
                 if filter.len() + notrace.len() + controls.patterns().count() > MAX_PATTERNS {
                     return Err(format!("more than {MAX_PATTERNS} patterns"));
@@ -810,6 +817,7 @@ mod tests {
             mode: Some(Mode::Stream),
             memory_budget: None,
             controls: Controls::default(),
+            relocate: false,
         };
         let bytes = encode(&r);
         assert_eq!(
@@ -863,6 +871,7 @@ mod tests {
             mode: None,
             memory_budget: None,
             controls: Controls::default(),
+            relocate: false,
         };
         assert!(start(1024).validate().is_ok());
         assert!(start(1000).validate().is_err());
@@ -876,6 +885,7 @@ mod tests {
             mode,
             memory_budget: None,
             controls,
+            relocate: false,
         };
         let depth = Controls {
             depth: Some(3),

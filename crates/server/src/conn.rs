@@ -429,17 +429,24 @@ impl Conn {
                 mode,
                 memory_budget,
                 controls,
-            } => self.start(
-                tracer,
-                &Spec {
-                    filter,
-                    notrace,
-                    buffer_records,
-                    mode,
-                    memory_budget,
-                    controls,
-                },
-            ),
+                relocate,
+            } => {
+                if relocate {
+                    // Asked for once, it stays on in this process.
+                    livetrace_ftrace::set_relocate_on_demand(true);
+                }
+                self.start(
+                    tracer,
+                    &Spec {
+                        filter,
+                        notrace,
+                        buffer_records,
+                        mode,
+                        memory_budget,
+                        controls,
+                    },
+                )
+            }
             Request::MapBuffers { session } => match self.sessions.get_mut(&session) {
                 Some(s) => {
                     s.mapped = true;

@@ -65,6 +65,7 @@ fn server_lifecycle() {
             mode: None,
             memory_budget: None,
             controls: Default::default(),
+            relocate: false,
         })
         .unwrap()
     else {
@@ -114,6 +115,7 @@ fn server_lifecycle() {
             mode: None,
             memory_budget: None,
             controls: Default::default(),
+            relocate: false,
         })
         .unwrap()
     else {

@@ -82,6 +82,7 @@ pub fn run(a: Args) -> Result<(), Fail> {
         mode: spec.mode,
         memory_budget: spec.memory_budget,
         controls: spec.controls.clone(),
+        relocate: false,
     }
     .validate()
     .map_err(usage)?;
@@ -96,6 +97,9 @@ pub fn run(a: Args) -> Result<(), Fail> {
             _ => lib.display().to_string(),
         };
         command.env("LD_PRELOAD", preload);
+    }
+    if a.sel.relocate {
+        command.env("LIVETRACE_RELOCATE", "1");
     }
     let mut child = command
         .args(&a.cmd[1..])

@@ -59,6 +59,7 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
         mode: Some(mode),
         memory_budget: a.sel.memory,
         controls: a.sel.controls(&a.snapshot_at),
+        relocate: a.sel.relocate,
     };
     start.validate().map_err(usage)?;
     ui::catch_interrupts();
