@@ -531,6 +531,15 @@ impl Drop for Uninterruptible {
     }
 }
 
+/// Set by a command that relocates on demand (`--relocate`): a program
+/// without compiler sites is then worth attaching to.
+static RELOCATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// This command will give functions without a site one by relocation.
+pub fn will_relocate() {
+    RELOCATE.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Loads livetrace into `pid` and waits for its control socket.
 pub fn attach_process(pid: i32, lib: Option<&Path>) -> Result<Attached, String> {
     let _hold_signals = Uninterruptible::new();
@@ -539,10 +548,19 @@ pub fn attach_process(pid: i32, lib: Option<&Path>) -> Result<Attached, String> 
     if let Some(m) = Library::find(&target.modules) {
         return already_loaded(pid, m, t0);
     }
-    // A program built without any site is attached to all the same: the
-    // functions a filter names get a site by prologue relocation.
+    // A program built without any site is attached to only when the
+    // command will give functions a site by prologue relocation.
     let sites = count_sites(&target.modules);
     step_done(t0, &format!("{sites} compiler-emitted sites counted"));
+    if sites == 0 && !RELOCATE.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(format!(
+            "{} has no traceable functions: no object it has loaded was built with sites. \
+             Build C and C++ code with `-fpatchable-function-entry=5` (gcc or clang), Rust \
+             functions with #[livetrace::traced]; or trace with --relocate to give the \
+             functions a filter names a site by prologue relocation (experimental)",
+            target.exe
+        ));
+    }
     let lib = library_file(lib)?;
     let staged = Staged::new(pid, target.status.uids[1], &lib)?;
     let mut p = Process::seize(target).map_err(|e| e.to_string())?;

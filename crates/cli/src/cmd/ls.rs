@@ -81,6 +81,10 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
         wide,
     } = a;
     let style = Style::stdout();
+    if why_not {
+        // A program without compiler sites is what --why-not is about.
+        crate::attach::will_relocate();
+    }
     let mut c = connect(dir, pid)?;
     let mut progress = Progress::new();
     let mut report = |got: u64, total: u64| {

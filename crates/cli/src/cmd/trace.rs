@@ -62,6 +62,9 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
         relocate: a.sel.relocate,
     };
     start.validate().map_err(usage)?;
+    if a.sel.relocate {
+        crate::attach::will_relocate();
+    }
     ui::catch_interrupts();
     let mut c = connect(dir, a.pid)?;
     let Response::Started { session } = c.call(&start)? else {
