@@ -711,3 +711,31 @@ fn detach_outlasts_a_transient_refusal() {
     let _ = trace.wait();
     p.assert_c_unharmed();
 }
+
+/// A program built without any site: `trace --relocate` attaches, gives the
+/// function a site by prologue relocation and traces it; `detach` gives the
+/// function its bytes back before unloading, and the program runs on with
+/// its results right.
+#[test]
+fn a_program_without_sites_is_traced_by_relocation_and_left_as_it_was() {
+    let plain = build("norelocsites", "gcc", &[]);
+    let mut p = Program::start(&plain);
+    let pid = p.pid_s();
+    let out = p.ok(&[
+        "trace",
+        &pid,
+        "--relocate",
+        "-t",
+        "function",
+        "-f",
+        "work_item",
+        "-d",
+        "300ms",
+    ]);
+    assert!(out.contains("work_item"), "{out}");
+    p.ok(&["detach", &pid]);
+    assert!(!p.maps_have_livetrace());
+    // The program keeps calling the function whose entry was patched.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    p.assert_c_unharmed();
+}

@@ -841,6 +841,34 @@ fn unregister_leftovers(patience: Duration) -> Result<(), String> {
     }
 }
 
+/// Gives every relocated function its original bytes back before the
+/// library goes: their entries jump to detours that call into it. A
+/// detour a thread may still be in stays allocated (retired, never freed
+/// once the library is gone); the function itself no longer leads there.
+fn unrelocate_all() -> Result<(), String> {
+    let relocated = |t: &livetrace::sites::Table| -> Vec<usize> {
+        (0..t.len())
+            .filter(|&i| t.relocated(i).is_some())
+            .map(|i| t.record(i).ip())
+            .collect()
+    };
+    let left = livetrace_ftrace::with_table(|t| {
+        let sites = relocated(t);
+        if !sites.is_empty() {
+            t.unrelocate(&sites, Duration::from_secs(5))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok::<_, String>(relocated(t).len())
+    })
+    .map_err(|e| e.to_string())??;
+    if left > 0 {
+        return Err(format!(
+            "{left} relocated function(s) could not be given their bytes back; not unloading"
+        ));
+    }
+    Ok(())
+}
+
 fn detach() {
     unblock_signals();
     // Every connection ends: its sessions stop (sites back to NOPs,
@@ -850,6 +878,9 @@ fn detach() {
         return fail(format!("cannot revert a patch: {e}"));
     }
     if let Err(m) = unregister_leftovers(DETACH_RETRY) {
+        return fail(m);
+    }
+    if let Err(m) = unrelocate_all() {
         return fail(m);
     }
     crate::STATE.store(crate::OFF, Release);
