@@ -28,9 +28,10 @@ fn livetrace(args: &[&str]) -> common::Output {
     output(cmd)
 }
 
-#[test]
-fn cli_traces_a_running_c_program() {
-    let mut cmd = command("gcc", "worker", &["run", "120"]);
+/// The C worker of `variant`, running under the preload library for two
+/// minutes, and its pid once it says it is ready.
+fn start_worker(variant: &str) -> (Program, String) {
+    let mut cmd = command(variant, "worker", &["run", "120"]);
     cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
     let mut program = Program(cmd.spawn().expect("starting the worker"));
     let mut line = String::new();
@@ -42,6 +43,12 @@ fn cli_traces_a_running_c_program() {
         .strip_prefix("ready pid=")
         .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
         .to_string();
+    (program, pid)
+}
+
+#[test]
+fn cli_traces_a_running_c_program() {
+    let (mut program, pid) = start_worker("gcc");
 
     let ps = livetrace(&["ps"]);
     ps.assert_ok();
@@ -145,18 +152,7 @@ fn cli_records_a_c_program_run_with_ld_preload() {
 /// `ls --why-not` lists what cannot be relocated.
 #[test]
 fn cli_traces_a_c_program_built_without_sites() {
-    let mut cmd = command("plain", "worker", &["run", "120"]);
-    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
-    let mut program = Program(cmd.spawn().expect("starting the worker"));
-    let mut line = String::new();
-    BufReader::new(program.0.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let pid = line
-        .trim()
-        .strip_prefix("ready pid=")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_string();
+    let (mut program, pid) = start_worker("plain");
 
     let before = livetrace(&["ls", &pid, "work_item"]);
     assert!(!before.stdout.contains("relocated"), "{before}");
