@@ -772,15 +772,13 @@ impl Core {
                     .iter()
                     .map(|&a| a..a + tramp::SLOT)
                     .chain(self.critical.iter().cloned())
-                    .chain(self.stubs.pages.iter().cloned())
-                    .collect(),
+                    .chain(self.stubs.pages.iter().cloned()),
             ),
             frames: normalize(
                 self.pools
                     .return_addresses()
                     .into_iter()
-                    .chain(self.callers.iter().cloned())
-                    .collect(),
+                    .chain(self.callers.iter().cloned()),
             ),
         }
     }

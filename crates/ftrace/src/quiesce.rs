@@ -101,24 +101,8 @@ pub(crate) struct Watch {
     pub frames: Vec<Range<usize>>,
 }
 
-/// Sorts and merges ranges.
-pub(crate) fn normalize(mut v: Vec<Range<usize>>) -> Vec<Range<usize>> {
-    v.retain(|r| r.start < r.end);
-    v.sort_unstable_by_key(|r| r.start);
-    let mut out: Vec<Range<usize>> = Vec::with_capacity(v.len());
-    for r in v {
-        match out.last_mut() {
-            Some(l) if r.start <= l.end => l.end = l.end.max(r.end),
-            _ => out.push(r),
-        }
-    }
-    out
-}
-
-fn in_ranges(ranges: &[Range<usize>], a: usize) -> bool {
-    let i = ranges.partition_point(|r| r.end <= a);
-    ranges.get(i).is_some_and(|r| r.start <= a)
-}
+/// Sorted, merged ranges and the search in them: the engine's.
+pub(crate) use livetrace_poke::world::{in_ranges, normalize_ranges as normalize};
 
 /// Counts of what the waits did, since the process started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

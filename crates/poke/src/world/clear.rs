@@ -36,13 +36,18 @@ impl std::fmt::Display for Inside {
     }
 }
 
-fn in_ranges(ranges: &[Range<usize>], a: usize) -> bool {
+/// Whether `a` lies in one of `ranges`, sorted and merged as
+/// [`normalize_ranges`] leaves them (a binary search).
+pub fn in_ranges(ranges: &[Range<usize>], a: usize) -> bool {
     let i = ranges.partition_point(|r| r.end <= a);
     ranges.get(i).is_some_and(|r| r.start <= a)
 }
 
-fn normalize(ranges: &[Range<usize>]) -> Vec<Range<usize>> {
-    let mut v: Vec<Range<usize>> = ranges.iter().filter(|r| r.start < r.end).cloned().collect();
+/// Address ranges sorted by start and merged where they touch or overlap,
+/// empty ones dropped: what [`in_ranges`] searches (the engine's waits and
+/// the tracing core's quiescence share it).
+pub fn normalize_ranges(ranges: impl IntoIterator<Item = Range<usize>>) -> Vec<Range<usize>> {
+    let mut v: Vec<Range<usize>> = ranges.into_iter().filter(|r| r.start < r.end).collect();
     v.sort_unstable_by_key(|r| r.start);
     let mut out: Vec<Range<usize>> = Vec::with_capacity(v.len());
     for r in v {
@@ -60,7 +65,7 @@ fn normalize(ranges: &[Range<usize>]) -> Vec<Range<usize>> {
 /// still inside (or that could not be read whole). The calling thread is
 /// not looked at.
 pub fn wait_outside(ranges: &[Range<usize>], timeout: Duration) -> Result<u32, Vec<Inside>> {
-    let ranges = normalize(ranges);
+    let ranges = normalize_ranges(ranges.iter().cloned());
     let me = super::gettid();
     let deadline = Instant::now() + timeout;
     let mut pending: Vec<i32> = match super::threads() {
@@ -147,7 +152,7 @@ mod tests {
 
     #[test]
     fn ranges_merge_and_match() {
-        let r = normalize(&[30..40, 10..20, 15..25, 50..50]);
+        let r = normalize_ranges([30..40, 10..20, 15..25, 50..50]);
         assert_eq!(r, vec![10..25, 30..40]);
         assert!(in_ranges(&r, 10) && in_ranges(&r, 24) && in_ranges(&r, 39));
         assert!(!in_ranges(&r, 25) && !in_ranges(&r, 9) && !in_ranges(&r, 40));

@@ -31,7 +31,7 @@ pub(crate) mod proc;
 pub(crate) mod signal;
 pub(crate) mod stop;
 
-pub use clear::{wait_outside, Inside};
+pub use clear::{in_ranges, normalize_ranges, wait_outside, Inside};
 pub use frames::Context;
 pub use probe::{
     observe, world_stats, Observation, Observe, Seen, Target, Unresponsive, WorldStats,
