@@ -421,7 +421,15 @@ fn monotonic_ns() -> u64 {
 }
 
 /// A write failure, said as such (the recording holds what came before).
+/// The code a failure carries when the output's reader went away (a pipe
+/// closed, as `| head` does): the command then ends quietly, as `yes |
+/// head` or `rg … | head` do, rather than reporting an error.
+pub const READER_GONE: u8 = 141;
+
 fn write_error(e: io::Error) -> Fail {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        return Fail("the output's reader went away".to_string(), READER_GONE);
+    }
     Fail(format!("cannot write the output: {e}"), 1)
 }
 

@@ -556,3 +556,41 @@ fn explicit_serve_and_socket_lifetime() {
     assert!(!sock.exists(), "socket left behind after exit");
     let _ = Command::new("true").status();
 }
+
+/// `livetrace trace PID … | head`: once the reader has what it wants and
+/// closes the pipe, the command stops tracing and ends quietly with
+/// success (as `rg … | head` does), and the session is gone.
+#[test]
+fn a_closed_pipe_ends_the_trace_quietly() {
+    use std::io::{BufRead, BufReader};
+    let t = Target::start();
+    let pid = t.pid_s();
+    let mut child = Command::new(CLI)
+        .args(["trace", &pid, "-f", "*::work::*", "-t", "function"])
+        .env("LIVETRACE_SOCKET_DIR", t.dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        // Past the header, into the events.
+        for _ in 0..20 {
+            lines.next().expect("a line").unwrap();
+        }
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "{:?}: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    t.wait_all_nop();
+}

@@ -103,6 +103,12 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
         Ok(h)
     }) {
         Ok(h) => h,
+        // Written to a pipe whose reader has all it wanted: stop tracing
+        // (the session ends with `at`) and say nothing.
+        Err(Fail(_, crate::recorder::READER_GONE)) if dest.is_none() => {
+            output.abandon();
+            return Ok(());
+        }
         Err(Fail(msg, code)) => {
             output.abandon();
             return Err(Fail(
