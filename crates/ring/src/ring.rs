@@ -837,11 +837,11 @@ impl Rings {
             let first_use = h.m.generation.load(Relaxed) == 0;
             if first_use {
                 let p = self.header_ptr(i);
-                // SAFETY: buffer `i`'s header, ours while TAKING: its
-                // records follow it inside the same stride, its tail line
-                // is entry `i` of the tails mapping. Constant from here on
-                // (readers read them only in LIVE or EXITED buffers, after
-                // an Acquire load of the state that follows these stores).
+                // Constant from here on: readers read these only in LIVE or
+                // EXITED buffers, after an Acquire load of the state that
+                // follows these stores.
+                // SAFETY: buffer `i`'s header, ours while TAKING: its records
+                // follow it in the same stride, its tail line is entry `i`.
                 unsafe {
                     (&raw mut (*p).w.slots).write(p.cast::<u8>().add(SLOT_HEADER_BYTES).cast());
                     (&raw mut (*p).w.mask).write(self.config.records_per_thread as u64 - 1);
