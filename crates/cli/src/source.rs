@@ -11,13 +11,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-/// One file-backed mapping of the process.
-struct Map {
-    start: u64,
-    end: u64,
-    offset: u64,
-    path: String,
-}
+use livetrace_format::Mapping;
 
 /// An object file opened for lookups: its line tables and where its
 /// loadable segments lie in the file.
@@ -31,7 +25,7 @@ struct Object {
 /// once, on their first lookup.
 pub struct Sources {
     pid: u32,
-    maps: Vec<Map>,
+    maps: Vec<Mapping>,
     objects: HashMap<String, Option<Object>>,
 }
 
@@ -40,7 +34,10 @@ impl Sources {
     /// read (the process is gone or not ours to look into).
     pub fn new(pid: u32) -> Option<Sources> {
         let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-        let maps = text.lines().filter_map(parse_map).collect();
+        let maps = Mapping::executable(&text)
+            .into_iter()
+            .filter(|m| m.path.starts_with('/'))
+            .collect();
         Some(Sources {
             pid,
             maps,
@@ -68,24 +65,6 @@ impl Sources {
         let (file, line) = (loc.file?, loc.line?);
         Some(format!("{file}:{line}"))
     }
-}
-
-/// `start-end perms offset dev inode path` for file-backed lines.
-fn parse_map(line: &str) -> Option<Map> {
-    let mut f = line.split_whitespace();
-    let (range, _perms, offset) = (f.next()?, f.next()?, f.next()?);
-    let (_dev, _inode) = (f.next()?, f.next()?);
-    let path = f.collect::<Vec<_>>().join(" ");
-    if !path.starts_with('/') || path.ends_with(" (deleted)") {
-        return None;
-    }
-    let (s, e) = range.split_once('-')?;
-    Some(Map {
-        start: u64::from_str_radix(s, 16).ok()?,
-        end: u64::from_str_radix(e, 16).ok()?,
-        offset: u64::from_str_radix(offset, 16).ok()?,
-        path,
-    })
 }
 
 /// Opens `path` as the process sees it: through `/proc/PID/root` first, so
@@ -121,16 +100,6 @@ fn loads(path: &std::path::Path) -> Option<Vec<(u64, u64, u64)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn maps_lines_parse() {
-        let m =
-            parse_map("7f00a000-7f00b000 r-xp 00002000 08:01 1234   /usr/lib/libz.so.1").unwrap();
-        assert_eq!((m.start, m.end, m.offset), (0x7f00a000, 0x7f00b000, 0x2000));
-        assert_eq!(m.path, "/usr/lib/libz.so.1");
-        assert!(parse_map("7f00a000-7f00b000 rw-p 00000000 00:00 0 [heap]").is_none());
-        assert!(parse_map("7f00a000-7f00b000 r-xp 00000000 08:01 9 /tmp/x (deleted)").is_none());
-    }
 
     /// This test's own code has line information (tests build with debug
     /// info): the lookup finds this file.

@@ -14,24 +14,7 @@ use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 /// The executable mappings of process `pid` (its `r-xp` lines with a
 /// path).
 pub fn exec_maps(pid: u32) -> Vec<Mapping> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (range, perms, off) = (f.next()?, f.next()?, f.next()?);
-            if !perms.contains('x') {
-                return None;
-            }
-            let path = f.nth(2).unwrap_or("").to_string();
-            let (a, b) = range.split_once('-')?;
-            Some(Mapping {
-                start: u64::from_str_radix(a, 16).ok()?,
-                end: u64::from_str_radix(b, 16).ok()?,
-                offset: u64::from_str_radix(off, 16).ok()?,
-                path,
-            })
-        })
-        .collect()
+    Mapping::executable(&std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default())
 }
 
 /// What has been named so far, so a refresh names only new objects.

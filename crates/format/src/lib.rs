@@ -183,6 +183,31 @@ pub struct Mapping {
     pub path: String,
 }
 
+impl Mapping {
+    /// The executable mappings in the text of a `/proc/PID/maps` file
+    /// (lines whose permissions include `x`; anonymous ones get an empty
+    /// path, a removed file its path without ` (deleted)`).
+    pub fn executable(maps: &str) -> Vec<Mapping> {
+        maps.lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let (range, perms, off) = (f.next()?, f.next()?, f.next()?);
+                if !perms.contains('x') {
+                    return None;
+                }
+                let path = f.nth(2).unwrap_or("").to_string();
+                let (a, b) = range.split_once('-')?;
+                Some(Mapping {
+                    start: u64::from_str_radix(a, 16).ok()?,
+                    end: u64::from_str_radix(b, 16).ok()?,
+                    offset: u64::from_str_radix(off, 16).ok()?,
+                    path,
+                })
+            })
+            .collect()
+    }
+}
+
 /// One row of the profile tracer's table.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProfileRow {
@@ -358,4 +383,24 @@ pub struct End {
     pub status: i32,
     /// What a person reads.
     pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Mapping;
+
+    #[test]
+    fn executable_maps_lines_parse() {
+        let maps = "7f00a000-7f00b000 r-xp 00002000 08:01 1234   /usr/lib/libz.so.1\n\
+                    7f00b000-7f00c000 rw-p 00000000 00:00 0 [heap]\n\
+                    7f00c000-7f00d000 r-xp 00000000 08:01 9 /tmp/x (deleted)\n";
+        let m = Mapping::executable(maps);
+        assert_eq!(m.len(), 2);
+        assert_eq!(
+            (m[0].start, m[0].end, m[0].offset),
+            (0x7f00a000, 0x7f00b000, 0x2000)
+        );
+        assert_eq!(m[0].path, "/usr/lib/libz.so.1");
+        assert_eq!(m[1].path, "/tmp/x");
+    }
 }

@@ -435,15 +435,8 @@ impl<S: Into<String>> Extend<(u64, u64, S)> for Symbols {
     }
 }
 
-/// One executable mapping of a loaded object.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mapping {
-    pub start: u64,
-    pub end: u64,
-    /// File offset of `start`.
-    pub offset: u64,
-    pub path: String,
-}
+/// One executable mapping of a loaded object: the recorded file's own.
+pub use livetrace_format::Mapping;
 
 /// One profile row (also computed by the in-process profiler, which does not
 /// keep events).

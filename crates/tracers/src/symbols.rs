@@ -39,24 +39,7 @@ pub(crate) fn process_trace() -> Trace {
 
 /// Executable mappings, from /proc/self/maps.
 fn mappings() -> Vec<Mapping> {
-    let text = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (range, perms, off) = (f.next()?, f.next()?, f.next()?);
-            if !perms.contains('x') {
-                return None;
-            }
-            let path = f.nth(2).unwrap_or("").to_string();
-            let (a, b) = range.split_once('-')?;
-            Some(Mapping {
-                start: u64::from_str_radix(a, 16).ok()?,
-                end: u64::from_str_radix(b, 16).ok()?,
-                offset: u64::from_str_radix(off, 16).ok()?,
-                path,
-            })
-        })
-        .collect()
+    Mapping::executable(&std::fs::read_to_string("/proc/self/maps").unwrap_or_default())
 }
 
 /// The name of the function at or containing `addr`.
