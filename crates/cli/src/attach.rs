@@ -1034,6 +1034,7 @@ fn inside_library(p: &mut Process, l: &Library) -> Result<Option<String>, String
     }
     let hook = p.read_u64(l.unload).map_err(e)?;
     let inside_off = p.read_u64(l.unload + 8).map_err(e)? as i64;
+    let full_hook = p.read_u64(l.unload + 16).map_err(e)?;
     let mut ranges: Vec<(u64, u64)> = l.module.maps.iter().map(|m| (m.start, m.end)).collect();
     // Its trampolines and stubs, which it unmaps as it goes.
     let (at, n) = (
@@ -1074,7 +1075,7 @@ fn inside_library(p: &mut Process, l: &Library) -> Result<Option<String>, String
             }
         }
         if hook != 0 {
-            if let Some(b) = p.find_inside(|w| w == hook)? {
+            if let Some(b) = p.find_inside(|w| w == hook || (full_hook != 0 && w == full_hook))? {
                 if b.addr == 0 {
                     return Ok(Some(format!("thread {}'s stack cannot be checked", b.tid)));
                 }

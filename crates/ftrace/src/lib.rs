@@ -18,6 +18,7 @@
 //! | one, plain | that ops' *dedicated* trampoline: calls its callback directly |
 //! | several, plain | the *list caller*: walks the ops, checking each one's set |
 //! | any needing regs or IPMODIFY | the *regs caller*: a full register set, then the list walk |
+//! | any, on a relocated function | the *full caller*: the regs caller that also saves the whole extended state (its callers may keep values in any register) |
 //!
 //! An ops may also bring a [`FastPath`]: machine code that does its whole
 //! job without calling into Rust (the tracers record an event in a few
@@ -68,6 +69,7 @@ mod regs;
 mod relocate;
 mod thread;
 mod tramp;
+mod xstate;
 
 use std::collections::{HashMap, HashSet};
 
@@ -92,6 +94,7 @@ pub use regs::Regs;
 pub use relocate::{relocate, set_relocate_on_demand, why_not};
 pub use thread::{in_callback, recursion_dropped, suppress, Suppress};
 pub use tramp::{vector_state, VectorState};
+pub use xstate::{xstate, XSaveMode, XSTATE_MASK, XSTATE_MODE, XSTATE_SIZE};
 
 use ops::{FuncSet, OpsInner};
 use tramp::{window_of, Kind, Pools};
@@ -114,6 +117,17 @@ extern "C" fn list_entry_fast(data: usize, slot: *mut usize) {
 /// Walks every registered ops and delivers the call to those whose set holds
 /// `ip`: the body of the list caller and of the regs caller.
 extern "C" fn list_entry(_data: usize, ip: usize, parent_slot: *mut usize, regs: *mut Regs) {
+    walk(ip, parent_slot, regs, false);
+}
+
+/// The full caller's entry: the list walk, telling each callback that the
+/// function's callers keep values in every register
+/// ([`Call::preserves_all`]).
+extern "C" fn list_entry_full(_data: usize, ip: usize, parent_slot: *mut usize, regs: *mut Regs) {
+    walk(ip, parent_slot, regs, true);
+}
+
+fn walk(ip: usize, parent_slot: *mut usize, regs: *mut Regs, full: bool) {
     let list = LIST.load(Acquire);
     if list.is_null() {
         return;
@@ -132,7 +146,7 @@ extern "C" fn list_entry(_data: usize, ip: usize, parent_slot: *mut usize, regs:
             if let (Some(t), Some(r)) = (ops.redirect, r.as_deref_mut()) {
                 r.ip = t as u64;
             }
-            ops::deliver(ops, ip, parent_slot, r);
+            ops::deliver(ops, ip, parent_slot, r, full);
         }
     }
 }
@@ -603,6 +617,7 @@ impl Core {
                 let entry = match kind {
                     Kind::Fast => list_entry_fast as tramp::FastEntryFn as usize,
                     Kind::Regs => list_entry as tramp::EntryFn as usize,
+                    Kind::Full => list_entry_full as tramp::EntryFn as usize,
                 };
                 let a = self
                     .pools
@@ -676,8 +691,15 @@ impl Core {
             let regs = on.iter().any(|o| o.regs || o.ipmodify);
             let owner = on.iter().find(|o| o.ipmodify).map(|o| o.id);
             let w = window_of(ip);
+            // A relocated function's callers may keep values in any
+            // register (see `xstate`): only the full caller serves it, never
+            // a fast path or a trampoline that saves what the ABI asks.
+            let full = self.table.find(ip).is_some_and(|i| {
+                self.table.record(i).origin() == livetrace_sites::Origin::Relocated
+            });
             let target = match on.len() {
                 0 => Insn::Nop,
+                _ if full => Insn::Call(self.trampoline(w, Kind::Full, None)?),
                 _ if regs => Insn::Call(self.trampoline(w, Kind::Regs, None)?),
                 1 => {
                     // The ops' fast path if it has one, else its dedicated

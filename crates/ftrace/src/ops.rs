@@ -63,6 +63,7 @@ pub struct Call<'a> {
     pub(crate) parent_slot: *mut usize,
     pub(crate) regs: Option<&'a mut Regs>,
     pub(crate) ops: &'a OpsInner,
+    pub(crate) full: bool,
 }
 
 impl Call<'_> {
@@ -97,6 +98,18 @@ impl Call<'_> {
     /// The name of the ops this call is delivered to.
     pub fn ops_name(&self) -> &str {
         &self.ops.name
+    }
+
+    /// Whether the function's callers may keep values in *any* register
+    /// across the call, not only in those the ABI says a call preserves:
+    /// true for a function relocated to get a site, which its callers were
+    /// compiled knowing had none (gcc's `-fipa-ra` keeps values in the
+    /// registers a local callee does not touch). The trampoline saved and
+    /// restores the whole register state around this callback; code that
+    /// runs at the function's *return* (a hook written into
+    /// [`Call::return_slot`]) must do the same.
+    pub fn preserves_all(&self) -> bool {
+        self.full
     }
 }
 
@@ -304,6 +317,7 @@ extern "C" fn entry<F: Fn(&mut Call<'_>) + Send + Sync + 'static>(data: usize, s
         parent_slot,
         regs: None,
         ops,
+        full: false,
     };
     // A panic must not unwind into the trampoline's assembly.
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut call))).is_err() {
@@ -313,12 +327,19 @@ extern "C" fn entry<F: Fn(&mut Call<'_>) + Send + Sync + 'static>(data: usize, s
 
 /// Delivers a call to an ops through its callback's vtable (the list walk).
 #[inline]
-pub(crate) fn deliver(ops: &OpsInner, ip: usize, parent_slot: *mut usize, regs: Option<&mut Regs>) {
+pub(crate) fn deliver(
+    ops: &OpsInner,
+    ip: usize,
+    parent_slot: *mut usize,
+    regs: Option<&mut Regs>,
+    full: bool,
+) {
     let mut call = Call {
         ip,
         parent_slot,
         regs,
         ops,
+        full,
     };
     // A panic must not unwind into the trampoline's assembly.
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (ops.callback)(&mut call))).is_err()

@@ -210,11 +210,19 @@ lt_tramp_fast\V\()_end:
     // but a live patch must hold for every caller: the same frame is then
     // handed to the `guarded` entry, which applies the redirections
     // IPMODIFY ops declared as data (no callback code) and nothing else.
-    .macro lt_tramp_regs V
+    //
+    // FULL = 1 makes the *full* template, for sites whose callers may keep
+    // values in any register across the call (relocated functions, see
+    // xstate.rs): the whole extended state goes to a 64-aligned area below
+    // the Regs with `xsavec64` (patched to `xsave64` or `fxsave64` where
+    // the CPU has no better), and comes back with the matching restore, so
+    // nothing the callback does to x87, xmm8-15, the upper halves, zmm16-31
+    // or the mask registers reaches the function or its caller.
+    .macro lt_tramp_regs V, FULL, NAME
     .set W, 16 << \V
     .p2align 4
-    .globl lt_tramp_regs\V\()_start
-lt_tramp_regs\V\()_start:
+    .globl \NAME\V\()_start
+\NAME\V\()_start:
     push rbp
     mov rbp, rsp
     pushfq
@@ -246,7 +254,24 @@ lt_tramp_regs\V\()_start:
     .endr
     // rbx (saved in the Regs) holds the Regs across the call.
     mov rbx, rsp
+    .if \FULL
+    // rax and rdx are in the Regs: free for the mask (edx:eax). The XSAVE
+    // header's reserved bytes must be zero for the restore.
+    sub rsp, 0x5eed1000
+    and rsp, -64
+    xor eax, eax
+    .irp n, 0, 1, 2, 3, 4, 5, 6, 7
+    mov qword ptr [rsp + 512 + 8 * \n], rax
+    .endr
+    mov eax, 0x5eed2000
+    xor edx, edx
+    xsavec64 [rsp]
+    // Rust code expects an empty x87 stack and default control words.
+    fninit
     .if \V > 0
+    vzeroupper
+    .endif
+    .elseif \V > 0
     sub rsp, 8 * W
     and rsp, -W
     lt_vsave \V, 0
@@ -263,8 +288,8 @@ lt_tramp_regs\V\()_start:
     jne 5f
     mov byte ptr fs:[LT_INSIDE], 1
     mov r12d, 1
-    .globl lt_tramp_regs\V\()_call
-lt_tramp_regs\V\()_call:
+    .globl \NAME\V\()_call
+\NAME\V\()_call:
     call qword ptr [rip + 8f]
     jmp 4f
 5:
@@ -273,7 +298,20 @@ lt_tramp_regs\V\()_call:
 4:
     // The full registers, then the low 128 bits from the Regs, which the
     // callback may have changed.
+    .if \FULL
+    mov eax, 0x5eed2000
+    xor edx, edx
+    xrstor64 [rsp]
+    .irp n, 0, 1, 2, 3, 4, 5, 6, 7
     .if \V == 0
+    movaps xmm\n, xmmword ptr [rbx + 16 * \n]
+    .elseif \V == 1
+    vinsertf128 ymm\n, ymm\n, xmmword ptr [rbx + 16 * \n], 0
+    .else
+    vinsertf32x4 zmm\n, zmm\n, xmmword ptr [rbx + 16 * \n], 0
+    .endif
+    .endr
+    .elseif \V == 0
     .irp n, 0, 1, 2, 3, 4, 5, 6, 7
     movaps xmm\n, xmmword ptr [rbx + 16 * \n]
     .endr
@@ -323,16 +361,19 @@ lt_tramp_regs\V\()_call:
 6:  .quad 0
 7:  .quad 0
 8:  .quad 0
-    .globl lt_tramp_regs\V\()_end
-lt_tramp_regs\V\()_end:
+    .globl \NAME\V\()_end
+\NAME\V\()_end:
     .endm
 
     lt_tramp_fast 0
     lt_tramp_fast 1
     lt_tramp_fast 2
-    lt_tramp_regs 0
-    lt_tramp_regs 1
-    lt_tramp_regs 2
+    lt_tramp_regs 0, 0, lt_tramp_regs
+    lt_tramp_regs 1, 0, lt_tramp_regs
+    lt_tramp_regs 2, 0, lt_tramp_regs
+    lt_tramp_regs 0, 1, lt_tramp_full
+    lt_tramp_regs 1, 1, lt_tramp_full
+    lt_tramp_regs 2, 1, lt_tramp_full
 
     // A per-site stub, for a fast path that calls the original (see
     // fast.rs). The site jumps here (no return address pushed: the return
@@ -406,6 +447,15 @@ unsafe extern "C" {
     static lt_tramp_regs2_start: u8;
     static lt_tramp_regs2_call: u8;
     static lt_tramp_regs2_end: u8;
+    static lt_tramp_full0_start: u8;
+    static lt_tramp_full0_call: u8;
+    static lt_tramp_full0_end: u8;
+    static lt_tramp_full1_start: u8;
+    static lt_tramp_full1_call: u8;
+    static lt_tramp_full1_end: u8;
+    static lt_tramp_full2_start: u8;
+    static lt_tramp_full2_call: u8;
+    static lt_tramp_full2_end: u8;
     static lt_stub_start: u8;
     static lt_stub_add: u8;
     static lt_stub_call_body: u8;
@@ -704,6 +754,9 @@ pub fn vector_state() -> VectorState {
 pub(crate) enum Kind {
     Fast,
     Regs,
+    /// The regs template saving the whole extended state too: for sites
+    /// whose callers may keep values in any register (see `xstate`).
+    Full,
 }
 
 type Template = (*const u8, *const u8, *const u8);
@@ -745,6 +798,23 @@ impl Kind {
                     &raw const lt_tramp_regs2_start,
                     &raw const lt_tramp_regs2_call,
                     &raw const lt_tramp_regs2_end,
+                ),
+            ][v],
+            Kind::Full => [
+                (
+                    &raw const lt_tramp_full0_start,
+                    &raw const lt_tramp_full0_call,
+                    &raw const lt_tramp_full0_end,
+                ),
+                (
+                    &raw const lt_tramp_full1_start,
+                    &raw const lt_tramp_full1_call,
+                    &raw const lt_tramp_full1_end,
+                ),
+                (
+                    &raw const lt_tramp_full2_start,
+                    &raw const lt_tramp_full2_call,
+                    &raw const lt_tramp_full2_end,
                 ),
             ][v],
         }
@@ -826,7 +896,10 @@ impl Pools {
         patch_data(&mut bytes[..n - 16], data);
         bytes[n - 16..n - 8].copy_from_slice(&(data as u64).to_le_bytes());
         bytes[n - 8..].copy_from_slice(&(func as u64).to_le_bytes());
-        if kind == Kind::Regs {
+        if kind == Kind::Full {
+            patch_xstate(&mut bytes[..n - 24]);
+        }
+        if kind != Kind::Fast {
             let guarded = crate::guarded_entry as GuardedFn as usize;
             bytes[n - 24..n - 16].copy_from_slice(&(guarded as u64).to_le_bytes());
         }
@@ -893,7 +966,7 @@ impl Pools {
     /// anything narrower than the whole page keeps stale pointers to a
     /// trampoline (its start, kept in some local) from looking like one.
     pub fn return_addresses(&self) -> Vec<std::ops::Range<usize>> {
-        let offsets = [Kind::Fast, Kind::Regs].map(|k| k.call_offset() + 5);
+        let offsets = [Kind::Fast, Kind::Regs, Kind::Full].map(|k| k.call_offset() + 5);
         self.pools
             .values()
             .flat_map(|p| p.pages.iter())
@@ -1023,6 +1096,46 @@ fn patch_tls_any(code: &mut [u8], tpoff: isize) -> usize {
         }
     }
     patched
+}
+
+/// Fills a full template's save-area size and feature mask in, and turns
+/// its `xsavec64` into what the CPU has (see `xstate`).
+fn patch_xstate(code: &mut [u8]) {
+    let (mode, mask, size) = crate::xstate::xstate();
+    let mut replace = |from: &[u8], to: &[u8]| -> usize {
+        let mut n = 0;
+        let mut i = 0;
+        while i + from.len() <= code.len() {
+            if &code[i..i + from.len()] == from {
+                code[i..i + to.len()].copy_from_slice(to);
+                n += 1;
+                i += from.len();
+            } else {
+                i += 1;
+            }
+        }
+        n
+    };
+    assert_eq!(
+        replace(&0x5eed_1000u32.to_le_bytes(), &size.to_le_bytes()),
+        1
+    );
+    assert_eq!(
+        replace(&0x5eed_2000u32.to_le_bytes(), &mask.to_le_bytes()),
+        2
+    );
+    const XSAVEC: [u8; 5] = [0x48, 0x0f, 0xc7, 0x24, 0x24];
+    const XRSTOR: [u8; 5] = [0x48, 0x0f, 0xae, 0x2c, 0x24];
+    let (save, restore): ([u8; 5], [u8; 5]) = match mode {
+        crate::xstate::XSaveMode::XSaveC => (XSAVEC, XRSTOR),
+        crate::xstate::XSaveMode::XSave => ([0x48, 0x0f, 0xae, 0x24, 0x24], XRSTOR),
+        crate::xstate::XSaveMode::Fx => (
+            [0x48, 0x0f, 0xae, 0x04, 0x24],
+            [0x48, 0x0f, 0xae, 0x0c, 0x24],
+        ),
+    };
+    assert_eq!(replace(&XSAVEC, &save), 1, "full template's xsavec64");
+    assert_eq!(replace(&XRSTOR, &restore), 1, "full template's xrstor64");
 }
 
 /// Puts `data` into a template's `movabs rdi, imm64` placeholder, where it

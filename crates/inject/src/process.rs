@@ -17,7 +17,7 @@ use crate::target::{Refusal, Target};
 /// How long a thread gets to stop after `PTRACE_INTERRUPT`.
 const STOP_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long [`Process::call`] looks for a thread at a safe point.
-const PICK_TIMEOUT: Duration = Duration::from_secs(3);
+const PICK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Below the stack pointer, the System V ABI's red zone: leaf code may keep
 /// data there, so injected frames start below it.
 const RED_ZONE: u64 = 128;

@@ -92,11 +92,16 @@ pub static livetrace_attach_sleds: [AtomicUsize; 2] = [AtomicUsize::new(0), Atom
 pub static livetrace_attach_message: Message = Message(UnsafeCell::new([0; MESSAGE_LEN]));
 
 /// What the injector checks before unloading, once `SERVING`: the graph
-/// tracer's return hook (a frame still hooked holds it on its stack) and
-/// the thread-pointer offset of the byte that is non-zero while a thread
-/// is inside livetrace (a callback, a fast path, a return hook's exit).
+/// tracer's return hook (a frame still hooked holds it on its stack), the
+/// thread-pointer offset of the byte that is non-zero while a thread is
+/// inside livetrace (a callback, a fast path, a return hook's exit), and
+/// the return hook of relocated functions.
 #[unsafe(no_mangle)]
-pub static livetrace_attach_unload: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+pub static livetrace_attach_unload: [AtomicUsize; 3] = [
+    AtomicUsize::new(0),
+    AtomicUsize::new(0),
+    AtomicUsize::new(0),
+];
 
 /// Once `UNLOADABLE`: the executable memory livetrace mapped (trampolines,
 /// stubs), as `(start, end)` `u64` pairs and their count, which no thread
@@ -380,6 +385,10 @@ fn attach(flags: u64) {
     }
     livetrace_attach_unload[0].store(
         livetrace_tracers::retstack::return_to_handler_addr(),
+        Release,
+    );
+    livetrace_attach_unload[2].store(
+        livetrace_tracers::retstack::return_to_handler_full_addr(),
         Release,
     );
     blocked.sample();
@@ -870,6 +879,13 @@ fn unrelocate_all() -> Result<(), String> {
 }
 
 fn detach() {
+    // The injector that started this lets go of the process (ptrace) right
+    // after its call returns; every batch below is refused while it is
+    // still attached.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while livetrace::poke::world::tracer_pid().is_some() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
     unblock_signals();
     // Every connection ends: its sessions stop (sites back to NOPs,
     // quiescence waited for) and its patches are reverted.

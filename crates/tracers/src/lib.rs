@@ -42,6 +42,7 @@
 #![warn(missing_docs)]
 
 mod fast;
+mod full_hook;
 mod layout;
 pub mod retstack;
 mod session;

@@ -443,7 +443,8 @@ fn parent_of(b: &Block, d: usize, slot: usize) -> (u32, u32) {
 }
 
 /// Hooks the return of the function being entered. `slot` is the
-/// trampoline's return slot. Returns the depth reported for the call, or
+/// trampoline's return slot; `preserve_all` picks the hook that keeps every
+/// register (`livetrace_ftrace::Call::preserves_all`). Returns the depth reported for the call, or
 /// `None` when the shadow stack is full (counted).
 ///
 /// `sink` is the id of a sink published with [`publish_sink`]; if it is gone
@@ -457,6 +458,7 @@ pub(crate) unsafe fn hook(
     func: usize,
     entry_ticks: u64,
     sink: u32,
+    preserve_all: bool,
 ) -> Option<u32> {
     let b = block()?;
     let mut d = b.trim();
@@ -470,7 +472,11 @@ pub(crate) unsafe fn hook(
     }
     let s = slot as usize;
     let (level, parent) = parent_of(b, d, s);
-    let hook = return_to_handler_addr();
+    let hook = if preserve_all {
+        return_to_handler_full_addr()
+    } else {
+        return_to_handler_addr()
+    };
     let f = b.frame(d);
     // SAFETY: the caller guarantees `slot` is the live return slot.
     f.ret.store(unsafe { slot.read() }, Relaxed);
@@ -572,7 +578,7 @@ pub(crate) fn count_unwound(found: &Found) {
 /// Called by the return hooks' slow path with the address of the slot the
 /// function returned through (which still holds the hook's address);
 /// returns where it should have returned.
-extern "C" fn graph_exit(slot: usize) -> usize {
+pub(crate) extern "C" fn graph_exit(slot: usize) -> usize {
     let _quiet = livetrace_ftrace::suppress();
     let now = crate::clock_now();
     // SAFETY: the hook passes the slot the function returned through.
@@ -714,6 +720,8 @@ pub(crate) unsafe fn publish_sink(id: u32, sink: *const dyn Sink) {
         }
     });
     crate::unwind::resolve();
+    // The full hook reads the core's save layout.
+    livetrace_ftrace::xstate();
     VECTOR_STATE.store(
         livetrace_ftrace::vector_state() as u8,
         std::sync::atomic::Ordering::Relaxed,
@@ -1022,20 +1030,22 @@ unsafe extern "C" {
 /// recursion guard: a return address into them means a thread is inside
 /// (the quiescence wait must not take a thread blocked there for one that
 /// is clear).
-fn slow_exit_code() -> [std::ops::Range<usize>; 2] {
+fn slow_exit_code() -> [std::ops::Range<usize>; 3] {
     [
         &raw const lt_return_to_handler_fast_end as usize
             ..&raw const lt_return_to_handler_end as usize,
         &raw const lt_return_to_stub_fast_end as usize..&raw const lt_return_to_stub_end as usize,
+        crate::full_hook::code(),
     ]
 }
 
 /// The hooks' whole code, the byte before each included: a frame whose
 /// address is in here is the hook's, not the program's.
-pub(crate) fn hook_code() -> [std::ops::Range<usize>; 2] {
+pub(crate) fn hook_code() -> [std::ops::Range<usize>; 3] {
     [
         return_to_handler_addr() - 1..&raw const lt_return_to_handler_end as usize,
         return_to_stub_addr() - 1..&raw const lt_return_to_stub_end as usize,
+        crate::full_hook::code(),
     ]
 }
 
@@ -1052,7 +1062,10 @@ pub(crate) fn return_to_stub_addr() -> usize {
     lt_return_to_stub as *const () as usize
 }
 
-/// The address hooked slots hold.
+pub use crate::full_hook::return_to_handler_full_addr;
+
+/// The address hooked slots hold (but those of functions that preserve
+/// every register: [`return_to_handler_full_addr`]).
 pub fn return_to_handler_addr() -> usize {
     lt_return_to_handler as *const () as usize
 }
@@ -1139,8 +1152,15 @@ mod tests {
             .filter(Pattern::parse("g::*"))
             .build(move |call| {
                 // SAFETY: the slot is this call's return slot.
-                let hooked =
-                    unsafe { hook(call.return_slot(), call.ip(), crate::clock_now(), 9999) };
+                let hooked = unsafe {
+                    hook(
+                        call.return_slot(),
+                        call.ip(),
+                        crate::clock_now(),
+                        9999,
+                        false,
+                    )
+                };
                 if let Some(d) = hooked {
                     log.0.lock().unwrap().push(('e', call.ip(), d));
                 }
@@ -1320,7 +1340,15 @@ mod tests {
             .filter(Pattern::Addr(site))
             .build(move |call| {
                 // SAFETY: the slot is this call's return slot.
-                unsafe { hook(call.return_slot(), call.ip(), crate::clock_now(), 9998) };
+                unsafe {
+                    hook(
+                        call.return_slot(),
+                        call.ip(),
+                        crate::clock_now(),
+                        9998,
+                        false,
+                    )
+                };
             });
         register(&ops).unwrap();
         let mut values = [0u8; 192];

@@ -646,7 +646,9 @@ impl Session {
                     let ts = crate::clock_now();
                     // SAFETY: the trampoline's return slot of this call; the
                     // session id is resolved through the registry at exit.
-                    let depth = unsafe { retstack::hook(call.return_slot(), call.ip(), ts, id) };
+                    let depth = unsafe {
+                        retstack::hook(call.return_slot(), call.ip(), ts, id, call.preserves_all())
+                    };
                     match (depth, me.tracer) {
                         (Some(d), Tracer::Graph) if d < me.depth => {
                             me.entry(call.ip(), ts, d);

@@ -36,6 +36,7 @@ pub use frames::Context;
 pub use probe::{
     observe, world_stats, Observation, Observe, Seen, Target, Unresponsive, WorldStats,
 };
+pub use proc::tracer_pid;
 pub use signal::{set_signal, signal};
 pub use stop::{Busy, StopError, StopReport};
 

@@ -196,8 +196,9 @@ pub(crate) fn blocked_signals(tid: i32) -> Option<u64> {
     parse_hex(&rest[..end])
 }
 
-/// The process's tracer (`TracerPid` in `/proc/self/status`), if any.
-pub(crate) fn tracer_pid() -> Option<i32> {
+/// The process's tracer (`TracerPid` in `/proc/self/status`), if any: a
+/// batch is refused while there is one (see `Error::Traced`).
+pub fn tracer_pid() -> Option<i32> {
     let mut buf = [0u8; 2048];
     // SAFETY: open/read/close of a static NUL-terminated path into a
     // local buffer.
