@@ -229,6 +229,47 @@ fn live(a: &Args) {
         de - pl
     );
 
+    // A function its object calls directly (`lt_hand_call` calls the
+    // static `lt_hand_twice`): its callers may keep values in any register,
+    // so the full caller serves it (every vector and mask register kept):
+    // the price of correctness where gcc's -fipa-ra may have been at work.
+    let call_entry = lib.sym("lt_hand_call").expect("lt_hand_call");
+    livetrace_ftrace::relocate(&Pattern::parse("lt_hand_twice")).expect("relocate twice");
+    let (twice, full) = livetrace_ftrace::with_table(|t| {
+        let i = t
+            .lookup_name("lt_hand_twice")
+            .into_iter()
+            .filter(|&i| t.relocated(i).is_some())
+            .min_by_key(|&i| {
+                t.relocated(i)
+                    .expect("relocated")
+                    .entry
+                    .abs_diff(call_entry)
+            })
+            .expect("lt_hand_twice relocated");
+        (
+            t.relocated(i).expect("relocated").entry,
+            t.record(i).preserves_all(),
+        )
+    })
+    .expect("core");
+    let (g, g_twin) = (lib.func("lt_hand_call"), twin.func("lt_hand_call"));
+    let traced_full = start(Pattern::Addr(twice));
+    let (mut fb, mut ft) = (Vec::new(), Vec::new());
+    per_call_fn(g, a.calls / 10);
+    for _ in 0..a.live_rounds {
+        fb.push(per_call_fn(g_twin, a.calls));
+        ft.push(per_call_fn(g, a.calls));
+    }
+    drop(traced_full);
+    let (fb, ft) = (median(&mut fb), median(&mut ft));
+    println!(
+        "RESULT bench=relocated live=overhead_direct plain_ns={fb:.2} relocated_traced_ns={ft:.2} \
+         function_overhead_ns={:.2} vs_site_ns={:.2} full_caller={full}",
+        ft - fb,
+        ft - fb - so
+    );
+
     // Enabling 10,000 relocated functions with 2 busy threads.
     let stop = AtomicBool::new(false);
     let fns: Vec<StockFn> = (0..n).map(|i| lib.f(i)).collect();

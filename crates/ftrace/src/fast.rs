@@ -11,8 +11,9 @@ pub const INSIDE_PLACEHOLDER: u32 = 0x5eed_0000;
 /// The disp32 a fast path writes for the thread's dropped-call counter.
 pub const DROPPED_PLACEHOLDER: u32 = 0x5eed_0008;
 
-/// Most bytes a fast path may have (one pool slot).
-pub(crate) const MAX_LEN: usize = crate::tramp::SLOT;
+/// Most bytes a fast path may have (a quarter of a pool slot, which is
+/// sized for the full template with AVX-512: over 1 KiB).
+pub(crate) const MAX_LEN: usize = 512;
 
 /// Machine code serving an ops' calls ([`crate::OpsBuilder::fast_path`]).
 ///

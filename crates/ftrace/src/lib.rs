@@ -18,7 +18,7 @@
 //! | one, plain | that ops' *dedicated* trampoline: calls its callback directly |
 //! | several, plain | the *list caller*: walks the ops, checking each one's set |
 //! | any needing regs or IPMODIFY | the *regs caller*: a full register set, then the list walk |
-//! | any, on a relocated function | the *full caller*: the regs caller that also saves the whole extended state (its callers may keep values in any register) |
+//! | any, on a relocated function its object calls directly | the *full caller*: the regs caller that also keeps every vector and mask register (its callers may keep values in any register) |
 //!
 //! An ops may also bring a [`FastPath`]: machine code that does its whole
 //! job without calling into Rust (the tracers record an event in a few
@@ -69,7 +69,6 @@ mod regs;
 mod relocate;
 mod thread;
 mod tramp;
-mod xstate;
 
 use std::collections::{HashMap, HashSet};
 
@@ -94,7 +93,6 @@ pub use regs::Regs;
 pub use relocate::{relocate, set_relocate_on_demand, why_not};
 pub use thread::{in_callback, recursion_dropped, suppress, Suppress};
 pub use tramp::{vector_state, VectorState};
-pub use xstate::{xstate, XSaveMode, XSTATE_MASK, XSTATE_MODE, XSTATE_SIZE};
 
 use ops::{FuncSet, OpsInner};
 use tramp::{window_of, Kind, Pools};
@@ -691,12 +689,14 @@ impl Core {
             let regs = on.iter().any(|o| o.regs || o.ipmodify);
             let owner = on.iter().find(|o| o.ipmodify).map(|o| o.id);
             let w = window_of(ip);
-            // A relocated function's callers may keep values in any
-            // register (see `xstate`): only the full caller serves it, never
-            // a fast path or a trampoline that saves what the ABI asks.
-            let full = self.table.find(ip).is_some_and(|i| {
-                self.table.record(i).origin() == livetrace_sites::Origin::Relocated
-            });
+            // A relocated function its object calls directly may have
+            // callers that keep values in any register (gcc's -fipa-ra, see
+            // `tramp`): only the full caller serves it, never a fast path
+            // or a trampoline that saves only what the ABI asks.
+            let full = self
+                .table
+                .find(ip)
+                .is_some_and(|i| self.table.record(i).preserves_all());
             let target = match on.len() {
                 0 => Insn::Nop,
                 _ if full => Insn::Call(self.trampoline(w, Kind::Full, None)?),

@@ -1,6 +1,6 @@
 //! Trampolines: the code a site calls.
 //!
-//! Two templates, written once in assembly below and copied at run time into
+//! Three templates, written once in assembly below and copied at run time into
 //! executable pages near the sites they serve (a `call rel32` reaches only
 //! ±2 GiB, and shared libraries are usually mapped far from the program):
 //!
@@ -18,7 +18,9 @@
 //!   — and returns there. Inside a callback it runs no callback but still
 //!   applies the redirections IPMODIFY ops declared as data
 //!   ([`crate::OpsBuilder::redirect_to`]): a live patch holds for every
-//!   caller.
+//!   caller;
+//! - the *full* template is the regs template that also keeps every vector
+//!   and mask register, for relocated functions (below).
 //!
 //! # What the templates assume of the machine state at a site
 //!
@@ -37,6 +39,16 @@
 //! in registers a local callee does not touch) for functions with
 //! patchable entries, so a caller relies on nothing caller-saved across a
 //! site.
+//!
+//! A function *relocated* to get a site had no patchable entry when it was
+//! compiled: a caller in its object may keep a value in r10, r11, rcx or
+//! any vector register across a call to it (zstd's `HUF_decompress4X_*`
+//! keeps r10 across `HUF_selectDecoder`). When its object calls it
+//! directly ([`livetrace_sites::Record::preserves_all`]; a function reached
+//! only through the PLT or a pointer has callers that assume the ABI), its
+//! site calls the *full* template: the regs template that also saves every vector register at
+//! full width (32 with AVX-512, and the mask registers) — about 13 ns of
+//! stores and loads with AVX-512, a seventh of what `xsavec` costs.
 //!
 //! Each copy has two data words at its end, read RIP-relative so the code
 //! is position independent: `data` and `func` (a copy within rel32 of
@@ -105,6 +117,41 @@ std::arch::global_asm!(
     vmovdqa64 zmm\n, zmmword ptr [rsp + \base + 64 * \n]
     .endif
     .endr
+    .endm
+    // Every vector register (16, or 32 with AVX-512) at width W to/from
+    // [rsp], and with AVX-512 the mask registers after them. For the full
+    // template: all a callback can change that a caller may keep live.
+    .macro lt_vsave_all V
+    .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    .if \V == 0 && \n < 16
+    movaps xmmword ptr [rsp + 16 * \n], xmm\n
+    .elseif \V == 1 && \n < 16
+    vmovdqa ymmword ptr [rsp + 32 * \n], ymm\n
+    .elseif \V == 2
+    vmovdqa64 zmmword ptr [rsp + 64 * \n], zmm\n
+    .endif
+    .endr
+    .if \V == 2
+    .irp n, 0, 1, 2, 3, 4, 5, 6, 7
+    kmovq qword ptr [rsp + 2048 + 8 * \n], k\n
+    .endr
+    .endif
+    .endm
+    .macro lt_vrestore_all V
+    .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    .if \V == 0 && \n < 16
+    movaps xmm\n, xmmword ptr [rsp + 16 * \n]
+    .elseif \V == 1 && \n < 16
+    vmovdqa ymm\n, ymmword ptr [rsp + 32 * \n]
+    .elseif \V == 2
+    vmovdqa64 zmm\n, zmmword ptr [rsp + 64 * \n]
+    .endif
+    .endr
+    .if \V == 2
+    .irp n, 0, 1, 2, 3, 4, 5, 6, 7
+    kmovq k\n, qword ptr [rsp + 2048 + 8 * \n]
+    .endr
+    .endif
     .endm
     // Two general registers to 16 aligned bytes at rsp + off, with one
     // store (through xmm8/xmm9: never arguments, so dead at a function's
@@ -212,14 +259,20 @@ lt_tramp_fast\V\()_end:
     // IPMODIFY ops declared as data (no callback code) and nothing else.
     //
     // FULL = 1 makes the *full* template, for sites whose callers may keep
-    // values in any register across the call (relocated functions, see
-    // xstate.rs): the whole extended state goes to a 64-aligned area below
-    // the Regs with `xsavec64` (patched to `xsave64` or `fxsave64` where
-    // the CPU has no better), and comes back with the matching restore, so
-    // nothing the callback does to x87, xmm8-15, the upper halves, zmm16-31
-    // or the mask registers reaches the function or its caller.
+    // values in any register across the call (relocated functions): every
+    // vector register at full width (zmm16-31 and the mask registers too
+    // with AVX-512) goes below the Regs and comes back, so nothing the
+    // callback does to xmm8-15, the upper halves, zmm16-31 or k0-7 reaches
+    // the function or its caller. (Not the x87 stack: empty at a function's
+    // entry, and no callback code uses it; explicit stores, not `xsavec`,
+    // which costs about seven times as much here.)
     .macro lt_tramp_regs V, FULL, NAME
     .set W, 16 << \V
+    .if \V == 2
+    .set NV, 32
+    .else
+    .set NV, 16
+    .endif
     .p2align 4
     .globl \NAME\V\()_start
 \NAME\V\()_start:
@@ -255,19 +308,10 @@ lt_tramp_fast\V\()_end:
     // rbx (saved in the Regs) holds the Regs across the call.
     mov rbx, rsp
     .if \FULL
-    // rax and rdx are in the Regs: free for the mask (edx:eax). The XSAVE
-    // header's reserved bytes must be zero for the restore.
-    sub rsp, 0x5eed1000
-    and rsp, -64
-    xor eax, eax
-    .irp n, 0, 1, 2, 3, 4, 5, 6, 7
-    mov qword ptr [rsp + 512 + 8 * \n], rax
-    .endr
-    mov eax, 0x5eed2000
-    xor edx, edx
-    xsavec64 [rsp]
-    // Rust code expects an empty x87 stack and default control words.
-    fninit
+    // Every vector register at the CPU's width, and the mask registers.
+    sub rsp, NV * W + 64
+    and rsp, -W
+    lt_vsave_all \V
     .if \V > 0
     vzeroupper
     .endif
@@ -299,9 +343,7 @@ lt_tramp_fast\V\()_end:
     // The full registers, then the low 128 bits from the Regs, which the
     // callback may have changed.
     .if \FULL
-    mov eax, 0x5eed2000
-    xor edx, edx
-    xrstor64 [rsp]
+    lt_vrestore_all \V
     .irp n, 0, 1, 2, 3, 4, 5, 6, 7
     .if \V == 0
     movaps xmm\n, xmmword ptr [rbx + 16 * \n]
@@ -731,7 +773,11 @@ pub fn vector_state() -> VectorState {
     if v != u8::MAX {
         return [VectorState::Xmm, VectorState::Ymm, VectorState::Zmm][v as usize];
     }
-    let hw = if std::arch::is_x86_feature_detected!("avx512f") {
+    // The full template saves the mask registers 64 bits wide (`kmovq`:
+    // AVX512BW, which every AVX-512 CPU but Xeon Phi has).
+    let hw = if std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+    {
         VectorState::Zmm
     } else if std::arch::is_x86_feature_detected!("avx") {
         VectorState::Ymm
@@ -754,8 +800,8 @@ pub fn vector_state() -> VectorState {
 pub(crate) enum Kind {
     Fast,
     Regs,
-    /// The regs template saving the whole extended state too: for sites
-    /// whose callers may keep values in any register (see `xstate`).
+    /// The regs template saving every vector and mask register too: for
+    /// sites whose callers may keep values in any register.
     Full,
 }
 
@@ -852,7 +898,7 @@ pub(crate) type EntryFn =
 /// is in the next word.
 pub(crate) type FastEntryFn = extern "C" fn(data: usize, slot: *mut usize);
 
-pub(crate) const SLOT: usize = 512;
+pub(crate) const SLOT: usize = 2048;
 const PAGE: usize = 4096;
 const WINDOW_SHIFT: u32 = 30;
 const REACH: usize = 512 << 20;
@@ -896,9 +942,6 @@ impl Pools {
         patch_data(&mut bytes[..n - 16], data);
         bytes[n - 16..n - 8].copy_from_slice(&(data as u64).to_le_bytes());
         bytes[n - 8..].copy_from_slice(&(func as u64).to_le_bytes());
-        if kind == Kind::Full {
-            patch_xstate(&mut bytes[..n - 24]);
-        }
         if kind != Kind::Fast {
             let guarded = crate::guarded_entry as GuardedFn as usize;
             bytes[n - 24..n - 16].copy_from_slice(&(guarded as u64).to_le_bytes());
@@ -1096,46 +1139,6 @@ fn patch_tls_any(code: &mut [u8], tpoff: isize) -> usize {
         }
     }
     patched
-}
-
-/// Fills a full template's save-area size and feature mask in, and turns
-/// its `xsavec64` into what the CPU has (see `xstate`).
-fn patch_xstate(code: &mut [u8]) {
-    let (mode, mask, size) = crate::xstate::xstate();
-    let mut replace = |from: &[u8], to: &[u8]| -> usize {
-        let mut n = 0;
-        let mut i = 0;
-        while i + from.len() <= code.len() {
-            if &code[i..i + from.len()] == from {
-                code[i..i + to.len()].copy_from_slice(to);
-                n += 1;
-                i += from.len();
-            } else {
-                i += 1;
-            }
-        }
-        n
-    };
-    assert_eq!(
-        replace(&0x5eed_1000u32.to_le_bytes(), &size.to_le_bytes()),
-        1
-    );
-    assert_eq!(
-        replace(&0x5eed_2000u32.to_le_bytes(), &mask.to_le_bytes()),
-        2
-    );
-    const XSAVEC: [u8; 5] = [0x48, 0x0f, 0xc7, 0x24, 0x24];
-    const XRSTOR: [u8; 5] = [0x48, 0x0f, 0xae, 0x2c, 0x24];
-    let (save, restore): ([u8; 5], [u8; 5]) = match mode {
-        crate::xstate::XSaveMode::XSaveC => (XSAVEC, XRSTOR),
-        crate::xstate::XSaveMode::XSave => ([0x48, 0x0f, 0xae, 0x24, 0x24], XRSTOR),
-        crate::xstate::XSaveMode::Fx => (
-            [0x48, 0x0f, 0xae, 0x04, 0x24],
-            [0x48, 0x0f, 0xae, 0x0c, 0x24],
-        ),
-    };
-    assert_eq!(replace(&XSAVEC, &save), 1, "full template's xsavec64");
-    assert_eq!(replace(&XRSTOR, &restore), 1, "full template's xrstor64");
 }
 
 /// Puts `data` into a template's `movabs rdi, imm64` placeholder, where it

@@ -76,6 +76,14 @@ pub struct Candidate {
     pub origin: Origin,
     /// The relocatable prologue, or why not.
     pub verdict: Result<Prologue, Refusal>,
+    /// Whether code of the object calls or jumps to the entry directly
+    /// (from outside the function). Such a caller may have been compiled
+    /// knowing exactly which registers the function clobbers (gcc's
+    /// `-fipa-ra`) and keep values in the others across the call: whatever
+    /// runs at the relocated function's entry and return must then keep
+    /// every register. A function reached only through the PLT or a
+    /// pointer has callers that assume the ABI.
+    pub entered_directly: bool,
 }
 
 impl Candidate {
@@ -186,6 +194,21 @@ impl<'a> Sections<'a> {
     fn read<const N: usize>(&self, addr: u64) -> Option<[u8; N]> {
         self.from(addr)?.get(..N)?.try_into().ok()
     }
+}
+
+/// Whether a direct call (from anywhere: a recursive call is a call) or a
+/// direct jump from outside `[addr, addr + size)` (a tail call) reaches
+/// `addr`. `refs` is sorted by target.
+fn entered_directly(refs: &[Ref], addr: u64, size: u64) -> bool {
+    let from = refs.partition_point(|r| r.target < addr);
+    refs[from..]
+        .iter()
+        .take_while(|r| r.target == addr)
+        .any(|r| match r.kind {
+            RefKind::Call => true,
+            RefKind::Jump => r.from < addr || r.from >= addr + size,
+            _ => false,
+        })
 }
 
 /// Symbols merged by address.
@@ -407,12 +430,14 @@ impl Image {
                     Some(r) => Err(r),
                     None => ctx.verdict(&c, &body),
                 };
+                let entered_directly = entered_directly(&refs, c.addr, c.size);
                 Candidate {
                     addr: c.addr,
                     size: c.size,
                     names: c.names,
                     origin: c.origin,
                     verdict,
+                    entered_directly,
                 }
             })
             .collect();

@@ -49,6 +49,7 @@ const F_CALL: u16 = 1 << 0;
 const F_JMP: u16 = 1 << 1;
 const F_REGS: u16 = 1 << 2;
 const F_UNCONVERTED: u16 = 1 << 3;
+const F_PRESERVE_ALL: u16 = 1 << 6;
 const ORIGIN_SHIFT: u32 = 4;
 const ORIGIN_MASK: u16 = 0b11 << ORIGIN_SHIFT;
 
@@ -113,6 +114,19 @@ impl Record {
             2 => Origin::Macro,
             _ => Origin::Relocated,
         }
+    }
+
+    /// Whether the function's callers may keep values in any register
+    /// across a call to it, not only in those the ABI says a call keeps: a
+    /// relocated function called directly from its own object (see
+    /// `livetrace_reloc::Candidate::entered_directly`). The tracing core
+    /// then serves it with a trampoline that keeps every register.
+    pub fn preserves_all(&self) -> bool {
+        self.flags & F_PRESERVE_ALL != 0
+    }
+
+    pub(crate) fn set_preserves_all(&mut self) {
+        self.flags |= F_PRESERVE_ALL;
     }
 
     /// What the site holds.

@@ -8,10 +8,13 @@
 //! that had no site may instead keep a value in r10, r11, rcx, xmm8 or
 //! zmm17 across the call, because the callee it saw does not touch them.
 //! This hook leaves every register as the function left it: the general
-//! registers and flags are pushed, the whole extended state goes to a
-//! 64-aligned area with the core's choice of `xsavec`/`xsave`/`fxsave`
-//! (`livetrace_ftrace::xstate`), `graph_exit` runs, and everything comes
-//! back before a jump through the slot to the real return address.
+//! registers and flags are pushed, every vector register goes to a
+//! 64-aligned area at the width the CPU has (16 xmm or ymm; 32 zmm and
+//! the mask registers with AVX-512, as the core's full trampoline does:
+//! `livetrace_ftrace::VectorState`), `graph_exit` runs, and everything
+//! comes back before a jump through the slot to the real return address.
+//! The x87 stack is not touched (it may hold a `long double` result):
+//! nothing `graph_exit` runs uses it.
 //!
 //! It has no fast exit: a relocated function is already served by the
 //! core's full caller at entry, which costs far more than the exit's
@@ -63,50 +66,52 @@ std::arch::global_asm!(
     // rbx + 88.
     "    mov rbx, rsp",
     ".cfi_def_cfa_register rbx",
-    "    mov eax, dword ptr [rip + {size}]",
-    "    sub rsp, rax",
+    "    sub rsp, 2048 + 64",
     "    and rsp, -64",
-    // The XSAVE header's reserved bytes must be zero for the restore.
-    "    xor eax, eax",
-    "    mov qword ptr [rsp + 512], rax",
-    "    mov qword ptr [rsp + 520], rax",
-    "    mov qword ptr [rsp + 528], rax",
-    "    mov qword ptr [rsp + 536], rax",
-    "    mov qword ptr [rsp + 544], rax",
-    "    mov qword ptr [rsp + 552], rax",
-    "    mov qword ptr [rsp + 560], rax",
-    "    mov qword ptr [rsp + 568], rax",
-    "    mov eax, dword ptr [rip + {mask}]",
-    "    xor edx, edx",
-    "    cmp byte ptr [rip + {mode}], 1",
+    "    cmp byte ptr [rip + {vstate}], 1",
     "    jb 1f",
     "    je 2f",
-    "    xsavec64 [rsp]",
+    ".irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31",
+    "    vmovdqa64 zmmword ptr [rsp + 64 * \\n], zmm\\n",
+    ".endr",
+    ".irp n, 0,1,2,3,4,5,6,7",
+    "    kmovq qword ptr [rsp + 2048 + 8 * \\n], k\\n",
+    ".endr",
+    "    vzeroupper",
     "    jmp 3f",
     "2:",
-    "    xsave64 [rsp]",
+    ".irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15",
+    "    vmovdqa ymmword ptr [rsp + 32 * \\n], ymm\\n",
+    ".endr",
+    "    vzeroupper",
     "    jmp 3f",
     "1:",
-    "    fxsave64 [rsp]",
+    ".irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15",
+    "    movaps xmmword ptr [rsp + 16 * \\n], xmm\\n",
+    ".endr",
     "3:",
-    // Rust code expects an empty x87 stack (a long double result sits
-    // there) and clean upper halves.
-    "    fninit",
-    "    test dword ptr [rip + {mask}], 4",
-    "    jz 4f",
-    "    vzeroupper",
-    "4:",
     "    lea rdi, [rbx + 88]",
     "    call {exit}",
     "    mov qword ptr [rbx + 88], rax",
-    "    mov eax, dword ptr [rip + {mask}]",
-    "    xor edx, edx",
-    "    cmp byte ptr [rip + {mode}], 0",
+    "    cmp byte ptr [rip + {vstate}], 1",
+    "    jb 4f",
     "    je 5f",
-    "    xrstor64 [rsp]",
+    ".irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31",
+    "    vmovdqa64 zmm\\n, zmmword ptr [rsp + 64 * \\n]",
+    ".endr",
+    ".irp n, 0,1,2,3,4,5,6,7",
+    "    kmovq k\\n, qword ptr [rsp + 2048 + 8 * \\n]",
+    ".endr",
     "    jmp 6f",
     "5:",
-    "    fxrstor64 [rsp]",
+    ".irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15",
+    "    vmovdqa ymm\\n, ymmword ptr [rsp + 32 * \\n]",
+    ".endr",
+    "    jmp 6f",
+    "4:",
+    ".irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15",
+    "    movaps xmm\\n, xmmword ptr [rsp + 16 * \\n]",
+    ".endr",
     "6:",
     "    mov rsp, rbx",
     ".cfi_def_cfa_register rsp",
@@ -144,9 +149,7 @@ std::arch::global_asm!(
     ".cfi_endproc",
     ".popsection",
     exit = sym crate::retstack::graph_exit,
-    size = sym livetrace_ftrace::XSTATE_SIZE,
-    mask = sym livetrace_ftrace::XSTATE_MASK,
-    mode = sym livetrace_ftrace::XSTATE_MODE,
+    vstate = sym crate::retstack::VECTOR_STATE,
 );
 
 unsafe extern "C" {

@@ -706,7 +706,7 @@ fn change_registry(change: impl FnOnce(&mut Vec<(u32, *const dyn Sink)>), removi
 
 /// The vector state the return hooks save (`livetrace_ftrace::VectorState`
 /// as 0, 1, 2), set before the first frame is hooked.
-static VECTOR_STATE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+pub(crate) static VECTOR_STATE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 /// Publishes `sink` under `id` for hooked frames to report to.
 ///
@@ -720,8 +720,6 @@ pub(crate) unsafe fn publish_sink(id: u32, sink: *const dyn Sink) {
         }
     });
     crate::unwind::resolve();
-    // The full hook reads the core's save layout.
-    livetrace_ftrace::xstate();
     VECTOR_STATE.store(
         livetrace_ftrace::vector_state() as u8,
         std::sync::atomic::Ordering::Relaxed,

@@ -19,6 +19,7 @@ use std::ffi::{c_void, CString};
 use std::path::PathBuf;
 use std::process::Command;
 
+use livetrace_ftrace::VectorState;
 use livetrace_tracers::{Config, Session, Tracer};
 
 const SOURCE: &str = r#"
@@ -34,6 +35,16 @@ __asm__(
 "    add rax, 1\n"
 "    ret\n"
 ".size lt_ipa_leaf, .-lt_ipa_leaf\n"
+/* The same, exported and never called from here: reached only through a
+   pointer, its callers assume the ABI. */
+".globl lt_ipa_api\n"
+".type lt_ipa_api, @function\n"
+".p2align 4\n"
+"lt_ipa_api:\n"
+"    lea rax, [rdi + rsi]\n"
+"    add rax, 1\n"
+"    ret\n"
+".size lt_ipa_api, .-lt_ipa_api\n"
 /* A local alias: a direct call that no interposition can redirect, as
    gcc makes to a function it knows. */
 ".set lt_ipa_leaf_local, lt_ipa_leaf\n"
@@ -249,15 +260,13 @@ fn lib() -> &'static Lib {
         livetrace_ftrace::with_table(|t| t.rescan())
             .unwrap()
             .unwrap();
-        let wide = if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512dq")
-        {
-            2
-        } else if std::arch::is_x86_feature_detected!("avx2") {
-            1
-        } else {
-            0
+        // What the CPU has, as far as livetrace was told to use it
+        // (LIVETRACE_VECTOR_STATE narrows it, and then only that much is
+        // kept).
+        let wide = match livetrace_ftrace::vector_state() {
+            VectorState::Zmm if std::arch::is_x86_feature_detected!("avx512dq") => 2,
+            VectorState::Zmm | VectorState::Ymm if std::arch::is_x86_feature_detected!("avx2") => 1,
+            _ => 0,
         };
         Lib {
             // SAFETY: `lt_ipa_caller` has this signature (see SOURCE).
@@ -302,11 +311,20 @@ fn relocated_functions_keep_every_register_for_their_callers() {
             }
         }
     }
-    // The leaf was relocated (no site of its own).
+    // The leaf was relocated (no site of its own), and is served by the
+    // full caller because its object calls it directly; the function only
+    // reached through a pointer is not.
+    let s = Session::start(Config::new(Tracer::Function, &["lt_ipa_api"])).unwrap();
+    drop(s);
     livetrace_ftrace::with_table(|t| {
         let i = t.lookup_name("lt_ipa_leaf");
         assert_eq!(i.len(), 1);
         assert!(t.relocated(i[0]).is_some());
+        assert!(t.record(i[0]).preserves_all());
+        let a = t.lookup_name("lt_ipa_api");
+        assert_eq!(a.len(), 1);
+        assert!(t.relocated(a[0]).is_some());
+        assert!(!t.record(a[0]).preserves_all());
     })
     .unwrap();
     let _ = std::fs::remove_dir_all(&lib().dir);

@@ -109,6 +109,7 @@ struct Plan {
     entry: usize,
     prologue: Prologue,
     bias: u64,
+    preserve_all: bool,
 }
 
 fn is_loader(path: &str) -> bool {
@@ -254,6 +255,7 @@ impl Table {
                     entry,
                     prologue: p.clone(),
                     bias,
+                    preserve_all: c.entered_directly,
                 }),
                 Err(r) => refused.push(WhyNot {
                     name,
@@ -388,8 +390,12 @@ impl Table {
             self.reloc.by_entry.insert(p.entry, r.detour);
             self.object_mut(p.object).expect("known").relocated += 1;
             report.relocated.push(r.detour);
+            let mut rec = Record::new(r.detour, p.object, Origin::Relocated, false);
+            if p.preserve_all {
+                rec.set_preserves_all();
+            }
             fresh.push(NewRecord {
-                rec: Record::new(r.detour, p.object, Origin::Relocated, false),
+                rec,
                 name: p.name,
                 raw: p.raw,
                 file: String::new(),
