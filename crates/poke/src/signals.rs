@@ -134,7 +134,12 @@ pub(crate) fn raw_setmask(set: &libc::sigset_t, old: &mut libc::sigset_t) {
     };
 }
 
-/// Blocks every signal on the calling thread until the guard is dropped.
+/// Blocks every signal on the calling thread but SIGTRAP until the guard is
+/// dropped. SIGTRAP stays deliverable because what runs meanwhile may call
+/// into libc (a system call wrapper, the clock) while a batch or a
+/// relocation has an `int3` on that very function (`-f '*'` relocates
+/// libc's `syscall`): blocked, the trap would kill the process; delivered,
+/// the trap handler sends the thread on as for any other thread.
 pub(crate) struct AllBlocked(libc::sigset_t);
 
 impl AllBlocked {
@@ -142,7 +147,10 @@ impl AllBlocked {
         // SAFETY: zeroed sigsets are valid; sigfillset fills one.
         let (mut all, mut old) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
         // SAFETY: a valid local set.
-        unsafe { libc::sigfillset(&mut all) };
+        unsafe {
+            libc::sigfillset(&mut all);
+            libc::sigdelset(&mut all, libc::SIGTRAP);
+        }
         raw_setmask(&all, &mut old);
         AllBlocked(old)
     }

@@ -395,9 +395,13 @@ fn decide(regs: &Regs, site: usize) -> Verdict {
 }
 
 extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
-    // SAFETY: errno is thread-local; reading and restoring it is what every
-    // signal handler that may make system calls must do.
-    let errno = unsafe { *libc::__errno_location() };
+    // Nothing here calls into libc before the trap is decided: the
+    // function called could be one a batch is rewriting (libc's own
+    // `__errno_location`, relocated by `-f '*'`), and its int3 would bring
+    // the thread straight back here, forever. Our own traps are decided
+    // and handled with loads, stores and atomics only; errno is saved
+    // where a system call may follow.
+    //
     // SAFETY: the kernel passes a valid siginfo and ucontext to an
     // SA_SIGINFO handler.
     let (code, gregs) = unsafe {
@@ -425,13 +429,16 @@ extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut 
         }
         Verdict::Foreign => {
             CHAINED.fetch_add(1, Relaxed);
+            // SAFETY: errno is thread-local; reading and restoring it is
+            // what a signal handler that may make system calls must do.
+            let errno = unsafe { *libc::__errno_location() };
             // SAFETY: passes the kernel's own arguments on to the program's
             // handler, which expects exactly these.
             unsafe { PROGRAM.deliver(sig, info, uc) };
+            // SAFETY: as above.
+            unsafe { *libc::__errno_location() = errno };
         }
     }
-    // SAFETY: see above.
-    unsafe { *libc::__errno_location() = errno };
 }
 
 #[cfg(test)]
