@@ -33,11 +33,12 @@ pub struct Selection {
     /// counted lost
     #[arg(long, value_name = "SIZE", value_parser = ui::parse_size)]
     pub memory: Option<u64>,
-    /// Give functions compiled without a site one by prologue relocation
-    /// when a filter names them (experimental: a caller gcc optimised
-    /// across the call may keep values in registers the trampolines do not
-    /// save; see the README)
+    /// Do not give the functions a filter names that were compiled without
+    /// a site one by prologue relocation (by default they are)
     #[arg(long)]
+    pub no_relocate: bool,
+    /// (The default; kept for scripts written when relocation was opt-in.)
+    #[arg(long, hide = true, conflicts_with = "no_relocate")]
     pub relocate: bool,
     #[command(flatten)]
     pub volume: Volume,

@@ -531,13 +531,14 @@ impl Drop for Uninterruptible {
     }
 }
 
-/// Set by a command that relocates on demand (`--relocate`): a program
-/// without compiler sites is then worth attaching to.
-static RELOCATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Set by a command that will not relocate (`--no-relocate`, or `ls`
+/// without `--why-not`): a program without compiler sites then has nothing
+/// it could show or trace.
+static NO_RELOCATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// This command will give functions without a site one by relocation.
-pub fn will_relocate() {
-    RELOCATE.store(true, std::sync::atomic::Ordering::Relaxed);
+/// This command will not give functions without a site one by relocation.
+pub fn will_not_relocate() {
+    NO_RELOCATE.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Loads livetrace into `pid` and waits for its control socket.
@@ -549,15 +550,15 @@ pub fn attach_process(pid: i32, lib: Option<&Path>) -> Result<Attached, String> 
         return already_loaded(pid, m, t0);
     }
     // A program built without any site is attached to only when the
-    // command will give functions a site by prologue relocation.
+    // command may give functions a site by prologue relocation.
     let sites = count_sites(&target.modules);
     step_done(t0, &format!("{sites} compiler-emitted sites counted"));
-    if sites == 0 && !RELOCATE.load(std::sync::atomic::Ordering::Relaxed) {
+    if sites == 0 && NO_RELOCATE.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(format!(
-            "{} has no traceable functions: no object it has loaded was built with sites. \
-             Build C and C++ code with `-fpatchable-function-entry=5` (gcc or clang), Rust \
-             functions with #[livetrace::traced]; or trace with --relocate to give the \
-             functions a filter names a site by prologue relocation (experimental)",
+            "{} has no traceable functions yet: no object it has loaded was built with \
+             sites. `livetrace trace` (without --no-relocate) gives the functions a filter \
+             names one by prologue relocation; `livetrace ls --why-not GLOB` lists those it \
+             cannot",
             target.exe
         ));
     }

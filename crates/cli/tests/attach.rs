@@ -712,19 +712,31 @@ fn detach_outlasts_a_transient_refusal() {
     p.assert_c_unharmed();
 }
 
-/// A program built without any site: `trace --relocate` attaches, gives the
-/// function a site by prologue relocation and traces it; `detach` gives the
-/// function its bytes back before unloading, and the program runs on with
-/// its results right.
+/// A program built without any site: `trace` attaches, gives the functions
+/// a site by prologue relocation and traces them (with `--no-relocate` it
+/// does not even attach); `detach` gives the functions their bytes back
+/// before unloading, and the program runs on with its results right.
 #[test]
 fn a_program_without_sites_is_traced_by_relocation_and_left_as_it_was() {
     let plain = build("norelocsites", "gcc", &[]);
     let mut p = Program::start(&plain);
     let pid = p.pid_s();
+    let refused = p.cli(&[
+        "trace",
+        &pid,
+        "--no-relocate",
+        "-f",
+        "work_item",
+        "-d",
+        "100ms",
+    ]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("no traceable functions yet"), "{err}");
+    assert!(!p.maps_have_livetrace());
     let out = p.ok(&[
         "trace",
         &pid,
-        "--relocate",
         "-t",
         "function",
         "-f",
@@ -733,6 +745,17 @@ fn a_program_without_sites_is_traced_by_relocation_and_left_as_it_was() {
         "300ms",
     ]);
     assert!(out.contains("work_item"), "{out}");
+    // Every tracer: the graph tracer hooks the returns of functions
+    // relocated from a gcc -O2 build.
+    let graph = p.ok(&["trace", &pid, "-t", "graph", "-f", "work_*", "-d", "300ms"]);
+    assert!(
+        graph.contains("work_item() {") || graph.contains("work_item();"),
+        "{graph:.2000}"
+    );
+    let profile = p.ok(&[
+        "trace", &pid, "-t", "profile", "-f", "work_*", "-d", "300ms",
+    ]);
+    assert!(profile.contains("work_item"), "{profile}");
     p.ok(&["detach", &pid]);
     assert!(!p.maps_have_livetrace());
     // The program keeps calling the function whose entry was patched.

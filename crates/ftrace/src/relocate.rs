@@ -9,33 +9,28 @@ use crate::{core, quiesce, Core, Error, Pattern};
 
 /// Whether a filter pattern that names no site relocates the functions it
 /// names (see [`set_relocate_on_demand`]).
-static RELOCATE_ON_DEMAND: AtomicBool = AtomicBool::new(false);
+static RELOCATE_ON_DEMAND: AtomicBool = AtomicBool::new(true);
 
 /// Turns relocation on demand on (the default) or off: when a filter
 /// pattern of an ops being registered or refiltered names no traceable
 /// function, the functions it names that were compiled without a site are
-/// given one by prologue relocation ([`livetrace_sites::Table::relocate`]) before the
-/// pattern is resolved, and those that cannot be are reported by
-/// [`why_not`].
+/// given one by prologue relocation ([`livetrace_sites::Table::relocate`])
+/// before the pattern is resolved, and those that cannot be are reported by
+/// [`why_not`]. `LIVETRACE_NO_RELOCATE=1` keeps it off whatever is asked.
 ///
-/// Off by default (`LIVETRACE_RELOCATE=1` turns it on at start-up,
-/// `LIVETRACE_NO_RELOCATE=1` keeps it off whatever is asked): a function
-/// compiled without a patchable entry made no promise to be traced, and
-/// gcc's interprocedural register allocation (`-fipa-ra`, on at `-O2`) lets
-/// its callers in the same unit keep values in call-clobbered registers it
-/// does not touch (r10, r11, vector registers) across the call. The
-/// trampolines and return hooks keep what the ABI asks, not that: a traced
-/// relocated function can then hand its caller changed registers (seen
-/// with zstd's `HUF_selectDecoder` under the graph tracer: corrupt
-/// output). Until the relocated paths save every register, relocation is
-/// the user's explicit choice.
+/// A relocated function that its own object calls directly may have
+/// callers compiled with gcc's interprocedural register allocation
+/// (`-fipa-ra`, on at `-O2`), which keep values in the call-clobbered
+/// registers the function does not touch across the call: such a function
+/// is served by the full caller and the full return hook, which keep every
+/// register ([`livetrace_sites::Record::preserves_all`]).
 pub fn set_relocate_on_demand(on: bool) {
     RELOCATE_ON_DEMAND.store(on, SeqCst);
 }
 
 fn relocate_on_demand_enabled() -> bool {
-    let env = |k| std::env::var_os(k).is_some_and(|v| !v.is_empty() && v != "0");
-    (RELOCATE_ON_DEMAND.load(SeqCst) || env("LIVETRACE_RELOCATE")) && !env("LIVETRACE_NO_RELOCATE")
+    let off = std::env::var_os("LIVETRACE_NO_RELOCATE").is_some_and(|v| !v.is_empty() && v != "0");
+    RELOCATE_ON_DEMAND.load(SeqCst) && !off
 }
 
 /// Picks functions by (name, raw name, entry).

@@ -166,19 +166,26 @@ fn cli_traces_a_c_program_built_without_sites() {
 
     let dir = scratch("plain");
     let txt = dir.join("function.txt");
-    // Without --relocate a function without a site is not traced (the
+    // With --no-relocate a function without a site is not traced (the
     // filter matches nothing)...
-    let refused = livetrace(&["trace", &pid, "-f", "work_item", "-d", "100ms"]);
+    let refused = livetrace(&[
+        "trace",
+        &pid,
+        "--no-relocate",
+        "-f",
+        "work_item",
+        "-d",
+        "100ms",
+    ]);
     assert_ne!(refused.code, Some(0), "{refused}");
     assert!(
         refused.stderr.contains("no traceable function") || refused.stderr.contains("matches no"),
         "{refused}"
     );
-    // ...with it, it is relocated.
+    // ...by default, it is relocated.
     let out = livetrace(&[
         "trace",
         &pid,
-        "--relocate",
         "-t",
         "function",
         "-f",

@@ -219,11 +219,11 @@ pub enum Request {
         /// What to record at all.
         #[serde(default)]
         controls: Controls,
-        /// Give the functions a filter names that have no site one by
-        /// prologue relocation (off unless asked: see
+        /// Do not give the functions a filter names that have no site one
+        /// by prologue relocation (which is on by default: see
         /// `livetrace_ftrace::set_relocate_on_demand`).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-        relocate: bool,
+        no_relocate: bool,
     },
     /// The session's buffers, to consume them directly: answered with
     /// [`Response::Buffers`], which passes the two memory files with
@@ -313,7 +313,7 @@ impl Request {
                 mode,
                 memory_budget,
                 controls,
-                relocate: false,
+                no_relocate: false,
                 ..
             } => {
                 if filter.len() + notrace.len() + controls.patterns().count() > MAX_PATTERNS {
@@ -817,7 +817,7 @@ mod tests {
             mode: Some(Mode::Stream),
             memory_budget: None,
             controls: Controls::default(),
-            relocate: false,
+            no_relocate: false,
         };
         let bytes = encode(&r);
         assert_eq!(
@@ -871,7 +871,7 @@ mod tests {
             mode: None,
             memory_budget: None,
             controls: Controls::default(),
-            relocate: false,
+            no_relocate: false,
         };
         assert!(start(1024).validate().is_ok());
         assert!(start(1000).validate().is_err());
@@ -885,7 +885,7 @@ mod tests {
             mode,
             memory_budget: None,
             controls,
-            relocate: false,
+            no_relocate: false,
         };
         let depth = Controls {
             depth: Some(3),

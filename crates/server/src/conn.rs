@@ -429,12 +429,10 @@ impl Conn {
                 mode,
                 memory_budget,
                 controls,
-                relocate,
+                no_relocate,
             } => {
-                if relocate {
-                    // Asked for once, it stays on in this process.
-                    livetrace_ftrace::set_relocate_on_demand(true);
-                }
+                // Each start says whether its filter may relocate.
+                livetrace_ftrace::set_relocate_on_demand(!no_relocate);
                 self.start(
                     tracer,
                     &Spec {

@@ -81,9 +81,10 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
         wide,
     } = a;
     let style = Style::stdout();
-    if why_not {
-        // A program without compiler sites is what --why-not is about.
-        crate::attach::will_relocate();
+    if !why_not {
+        // Listing a program without compiler sites shows nothing until a
+        // trace relocated something: not worth loading livetrace for.
+        crate::attach::will_not_relocate();
     }
     let mut c = connect(dir, pid)?;
     let mut progress = Progress::new();

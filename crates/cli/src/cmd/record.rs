@@ -82,7 +82,7 @@ pub fn run(a: Args) -> Result<(), Fail> {
         mode: spec.mode,
         memory_budget: spec.memory_budget,
         controls: spec.controls.clone(),
-        relocate: false,
+        no_relocate: a.sel.no_relocate,
     }
     .validate()
     .map_err(usage)?;
@@ -98,8 +98,8 @@ pub fn run(a: Args) -> Result<(), Fail> {
         };
         command.env("LD_PRELOAD", preload);
     }
-    if a.sel.relocate {
-        command.env("LIVETRACE_RELOCATE", "1");
+    if a.sel.no_relocate {
+        command.env("LIVETRACE_NO_RELOCATE", "1");
     }
     let mut child = command
         .args(&a.cmd[1..])

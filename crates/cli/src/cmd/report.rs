@@ -70,7 +70,7 @@ fn live(dir: &Path, pid: u32, a: Args) -> Result<(), Fail> {
         mode: None,
         memory_budget: None,
         controls: Default::default(),
-        relocate: false,
+        no_relocate: false,
     })?
     else {
         return Err("unexpected reply".to_string().into());

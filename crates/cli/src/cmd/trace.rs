@@ -59,11 +59,11 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
         mode: Some(mode),
         memory_budget: a.sel.memory,
         controls: a.sel.controls(&a.snapshot_at),
-        relocate: a.sel.relocate,
+        no_relocate: a.sel.no_relocate,
     };
     start.validate().map_err(usage)?;
-    if a.sel.relocate {
-        crate::attach::will_relocate();
+    if a.sel.no_relocate {
+        crate::attach::will_not_relocate();
     }
     ui::catch_interrupts();
     let mut c = connect(dir, a.pid)?;
