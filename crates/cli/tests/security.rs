@@ -208,7 +208,7 @@ fn protocol_violations_get_an_error_and_a_closed_connection() {
             mode: None,
             memory_budget: None,
             controls: Default::default(),
-            relocate: false,
+            no_relocate: false,
         },
     );
     assert!(matches!(r, Response::Started { .. }), "{r:?}");
@@ -232,7 +232,7 @@ fn protocol_violations_get_an_error_and_a_closed_connection() {
             mode: None,
             memory_budget: None,
             controls: Default::default(),
-            relocate: false,
+            no_relocate: false,
         },
     );
     assert_eq!(error_code(&r), ErrorCode::Invalid);
@@ -280,7 +280,7 @@ fn fuzz_smoke_against_a_live_server() {
             mode: None,
             memory_budget: None,
             controls: Default::default(),
-            relocate: false,
+            no_relocate: false,
         },
         Request::PollEvents { session: 1 },
         Request::Patch {
@@ -355,7 +355,7 @@ fn a_silent_client_loses_its_lease() {
             mode: None,
             memory_budget: None,
             controls: Default::default(),
-            relocate: false,
+            no_relocate: false,
         },
     );
     assert!(matches!(r, Response::Started { .. }), "{r:?}");

@@ -79,7 +79,7 @@ fn request() -> impl Strategy<Value = Request> {
                         mode,
                         memory_budget,
                         controls,
-                        relocate: false,
+                        no_relocate: false,
                     }
                 }
             ),

@@ -65,7 +65,7 @@ fn server_lifecycle() {
             mode: None,
             memory_budget: None,
             controls: Default::default(),
-            relocate: false,
+            no_relocate: false,
         })
         .unwrap()
     else {
@@ -115,7 +115,7 @@ fn server_lifecycle() {
             mode: None,
             memory_budget: None,
             controls: Default::default(),
-            relocate: false,
+            no_relocate: false,
         })
         .unwrap()
     else {
