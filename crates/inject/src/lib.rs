@@ -97,6 +97,7 @@ mod process;
 pub mod procfs;
 mod sys;
 mod target;
+mod unwind;
 
 pub use elf::{kind as elf_kind, modules, ElfKind, Module, Symbol};
 pub use error::Error;

@@ -205,6 +205,8 @@ pub struct Process {
     ret_addr: u64,
     stats: Stats,
     detached: bool,
+    /// The objects' unwind tables, for walking stopped threads' stacks.
+    unwind: crate::unwind::Cache,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -236,6 +238,7 @@ impl Process {
             ret_addr,
             stats: Stats::default(),
             detached: false,
+            unwind: crate::unwind::Cache::default(),
             _not_send: PhantomData,
         };
         p.seize_threads()?;
@@ -1203,8 +1206,36 @@ impl Process {
                     regs.rip
                 ));
             }
+            // The live frames first, by the unwind information; the raw
+            // scan (which also sees stale words) only from where that
+            // cannot go on.
+            let read = |a: u64| {
+                let mut w = [0u8; 8];
+                self.read(a, &mut w).ok().map(|_| u64::from_le_bytes(w))
+            };
+            let (ras, end) = self.unwind.return_addresses(
+                &self.target.modules,
+                (regs.rip, regs.rsp, regs.rbp),
+                read,
+            );
+            if let Some(&a) = ras.iter().find(|&&a| unsafe_at(a.wrapping_sub(1))) {
+                return Err(format!(
+                    "thread {tid} returns into {} ({a:#x}, a frame on its stack)",
+                    self.where_is(a)
+                ));
+            }
+            let crate::unwind::End::Unknown { rsp: from } = end else {
+                return Ok(rank);
+            };
+            let scanned = from.saturating_sub(regs.rsp);
             let mut buf = vec![0u8; LOCK_SCAN as usize];
-            match self.scan_stack(&maps, regs.rsp, LOCK_SCAN, &mut buf, &unsafe_at) {
+            match self.scan_stack(
+                &maps,
+                from,
+                LOCK_SCAN.saturating_sub(scanned).max(8),
+                &mut buf,
+                &unsafe_at,
+            ) {
                 Ok(None) => {}
                 Ok(Some(a)) => {
                     return Err(format!(
