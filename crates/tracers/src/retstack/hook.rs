@@ -25,8 +25,9 @@ fn parent_of(b: &Block, d: usize, slot: usize) -> (u32, u32) {
 /// register (`livetrace_ftrace::Call::preserves_all`). Returns the depth reported for the call, or
 /// `None` when the shadow stack is full (counted).
 ///
-/// `sink` is the id of a sink published with [`publish_sink`]; if it is gone
-/// when the function returns, the exit is not recorded.
+/// `sink` is the id of a sink published with
+/// [`publish_sink`](super::publish_sink); if it is gone when the function
+/// returns, the exit is not recorded.
 ///
 /// # Safety
 /// `slot` is the live return-address slot of a function being entered on
