@@ -139,7 +139,7 @@ impl Pools {
         bytes[n - 16..n - 8].copy_from_slice(&(data as u64).to_le_bytes());
         bytes[n - 8..].copy_from_slice(&(func as u64).to_le_bytes());
         if kind != Kind::Fast {
-            let guarded = crate::guarded_entry as GuardedFn as usize;
+            let guarded = crate::walk::guarded_entry as GuardedFn as usize;
             bytes[n - 24..n - 16].copy_from_slice(&(guarded as u64).to_le_bytes());
         }
         let at = kind.call_offset();
