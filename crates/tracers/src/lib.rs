@@ -42,7 +42,6 @@
 #![warn(missing_docs)]
 
 mod fast;
-mod full_hook;
 mod layout;
 pub mod retstack;
 mod session;

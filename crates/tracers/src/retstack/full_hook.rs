@@ -2,7 +2,7 @@
 //! register ([`livetrace_ftrace::Call::preserves_all`]: relocated
 //! functions).
 //!
-//! `lt_return_to_handler` (in `retstack.rs`) saves what a return can carry
+//! `lt_return_to_handler` (in `handler.rs`) saves what a return can carry
 //! — rax, rdx, xmm0/xmm1, st0/st1 — and treats the rest as dead, as the ABI
 //! says it is. A caller compiled with gcc's `-fipa-ra` against a callee
 //! that had no site may instead keep a value in r10, r11, rcx, xmm8 or
@@ -148,8 +148,8 @@ std::arch::global_asm!(
     "lt_return_to_handler_full_end:",
     ".cfi_endproc",
     ".popsection",
-    exit = sym crate::retstack::graph_exit,
-    vstate = sym crate::retstack::VECTOR_STATE,
+    exit = sym super::hook::graph_exit,
+    vstate = sym super::handler::VECTOR_STATE,
 );
 
 unsafe extern "C" {
