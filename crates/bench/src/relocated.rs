@@ -103,8 +103,12 @@ fn analyse(a: &Args) {
         let mut detour_bytes = 0usize;
         let mut region_bytes = 0usize;
         let mut after_endbr = 0usize;
+        // Relocatable functions whose callers may keep registers across a
+        // call (served by the full caller when traced).
+        let mut full = 0usize;
         for c in image.candidates() {
             let Ok(p) = &c.verdict else { continue };
+            full += c.callers_keep_registers() as usize;
             let (lo, hi) = p.detour_window(0).expect("window");
             if let Ok(d) = p.relocate(0, lo / 2 + hi / 2) {
                 built += 1;
@@ -121,7 +125,7 @@ fn analyse(a: &Args) {
         println!(
             "RESULT bench=relocated object={name} candidates={} excluded={} functions={} relocatable={} \
              patchable_pct={:.2} refused={} after_endbr={after_endbr} region_bytes_avg={:.2} \
-             detour_bytes_avg={:.2} analyze_ms={:.2}",
+             detour_bytes_avg={:.2} full_caller_pct={:.2} analyze_ms={:.2}",
             s.candidates,
             s.excluded,
             s.functions,
@@ -130,6 +134,7 @@ fn analyse(a: &Args) {
             s.functions - s.relocatable,
             region_bytes as f64 / n,
             detour_bytes as f64 / n,
+            100.0 * full as f64 / n,
             median(&mut times),
         );
         for (kind, count) in s.reasons.iter().take(a.top) {

@@ -82,8 +82,9 @@ impl Core {
             let regs = on.iter().any(|o| o.regs || o.ipmodify);
             let owner = on.iter().find(|o| o.ipmodify).map(|o| o.id);
             let w = window_of(ip);
-            // A relocated function its object calls directly may have
-            // callers that keep values in any register (gcc's -fipa-ra, see
+            // A relocated function its object calls directly, and that
+            // clobbers less than the ABI lets it, may have callers that keep
+            // values in any register (gcc's -fipa-ra, see
             // `tramp`): only the full caller serves it, never a fast path
             // or a trampoline that saves only what the ABI asks.
             let full = self

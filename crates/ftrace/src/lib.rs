@@ -18,7 +18,7 @@
 //! | one, plain | that ops' *dedicated* trampoline: calls its callback directly |
 //! | several, plain | the *list caller*: walks the ops, checking each one's set |
 //! | any needing regs or IPMODIFY | the *regs caller*: a full register set, then the list walk |
-//! | any, on a relocated function its object calls directly | the *full caller*: the regs caller that also keeps every vector and mask register (its callers may keep values in any register) |
+//! | any, on a relocated function its object calls directly (and not known to clobber every call-clobbered register) | the *full caller*: the regs caller that also keeps every vector and mask register (its callers may keep values in any register) |
 //!
 //! An ops may also bring a [`FastPath`]: machine code that does its whole
 //! job without calling into Rust (the tracers record an event in a few

@@ -103,9 +103,10 @@ impl Call<'_> {
     /// Whether the function's callers may keep values in *any* register
     /// across the call, not only in those the ABI says a call preserves:
     /// true for a function relocated to get a site that its own object
-    /// calls directly — those callers were compiled knowing it had no site
-    /// (gcc's `-fipa-ra` keeps values in the registers a local callee does
-    /// not touch). The trampoline saved and
+    /// calls directly and that clobbers less than every call-clobbered
+    /// register — those callers were compiled knowing it had no site (gcc's
+    /// `-fipa-ra` keeps values in the registers a local callee does not
+    /// touch). The trampoline saved and
     /// restores the whole register state around this callback; code that
     /// runs at the function's *return* (a hook written into
     /// [`Call::return_slot`]) must do the same.

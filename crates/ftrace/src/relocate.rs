@@ -18,8 +18,9 @@ static RELOCATE_ON_DEMAND: AtomicBool = AtomicBool::new(true);
 /// before the pattern is resolved, and those that cannot be are reported by
 /// [`why_not`]. `LIVETRACE_NO_RELOCATE=1` keeps it off whatever is asked.
 ///
-/// A relocated function that its own object calls directly may have
-/// callers compiled with gcc's interprocedural register allocation
+/// A relocated function that its own object calls directly (and that makes
+/// no call its callers' compiler could not see) may have callers compiled
+/// with gcc's interprocedural register allocation
 /// (`-fipa-ra`, on at `-O2`), which keep values in the call-clobbered
 /// registers the function does not touch across the call: such a function
 /// is served by the full caller and the full return hook, which keep every

@@ -84,6 +84,23 @@ pub struct Candidate {
     /// every register. A function reached only through the PLT or a
     /// pointer has callers that assume the ABI.
     pub entered_directly: bool,
+    /// Whether the function, or a function it calls or jumps to (tail
+    /// calls, its cold part), transitively, makes an indirect call or calls
+    /// through the PLT: a call whose callee the compiler could not see, so
+    /// it counted every call-clobbered register as clobbered by this
+    /// function too, and no caller keeps a value in one across a call to
+    /// it, IPA-RA or not. Only then is a directly called function served
+    /// like a compiler site.
+    pub clobbers_all: bool,
+}
+
+impl Candidate {
+    /// Whether callers may keep values in call-clobbered registers across
+    /// a call to it (gcc's `-fipa-ra`): called directly from its object,
+    /// and not known to clobber them all.
+    pub fn callers_keep_registers(&self) -> bool {
+        self.entered_directly && !self.clobbers_all
+    }
 }
 
 impl Candidate {
@@ -196,6 +213,56 @@ impl<'a> Sections<'a> {
     }
 }
 
+/// For every candidate, whether it clobbers every call-clobbered register
+/// as its callers' compiler saw it (see [`Candidate::clobbers_all`]): a
+/// least fixed point over the direct calls and jumps that leave each
+/// function's range, seeded by indirect calls and calls into PLT sections.
+/// A target the analysis cannot place (no candidate holds it) proves
+/// nothing: only known-unknown callees do.
+fn clobbers_all(cands: &[Cand], bodies: &[Body], refs: &[Ref], sections: &Sections) -> Vec<bool> {
+    let in_plt = |a: u64| {
+        sections
+            .containing(a)
+            .is_some_and(|s| s.name == ".plt" || s.name == ".plt.sec" || s.name == ".plt.got")
+    };
+    // cands is sorted by address.
+    let holder = |a: u64| -> Option<usize> {
+        let i = cands.partition_point(|c| c.addr <= a).checked_sub(1)?;
+        (a < cands[i].addr + cands[i].size.max(1)).then_some(i)
+    };
+    let mut outgoing: Vec<(usize, u64)> = refs
+        .iter()
+        .filter(|r| matches!(r.kind, RefKind::Call | RefKind::Jump))
+        .filter_map(|r| {
+            let f = holder(r.from)?;
+            let c = &cands[f];
+            (r.target < c.addr || r.target >= c.addr + c.size).then_some((f, r.target))
+        })
+        .collect();
+    outgoing.sort_unstable();
+    let mut all: Vec<bool> = bodies.iter().map(|b| b.indirect_call).collect();
+    let mut callees: Vec<Vec<usize>> = vec![Vec::new(); cands.len()];
+    for &(f, target) in &outgoing {
+        if in_plt(target) {
+            all[f] = true;
+        } else if let Some(g) = holder(target) {
+            callees[f].push(g);
+        }
+    }
+    loop {
+        let mut changed = false;
+        for f in 0..cands.len() {
+            if !all[f] && callees[f].iter().any(|&g| all[g]) {
+                all[f] = true;
+                changed = true;
+            }
+        }
+        if !changed {
+            return all;
+        }
+    }
+}
+
 /// Whether a direct call (from anywhere: a recursive call is a call) or a
 /// direct jump from outside `[addr, addr + size)` (a tail call) reaches
 /// `addr`. `refs` is sorted by target.
@@ -224,6 +291,10 @@ struct Sym {
 #[derive(Default)]
 struct Body {
     first_error: Option<u64>,
+    /// An indirect call (through a register, memory or the GOT): its
+    /// callee is unknown, so the compiler assumed it clobbers every
+    /// call-clobbered register.
+    indirect_call: bool,
 }
 
 impl Image {
@@ -421,17 +492,20 @@ impl Image {
             unreadable_lsda: &unwind.unreadable,
             cold: &cold,
         };
+        let clobbers_all = clobbers_all(&cands, &bodies, &refs, &sections);
         let candidates = cands
             .into_iter()
             .zip(exclusions)
             .zip(bodies)
-            .map(|((c, excl), body)| {
+            .zip(clobbers_all)
+            .map(|(((c, excl), body), clobbers_all)| {
                 let verdict = match excl {
                     Some(r) => Err(r),
                     None => ctx.verdict(&c, &body),
                 };
                 let entered_directly = entered_directly(&refs, c.addr, c.size);
                 Candidate {
+                    clobbers_all,
                     addr: c.addr,
                     size: c.size,
                     names: c.names,
@@ -652,6 +726,7 @@ fn scan_function(sections: &Sections, c: &Cand, fixed: bool, refs: &mut Vec<Ref>
     }
     Body {
         first_error: sweep.first_error,
+        indirect_call: sweep.indirect_call,
     }
 }
 
@@ -659,6 +734,7 @@ fn scan_function(sections: &Sections, c: &Cand, fixed: bool, refs: &mut Vec<Ref>
 struct Sweep {
     first_error: Option<u64>,
     indirect_jump: bool,
+    indirect_call: bool,
 }
 
 /// Linear sweep of `[start, end)` (clamped to its section). On a byte that
@@ -738,6 +814,9 @@ fn note(
         }
         FlowControl::IndirectBranch if !insn.is_ip_rel_memory_operand() => {
             out.indirect_jump = true;
+        }
+        FlowControl::IndirectCall => {
+            out.indirect_call = true;
         }
         _ => {}
     }

@@ -118,9 +118,10 @@ impl Record {
 
     /// Whether the function's callers may keep values in any register
     /// across a call to it, not only in those the ABI says a call keeps: a
-    /// relocated function called directly from its own object (see
-    /// `livetrace_reloc::Candidate::entered_directly`). The tracing core
-    /// then serves it with a trampoline that keeps every register.
+    /// relocated function called directly from its own object and not known
+    /// to clobber every call-clobbered register (see
+    /// `livetrace_reloc::Candidate::callers_keep_registers`). The tracing
+    /// core then serves it with a trampoline that keeps every register.
     pub fn preserves_all(&self) -> bool {
         self.flags & F_PRESERVE_ALL != 0
     }

@@ -45,6 +45,27 @@ __asm__(
 "    add rax, 1\n"
 "    ret\n"
 ".size lt_ipa_api, .-lt_ipa_api\n"
+/* Called directly too, but it calls through the PLT: its callers' compiler
+   counted every call-clobbered register as clobbered by it. */
+".globl lt_ipa_outer\n"
+".type lt_ipa_outer, @function\n"
+".p2align 4\n"
+"lt_ipa_outer:\n"
+"    push rbx\n"
+"    call getpid@PLT\n"
+"    pop rbx\n"
+"    ret\n"
+".size lt_ipa_outer, .-lt_ipa_outer\n"
+".set lt_ipa_outer_local, lt_ipa_outer\n"
+".globl lt_ipa_user\n"
+".type lt_ipa_user, @function\n"
+".p2align 4\n"
+"lt_ipa_user:\n"
+"    sub rsp, 8\n"
+"    call lt_ipa_outer_local\n"
+"    add rsp, 8\n"
+"    ret\n"
+".size lt_ipa_user, .-lt_ipa_user\n"
 /* A local alias: a direct call that no interposition can redirect, as
    gcc makes to a function it knows. */
 ".set lt_ipa_leaf_local, lt_ipa_leaf\n"
@@ -313,9 +334,12 @@ fn relocated_functions_keep_every_register_for_their_callers() {
     }
     // The leaf was relocated (no site of its own), and is served by the
     // full caller because its object calls it directly; the function only
-    // reached through a pointer is not.
-    let s = Session::start(Config::new(Tracer::Function, &["lt_ipa_api"])).unwrap();
-    drop(s);
+    // reached through a pointer is not, nor the one called directly that
+    // calls through the PLT.
+    for f in ["lt_ipa_api", "lt_ipa_outer"] {
+        let s = Session::start(Config::new(Tracer::Function, &[f])).unwrap();
+        drop(s);
+    }
     livetrace_ftrace::with_table(|t| {
         let i = t.lookup_name("lt_ipa_leaf");
         assert_eq!(i.len(), 1);
@@ -325,6 +349,10 @@ fn relocated_functions_keep_every_register_for_their_callers() {
         assert_eq!(a.len(), 1);
         assert!(t.relocated(a[0]).is_some());
         assert!(!t.record(a[0]).preserves_all());
+        let o = t.lookup_name("lt_ipa_outer");
+        assert_eq!(o.len(), 1);
+        assert!(t.relocated(o[0]).is_some());
+        assert!(!t.record(o[0]).preserves_all());
     })
     .unwrap();
     let _ = std::fs::remove_dir_all(&lib().dir);

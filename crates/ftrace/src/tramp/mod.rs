@@ -45,11 +45,14 @@
 //! compiled: a caller in its object may keep a value in r10, r11, rcx or
 //! any vector register across a call to it (zstd's `HUF_decompress4X_*`
 //! keeps r10 across `HUF_selectDecoder`). When its object calls it
-//! directly ([`livetrace_sites::Record::preserves_all`]; a function reached
-//! only through the PLT or a pointer has callers that assume the ABI), its
-//! site calls the *full* template: the regs template that also saves every vector register at
-//! full width (32 with AVX-512, and the mask registers) — about 13 ns of
-//! stores and loads with AVX-512, a seventh of what `xsavec` costs.
+//! directly and it does not (transitively) make a call its callers'
+//! compiler could not see, which would have made it clobber them all
+//! ([`livetrace_sites::Record::preserves_all`]; a function reached only
+//! through the PLT or a pointer has callers that assume the ABI), its site
+//! calls the *full* template: the regs template that also saves every
+//! vector register at full width (32 with AVX-512, and the mask registers)
+//! — about 13 ns of stores and loads with AVX-512, a seventh of what
+//! `xsavec` costs.
 //!
 //! Each copy has two data words at its end, read RIP-relative so the code
 //! is position independent: `data` and `func` (a copy within rel32 of

@@ -255,7 +255,7 @@ impl Table {
                     entry,
                     prologue: p.clone(),
                     bias,
-                    preserve_all: c.entered_directly,
+                    preserve_all: c.callers_keep_registers(),
                 }),
                 Err(r) => refused.push(WhyNot {
                     name,
