@@ -485,13 +485,29 @@ fn expect_refusal(p: &Program, args: &[&str], words: &[&str]) {
 
 #[test]
 fn refusals_change_nothing() {
-    // No sites.
+    // No sites, and a command that will not relocate: listing (there is
+    // nothing to list before a trace relocated something), or tracing with
+    // --no-relocate.
     let plain = build("nosites", "gcc", &[]);
     let p = Program::start(&plain);
+    let pid = p.pid_s();
     expect_refusal(
         &p,
-        &["attach", &p.pid_s()],
-        &["no traceable functions", "-fpatchable-function-entry=5"],
+        &["ls", &pid],
+        &["no traceable functions yet", "--why-not"],
+    );
+    expect_refusal(
+        &p,
+        &[
+            "trace",
+            &pid,
+            "--no-relocate",
+            "-f",
+            "work_*",
+            "-d",
+            "100ms",
+        ],
+        &["no traceable functions yet"],
     );
     drop(p);
 
