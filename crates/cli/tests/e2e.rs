@@ -517,11 +517,32 @@ fn record_from_start_to_exit() {
     );
 
     // A program without livetrace gets the preload library (when it is
-    // built next to the command); one with no traceable function at all
-    // gets a clear error either way.
+    // built next to the command). One built without a single site has its
+    // functions relocated (`true` and the libc it runs, from its first
+    // call on)...
     let o = cli(
         dir.path(),
         &["record", "-o", json.to_str().unwrap(), "--", "true"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&json).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        v["traceEvents"].as_array().unwrap().len() > 100,
+        "{text:.400}"
+    );
+    // ...but with --no-relocate it has no traceable function: a clear
+    // error.
+    let o = cli(
+        dir.path(),
+        &[
+            "record",
+            "--no-relocate",
+            "-o",
+            json.to_str().unwrap(),
+            "--",
+            "true",
+        ],
     );
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);

@@ -193,7 +193,7 @@ impl Busy {
         let text = std::fs::read_to_string(&graph).unwrap();
         assert!(
             text.lines()
-                .any(|l| l.contains(prefix) && l.contains("() {")),
+                .any(|l| l.contains(prefix) && (l.contains("() {") || l.contains("();"))),
             "{text:.2000}"
         );
         n = self.still_right(n);
