@@ -66,6 +66,18 @@ pub fn normalize_ranges(ranges: impl IntoIterator<Item = Range<usize>>) -> Vec<R
 /// not looked at.
 pub fn wait_outside(ranges: &[Range<usize>], timeout: Duration) -> Result<u32, Vec<Inside>> {
     let ranges = normalize_ranges(ranges.iter().cloned());
+    // Stack words are looked for one byte in: a return address is never
+    // the first byte of a range these waits are given (the byte after a
+    // function's entry, where no call can end; a detour's first byte, its
+    // site, which nothing returns to), while the start of a page of
+    // detours is just where other memory ends — a thread stack's upper
+    // bound, held in many of its words.
+    let words = normalize_ranges(
+        ranges
+            .iter()
+            .filter(|r| r.end > r.start + 1)
+            .map(|r| r.start + 1..r.end),
+    );
     let me = super::gettid();
     let deadline = Instant::now() + timeout;
     let mut pending: Vec<i32> = match super::threads() {
@@ -95,7 +107,7 @@ pub fn wait_outside(ranges: &[Range<usize>], timeout: Duration) -> Result<u32, V
                 tls_offset: 0,
                 mark: (0, 0),
                 passive: true,
-                stack_code: &ranges,
+                stack_code: &words,
                 probe_scan: true,
                 timeout: remaining.clamp(Duration::from_millis(1), Duration::from_secs(1)),
             },
