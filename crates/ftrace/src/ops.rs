@@ -12,7 +12,10 @@ pub enum Pattern {
     /// A glob over full names: `*` any run, `?` one character
     /// (`parser::*`, `*alloc*`).
     Glob(String),
-    /// An exact full name (`app::parser::parse`) or raw symbol name.
+    /// An exact full name (`app::parser::parse`) or raw symbol name; it
+    /// may end in a [`livetrace_sites::Disambiguator`] that picks one of
+    /// several functions of that name: `NAME[h0123456789abcdef]` (the
+    /// legacy Rust hash) or `NAME@0xADDR` (its site or entry).
     Name(String),
     /// A function by its address (its site, or its entry).
     Addr(usize),
@@ -20,14 +23,17 @@ pub enum Pattern {
 
 impl Pattern {
     /// Reads a pattern the way the command line writes one: `0x…` is an
-    /// address, anything with `*` or `?` a glob, anything else a name.
+    /// address; a name with a disambiguator (`NAME[h<hash>]`,
+    /// `NAME@0xADDR`) is a name even when it holds `*` or `?` (`*const T`
+    /// in a Rust name), since it picks one function; anything else with
+    /// `*` or `?` is a glob, and the rest a name.
     pub fn parse(s: &str) -> Pattern {
         if let Some(hex) = s.strip_prefix("0x") {
             if let Ok(a) = usize::from_str_radix(hex, 16) {
                 return Pattern::Addr(a);
             }
         }
-        if s.contains(['*', '?']) {
+        if s.contains(['*', '?']) && livetrace_sites::Disambiguator::split(s).is_none() {
             Pattern::Glob(s.to_string())
         } else {
             Pattern::Name(s.to_string())
@@ -368,5 +374,27 @@ mod tests {
         );
         assert_eq!(Pattern::parse("0xzz"), Pattern::Name("0xzz".into()));
         assert_eq!(Pattern::parse("0x10").to_string(), "0x10");
+    }
+
+    #[test]
+    fn disambiguated_names_are_names_even_with_glob_characters() {
+        for s in [
+            "core::ptr::drop_in_place<foo::Bar>[h1a2b3c4d5e6f7a8b]",
+            "core::ptr::drop_in_place<*const u8>[h1a2b3c4d5e6f7a8b]",
+            "<T as core::any::Any>::type_id@0x55d0c0de1130",
+            "f<*mut u8>@0x4011d0",
+        ] {
+            assert_eq!(Pattern::parse(s), Pattern::Name(s.into()), "{s}");
+            assert_eq!(Pattern::parse(s).to_string(), s);
+        }
+        // Without a well-formed disambiguator, `*` still makes a glob.
+        assert_eq!(
+            Pattern::parse("drop_in_place<*const u8>[h12]"),
+            Pattern::Glob("drop_in_place<*const u8>[h12]".into())
+        );
+        assert_eq!(
+            Pattern::parse("*@0x4011d0x"),
+            Pattern::Glob("*@0x4011d0x".into())
+        );
     }
 }

@@ -104,6 +104,17 @@ std::arch::global_asm!(
     "    call lt_t_capture",
     "    pop rbx",
     "    ret",
+    // Two functions the table will know by one name (`t::dup`).
+    ".p2align 4",
+    ".globl lt_t_dup_a",
+    "lt_t_dup_a: .byte 0x0f,0x1f,0x44,0x00,0x00",
+    "    lea rax, [rdi + 1]",
+    "    ret",
+    ".p2align 4",
+    ".globl lt_t_dup_b",
+    "lt_t_dup_b: .byte 0x0f,0x1f,0x44,0x00,0x00",
+    "    lea rax, [rdi + 2]",
+    "    ret",
     ".popsection",
     ".pushsection .bss.lt_t_seen,\"aw\",@nobits",
     ".p2align 4",
@@ -124,6 +135,8 @@ unsafe extern "C" {
     fn lt_t_capture();
     fn lt_t_call_capture(values: *const [u8; 200]);
     static lt_t_seen: [u8; 200];
+    fn lt_t_dup_a(x: u64) -> u64;
+    fn lt_t_dup_b(x: u64) -> u64;
 }
 
 fn addr(f: *const ()) -> usize {
@@ -156,6 +169,8 @@ fn setup() {
             (addr(lt_t_pold as *const ()), "t::pold"),
             (addr(lt_t_pnew as *const ()), "t::pnew"),
             (addr(lt_t_hook as *const ()), "t::hook"),
+            (addr(lt_t_dup_a as *const ()), "t::dup"),
+            (addr(lt_t_dup_b as *const ()), "t::dup"),
         ];
         sites.extend(own.iter().map(|&(a, n)| ExternalSite {
             addr: a,
@@ -256,6 +271,49 @@ fn overlapping_ops_each_see_exactly_their_functions() {
     assert!(en.iter().all(|e| e.ip != fx::site(260)));
     unregister(&a).unwrap();
     unregister(&c).unwrap();
+}
+
+#[test]
+fn an_address_picks_one_of_two_same_named_functions() {
+    setup();
+    let (a, b) = (addr(lt_t_dup_a as *const ()), addr(lt_t_dup_b as *const ()));
+    let calls = |filter: &str| -> Result<Vec<usize>, Error> {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let ops = Ops::builder("dup")
+            .filter(Pattern::parse(filter))
+            .build(move |call| s.lock().unwrap().push(call.ip()));
+        register(&ops)?;
+        // SAFETY: the asm functions follow the C ABI declared above.
+        let got = unsafe { (lt_t_dup_a(10), lt_t_dup_b(10)) };
+        unregister(&ops).unwrap();
+        assert_eq!(got, (11, 12));
+        let mut v = seen.lock().unwrap().clone();
+        v.sort_unstable();
+        Ok(v)
+    };
+    // The plain name keeps naming both.
+    assert_eq!(calls("t::dup").unwrap(), [a, b]);
+    assert_eq!(calls(&format!("t::dup@{b:#x}")).unwrap(), [b]);
+    assert_eq!(calls(&format!("t::dup@{a:#x}")).unwrap(), [a]);
+    // Another function's address, or a hash these C-named functions do
+    // not have, names nothing: refused like any pattern that matches
+    // nothing.
+    let add = addr(lt_t_add as *const ());
+    for bad in [
+        format!("t::dup@{add:#x}"),
+        "t::dup[h0123456789abcdef]".to_string(),
+    ] {
+        let e = calls(&bad).unwrap_err();
+        assert!(
+            matches!(&e, Error::NoMatch { pattern, .. } if *pattern == bad),
+            "{bad}: {e}"
+        );
+    }
+    assert!(enabled_functions()
+        .unwrap()
+        .iter()
+        .all(|e| !e.ops.iter().any(|o| o == "dup")));
 }
 
 #[test]

@@ -427,6 +427,10 @@ pub struct FunctionInfo {
     pub state: String,
     /// Its type (`fn(u64) -> u64`) when known (`#[traced]`, non-generic).
     pub signature: Option<String>,
+    /// The legacy Rust hash of its symbol (`h0123456789abcdef`), which
+    /// tells it from others of the same name (`NAME[h…]` in a filter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
 }
 
 /// A function without a site that prologue relocation refuses.

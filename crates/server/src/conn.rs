@@ -902,6 +902,7 @@ fn list_functions(glob: Option<String>, enabled_only: bool) -> (Response, bool) 
     } else {
         None
     };
+    use livetrace::sites::Disambiguator;
     let sigs = signatures();
     let rows = livetrace_ftrace::with_table(|t| {
         let idx: Vec<usize> = match glob.as_deref() {
@@ -942,6 +943,10 @@ fn list_functions(glob: Option<String>, enabled_only: bool) -> (Response, bool) 
                         .get(&info.addr)
                         .filter(|s| !s.is_empty())
                         .map(|s| s.to_string()),
+                    hash: match Disambiguator::hash_of(info.raw_name) {
+                        Some(Disambiguator::Hash(h)) => Some(format!("h{h:016x}")),
+                        _ => None,
+                    },
                 })
             })
             .collect::<Vec<_>>()

@@ -19,7 +19,9 @@
 //!   taken from the slot's dynamic relocation when there is one (lld leaves
 //!   the slot itself zero). Each site is named by the function symbol
 //!   containing it (`.symtab`, else `.dynsym`), demangled (Rust legacy and
-//!   v0, C++).
+//!   v0, C++). Demangled names need not be unique; a [`Disambiguator`]
+//!   suffix (`NAME[h<hash>]`, `NAME@0xADDR`) picks one of several
+//!   ([`Table::lookup_name`]).
 //! - **The program.** [`Table::insert_external`] takes sites described by
 //!   the `#[traced]` macro (address, path, file, line).
 //!
@@ -97,6 +99,7 @@
 
 mod convert;
 mod demangle;
+mod disambiguator;
 mod elf;
 mod glob;
 mod loaded;
@@ -110,6 +113,7 @@ use std::io;
 
 pub use convert::{thread_count, ConvertPolicy, ConvertReport};
 pub use demangle::demangle;
+pub use disambiguator::Disambiguator;
 pub use glob::Glob;
 pub use livetrace_poke::world::{
     set_signal as set_stop_signal, signal as stop_signal, Busy, StopError as StwError,

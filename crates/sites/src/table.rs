@@ -8,6 +8,7 @@ use std::io;
 use livetrace_poke::{Batch, Insn, NOP1X5, NOP5};
 
 use crate::convert::{self, ConvertPolicy, ConvertReport};
+use crate::disambiguator::Disambiguator;
 use crate::elf::{self, Mmap};
 use crate::glob::Glob;
 use crate::loaded::{self, Loaded, Pin};
@@ -442,8 +443,39 @@ impl Table {
 
     /// Record indices of every site whose demangled name is exactly `name`
     /// (several static functions may share one), or, failing that, whose
-    /// symbol-table name is. O(log n) for demangled names.
+    /// symbol-table name is, or, failing that, when `name` ends in a
+    /// [`Disambiguator`], the sites of that name it picks: those whose
+    /// symbol carries the hash (`NAME[h0123456789abcdef]`), or the one whose
+    /// site, function entry or relocated entry is the address
+    /// (`NAME@0xADDR`). O(log n) for demangled names.
     pub fn lookup_name(&self, name: &str) -> Vec<usize> {
+        let found = self.lookup_plain(name);
+        if !found.is_empty() {
+            return found;
+        }
+        let Some((base, which)) = Disambiguator::split(name) else {
+            return found;
+        };
+        let mut out = self.lookup_plain(base);
+        out.retain(|&i| self.is_picked_by(i, which));
+        out
+    }
+
+    /// Whether `which` picks record `i` among those of its name.
+    fn is_picked_by(&self, i: usize, which: Disambiguator) -> bool {
+        match which {
+            Disambiguator::Hash(_) => Disambiguator::hash_of(self.raw_name(i)) == Some(which),
+            Disambiguator::Addr(a) => {
+                let ip = self.records[i].ip();
+                ip == a
+                    || ip.checked_sub(self.cold[i].offset as usize) == Some(a)
+                    || self.relocated(i).is_some_and(|r| r.entry == a)
+            }
+        }
+    }
+
+    /// [`Table::lookup_name`] without disambiguators.
+    fn lookup_plain(&self, name: &str) -> Vec<usize> {
         let lo = self
             .by_name
             .partition_point(|&i| self.name(i as usize) < name);
@@ -600,6 +632,73 @@ mod tests {
             "_ZN6parser10parse_expr17h0123456789abcdefE"
         );
         assert_eq!(names(t.glob("*")).len(), 7);
+    }
+
+    /// Three `drop_in_place<x::Bar>` (two hashes, one of them in two
+    /// objects' worth of records), two C `helper`s (one after `endbr64`),
+    /// and a unique function.
+    fn table_with_duplicates() -> Table {
+        let mut t = table_with(&[]);
+        let drop = "core::ptr::drop_in_place<x::Bar>";
+        let raw = |h: &str| format!("_ZN4core3ptr27drop_in_place$LT$x..Bar$GT$17h{h}E");
+        let rec = |ip, name: &str, raw: String, offset| NewRecord {
+            rec: Record::new(ip, ObjectId(0), Origin::Patchable, false),
+            name: name.into(),
+            raw,
+            file: String::new(),
+            line: 0,
+            offset,
+        };
+        t.merge(vec![
+            rec(0x1000, drop, raw("1a2b3c4d5e6f7a8b"), 0),
+            rec(0x2000, drop, raw("00000000000000ff"), 0),
+            rec(0x3000, drop, raw("1a2b3c4d5e6f7a8b") + ".llvm.77", 0),
+            rec(0x4000, "helper", "helper".into(), 0),
+            rec(0x5004, "helper", "helper".into(), 4),
+            rec(0x6000, "unique", "unique".into(), 0),
+        ]);
+        t
+    }
+
+    #[test]
+    fn disambiguators_pick_among_same_named_functions() {
+        let t = table_with_duplicates();
+        let ips = |name: &str| {
+            t.lookup_name(name)
+                .into_iter()
+                .map(|i| t.record(i).ip())
+                .collect::<Vec<_>>()
+        };
+        // A plain name still names them all.
+        let drop = "core::ptr::drop_in_place<x::Bar>";
+        assert_eq!(ips(drop), [0x1000, 0x2000, 0x3000]);
+        assert_eq!(ips("helper"), [0x4000, 0x5004]);
+        // The hash picks its instance(s).
+        assert_eq!(ips(&format!("{drop}[h00000000000000ff]")), [0x2000]);
+        assert_eq!(ips(&format!("{drop}[h1a2b3c4d5e6f7a8b]")), [0x1000, 0x3000]);
+        assert_eq!(ips(&format!("{drop}[h1A2B3C4D5E6F7A8B]")), [0x1000, 0x3000]);
+        // The address: the site, or the entry before an `endbr64`.
+        assert_eq!(ips(&format!("{drop}@0x3000")), [0x3000]);
+        assert_eq!(ips("helper@0x4000"), [0x4000]);
+        assert_eq!(ips("helper@0x5004"), [0x5004]);
+        assert_eq!(ips("helper@0x5000"), [0x5004]);
+        // A disambiguator that picks nothing names nothing: no such hash,
+        // an address of another function or inside this one, a hash of a
+        // C function, or another name.
+        assert!(ips(&format!("{drop}[h0000000000000001]")).is_empty());
+        assert!(ips("helper@0x6000").is_empty());
+        assert!(ips("helper@0x4001").is_empty());
+        assert!(ips("helper[h1a2b3c4d5e6f7a8b]").is_empty());
+        assert!(ips("helpe@0x4000").is_empty());
+        // A unique name takes a disambiguator too; a literal glob is a name.
+        assert_eq!(ips("unique@0x6000"), [0x6000]);
+        assert_eq!(
+            t.glob("helper@0x5000")
+                .into_iter()
+                .map(|i| t.record(i).ip())
+                .collect::<Vec<_>>(),
+            [0x5004]
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `livetrace ls PID [GLOB]`: a process's traceable functions.
 
+use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 
@@ -55,11 +56,23 @@ impl Names {
     }
 
     /// `name` padded to the column, or shortened in the middle with `…`
-    /// (the start says where a function lives, the end which it is).
+    /// (the start says where a function lives, the end which it is); a
+    /// disambiguator at the end (`[h…]`, `@0x…`) is kept whole.
     fn fit(&self, name: &str) -> String {
         let n = name.chars().count();
         if n <= self.width || !self.shorten {
             return format!("{name:<w$}", w = self.width);
+        }
+        if let Some((base, _)) = livetrace_sites::Disambiguator::split(name) {
+            let suffix = &name[base.len()..];
+            let room = self.width.saturating_sub(suffix.chars().count());
+            if room >= 3 {
+                let short = Names {
+                    width: room,
+                    ..*self
+                };
+                return short.fit(base) + suffix;
+            }
         }
         let keep = self.width - 1;
         let head = keep / 2;
@@ -69,6 +82,33 @@ impl Names {
         s.extend(name.chars().skip(n - tail));
         s
     }
+}
+
+/// The names to show for rows of (name, address, legacy Rust hash): a
+/// name that two or more rows share gets the suffix `-f` takes to pick
+/// that one, `[h<hash>]` where it tells the row apart from the others of
+/// its name, else `@0x<address>`; other names are left alone.
+fn disambiguated<'a>(rows: impl Iterator<Item = (&'a str, u64, Option<&'a str>)>) -> Vec<String> {
+    let rows: Vec<_> = rows.collect();
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut hashes: HashMap<(&str, &str), usize> = HashMap::new();
+    for &(name, _, hash) in &rows {
+        *names.entry(name).or_default() += 1;
+        if let Some(h) = hash {
+            *hashes.entry((name, h)).or_default() += 1;
+        }
+    }
+    rows.iter()
+        .map(|&(name, addr, hash)| {
+            if names[name] < 2 {
+                return name.to_string();
+            }
+            match hash {
+                Some(h) if hashes[&(name, h)] == 1 => format!("{name}[{h}]"),
+                _ => format!("{name}@{addr:#x}"),
+            }
+        })
+        .collect()
 }
 
 pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
@@ -163,7 +203,8 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
             let _ = writeln!(out, "{}", style.dim("no enabled functions"));
             return Ok(());
         }
-        let names = Names::new(rows.iter().map(|f| f.name.as_str()), wide);
+        let shown = disambiguated(rows.iter().map(|f| (f.name.as_str(), f.ip, None)));
+        let names = Names::new(shown.iter().map(String::as_str), wide);
         let w = names.width;
         let ow = rows
             .iter()
@@ -179,11 +220,11 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
                 "NAME", "ADDRESS", "OPS"
             ))
         );
-        for f in rows {
+        for (f, name) in rows.iter().zip(&shown) {
             let _ = writeln!(
                 out,
                 "{}  {:<14}  {:<ow$}  {}",
-                style.name(&names.fit(&f.name)),
+                style.name(&names.fit(name)),
                 format!("{:#x}", f.ip),
                 f.ops.join(","),
                 f.trampoline
@@ -218,7 +259,12 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
             .and_then(|s: &mut crate::source::Sources| s.lookup(f.addr))
             .unwrap_or_else(|| f.source.clone())
     };
-    let names = Names::new(functions.iter().map(|f| f.name.as_str()), wide);
+    let shown = disambiguated(
+        functions
+            .iter()
+            .map(|f| (f.name.as_str(), f.addr, f.hash.as_deref())),
+    );
+    let names = Names::new(shown.iter().map(String::as_str), wide);
     let w = names.width;
     let _ = writeln!(
         out,
@@ -231,7 +277,7 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
             if signatures { "  SIGNATURE" } else { "" }
         ))
     );
-    for f in &functions {
+    for (f, name) in functions.iter().zip(&shown) {
         let state = if f.state == "nop" {
             style.dim(&format!("{:<16}", f.state))
         } else {
@@ -240,7 +286,7 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
         let _ = write!(
             out,
             "{}  {:<14}  {state}  {}",
-            style.name(&names.fit(&f.name)),
+            style.name(&names.fit(name)),
             format!("{:#x}", f.addr),
             source_of(f, &mut sources)
         );
@@ -281,5 +327,51 @@ mod tests {
         assert_eq!(whole.fit(&long), long);
         // Short lists keep a narrow column.
         assert_eq!(Names::new(["ab", "abcdef"].into_iter(), false).width, 6);
+    }
+
+    #[test]
+    fn shared_names_show_what_picks_each() {
+        let drop = "core::ptr::drop_in_place<x::Bar>";
+        let (h1, h2) = (Some("h1a2b3c4d5e6f7a8b"), Some("h00000000000000ff"));
+        let shown = disambiguated(
+            [
+                ("main", 0x1000, None),
+                (drop, 0x2000, h1),
+                (drop, 0x3000, h2),
+                (drop, 0x4000, h2), // the same instance twice: its hash picks both
+                ("helper", 0x5000, None),
+                ("helper", 0x6000, None),
+                ("lone", 0x7000, h1),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(
+            shown,
+            [
+                "main".to_string(),
+                format!("{drop}[h1a2b3c4d5e6f7a8b]"),
+                format!("{drop}@0x3000"),
+                format!("{drop}@0x4000"),
+                "helper@0x5000".into(),
+                "helper@0x6000".into(),
+                "lone".into(),
+            ]
+        );
+        // Each shown name is one `-f` reads as a name that picks one.
+        for s in &shown[1..6] {
+            assert!(livetrace_sites::Disambiguator::split(s).is_some(), "{s}");
+        }
+        // The column fits the suffix, and shortening keeps it (the end of
+        // a name is kept).
+        let names = Names::new(shown.iter().map(String::as_str), false);
+        assert_eq!(names.width, drop.len() + "[h1a2b3c4d5e6f7a8b]".len());
+        let cut = Names {
+            width: 30,
+            shorten: true,
+        };
+        let fitted = cut.fit(&shown[1]);
+        assert_eq!(fitted.chars().count(), 30);
+        assert!(fitted.starts_with("core:") && fitted.ends_with("r>[h1a2b3c4d5e6f7a8b]"));
+        assert_eq!(cut.fit(&shown[4]).trim_end(), "helper@0x5000");
     }
 }
