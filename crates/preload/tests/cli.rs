@@ -146,15 +146,25 @@ fn cli_records_a_c_program_run_with_ld_preload() {
     assert!(text.contains("work_hash();"), "{text:.2000}");
 }
 
-/// A C program compiled without any site: `trace -f` gives the functions
-/// it names a site by prologue relocation, `ls` then shows them
-/// `relocated` (at their own entry, with their source line), and
-/// `ls --why-not` lists what cannot be relocated.
+/// A C program compiled without any site: `ls` lists the functions a filter
+/// could relocate as `relocatable`, `trace -f` gives the functions it names
+/// a site by prologue relocation, `ls` then shows them `relocated` (at their
+/// own entry, with their source line), and `ls --why-not` lists what cannot
+/// be relocated.
 #[test]
 fn cli_traces_a_c_program_built_without_sites() {
     let (mut program, pid) = start_worker("plain");
 
+    // Before: no site, but listed as what a trace would relocate (nothing
+    // is touched by listing).
     let before = livetrace(&["ls", &pid, "work_item"]);
+    before.assert_ok();
+    let row = before
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("work_item "))
+        .unwrap_or_else(|| panic!("{before}"));
+    assert!(row.contains("relocatable"), "{row}");
     assert!(!before.stdout.contains("relocated"), "{before}");
 
     let why = livetrace(&["ls", &pid, "--why-not", "work_*"]);

@@ -951,6 +951,31 @@ fn list_functions(glob: Option<String>, enabled_only: bool) -> (Response, bool) 
             })
             .collect::<Vec<_>>()
     });
+    // Nothing with a site matches: what a filter naming them would trace
+    // is the functions relocation can give one (`trace` does that on
+    // demand), listed as such without touching them.
+    let rows = rows.and_then(|mut rows| {
+        if !rows.is_empty() || enabled_only {
+            return Ok(rows);
+        }
+        let g = glob.as_deref().map(livetrace::sites::Glob::new);
+        livetrace_ftrace::with_table(|t| {
+            let select = |name: &str, _: &str, _: usize| g.as_ref().is_none_or(|g| g.matches(name));
+            rows.extend(
+                t.relocatable(&select)
+                    .into_iter()
+                    .map(|(name, entry, object)| FunctionInfo {
+                        name,
+                        addr: entry as u64,
+                        source: object,
+                        state: "relocatable".into(),
+                        signature: None,
+                        hash: None,
+                    }),
+            );
+            rows
+        })
+    });
     match rows {
         Ok(mut functions) => {
             functions.sort_by(|a, b| a.name.cmp(&b.name).then(a.addr.cmp(&b.addr)));

@@ -211,6 +211,23 @@ impl Table {
         }
     }
 
+    /// The matching functions without a site that can be given one by
+    /// relocation (what a filter naming them would trace): (name, entry,
+    /// object path). Nothing is changed.
+    pub fn relocatable(
+        &mut self,
+        select: &dyn Fn(&str, &str, usize) -> bool,
+    ) -> Vec<(String, usize, String)> {
+        let mut report = RelocateReport::default();
+        let mut out = Vec::new();
+        self.each_candidate(select, &mut report, |t, oi, c, entry, name, _| {
+            if c.verdict.is_ok() {
+                out.push((name, entry, t.objects[oi].display_path().to_owned()));
+            }
+        });
+        out
+    }
+
     /// The matching functions without a site that cannot be relocated, and
     /// why. `select(name, raw_name, entry)` picks functions.
     pub fn why_not(&mut self, select: &dyn Fn(&str, &str, usize) -> bool) -> Vec<WhyNot> {
