@@ -11,36 +11,9 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{TempDir, CLI};
+use common::{preload_lib, TempDir, CLI};
 
 const PLAIN_TARGET: &str = env!("CARGO_BIN_EXE_livetrace-plain-target");
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// `liblivetrace.so` of this profile, built (a no-op when up to date).
-fn lib() -> &'static Path {
-    static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| {
-        let dir = Path::new(CLI).parent().unwrap().to_path_buf();
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "-q", "-p", "livetrace-preload"])
-            .current_dir(workspace());
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let out = cmd.output().expect("cargo");
-        assert!(
-            out.status.success(),
-            "cargo build -p livetrace-preload:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let lib = dir.join("liblivetrace.so");
-        assert!(lib.exists());
-        lib
-    })
-}
 
 fn build(name: &str, cc: &str, flags: &[&str]) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("attach-{}", std::process::id()));
@@ -146,7 +119,7 @@ impl Program {
         Command::new(CLI)
             .args(args)
             .env("LIVETRACE_SOCKET_DIR", self.socket_dir.path())
-            .env("LIVETRACE_PRELOAD_LIB", lib())
+            .env("LIVETRACE_PRELOAD_LIB", preload_lib())
             .output()
             .unwrap()
     }
@@ -453,7 +426,7 @@ fn another_mount_namespace() {
         eprintln!("SKIPPED: unshare --mount is not allowed here");
         return;
     }
-    let libdir = lib().parent().unwrap().to_path_buf();
+    let libdir = preload_lib().parent().unwrap().to_path_buf();
     let script = format!(
         "mount -t tmpfs tmpfs '{}' && mount -t tmpfs tmpfs \"$LIVETRACE_SOCKET_DIR\" && exec '{}'",
         libdir.display(),
@@ -540,7 +513,7 @@ fn refusals_change_nothing() {
         let mut child = Command::new(&exe).spawn().unwrap();
         let o = Command::new(CLI)
             .args(["attach", &child.id().to_string()])
-            .env("LIVETRACE_PRELOAD_LIB", lib())
+            .env("LIVETRACE_PRELOAD_LIB", preload_lib())
             .output()
             .unwrap();
         let _ = child.kill();
@@ -568,7 +541,7 @@ fn cli_as(uid: u32, args: &[&str]) -> Option<Output> {
         CLI,
     ])
     .args(args)
-    .env("LIVETRACE_PRELOAD_LIB", lib());
+    .env("LIVETRACE_PRELOAD_LIB", preload_lib());
     Some(cmd.output().unwrap())
 }
 
@@ -603,7 +576,7 @@ fn other_users() {
     assert!(!p.maps_have_livetrace());
     // Its own user may attach (no privilege needed), when it can read the
     // library.
-    let readable = lib().ancestors().all(|d| {
+    let readable = preload_lib().ancestors().all(|d| {
         std::fs::metadata(d).is_ok_and(|m| {
             use std::os::unix::fs::PermissionsExt;
             m.permissions().mode() & 0o005 == 0o005
@@ -619,7 +592,7 @@ fn other_users() {
     } else {
         eprintln!(
             "SKIPPED as the same user: {} is not readable by others",
-            lib().display()
+            preload_lib().display()
         );
     }
     // Root may attach to anyone's process.
@@ -700,7 +673,7 @@ fn detach_outlasts_a_transient_refusal() {
         .args(["--flight", "--buffer", "1024", "-o"])
         .arg(&file)
         .env("LIVETRACE_SOCKET_DIR", p.socket_dir.path())
-        .env("LIVETRACE_PRELOAD_LIB", lib())
+        .env("LIVETRACE_PRELOAD_LIB", preload_lib())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -14,34 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{wait_for, TempDir, CLI};
+use common::{preload_lib, wait_for, TempDir, CLI};
 use livetrace_format::{EndReason, Kind, LossReason, Reader};
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// `liblivetrace.so` of this profile, built if needed.
-fn preload_lib() -> &'static Path {
-    static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "-q", "-p", "livetrace-preload"])
-            .current_dir(workspace());
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let out = cmd.output().expect("cargo");
-        assert!(
-            out.status.success(),
-            "cargo build -p livetrace-preload: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dir.join("liblivetrace.so")
-    })
-}
 
 /// The test programs, built once with patchable function entries.
 fn program(name: &str) -> PathBuf {

@@ -12,38 +12,14 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use common::{TempDir, CLI};
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// `liblivetrace.so` of this profile, built (a no-op when up to date).
-fn lib() -> &'static Path {
-    static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| {
-        let dir = Path::new(CLI).parent().unwrap().to_path_buf();
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "-q", "-p", "livetrace-preload"])
-            .current_dir(workspace());
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let out = cmd.output().expect("cargo");
-        assert!(
-            out.status.success(),
-            "cargo build -p livetrace-preload:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dir.join("liblivetrace.so")
-    })
-}
+use common::{preload_lib, TempDir, CLI};
 
 /// A stock program answering one query per input line, kept busy by a
 /// thread that checks every answer against the first.
@@ -112,7 +88,7 @@ impl Busy {
         Command::new(CLI)
             .args(args)
             .env("LIVETRACE_SOCKET_DIR", self.sockets.path())
-            .env("LIVETRACE_PRELOAD_LIB", lib())
+            .env("LIVETRACE_PRELOAD_LIB", preload_lib())
             .output()
             .unwrap()
     }
@@ -126,6 +102,17 @@ impl Busy {
             o.status
         );
         String::from_utf8_lossy(&o.stdout).into_owned() + &err
+    }
+
+    /// `trace` from a flight recorder (each thread's newest records) into
+    /// `file`.
+    fn flight(&self, tracer: &str, glob: &str, file: &Path) -> String {
+        let o = file.to_str().unwrap();
+        let pid = &self.pid;
+        self.ok(&[
+            "trace", pid, "-t", tracer, "-f", glob, "-d", "400ms", "--flight", "--buffer", "4096",
+            "-o", o,
+        ])
     }
 
     /// Checks the answers so far, and that some came meanwhile.
@@ -150,23 +137,9 @@ impl Busy {
         std::fs::create_dir_all(dir.path()).unwrap();
         let mut n = self.answered.load(Relaxed);
         let pid = self.pid.clone();
-        let func = dir.path().join("func.json");
-        let out = self.ok(&[
-            "trace",
-            &pid,
-            "-t",
-            "function",
-            "-f",
-            glob,
-            "-d",
-            "400ms",
-            "--flight",
-            "--buffer",
-            "4096",
-            "-o",
-            func.to_str().unwrap(),
-        ]);
         let prefix = glob.trim_end_matches('*');
+        let func = dir.path().join("func.json");
+        let out = self.flight("function", glob, &func);
         let text = std::fs::read_to_string(&func).unwrap();
         assert!(
             text.contains(&format!("\"name\":\"{prefix}")),
@@ -175,21 +148,7 @@ impl Busy {
         serde_json::from_str::<serde_json::Value>(&text).expect("Chrome JSON");
         n = self.still_right(n);
         let graph = dir.path().join("graph.txt");
-        self.ok(&[
-            "trace",
-            &pid,
-            "-t",
-            "graph",
-            "-f",
-            glob,
-            "-d",
-            "400ms",
-            "--flight",
-            "--buffer",
-            "4096",
-            "-o",
-            graph.to_str().unwrap(),
-        ]);
+        self.flight("graph", glob, &graph);
         let text = std::fs::read_to_string(&graph).unwrap();
         assert!(
             text.lines()
@@ -197,7 +156,9 @@ impl Busy {
             "{text:.2000}"
         );
         n = self.still_right(n);
-        let profile = self.ok(&["trace", &pid, "-t", "profile", "-f", glob, "-d", "400ms"]);
+        // Long enough for calls to end even on a loaded machine: a profile
+        // row counts finished calls.
+        let profile = self.ok(&["trace", &pid, "-t", "profile", "-f", glob, "-d", "1s"]);
         assert!(profile.contains(expect), "{profile}");
         self.still_right(n);
     }

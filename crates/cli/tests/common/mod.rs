@@ -197,6 +197,35 @@ impl Drop for Target {
     }
 }
 
+/// The workspace's root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `liblivetrace.so` of this profile (next to the `livetrace` command),
+/// built if needed (a no-op when up to date).
+pub fn preload_lib() -> &'static Path {
+    static LIB: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    LIB.get_or_init(|| {
+        let dir = Path::new(CLI).parent().unwrap().to_path_buf();
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "-q", "-p", "livetrace-preload"])
+            .current_dir(workspace());
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let out = cmd.output().expect("cargo");
+        assert!(
+            out.status.success(),
+            "cargo build -p livetrace-preload:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lib = dir.join("liblivetrace.so");
+        assert!(lib.exists(), "{}", lib.display());
+        lib
+    })
+}
+
 pub fn cli(dir: &Path, args: &[&str]) -> Output {
     Command::new(CLI)
         .args(args)
