@@ -45,7 +45,23 @@ fn selector(p: &Pattern) -> Box<Select<'_>> {
             let g = livetrace_sites::Glob::new(g);
             Box::new(move |name, _, _| g.matches(name))
         }
-        Pattern::Name(n) => Box::new(move |name, raw, _| name == n || raw == n),
+        Pattern::Name(n) => {
+            // `NAME@0xADDR` and `NAME[hHASH]` pick one of same-named
+            // functions, as they do among sites.
+            use livetrace_sites::Disambiguator;
+            let picked = Disambiguator::split(n);
+            Box::new(move |name, raw, entry| {
+                name == n
+                    || raw == n
+                    || picked.is_some_and(|(base, d)| {
+                        (name == base || raw == base)
+                            && match d {
+                                Disambiguator::Addr(a) => a == entry,
+                                h => Disambiguator::hash_of(raw) == Some(h),
+                            }
+                    })
+            })
+        }
         Pattern::Addr(a) => Box::new(move |_, _, entry| entry == *a),
     }
 }
