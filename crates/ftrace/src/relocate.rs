@@ -13,7 +13,8 @@ static RELOCATE_ON_DEMAND: AtomicBool = AtomicBool::new(true);
 
 /// Turns relocation on demand on (the default) or off: when a filter
 /// pattern of an ops being registered or refiltered names no traceable
-/// function, the functions it names that were compiled without a site are
+/// function (or only functions relocation gave a site before), the
+/// functions it names that were compiled without a site are
 /// given one by prologue relocation ([`livetrace_sites::Table::relocate`])
 /// before the pattern is resolved, and those that cannot be are reported by
 /// [`why_not`]. `LIVETRACE_NO_RELOCATE=1` keeps it off whatever is asked.
@@ -84,13 +85,24 @@ pub fn relocate(pattern: &Pattern) -> Result<livetrace_sites::RelocateReport, Er
 }
 
 impl Core {
-    /// Relocates what each filter pattern that names no site names.
+    /// Relocates what each filter pattern names that has no site, when the
+    /// pattern names no compiler-emitted site: nothing at all, or only
+    /// functions relocation gave a site earlier (`-f '*'` after `-f
+    /// 'ZSTD_*'` on a program built without sites means every function,
+    /// not the ones an earlier trace happened to relocate). A pattern that
+    /// names compiler sites is taken to mean those: the program was built
+    /// for tracing, and what has no site there was left so on purpose.
     pub(crate) fn relocate_on_demand(&mut self, filter: &[Pattern]) -> Result<(), Error> {
         if !relocate_on_demand_enabled() {
             return Ok(());
         }
         for p in filter {
-            if self.matching(p).is_empty() {
+            let t = &self.table;
+            let only_relocated = self.matching(p).iter().all(|&ip| {
+                t.find(ip)
+                    .is_some_and(|i| t.record(i).origin() == livetrace_sites::Origin::Relocated)
+            });
+            if only_relocated {
                 self.table.relocate(&*selector(p), quiesce::timeout())?;
             }
         }

@@ -1,5 +1,6 @@
 //! `NAME@0xENTRY` names one of two same-named functions without a site
-//! (two copies of a stock library): only that one is relocated and traced.
+//! (two copies of a stock library): only that one is relocated and traced;
+//! a glob afterwards still relocates everything it names.
 
 use livetrace_fixtures::stock::{self, Stock, HAND};
 use livetrace_ftrace::with_table;
@@ -40,6 +41,19 @@ fn a_disambiguated_name_relocates_one_copy() {
     with_table(|t| {
         assert!(t.find_relocated_entry(entry).is_some());
         assert!(t.find_relocated_entry(b.sym(&name).unwrap()).is_none());
+    })
+    .unwrap();
+    // A glob that names only functions relocation gave a site still means
+    // every function it names: the rest are relocated now.
+    let s = Session::start(Config::new(Tracer::Function, &["lt_stock_*"])).unwrap();
+    drop(s);
+    with_table(|t| {
+        for i in 0..8 {
+            for lib in [&a, &b] {
+                let e = lib.sym(&stock::name(i)).unwrap();
+                assert!(t.find_relocated_entry(e).is_some(), "{}", stock::name(i));
+            }
+        }
     })
     .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
