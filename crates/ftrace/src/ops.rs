@@ -269,7 +269,7 @@ impl OpsBuilder {
     /// suppresses callbacks, not redirection). The callback still runs for
     /// the other calls, after the redirection is set, and may change
     /// `regs().ip` again. An IPMODIFY ops without it redirects only where
-    /// its callback runs. What [`crate::livepatch`] builds.
+    /// its callback runs. What [`crate::livepatch()`] builds.
     pub fn redirect_to(mut self, target: usize) -> Self {
         self.redirect = Some(target);
         self.ipmodify().regs()

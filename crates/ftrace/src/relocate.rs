@@ -39,7 +39,7 @@ fn relocate_on_demand_enabled() -> bool {
 type Select<'a> = dyn Fn(&str, &str, usize) -> bool + 'a;
 
 /// A selector over function names and entries for a filter pattern, as
-/// [`livetrace_sites::Table::relocate`] and [`Table::why_not`] take it.
+/// [`livetrace_sites::Table::relocate`] and [`livetrace_sites::Table::why_not`] take it.
 fn selector(p: &Pattern) -> Box<Select<'_>> {
     match p {
         Pattern::Glob(g) => {

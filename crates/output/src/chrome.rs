@@ -322,7 +322,7 @@ pub fn write<W: Write>(trace: &Trace, out: W) -> io::Result<()> {
     feed(trace, Order::ByThread, &mut ChromeJson::new(out)).map(|_| ())
 }
 
-/// The whole trace as a JSON value (parsed back from [`write`]'s output:
+/// The whole trace as a JSON value (parsed back from [`write()`]'s output:
 /// for tests and small traces only).
 pub fn to_value(trace: &Trace) -> Value {
     let mut out = Vec::new();

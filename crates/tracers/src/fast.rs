@@ -27,7 +27,7 @@
 //! predicted, and lands in `lt_return_to_stub` (in [`crate::retstack`]).
 //! That exit, and `lt_return_to_handler` where the Rust callback hooked the
 //! return slot, have a fast exit for the thread's newest frame when its
-//! session registered here ([`FastSinks`]); everything else takes their
+//! session registered here ([`crate::layout::FastSinks`]); everything else takes their
 //! Rust exit. The entry writes the frame before it publishes the depth,
 //! and the exits put the real return address back in the slot before they
 //! pop it, so a signal handler's backtrace at any instruction sees a

@@ -38,7 +38,8 @@ impl std::fmt::Display for BlockedThread {
 
 static REPAIRED: AtomicU32 = AtomicU32::new(0);
 
-/// Threads given a protected signal back by [`check_threads`], for tests.
+/// Threads given a protected signal back by the check before each batch,
+/// for tests.
 pub fn masks_repaired() -> u32 {
     REPAIRED.load(SeqCst)
 }

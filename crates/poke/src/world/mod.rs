@@ -19,9 +19,9 @@
 //! [`set_signal`]), which a program may use too: deliveries that are not
 //! ours reach the program's own handler.
 //!
-//! The pieces: [`frames`] walks a thread's stacks for signal frames,
-//! [`proc`] reads what `/proc` shows without disturbing a thread,
-//! `signal` owns the world signal's handler, [`probe`] observes, `stop`
+//! The pieces: `frames` walks a thread's stacks for signal frames,
+//! `proc` reads what `/proc` shows without disturbing a thread,
+//! `signal` owns the world signal's handler, `probe` observes, `stop`
 //! holds.
 
 pub(crate) mod clear;
