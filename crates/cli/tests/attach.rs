@@ -190,40 +190,20 @@ fn trace_every_tracer(p: &Program, glob: &str, expect: &str) {
     std::fs::create_dir_all(dir.path()).unwrap();
     let pid = p.pid_s();
     let graph = dir.path().join("graph.txt");
-    p.ok(&[
-        "trace",
-        &pid,
-        "-f",
-        glob,
-        "-t",
-        "graph",
-        "-d",
-        "300ms",
-        "--flight",
-        "--buffer",
-        "1024",
-        "-o",
-        graph.to_str().unwrap(),
-    ]);
+    // From a flight recorder: each thread's newest 1,024 records.
+    let flight = |tracer: &str, file: &Path| {
+        let o = file.to_str().unwrap();
+        p.ok(&[
+            "trace", &pid, "-f", glob, "-t", tracer, "-d", "300ms", "--flight", "--buffer", "1024",
+            "-o", o,
+        ])
+    };
+    flight("graph", &graph);
     let g = text(&graph);
     assert!(g.starts_with("# tracer: function_graph"), "{g:.300}");
     assert!(g.contains(&format!("{expect}() {{")), "{g:.2000}");
     let func = dir.path().join("func.json");
-    p.ok(&[
-        "trace",
-        &pid,
-        "-f",
-        glob,
-        "-t",
-        "function",
-        "-d",
-        "300ms",
-        "--flight",
-        "--buffer",
-        "1024",
-        "-o",
-        func.to_str().unwrap(),
-    ]);
+    flight("function", &func);
     let f = text(&func);
     assert!(f.contains(expect), "{f:.500}");
     serde_json::from_str::<serde_json::Value>(&f).expect("chrome JSON");
