@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use livetrace_fixtures as fx;
-use livetrace_ftrace::{register, unregister, with_table, Ops, Pattern};
+use livetrace_ftrace::{insert_external, register, unregister, Ops, Pattern};
 use livetrace_poke::world::world_stats;
 use livetrace_sites::ExternalSite;
 
@@ -30,15 +30,12 @@ pub struct Args {
 pub fn run(a: Args) {
     let f = 5000;
     let name = format!("fx::f{f:05}");
-    with_table(|t| {
-        t.insert_external(&[ExternalSite {
-            addr: fx::site(f),
-            name: &name,
-            file: "fixtures",
-            line: 0,
-        }])
-    })
-    .unwrap()
+    insert_external(&[ExternalSite {
+        addr: fx::site(f),
+        name: &name,
+        file: "fixtures",
+        line: 0,
+    }])
     .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let eintr = Arc::new(AtomicU64::new(0));

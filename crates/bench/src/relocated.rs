@@ -182,9 +182,7 @@ fn live(a: &Args) {
     );
     let lib = Stock::open(&path, n + stock::HAND.len());
     let twin = Stock::open(&twin_path, n + stock::HAND.len());
-    livetrace_ftrace::with_table(|t| t.rescan())
-        .expect("core")
-        .expect("scan");
+    livetrace_ftrace::discover().expect("scan");
     register_fixtures(2);
 
     // Per-call overhead: `lt_hand_tiny` (mov rax, rdi; ret) is the same
@@ -240,7 +238,7 @@ fn live(a: &Args) {
     // the price of correctness where gcc's -fipa-ra may have been at work.
     let call_entry = lib.sym("lt_hand_call").expect("lt_hand_call");
     livetrace_ftrace::relocate(&Pattern::parse("lt_hand_twice")).expect("relocate twice");
-    let (twice, full) = livetrace_ftrace::with_table(|t| {
+    let (twice, full) = livetrace_ftrace::inspect(|t| {
         let i = t
             .lookup_name("lt_hand_twice")
             .into_iter()
@@ -300,7 +298,7 @@ fn live(a: &Args) {
         // The twin's functions have the same names: trace only ours.
         let ours: Vec<Pattern> = (0..n)
             .filter_map(|i| {
-                livetrace_ftrace::with_table(|t| {
+                livetrace_ftrace::inspect(|t| {
                     t.find_relocated_entry(lib.addr(i))
                         .map(|j| t.record(j).ip())
                 })

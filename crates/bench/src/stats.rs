@@ -14,9 +14,7 @@ pub fn register_fixtures(n: usize) {
             line: 0,
         })
         .collect();
-    livetrace_ftrace::with_table(|t| t.insert_external(&sites))
-        .expect("core")
-        .expect("sites");
+    livetrace_ftrace::insert_external(&sites).expect("sites");
 }
 
 /// Calls fixture function `i` `n` times; ns per call.

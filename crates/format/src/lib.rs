@@ -66,11 +66,13 @@
 #[cfg(not(target_endian = "little"))]
 compile_error!("the trace format stores records in the machine's layout, defined as little-endian");
 
+mod function;
 mod read;
 mod record;
 mod vocab;
 mod write;
 
+pub use function::Function;
 pub use read::{BlockRef, Error, Merged, Reader, ThreadRecords};
 pub use record::{Kind, Record};
 pub use vocab::{display_symbol, Format, Mode, Tracer};

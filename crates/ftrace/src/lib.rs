@@ -66,6 +66,7 @@ mod fast;
 mod livepatch;
 mod ops;
 mod quiesce;
+mod records;
 mod regs;
 mod relocate;
 mod resolve;
@@ -92,8 +93,13 @@ pub use fast::{
     STUB_BODY_RETURN_FROM_RETURN, STUB_IP_FROM_RETURN,
 };
 pub use livepatch::{livepatch, livepatch_addr, LivePatch};
+pub use livetrace_format::Function;
 pub use ops::{Call, Callback, Ops, OpsBuilder, Pattern};
 pub use quiesce::{quiesce_stats, set_quiescence_timeout, QuiesceStats, Straggler};
+pub use records::{
+    convert, discover, exclusive, functions, insert_external, inspect, name_of, named_by,
+    on_dlclose, on_dlopen, relocatable, unrelocate_all,
+};
 pub use regs::Regs;
 pub use relocate::{relocate, set_relocate_on_demand, why_not};
 pub use thread::{in_callback, recursion_dropped, suppress, Suppress};
@@ -215,13 +221,6 @@ fn core() -> Result<MutexGuard<'static, Option<Core>>, Error> {
         });
     }
     Ok(g)
-}
-
-/// Runs `f` on the record table, under the core's lock: to discover sites
-/// ([`Table::rescan`], [`Table::insert_external`]) or to list them.
-pub fn with_table<R>(f: impl FnOnce(&mut Table) -> R) -> Result<R, Error> {
-    let mut g = core()?;
-    Ok(f(&mut g.as_mut().expect("initialised").table))
 }
 
 /// Attaches `ops` to the functions its filter names, as one batch.

@@ -9,8 +9,8 @@ use std::sync::{Arc, Once};
 
 use livetrace_fixtures as fx;
 use livetrace_ftrace::{
-    enabled_functions, livepatch, recursion_dropped, register, set_filter, unregister, with_table,
-    Error, Ops, Pattern, Trampoline,
+    enabled_functions, insert_external, livepatch, recursion_dropped, register, set_filter,
+    unregister, Error, Ops, Pattern, Trampoline,
 };
 use livetrace_sites::ExternalSite;
 
@@ -178,7 +178,7 @@ fn setup() {
             file: file!(),
             line: 0,
         }));
-        let report = with_table(|t| t.insert_external(&sites)).unwrap().unwrap();
+        let report = insert_external(&sites).unwrap();
         assert!(report.rejected.is_empty(), "{:?}", report.rejected);
     });
 }

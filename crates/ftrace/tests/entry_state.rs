@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering::*};
 use std::sync::{Arc, Once};
 
 use livetrace_ftrace::{
-    enabled_functions, register, unregister, vector_state, with_table, FastPath, Ops, Pattern,
+    enabled_functions, insert_external, register, unregister, vector_state, FastPath, Ops, Pattern,
     Trampoline, VectorState, INSIDE_PLACEHOLDER,
 };
 use livetrace_sites::ExternalSite;
@@ -298,7 +298,7 @@ fn setup(v: VectorState) -> usize {
             file: file!(),
             line: 0,
         }];
-        let r = with_table(|t| t.insert_external(&sites)).unwrap().unwrap();
+        let r = insert_external(&sites).unwrap();
         assert!(r.rejected.is_empty(), "{:?}", r.rejected);
     });
     site

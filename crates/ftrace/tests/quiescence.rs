@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use livetrace_fixtures as fx;
 use livetrace_ftrace::{
-    enabled_functions, in_callback, register, set_quiescence_timeout, unregister, with_table,
+    enabled_functions, in_callback, insert_external, register, set_quiescence_timeout, unregister,
     Error, Ops, Pattern, Trampoline,
 };
 use livetrace_sites::ExternalSite;
@@ -41,7 +41,7 @@ fn setup() {
                 line: 0,
             })
             .collect();
-        with_table(|t| t.insert_external(&sites)).unwrap().unwrap();
+        insert_external(&sites).unwrap();
     });
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use livetrace_fixtures as fx;
-use livetrace_ftrace::{register, set_filter, unregister, with_table, Ops, Pattern};
+use livetrace_ftrace::{insert_external, register, set_filter, unregister, Ops, Pattern};
 use livetrace_poke::world::world_stats;
 use livetrace_sites::ExternalSite;
 
@@ -25,7 +25,7 @@ fn setup() {
             line: 0,
         })
         .collect();
-    with_table(|t| t.insert_external(&sites)).unwrap().unwrap();
+    insert_external(&sites).unwrap();
 }
 
 fn name(i: usize) -> String {

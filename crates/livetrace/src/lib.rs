@@ -63,8 +63,8 @@ pub use livetrace_macros::traced;
 pub use macro_sites::{macro_sites, MacroSite};
 
 pub use livetrace_ftrace::{
-    recursion_dropped, Call, EnabledFunction, Error, LivePatch, Ops, OpsBuilder, Pattern, Regs,
-    Trampoline,
+    recursion_dropped, Call, EnabledFunction, Error, Function, LivePatch, Ops, OpsBuilder, Pattern,
+    Regs, Trampoline,
 };
 pub use livetrace_output as output;
 pub use livetrace_sites as sites;
@@ -101,39 +101,34 @@ pub fn init() -> Result<InitReport, Error> {
     if let Some(r) = g.as_ref() {
         return Ok(r.clone());
     }
-    let report = livetrace_ftrace::with_table(|t| -> Result<InitReport, Error> {
-        let mut report = InitReport::default();
-        let scan = t.rescan()?;
-        report.compiler_sites = scan.added_sites;
-        report.rejected = scan.rejected.iter().map(|r| r.to_string()).collect();
-        let names: Vec<MacroSite> = macro_sites().collect();
-        let ext: Vec<sites::ExternalSite<'_>> = names
-            .iter()
-            .map(|m| sites::ExternalSite {
-                addr: m.addr,
-                name: m.path,
-                file: m.file,
-                line: m.line,
-            })
-            .collect();
-        let ins = t.insert_external(&ext)?;
-        report.macro_sites = ins.inserted + ins.already_known;
-        report
-            .rejected
-            .extend(ins.rejected.iter().map(|r| r.to_string()));
-        if t.records().iter().any(|r| !r.is_live()) {
-            let policy = if sites::thread_count().is_ok_and(|n| n == 1) {
-                sites::ConvertPolicy::SingleThreaded
-            } else {
-                sites::ConvertPolicy::StopTheWorld
-            };
-            match t.convert(None, policy) {
-                Ok(c) => report.converted = c.converted,
-                Err(e) => report.conversion_error = Some(e.to_string()),
-            }
-        }
-        Ok(report)
-    })??;
+    let mut report = InitReport::default();
+    let scan = livetrace_ftrace::discover()?;
+    report.compiler_sites = scan.added_sites;
+    report.rejected = scan.rejected.iter().map(|r| r.to_string()).collect();
+    let names: Vec<MacroSite> = macro_sites().collect();
+    let ext: Vec<sites::ExternalSite<'_>> = names
+        .iter()
+        .map(|m| sites::ExternalSite {
+            addr: m.addr,
+            name: m.path,
+            file: m.file,
+            line: m.line,
+        })
+        .collect();
+    let ins = livetrace_ftrace::insert_external(&ext)?;
+    report.macro_sites = ins.inserted + ins.already_known;
+    report
+        .rejected
+        .extend(ins.rejected.iter().map(|r| r.to_string()));
+    let policy = if sites::thread_count().is_ok_and(|n| n == 1) {
+        sites::ConvertPolicy::SingleThreaded
+    } else {
+        sites::ConvertPolicy::StopTheWorld
+    };
+    match livetrace_ftrace::convert(None, policy) {
+        Ok(c) => report.converted = c.converted,
+        Err(e) => report.conversion_error = Some(e.to_string()),
+    }
     *g = Some(report.clone());
     Ok(report)
 }
@@ -142,7 +137,7 @@ pub fn init() -> Result<InitReport, Error> {
 /// sites; drops the records of unloaded ones.
 pub fn rescan() -> Result<sites::ScanReport, Error> {
     init()?;
-    Ok(livetrace_ftrace::with_table(|t| t.rescan())??)
+    livetrace_ftrace::discover()
 }
 
 /// Attaches `ops` to the functions its filter names, as one live batch.
@@ -180,43 +175,34 @@ pub fn trace(config: Config) -> Result<Session, Error> {
     Session::start(config)
 }
 
-/// One traceable function, owned: the `available_filter_functions` row.
-#[derive(Clone, Debug)]
-pub struct Function {
-    /// Full name.
-    pub name: String,
-    /// Site address.
-    pub addr: usize,
-    /// Where it comes from: `file:line`, or the object's path.
-    pub source: String,
-    /// Its state: `nop`, `call 0x…`, `unconverted`.
-    pub state: String,
-}
-
-/// Every traceable function whose name matches `glob` (all when `None`).
+/// Every traceable function whose name matches `glob` (all when `None`),
+/// with the signature of each `#[traced]` one.
 pub fn functions(glob: Option<&str>) -> Result<Vec<Function>, Error> {
     init()?;
-    livetrace_ftrace::with_table(|t| {
-        let idx: Vec<usize> = match glob {
-            Some(g) => t.glob(g),
-            None => (0..t.len()).collect(),
-        };
-        idx.into_iter()
-            .map(|i| {
-                let info = t.info(i);
-                let r = t.record(i);
-                Function {
-                    name: t.name(i).to_string(),
-                    addr: r.ip(),
-                    source: info.to_string(),
-                    state: match r.state() {
-                        sites::SiteState::Unconverted => "unconverted".to_string(),
-                        sites::SiteState::Live(i) => i.to_string(),
-                    },
-                }
-            })
-            .collect()
-    })
+    let mut rows = livetrace_ftrace::functions(glob, false)?;
+    add_signatures(&mut rows);
+    Ok(rows)
+}
+
+/// The functions matching `glob` (all when `None`) that have no site and
+/// that prologue relocation can give one (what a filter naming them
+/// traces). Nothing is changed.
+pub fn relocatable(glob: Option<&str>) -> Result<Vec<Function>, Error> {
+    init()?;
+    livetrace_ftrace::relocatable(glob)
+}
+
+/// Fills in the signature `#[traced]` recorded for each row it knows.
+fn add_signatures(rows: &mut [Function]) {
+    let sigs: std::collections::HashMap<u64, &'static str> = macro_sites()
+        .filter(|s| !s.signature.is_empty())
+        .map(|s| (s.addr as u64, s.signature))
+        .collect();
+    for r in rows {
+        if let Some(s) = sigs.get(&r.addr) {
+            r.signature = Some(s.to_string());
+        }
+    }
 }
 
 /// Items that `#[traced]` expansions name as `::livetrace::__private::…`,

@@ -370,7 +370,7 @@ fn attach(flags: u64) {
     let mut blocked = BlockedSignals::start();
     // The core checks its thread state is in static TLS (a thread spawned
     // and joined).
-    if let Err(e) = livetrace_ftrace::with_table(|_| ()) {
+    if let Err(e) = livetrace_ftrace::inspect(|_| ()) {
         return fail(match e {
             livetrace::Error::DynamicTls => format!(
                 "livetrace's thread-local state is not in static TLS (offset {:#x}): {e}",
@@ -393,8 +393,8 @@ fn attach(flags: u64) {
     );
     blocked.sample();
     let serial = crate::interpose::serialize();
-    let prepared = livetrace_ftrace::with_table(|t| -> Result<(Vec<u64>, Vec<Pin>), String> {
-        let scan = t.rescan().map_err(|e| e.to_string())?;
+    let prepared = (|| -> Result<(Vec<u64>, Vec<Pin>), livetrace::Error> {
+        let scan = livetrace_ftrace::discover()?;
         let exe_sites = executable_macro_sites();
         let ext: Vec<ExternalSite<'_>> = exe_sites
             .iter()
@@ -405,41 +405,42 @@ fn attach(flags: u64) {
                 line: s.line,
             })
             .collect();
-        let ins = t.insert_external(&ext).map_err(|e| e.to_string())?;
+        let ins = livetrace_ftrace::insert_external(&ext)?;
         if crate::verbose() {
             eprintln!(
                 "livetrace: attach: {} compiler site(s), {} #[traced] site(s) of the executable",
                 scan.added_sites, ins.inserted
             );
         }
-        let mut sleds: Vec<u64> = t
-            .records()
-            .iter()
-            .filter(|r| !r.is_live())
-            .map(|r| r.ip() as u64)
-            .collect();
-        sleds.sort_unstable();
-        // Keep the objects with sleds loaded until they are converted.
-        let mut pins = Vec::new();
-        let with_sleds: std::collections::HashSet<_> = t
-            .records()
-            .iter()
-            .filter(|r| !r.is_live())
-            .map(|r| r.object())
-            .collect();
-        for o in t.objects() {
-            if !o.is_main() && with_sleds.contains(&o.id()) {
-                if let Some(p) = Pin::take(o.dl_name()) {
-                    pins.push(p);
+        livetrace_ftrace::inspect(|t| {
+            let mut sleds: Vec<u64> = t
+                .records()
+                .iter()
+                .filter(|r| !r.is_live())
+                .map(|r| r.ip() as u64)
+                .collect();
+            sleds.sort_unstable();
+            // Keep the objects with sleds loaded until they are converted.
+            let mut pins = Vec::new();
+            let with_sleds: std::collections::HashSet<_> = t
+                .records()
+                .iter()
+                .filter(|r| !r.is_live())
+                .map(|r| r.object())
+                .collect();
+            for o in t.objects() {
+                if !o.is_main() && with_sleds.contains(&o.id()) {
+                    if let Some(p) = Pin::take(o.dl_name()) {
+                        pins.push(p);
+                    }
                 }
             }
-        }
-        Ok((sleds, pins))
-    });
+            (sleds, pins)
+        })
+    })();
     drop(serial);
     let (sleds, pins) = match prepared {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => return fail(e),
+        Ok(v) => v,
         Err(e) => return fail(e.to_string()),
     };
     // Before anything can probe threads or stop the world.
@@ -471,11 +472,11 @@ fn attach(flags: u64) {
     // Records of sleds now holding the NOP5 are marked converted; any left
     // (not converted above) are converted by stopping the world.
     let serial = crate::interpose::serialize();
-    let conv = livetrace_ftrace::with_table(|t| t.convert(None, ConvertPolicy::StopTheWorld));
+    let conv = livetrace_ftrace::convert(None, ConvertPolicy::StopTheWorld);
     drop(serial);
     drop(pins);
     let summary = match conv {
-        Ok(Ok(c)) => format!(
+        Ok(c) => format!(
             "{} site(s) converted{}",
             c.converted,
             if c.failed.is_empty() {
@@ -484,7 +485,6 @@ fn attach(flags: u64) {
                 format!(", {} left unconverted", c.failed.len())
             }
         ),
-        Ok(Err(e)) => format!("conversion: {e}"),
         Err(e) => format!("conversion: {e}"),
     };
     livetrace_attach_state.store(STARTING, Release);
@@ -855,21 +855,8 @@ fn unregister_leftovers(patience: Duration) -> Result<(), String> {
 /// detour a thread may still be in stays allocated (retired, never freed
 /// once the library is gone); the function itself no longer leads there.
 fn unrelocate_all() -> Result<(), String> {
-    let relocated = |t: &livetrace::sites::Table| -> Vec<usize> {
-        (0..t.len())
-            .filter(|&i| t.relocated(i).is_some())
-            .map(|i| t.record(i).ip())
-            .collect()
-    };
-    let left = livetrace_ftrace::with_table(|t| {
-        let sites = relocated(t);
-        if !sites.is_empty() {
-            t.unrelocate(&sites, Duration::from_secs(5))
-                .map_err(|e| e.to_string())?;
-        }
-        Ok::<_, String>(relocated(t).len())
-    })
-    .map_err(|e| e.to_string())??;
+    let left =
+        livetrace_ftrace::unrelocate_all(Duration::from_secs(5)).map_err(|e| e.to_string())?;
     if left > 0 {
         return Err(format!(
             "{left} relocated function(s) could not be given their bytes back; not unloading"

@@ -151,13 +151,9 @@ fn clamp(n: usize) -> c_int {
 /// threads stopped.
 fn rescan() -> Result<(), Fail> {
     livetrace::rescan()?;
-    livetrace_ftrace::with_table(|t| {
-        if t.records().iter().any(|r| !r.is_live()) {
-            // Best effort: what cannot be converted stays listed as
-            // `unconverted` and cannot be traced.
-            let _ = t.convert(None, livetrace::sites::ConvertPolicy::StopTheWorld);
-        }
-    })?;
+    // Best effort: what cannot be converted stays listed as `unconverted`
+    // and cannot be traced.
+    let _ = livetrace_ftrace::convert(None, livetrace::sites::ConvertPolicy::StopTheWorld);
     Ok(())
 }
 
@@ -234,10 +230,9 @@ pub unsafe extern "C" fn lt_function_name(ip: usize, buf: *mut c_char, len: usiz
         |c| c,
         || {
             need_active()?;
-            let name = livetrace_ftrace::with_table(|t| t.find(ip).map(|i| t.name(i).to_owned()))?
-                .ok_or_else(|| {
-                    Fail::new(LT_ENOMATCH, format!("no traceable function at {ip:#x}"))
-                })?;
+            let name = livetrace_ftrace::name_of(ip)?.ok_or_else(|| {
+                Fail::new(LT_ENOMATCH, format!("no traceable function at {ip:#x}"))
+            })?;
             if !buf.is_null() && len > 0 {
                 let n = name.len().min(len - 1);
                 // SAFETY: `buf` holds `len` bytes and `n < len`; the name is

@@ -64,7 +64,7 @@ fn start() {
     // Creating the tracing core checks that its thread state is in static
     // TLS, which spawns and joins a thread. Let it be gone before the table
     // is built, so gcc's sleds are converted the cheap way (one thread).
-    if let Err(e) = livetrace_ftrace::with_table(|_| ()) {
+    if let Err(e) = livetrace_ftrace::inspect(|_| ()) {
         eprintln!("livetrace: {e}");
         crate::turn_off(e.to_string());
         return;

@@ -42,7 +42,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering::*};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use livetrace::sites::{ConvertPolicy, ObjectId, Table};
+use livetrace::sites::{ConvertPolicy, ObjectId};
 
 type DlopenFn = unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void;
 type DlcloseFn = unsafe extern "C" fn(*mut c_void) -> c_int;
@@ -141,10 +141,7 @@ impl Drop for Serial {
 /// for this very thread to leave its callback. (The core answers
 /// `InCallback` without taking its lock.)
 pub(crate) fn in_callback() -> bool {
-    matches!(
-        livetrace_ftrace::with_table(|_| ()),
-        Err(livetrace::Error::InCallback)
-    )
+    livetrace_ftrace::in_callback()
 }
 
 // ---------------------------------------------------------------------------
@@ -352,16 +349,15 @@ unsafe extern "C" fn dlclose_impl(handle: *mut c_void, ret: usize) -> c_int {
     // SAFETY: the program's handle, forwarded.
     let rc = unsafe { real(handle) };
     if rc == 0 {
-        let r = catch_unwind(|| livetrace_ftrace::with_table(|t| t.on_dlclose()));
+        let r = catch_unwind(livetrace_ftrace::on_dlclose);
         match r {
-            Ok(Ok(Ok(scan))) if crate::verbose() && scan.removed_objects > 0 => {
+            Ok(Ok(scan)) if crate::verbose() && scan.removed_objects > 0 => {
                 eprintln!(
                     "livetrace: dlclose: dropped {} object(s)",
                     scan.removed_objects
                 )
             }
-            Ok(Ok(Ok(_))) => {}
-            Ok(Ok(Err(e))) => eprintln!("livetrace: after dlclose: {e}"),
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => eprintln!("livetrace: after dlclose: {e}"),
             Err(_) => eprintln!("livetrace: internal error after dlclose"),
         }
@@ -385,7 +381,7 @@ pub extern "C" fn fork() -> libc::pid_t {
     }
     let serial = serialize();
     let mut out: Option<(libc::pid_t, c_int)> = None;
-    let _ = livetrace_ftrace::with_table(|_| {
+    let _ = livetrace_ftrace::exclusive(|| {
         // SAFETY: plain fork; the closure holds the core's lock across it.
         let pid = unsafe { real() };
         out = Some((pid, errno()));
@@ -417,8 +413,8 @@ fn set_errno(v: c_int) {
 /// The objects the table knows, after bringing it up to date: what was
 /// loaded before an interposed `dlopen`.
 fn known_objects() -> HashSet<(String, usize)> {
-    livetrace_ftrace::with_table(|t| {
-        let _ = t.rescan();
+    let _ = livetrace_ftrace::discover();
+    livetrace_ftrace::inspect(|t| {
         t.objects()
             .iter()
             .map(|o| (o.dl_name().to_owned(), o.base()))
@@ -432,27 +428,21 @@ fn known_objects() -> HashSet<(String, usize)> {
 /// Everything new is converted with the other threads stopped, so the
 /// nested handles need no special treatment.
 fn after_dlopen(h: *mut c_void, before: &HashSet<(String, usize)>) {
-    let r = livetrace_ftrace::with_table(|t| {
-        // Converts with every other thread stopped: the library's
-        // constructors may have started threads that run its code.
-        let first = t.on_dlopen(h);
-        if crate::verbose() {
-            match &first {
-                Ok((scan, conv)) => eprintln!(
-                    "livetrace: dlopen: {} new object(s), {} site(s), {}",
-                    scan.added_objects.len(),
-                    scan.added_sites,
-                    conv
-                ),
-                Err(e) => eprintln!("livetrace: dlopen: {e}"),
-            }
-        }
-        if let Err(e) = first {
-            eprintln!("livetrace: after dlopen: {e}");
-        }
-        convert_leftovers(t, before);
-    });
-    if let Err(e) = r {
+    // Converts with every other thread stopped: the library's constructors
+    // may have started threads that run its code.
+    // SAFETY: `h` was just returned by a successful `dlopen` and the program
+    // has not seen it yet, so it cannot have been closed.
+    match unsafe { livetrace_ftrace::on_dlopen(h) } {
+        Ok((scan, conv)) if crate::verbose() => eprintln!(
+            "livetrace: dlopen: {} new object(s), {} site(s), {}",
+            scan.added_objects.len(),
+            scan.added_sites,
+            conv
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("livetrace: after dlopen: {e}"),
+    }
+    if let Err(e) = convert_leftovers(before) {
         eprintln!("livetrace: after dlopen: {e}");
     }
 }
@@ -462,28 +452,26 @@ fn after_dlopen(h: *mut c_void, before: &HashSet<(String, usize)>) {
 /// table did not count them as just loaded, or a constructor loaded them
 /// with a nested `dlopen`. Converted with the other threads stopped, which
 /// is safe whoever runs them.
-fn convert_leftovers(t: &mut Table, before: &HashSet<(String, usize)>) {
-    let unconverted: HashSet<ObjectId> = t
-        .records()
-        .iter()
-        .filter(|r| !r.is_live())
-        .map(|r| r.object())
-        .collect();
-    if unconverted.is_empty() {
-        return;
-    }
-    let mut stop = Vec::new();
-    for o in t.objects() {
-        if o.is_main()
-            || !unconverted.contains(&o.id())
-            || before.contains(&(o.dl_name().to_owned(), o.base()))
-        {
-            continue;
-        }
-        stop.push(o.id());
-    }
+fn convert_leftovers(before: &HashSet<(String, usize)>) -> Result<(), livetrace::Error> {
+    let stop: Vec<ObjectId> = livetrace_ftrace::inspect(|t| {
+        let unconverted: HashSet<ObjectId> = t
+            .records()
+            .iter()
+            .filter(|r| !r.is_live())
+            .map(|r| r.object())
+            .collect();
+        t.objects()
+            .iter()
+            .filter(|o| {
+                !o.is_main()
+                    && unconverted.contains(&o.id())
+                    && !before.contains(&(o.dl_name().to_owned(), o.base()))
+            })
+            .map(|o| o.id())
+            .collect()
+    })?;
     if !stop.is_empty() {
-        match t.convert(Some(&stop), ConvertPolicy::StopTheWorld) {
+        match livetrace_ftrace::convert(Some(&stop), ConvertPolicy::StopTheWorld) {
             Ok(c) if crate::verbose() => {
                 eprintln!("livetrace: dlopen: nested or missed objects: {c}")
             }
@@ -491,4 +479,5 @@ fn convert_leftovers(t: &mut Table, before: &HashSet<(String, usize)>) {
             Err(e) => eprintln!("livetrace: after dlopen: {e}"),
         }
     }
+    Ok(())
 }

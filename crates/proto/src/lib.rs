@@ -91,7 +91,7 @@ pub const MAX_FUNCTIONS_PER_REPLY: usize = 20_000;
 
 /// Which tracer a session runs (the shared vocabulary's [`Tracer`]).
 pub use livetrace_format::Tracer as TracerKind;
-pub use livetrace_format::{Mode, Tracer};
+pub use livetrace_format::{Function, Mode, Tracer};
 
 /// What a session records, decided in the traced process before anything
 /// reaches a buffer (the tracers' volume control).
@@ -414,25 +414,6 @@ pub enum ErrorCode {
     Internal,
 }
 
-/// One traceable function.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FunctionInfo {
-    /// Full name.
-    pub name: String,
-    /// Site address.
-    pub addr: u64,
-    /// `file:line`, or the object it comes from.
-    pub source: String,
-    /// `nop`, `call 0x…`, `unconverted`.
-    pub state: String,
-    /// Its type (`fn(u64) -> u64`) when known (`#[traced]`, non-generic).
-    pub signature: Option<String>,
-    /// The legacy Rust hash of its symbol (`h0123456789abcdef`), which
-    /// tells it from others of the same name (`NAME[h…]` in a filter).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hash: Option<String>,
-}
-
 /// A function without a site that prologue relocation refuses.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refusal {
@@ -542,7 +523,7 @@ pub enum Response {
     /// Answers `ListFunctions`.
     Functions {
         /// The functions, by name.
-        functions: Vec<FunctionInfo>,
+        functions: Vec<Function>,
     },
     /// Answers `WhyNot`.
     NotRelocatable {

@@ -14,8 +14,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use livetrace::{Config, Session};
 use livetrace_proto::{
     decode_request, encode, read_frame, write_frame, write_frame_with_fds, BufferLayout, ClockInfo,
-    Controls, EnabledInfo, ErrorCode, FrameError, FunctionInfo, Mode, PatchInfo, ProfileEntry,
-    Refusal, Request, Response, TracerKind, WireSymbol, WireTrace, MAX_EVENTS_PER_REPLY, MAX_FRAME,
+    Controls, EnabledInfo, ErrorCode, FrameError, Mode, PatchInfo, ProfileEntry, Refusal, Request,
+    Response, TracerKind, WireSymbol, WireTrace, MAX_EVENTS_PER_REPLY, MAX_FRAME,
     MAX_FUNCTIONS_PER_REPLY, PROTOCOL_VERSION,
 };
 
@@ -847,7 +847,7 @@ pub(crate) fn config(tracer: TracerKind, spec: &Spec) -> Result<Config, String> 
                     livetrace::functions(None)
                         .map_err(|e| e.to_string())?
                         .into_iter()
-                        .map(|f| f.addr)
+                        .map(|f| f.addr as usize)
                         .collect(),
                 ),
             };
@@ -883,99 +883,21 @@ pub(crate) fn config(tracer: TracerKind, spec: &Spec) -> Result<Config, String> 
     Ok(cfg)
 }
 
-/// `#[traced]` site address -> signature.
-fn signatures() -> HashMap<usize, &'static str> {
-    livetrace::macro_sites()
-        .map(|s| (s.addr, s.signature))
-        .collect()
-}
-
 fn list_functions(glob: Option<String>, enabled_only: bool) -> (Response, bool) {
-    if let Err(e) = livetrace::init() {
-        return tracing_error(e);
-    }
-    let enabled: Option<HashSet<usize>> = if enabled_only {
-        match livetrace::enabled_functions() {
-            Ok(e) => Some(e.into_iter().map(|f| f.ip).collect()),
-            Err(e) => return tracing_error(e),
-        }
+    let rows = if enabled_only {
+        livetrace::init().and_then(|_| livetrace_ftrace::functions(glob.as_deref(), true))
     } else {
-        None
-    };
-    use livetrace::sites::Disambiguator;
-    let sigs = signatures();
-    let rows = livetrace_ftrace::with_table(|t| {
-        let idx: Vec<usize> = match glob.as_deref() {
-            Some(g) => t.glob(g),
-            None => (0..t.len()).collect(),
-        };
-        idx.into_iter()
-            .filter_map(|i| {
-                let info = t.info(i);
-                if enabled.as_ref().is_some_and(|e| !e.contains(&info.addr)) {
-                    return None;
-                }
-                // A function given a site by prologue relocation is shown
-                // at its own entry (what `-f 0x…` and debug info name),
-                // marked as such; its site is in its detour.
-                let relocated = t.relocated(i).map(|r| r.entry);
-                // `file:line` where the compiler or `#[traced]` recorded it,
-                // else the object the function lives in.
-                let source = match (info.file, info.line) {
-                    (Some(f), Some(l)) => format!("{f}:{l}"),
-                    (Some(f), None) => f.to_string(),
-                    _ => info.object.to_string(),
-                };
-                let state = match info.record.state() {
-                    livetrace::sites::SiteState::Unconverted => "unconverted".into(),
-                    livetrace::sites::SiteState::Live(insn) => insn.to_string(),
-                };
-                Some(FunctionInfo {
-                    name: info.name.to_string(),
-                    addr: relocated.unwrap_or(info.addr) as u64,
-                    source,
-                    state: if relocated.is_some() {
-                        format!("{state} relocated")
-                    } else {
-                        state
-                    },
-                    signature: sigs
-                        .get(&info.addr)
-                        .filter(|s| !s.is_empty())
-                        .map(|s| s.to_string()),
-                    hash: match Disambiguator::hash_of(info.raw_name) {
-                        Some(Disambiguator::Hash(h)) => Some(format!("h{h:016x}")),
-                        _ => None,
-                    },
-                })
-            })
-            .collect::<Vec<_>>()
-    });
-    // Nothing with a site matches: what a filter naming them would trace
-    // is the functions relocation can give one (`trace` does that on
-    // demand), listed as such without touching them.
-    let rows = rows.and_then(|mut rows| {
-        if !rows.is_empty() || enabled_only {
-            return Ok(rows);
-        }
-        let g = glob.as_deref().map(livetrace::sites::Glob::new);
-        livetrace_ftrace::with_table(|t| {
-            let select = |name: &str, _: &str, _: usize| g.as_ref().is_none_or(|g| g.matches(name));
-            rows.extend(
-                t.relocatable(&select)
-                    .into_iter()
-                    .map(|(name, entry, object)| FunctionInfo {
-                        name,
-                        addr: entry as u64,
-                        source: object,
-                        state: "relocatable".into(),
-                        signature: None,
-                        hash: None,
-                    }),
-            );
-            rows
+        livetrace::functions(glob.as_deref()).and_then(|rows| {
+            // Nothing with a site matches: what a filter naming them would
+            // trace is the functions relocation can give one (`trace` does
+            // that on demand), listed as such without touching them.
+            if rows.is_empty() {
+                livetrace::relocatable(glob.as_deref())
+            } else {
+                Ok(rows)
+            }
         })
-    });
+    };
     match rows {
         Ok(mut functions) => {
             functions.sort_by(|a, b| a.name.cmp(&b.name).then(a.addr.cmp(&b.addr)));

@@ -55,9 +55,7 @@ pub(crate) fn name_of(addr: usize) -> String {
 }
 
 fn table_name(addr: usize) -> Option<String> {
-    livetrace_ftrace::with_table(|t| t.find(addr).map(|i| t.name(i).to_string()))
-        .ok()
-        .flatten()
+    livetrace_ftrace::name_of(addr).ok().flatten()
 }
 
 /// The function symbol containing `addr`, from the loaded objects' symbol
@@ -67,9 +65,9 @@ fn symbol(addr: usize) -> Option<livetrace_sites::Symbol> {
     static SYMBOLIZER: Mutex<Option<(usize, livetrace_sites::Symbolizer)>> = Mutex::new(None);
     let mut g = SYMBOLIZER.lock().unwrap_or_else(|e| e.into_inner());
     // Rebuilt when the set of objects changes (a library was loaded).
-    let n = livetrace_ftrace::with_table(|t| t.objects().len()).ok()?;
+    let n = livetrace_ftrace::inspect(|t| t.objects().len()).ok()?;
     if g.as_ref().is_none_or(|(k, _)| *k != n) {
-        let s = livetrace_ftrace::with_table(|t| livetrace_sites::Symbolizer::new(t)).ok()?;
+        let s = livetrace_ftrace::inspect(livetrace_sites::Symbolizer::new).ok()?;
         *g = Some((n, s));
     }
     g.as_ref()?.1.lookup(addr).map(|mut s| {

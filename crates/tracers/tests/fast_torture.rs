@@ -17,7 +17,7 @@ use common::{coro, traced};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::time::{Duration, Instant};
 
-use livetrace_ftrace::with_table;
+use livetrace_ftrace::insert_external;
 use livetrace_output::Event;
 use livetrace_sites::ExternalSite;
 use livetrace_tracers::{Config, Session, Tracer};
@@ -117,7 +117,7 @@ fn setup() {
             line: 1,
         })
         .collect();
-    with_table(|t| t.insert_external(&sites)).unwrap().unwrap();
+    insert_external(&sites).unwrap();
 }
 
 /// Checks that each exit of a thread whose calls interleave (coroutines)

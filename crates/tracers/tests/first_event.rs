@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use livetrace_ftrace::with_table;
+use livetrace_ftrace::insert_external;
 use livetrace_output::Event;
 use livetrace_sites::ExternalSite;
 use livetrace_tracers::{Config, Session, Tracer};
@@ -48,7 +48,7 @@ fn setup() {
         file: file!(),
         line: 1,
     }];
-    with_table(|t| t.insert_external(&sites)).unwrap().unwrap();
+    insert_external(&sites).unwrap();
     // SAFETY: installs a handler that is async-signal-safe (see above).
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();

@@ -6,7 +6,7 @@
 //! reason and never touched.
 
 use livetrace_fixtures::stock::{self, Stock, HAND};
-use livetrace_ftrace::{why_not, with_table, Pattern};
+use livetrace_ftrace::{inspect, why_not, Pattern};
 use livetrace_output::Event;
 use livetrace_tracers::{Config, Session, Tracer};
 
@@ -21,7 +21,7 @@ fn lib() -> &'static (Stock, Stock) {
         let twin = dir.join("libstock_tr_twin.so");
         std::fs::copy(&p, &twin).unwrap();
         let libs = (Stock::open(&p, n), Stock::open(&twin, n));
-        with_table(|t| t.rescan()).unwrap().unwrap();
+        livetrace_ftrace::discover().unwrap();
         libs
     })
 }
@@ -90,7 +90,7 @@ fn every_tracer_traces_relocated_functions() {
     lib();
     let names = traced_names();
     // Before: no site for any of them.
-    with_table(|t| assert!(t.glob("lt_stock_*").is_empty() && t.glob("lt_hand_*").is_empty()))
+    inspect(|t| assert!(t.glob("lt_stock_*").is_empty() && t.glob("lt_hand_*").is_empty()))
         .unwrap();
 
     // The function tracer: the filter names no site, so the functions are
@@ -126,7 +126,7 @@ fn every_tracer_traces_relocated_functions() {
     assert_eq!(got, want);
 
     // `ls`: each is a relocated site, named by its function.
-    with_table(|t| {
+    inspect(|t| {
         let (mine, _) = lib();
         for n in &names {
             // One record per copy of the library (the twin's were

@@ -12,9 +12,7 @@ use livetrace_tracers::{Config, Session, Tracer};
 
 #[test]
 fn libc_functions_livetrace_calls_itself_can_be_relocated_and_traced() {
-    livetrace_ftrace::with_table(|t| t.rescan())
-        .unwrap()
-        .unwrap();
+    livetrace_ftrace::discover().unwrap();
     livetrace_ftrace::set_relocate_on_demand(true);
     let stop = AtomicBool::new(false);
     let calls = AtomicU64::new(0);
@@ -60,7 +58,7 @@ fn libc_functions_livetrace_calls_itself_can_be_relocated_and_traced() {
         }
     });
     assert!(calls.load(Relaxed) > 0);
-    livetrace_ftrace::with_table(|t| {
+    livetrace_ftrace::inspect(|t| {
         for name in ["syscall", "__errno_location"] {
             let i = t.lookup_name(name);
             assert!(

@@ -3,7 +3,7 @@
 //! a glob afterwards still relocates everything it names.
 
 use livetrace_fixtures::stock::{self, Stock, HAND};
-use livetrace_ftrace::with_table;
+use livetrace_ftrace::inspect;
 use livetrace_output::Event;
 use livetrace_tracers::{Config, Session, Tracer};
 
@@ -15,7 +15,7 @@ fn a_disambiguated_name_relocates_one_copy() {
     let b = dir.join("libstock_pick_b.so");
     std::fs::copy(&a, &b).unwrap();
     let (a, b) = (Stock::open(&a, n), Stock::open(&b, n));
-    with_table(|t| t.rescan()).unwrap().unwrap();
+    livetrace_ftrace::discover().unwrap();
     livetrace_ftrace::set_relocate_on_demand(true);
     let name = stock::name(5);
     let entry = a.sym(&name).unwrap();
@@ -38,7 +38,7 @@ fn a_disambiguated_name_relocates_one_copy() {
         .filter(|e| matches!(e, Event::Call { .. }))
         .count();
     assert_eq!(calls, 5);
-    with_table(|t| {
+    inspect(|t| {
         assert!(t.find_relocated_entry(entry).is_some());
         assert!(t.find_relocated_entry(b.sym(&name).unwrap()).is_none());
     })
@@ -47,7 +47,7 @@ fn a_disambiguated_name_relocates_one_copy() {
     // every function it names: the rest are relocated now.
     let s = Session::start(Config::new(Tracer::Function, &["lt_stock_*"])).unwrap();
     drop(s);
-    with_table(|t| {
+    inspect(|t| {
         for i in 0..8 {
             for lib in [&a, &b] {
                 let e = lib.sym(&stock::name(i)).unwrap();

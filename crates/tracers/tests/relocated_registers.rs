@@ -278,9 +278,7 @@ fn lib() -> &'static Lib {
         // SAFETY: dlsym on a live handle with a NUL-terminated name.
         let f = unsafe { libc::dlsym(h, c"lt_ipa_caller".as_ptr()) };
         assert!(!f.is_null());
-        livetrace_ftrace::with_table(|t| t.rescan())
-            .unwrap()
-            .unwrap();
+        livetrace_ftrace::discover().unwrap();
         // What the CPU has, as far as livetrace was told to use it
         // (LIVETRACE_VECTOR_STATE narrows it, and then only that much is
         // kept).
@@ -340,7 +338,7 @@ fn relocated_functions_keep_every_register_for_their_callers() {
         let s = Session::start(Config::new(Tracer::Function, &[f])).unwrap();
         drop(s);
     }
-    livetrace_ftrace::with_table(|t| {
+    livetrace_ftrace::inspect(|t| {
         let i = t.lookup_name("lt_ipa_leaf");
         assert_eq!(i.len(), 1);
         assert!(t.relocated(i[0]).is_some());

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering::*};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use livetrace_ftrace::with_table;
+use livetrace_ftrace::insert_external;
 use livetrace_output::{Event, ThreadTrace};
 use livetrace_sites::ExternalSite;
 use livetrace_tracers::{shadow_stats, Config, Session, Tracer};
@@ -77,7 +77,7 @@ fn setup() -> std::sync::MutexGuard<'static, ()> {
                 line: 1,
             })
             .collect();
-        with_table(|t| t.insert_external(&sites)).unwrap().unwrap();
+        insert_external(&sites).unwrap();
     });
     serial
 }

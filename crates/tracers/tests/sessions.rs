@@ -5,7 +5,7 @@ use common::traced;
 use std::sync::Once;
 
 use livetrace_fixtures as fx;
-use livetrace_ftrace::with_table;
+use livetrace_ftrace::insert_external;
 use livetrace_output::Event;
 use livetrace_sites::ExternalSite;
 use livetrace_tracers::{shadow_stats, Config, Session, Tracer};
@@ -103,7 +103,7 @@ fn setup() -> std::sync::MutexGuard<'static, ()> {
                 line: 1,
             });
         }
-        with_table(|t| t.insert_external(&sites)).unwrap().unwrap();
+        insert_external(&sites).unwrap();
     });
     serial
 }

@@ -246,7 +246,7 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
     // Where the target recorded no `file:line` (C and C++ functions, Rust
     // ones without `#[traced]`), the object's DWARF may have it.
     let mut sources = crate::source::Sources::new(pid);
-    let source_of = |f: &livetrace_proto::FunctionInfo, sources: &mut Option<_>| {
+    let source_of = |f: &livetrace_proto::Function, sources: &mut Option<_>| {
         let has_line = f
             .source
             .rsplit_once(':')

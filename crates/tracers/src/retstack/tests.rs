@@ -1,5 +1,5 @@
 use super::*;
-use livetrace_ftrace::{register, unregister, with_table, Ops, Pattern};
+use livetrace_ftrace::{insert_external, register, unregister, Ops, Pattern};
 use livetrace_sites::ExternalSite;
 use std::sync::Mutex;
 
@@ -70,7 +70,7 @@ fn graph_exits_panics_and_backtraces() {
             line: 0,
         },
     ];
-    with_table(|t| t.insert_external(&sites)).unwrap().unwrap();
+    insert_external(&sites).unwrap();
     let log: &'static Log = Box::leak(Box::default());
     // SAFETY: the log is leaked, so it outlives its publication.
     unsafe { publish_sink(9999, log as *const dyn Sink) };
@@ -258,7 +258,7 @@ fn the_return_hook_keeps_every_result_register_at_any_alignment() {
         file: file!(),
         line: 0,
     }];
-    with_table(|t| t.insert_external(&sites)).unwrap().unwrap();
+    insert_external(&sites).unwrap();
     let sink: &'static Clobber = Box::leak(Box::new(Clobber(Default::default())));
     // SAFETY: leaked, so it outlives its publication.
     unsafe { publish_sink(9998, sink as *const dyn Sink) };

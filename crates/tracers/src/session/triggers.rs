@@ -2,9 +2,8 @@
 //! the buffers, resolved to sites when the session starts and applied on
 //! each call.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering::*;
-
-use livetrace_ftrace::Pattern;
 
 use super::{Config, Inner};
 
@@ -19,43 +18,33 @@ pub(super) struct Trigger {
     pub(super) only: bool,
 }
 
-/// Whether `p` names the function `name` at `ip`.
-fn pattern_names(p: &Pattern, ip: usize, name: &str) -> bool {
-    match p {
-        Pattern::Addr(a) => *a == ip,
-        Pattern::Name(n) => n == name,
-        Pattern::Glob(g) => livetrace_sites::Glob::new(g).matches(name),
-    }
-}
-
 /// The triggers of `c`, resolved to sites; `only` where the session's
 /// filter would not trace the function itself.
 pub(super) fn resolve_triggers(cfg: &Config) -> Result<Vec<Trigger>, livetrace_ftrace::Error> {
     let c = &cfg.controls;
+    // What the session's filter traces, by the core's own rules (a name
+    // with a disambiguator, an entry, a relocated function's entry).
+    let filtered: HashSet<usize> = livetrace_ftrace::named_by(&cfg.filter)?
+        .into_iter()
+        .map(|(ip, _)| ip)
+        .collect();
+    let skipped: HashSet<usize> = livetrace_ftrace::named_by(&cfg.notrace)?
+        .into_iter()
+        .map(|(ip, _)| ip)
+        .collect();
     let mut out: Vec<Trigger> = Vec::new();
     for (list, which) in [(&c.start_at, 0), (&c.stop_at, 1), (&c.snapshot_at, 2)] {
         for p in list {
-            let found: Vec<(usize, String)> = livetrace_ftrace::with_table(|t| {
-                let idx: Vec<usize> = match p {
-                    Pattern::Glob(g) => t.glob(g),
-                    Pattern::Name(n) => t.lookup_name(n),
-                    Pattern::Addr(a) => t.find(*a).into_iter().collect(),
-                };
-                idx.into_iter()
-                    .filter(|&i| t.record(i).is_live())
-                    .map(|i| (t.record(i).ip(), t.name(i).to_string()))
-                    .collect()
-            })?;
+            let found = livetrace_ftrace::named_by(std::slice::from_ref(p))?;
             if found.is_empty() {
                 return Err(livetrace_ftrace::Error::NoMatch {
                     pattern: p.to_string(),
                     set: "trigger",
                 });
             }
-            for (ip, name) in found {
-                let traced = (cfg.filter.is_empty()
-                    || cfg.filter.iter().any(|f| pattern_names(f, ip, &name)))
-                    && !cfg.notrace.iter().any(|f| pattern_names(f, ip, &name));
+            for (ip, _) in found {
+                let traced =
+                    (cfg.filter.is_empty() || filtered.contains(&ip)) && !skipped.contains(&ip);
                 let t = match out.iter_mut().find(|t| t.ip == ip) {
                     Some(t) => t,
                     None => {
