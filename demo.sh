@@ -9,7 +9,7 @@ out=livetrace-out
 mkdir -p "$out"
 
 echo "== building (release)"
-cargo build --release -q -p livetrace-server --example shop
+cargo build --release -q -p livetrace --example shop
 cargo build --release -q -p livetrace-cli --bin livetrace
 shop=target/release/examples/shop
 lt=target/release/livetrace

@@ -62,8 +62,8 @@ pub fn run() {
     let site = livetrace::macro_sites()
         .find(|s| s.path.ends_with("::disabled::traced_mix"))
         .expect("the site of traced_mix is recorded");
-    let bytes = livetrace::poke::read_site(site.addr).expect("site is readable");
-    assert_eq!(bytes, livetrace::poke::NOP5, "the site is disabled");
+    let bytes = livetrace_poke::read_site(site.addr).expect("site is readable");
+    assert_eq!(bytes, livetrace_poke::NOP5, "the site is disabled");
     assert_eq!(
         chain_traced(1000, 7),
         chain_baseline(1000, 7),

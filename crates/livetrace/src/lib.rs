@@ -8,26 +8,35 @@
 //! is on. Sites come from [`traced`] (`#[traced]` on Rust functions, listed
 //! by [`macro_sites`]) and from compilers (`-fpatchable-function-entry=5`,
 //! `-mnop-mcount -mrecord-mcount`, rustc's `-Zpatchable-function-entry`),
-//! found in the executable and every loaded library by [`init`].
+//! found in the executable and every loaded library by [`init`]; a function
+//! compiled without one can be given one by prologue relocation
+//! ([`relocatable`]).
 //!
 //! On top of them:
 //!
-//! - [`Ops`] attach callbacks to any set of functions at run time
+//! - [`trace`] starts a [`Session`] of one of the tracers (function,
+//!   function-graph, profile) over the functions a [`Config`] names;
+//!   [`Session::snapshot`] returns a [`Trace`] that the writers in
+//!   [`raw::output`] turn into ftrace text, Chrome/Perfetto JSON, flame
+//!   graphs or `uftrace.data`;
+//! - [`Ops`] attach your own callbacks to any set of functions at run time
 //!   ([`register`], [`unregister`], [`set_filter`]); every change is one live
 //!   batch, and [`enabled_functions`] shows what each site calls;
 //! - [`livepatch`] redirects every call of a function to a replacement;
-//! - [`trace`] starts a [`Session`] of one of the tracers (function,
-//!   function-graph, profile), whose [`Session::snapshot`] feeds the writers
-//!   in [`output`] (ftrace text, Chrome/Perfetto JSON, flame graphs,
-//!   `uftrace.data`).
+//! - [`functions`] lists what can be traced, one [`Function`] row each;
+//! - [`serve`] (feature `serve`, on by default) opens the control socket
+//!   the `livetrace` command talks to, so one dependency makes a program
+//!   traceable from outside.
+//!
+//! Everything below this API — the patching engine, the record table, the
+//! rings, the trace file format and the writers — is under [`raw`], for
+//! tools that need it; it follows its own crates' versions.
 //!
 //! # Invariants
 //!
 //! - A `#[traced]` site is the first instruction of the function's call, with
 //!   only the caller's return address on the stack; no site is inside a
 //!   body.
-//! - Site records are gathered by the linker, never by code at start-up: the
-//!   list is complete before `main`.
 //! - Disabled sites cost one NOP and one direct `jmp` per call (`#[traced]`)
 //!   or one NOP (compiler-emitted sites).
 //! - Every entry point calls [`init`] first, so the record table is complete
@@ -43,7 +52,7 @@
 //!
 //! assert_eq!(add(2, 3), 5);
 //! let site = livetrace::macro_sites().find(|s| s.path.ends_with("::add")).unwrap();
-//! assert_eq!(livetrace::poke::read_site(site.addr).unwrap(), livetrace::poke::NOP5);
+//! assert_eq!(livetrace::raw::poke::read_site(site.addr).unwrap(), livetrace::raw::poke::NOP5);
 //!
 //! // Trace it with the function-graph tracer, live.
 //! let session = livetrace::trace(livetrace::Config::new(livetrace::Tracer::Graph, &["*::add"])).unwrap();
@@ -51,158 +60,59 @@
 //! let trace = session.snapshot();
 //! assert_eq!(trace.threads.iter().map(|t| t.events.len()).sum::<usize>(), 2);
 //! ```
+//!
+//! A program that only wants to be traceable from the `livetrace` command:
+//!
+//! ```no_run
+//! fn main() -> std::io::Result<()> {
+//!     let socket = livetrace::serve()?;
+//!     eprintln!("livetrace: control socket at {}", socket.display());
+//!     // ... the program's work ...
+//!     Ok(())
+//! }
+//! ```
 
 #![deny(unsafe_op_in_unsafe_fn)]
-#![warn(missing_docs)]
-
-mod macro_sites;
-
-pub use livetrace_poke as poke;
+#![deny(missing_docs)]
 
 pub use livetrace_macros::traced;
-pub use macro_sites::{macro_sites, MacroSite};
+
+pub use livetrace_runtime::{
+    enabled_functions, functions, init, livepatch, macro_sites, register, relocatable, rescan,
+    set_filter, trace, unregister, InitReport, MacroSite,
+};
 
 pub use livetrace_ftrace::{
-    recursion_dropped, Call, EnabledFunction, Error, Function, LivePatch, Ops, OpsBuilder, Pattern,
-    Regs, Trampoline,
+    recursion_dropped, Call, EnabledFunction, Error, FastPath, Function, LivePatch, Ops,
+    OpsBuilder, Pattern, Regs, Trampoline,
 };
-pub use livetrace_output as output;
-pub use livetrace_sites as sites;
-pub use livetrace_tracers::{process_identity, Config, Session, Tracer};
+pub use livetrace_output::{Event, ThreadTrace, Trace};
+pub use livetrace_tracers::{process_identity, Config, Controls, Session, Tracer};
 
-use std::sync::Mutex;
+/// How a session's per-thread buffers are sized and what happens when one
+/// is full ([`Config::ring`]).
+pub use livetrace_ring::Config as RingConfig;
+/// What a full buffer does: overwrite the oldest records (a flight
+/// recorder) or drop new ones and count them ([`RingConfig::mode`]).
+pub use livetrace_ring::Mode;
 
-/// What [`init`] found.
-#[derive(Clone, Debug, Default)]
-pub struct InitReport {
-    /// Sites from `#[traced]`.
-    pub macro_sites: usize,
-    /// Sites the compiler emitted, in the executable and its libraries.
-    pub compiler_sites: usize,
-    /// Sites refused (unexpected bytes), with the reason.
-    pub rejected: Vec<String>,
-    /// GCC sleds converted into 5-byte NOPs.
-    pub converted: usize,
-    /// Why some sites could not be converted, if so.
-    pub conversion_error: Option<String>,
-}
+#[cfg(feature = "serve")]
+pub use livetrace_server::{serve, serve_in, shutdown, socket_path};
 
-static INIT: Mutex<Option<InitReport>> = Mutex::new(None);
-
-/// Builds the record table, once: every `#[traced]` site and every
-/// compiler-emitted site of the executable and its loaded libraries. GCC's
-/// five one-byte NOPs are converted into one 5-byte NOP while no thread can
-/// be inside them: directly when the process is single-threaded, else with
-/// every other thread briefly stopped outside them. Called by every entry
-/// point of this crate; call it early (before threads start) to make that
-/// conversion free.
-pub fn init() -> Result<InitReport, Error> {
-    let mut g = INIT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(r) = g.as_ref() {
-        return Ok(r.clone());
-    }
-    let mut report = InitReport::default();
-    let scan = livetrace_ftrace::discover()?;
-    report.compiler_sites = scan.added_sites;
-    report.rejected = scan.rejected.iter().map(|r| r.to_string()).collect();
-    let names: Vec<MacroSite> = macro_sites().collect();
-    let ext: Vec<sites::ExternalSite<'_>> = names
-        .iter()
-        .map(|m| sites::ExternalSite {
-            addr: m.addr,
-            name: m.path,
-            file: m.file,
-            line: m.line,
-        })
-        .collect();
-    let ins = livetrace_ftrace::insert_external(&ext)?;
-    report.macro_sites = ins.inserted + ins.already_known;
-    report
-        .rejected
-        .extend(ins.rejected.iter().map(|r| r.to_string()));
-    let policy = if sites::thread_count().is_ok_and(|n| n == 1) {
-        sites::ConvertPolicy::SingleThreaded
-    } else {
-        sites::ConvertPolicy::StopTheWorld
-    };
-    match livetrace_ftrace::convert(None, policy) {
-        Ok(c) => report.converted = c.converted,
-        Err(e) => report.conversion_error = Some(e.to_string()),
-    }
-    *g = Some(report.clone());
-    Ok(report)
-}
-
-/// Scans for libraries loaded since [`init`] (after `dlopen`) and adds their
-/// sites; drops the records of unloaded ones.
-pub fn rescan() -> Result<sites::ScanReport, Error> {
-    init()?;
-    livetrace_ftrace::discover()
-}
-
-/// Attaches `ops` to the functions its filter names, as one live batch.
-pub fn register(ops: &Ops) -> Result<(), Error> {
-    init()?;
-    livetrace_ftrace::register(ops)
-}
-
-/// Detaches `ops`; returns once no thread can still be in its callback.
-pub fn unregister(ops: &Ops) -> Result<(), Error> {
-    livetrace_ftrace::unregister(ops)
-}
-
-/// Replaces `ops`' filter and notrace sets, patching only the difference.
-pub fn set_filter(ops: &Ops, filter: &[Pattern], notrace: &[Pattern]) -> Result<(), Error> {
-    init()?;
-    livetrace_ftrace::set_filter(ops, filter, notrace)
-}
-
-/// Every enabled function: ops attached and the trampoline its site calls.
-pub fn enabled_functions() -> Result<Vec<EnabledFunction>, Error> {
-    livetrace_ftrace::enabled_functions()
-}
-
-/// Redirects every call of `original` to `replacement`, a function pointer
-/// of the same type: `livepatch::<fn(u32) -> u32>(old, new)`.
-pub fn livepatch<F: Copy>(original: F, replacement: F) -> Result<LivePatch, Error> {
-    init()?;
-    livetrace_ftrace::livepatch(original, replacement)
-}
-
-/// Starts a tracing session.
-pub fn trace(config: Config) -> Result<Session, Error> {
-    init()?;
-    Session::start(config)
-}
-
-/// Every traceable function whose name matches `glob` (all when `None`),
-/// with the signature of each `#[traced]` one.
-pub fn functions(glob: Option<&str>) -> Result<Vec<Function>, Error> {
-    init()?;
-    let mut rows = livetrace_ftrace::functions(glob, false)?;
-    add_signatures(&mut rows);
-    Ok(rows)
-}
-
-/// The functions matching `glob` (all when `None`) that have no site and
-/// that prologue relocation can give one (what a filter naming them
-/// traces). Nothing is changed.
-pub fn relocatable(glob: Option<&str>) -> Result<Vec<Function>, Error> {
-    init()?;
-    livetrace_ftrace::relocatable(glob)
-}
-
-/// Fills in the signature `#[traced]` recorded for each row it knows.
-fn add_signatures(rows: &mut [Function]) {
-    let sigs: std::collections::HashMap<u64, &'static str> = macro_sites()
-        .filter(|s| !s.signature.is_empty())
-        .map(|s| (s.addr as u64, s.signature))
-        .collect();
-    for r in rows {
-        if let Some(s) = sigs.get(&r.addr) {
-            r.signature = Some(s.to_string());
-        }
-    }
+/// The layers below this API, for tools that build on them: the patching
+/// engine, the record table, the dynamic-ftrace core, the tracers, the
+/// rings, the trace file format and the output writers. Each is its own
+/// crate and keeps its own compatibility.
+pub mod raw {
+    pub use livetrace_format as format;
+    pub use livetrace_ftrace as ftrace;
+    pub use livetrace_output as output;
+    pub use livetrace_poke as poke;
+    pub use livetrace_ring as ring;
+    #[cfg(feature = "serve")]
+    pub use livetrace_server as server;
+    pub use livetrace_sites as sites;
+    pub use livetrace_tracers as tracers;
 }
 
 /// Items that `#[traced]` expansions name as `::livetrace::__private::…`,

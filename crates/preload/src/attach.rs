@@ -52,7 +52,7 @@ use std::ffi::c_void;
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 use std::time::{Duration, Instant};
 
-use livetrace::sites::{ConvertPolicy, ExternalSite};
+use livetrace::raw::sites::{ConvertPolicy, ExternalSite};
 
 /// The protocol's version, for the injector to check.
 #[unsafe(no_mangle)]
@@ -689,7 +689,7 @@ fn choose_signals(blocked: BlockedSignals) -> Result<(), String> {
             }
         ));
     };
-    livetrace::poke::set_probe_signal(world).map_err(|e| e.to_string())?;
+    livetrace::raw::poke::set_probe_signal(world).map_err(|e| e.to_string())?;
     livetrace_attach_signals.store(
         (1u64 << (libc::SIGTRAP - 1)) | (1u64 << (world - 1)),
         Release,
@@ -870,7 +870,7 @@ fn detach() {
     // after its call returns; every batch below is refused while it is
     // still attached.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while livetrace::poke::world::tracer_pid().is_some() && Instant::now() < deadline {
+    while livetrace::raw::poke::world::tracer_pid().is_some() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(2));
     }
     unblock_signals();

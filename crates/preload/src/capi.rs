@@ -14,7 +14,7 @@ use std::ffi::{c_char, c_int, c_long, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Mutex;
 
-use livetrace::output::{convert, Trace};
+use livetrace::raw::output::{convert, Trace};
 use livetrace::{Call, Config, Ops, Pattern, Session, Tracer};
 use livetrace_format::Format;
 
@@ -153,7 +153,7 @@ fn rescan() -> Result<(), Fail> {
     livetrace::rescan()?;
     // Best effort: what cannot be converted stays listed as `unconverted`
     // and cannot be traced.
-    let _ = livetrace_ftrace::convert(None, livetrace::sites::ConvertPolicy::StopTheWorld);
+    let _ = livetrace_ftrace::convert(None, livetrace::raw::sites::ConvertPolicy::StopTheWorld);
     Ok(())
 }
 

@@ -185,7 +185,7 @@ fn loaded_before_libc() -> bool {
 /// joined can still be listed in `/proc/self/task` for a moment.
 fn wait_single_threaded(limit: Duration) {
     let t0 = Instant::now();
-    while livetrace::sites::thread_count().is_ok_and(|n| n > 1) && t0.elapsed() < limit {
+    while livetrace::raw::sites::thread_count().is_ok_and(|n| n > 1) && t0.elapsed() < limit {
         std::thread::sleep(Duration::from_micros(200));
     }
 }

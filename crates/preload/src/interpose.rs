@@ -10,7 +10,7 @@
 //! One lock ([`serialize`]) is held across every interposed real `dlopen`
 //! or `dlclose` and the table update after it, and by the C API around its
 //! rescans, so one `dlopen`'s objects are scanned and converted (with every
-//! other thread stopped: [`livetrace::sites::ConvertPolicy::StopTheWorld`])
+//! other thread stopped: [`livetrace::raw::sites::ConvertPolicy::StopTheWorld`])
 //! before another `dlopen` can hand them out again. A
 //! `dlopen` made while the lock is held by the same thread (a library's
 //! constructor loading another library, an `atfork` handler) is passed
@@ -42,7 +42,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering::*};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use livetrace::sites::{ConvertPolicy, ObjectId};
+use livetrace::raw::sites::{ConvertPolicy, ObjectId};
 
 type DlopenFn = unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void;
 type DlcloseFn = unsafe extern "C" fn(*mut c_void) -> c_int;

@@ -18,9 +18,9 @@
 //! 2. **Interposers** ([`interpose`]): `dlopen`, `dlclose` and `fork` are
 //!    exported here and so bind before libc's. A library loaded later gets
 //!    its sites right after the real `dlopen` returns and before the handle
-//!    reaches the program ([`livetrace::sites::Table::on_dlopen`]); an
+//!    reaches the program ([`livetrace::raw::sites::Table::on_dlopen`]); an
 //!    unloaded library's records are dropped after the real `dlclose`
-//!    ([`livetrace::sites::Table::on_dlclose`]); `fork` happens while no
+//!    ([`livetrace::raw::sites::Table::on_dlclose`]); `fork` happens while no
 //!    live patch is in flight.
 //! 3. **C API** ([`capi`]): `lt_*` functions for programs that trace
 //!    themselves.

@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use std::os::fd::{AsFd, OwnedFd};
 
-use livetrace::{Config, Session};
 use livetrace_proto::{
     decode_request, encode, read_frame, write_frame, write_frame_with_fds, BufferLayout, ClockInfo,
     Controls, EnabledInfo, ErrorCode, FrameError, Mode, PatchInfo, ProfileEntry, Refusal, Request,
     Response, TracerKind, WireSymbol, WireTrace, MAX_EVENTS_PER_REPLY, MAX_FRAME,
     MAX_FUNCTIONS_PER_REPLY, PROTOCOL_VERSION,
 };
+use livetrace_tracers::{Config, Session};
 
 use crate::{creds, CONNECTIONS, MAX_CONNECTIONS, TICK};
 
@@ -29,7 +29,7 @@ static NEXT_SESSION: AtomicU32 = AtomicU32::new(1);
 static NEXT_PATCH: AtomicU32 = AtomicU32::new(1);
 
 struct PatchEntry {
-    patch: livetrace::LivePatch,
+    patch: livetrace_ftrace::LivePatch,
     info: PatchInfo,
     /// The connection that reverts it when it ends; `None` when persistent.
     owner: Option<u64>,
@@ -359,9 +359,9 @@ fn err(code: ErrorCode, msg: impl Into<String>) -> (Response, bool) {
     (Response::error(code, msg), false)
 }
 
-fn tracing_error(e: livetrace::Error) -> (Response, bool) {
+fn tracing_error(e: livetrace_ftrace::Error) -> (Response, bool) {
     match e {
-        livetrace::Error::NoMatch { .. } | livetrace::Error::NoSuchFunction(_) => {
+        livetrace_ftrace::Error::NoMatch { .. } | livetrace_ftrace::Error::NoSuchFunction(_) => {
             err(ErrorCode::Invalid, e.to_string())
         }
         _ => err(ErrorCode::Failed, e.to_string()),
@@ -382,7 +382,7 @@ impl Conn {
             return match req {
                 Request::Hello { version, .. } if version == PROTOCOL_VERSION => {
                     self.hello = true;
-                    let t = livetrace::process_identity();
+                    let t = livetrace_tracers::process_identity();
                     (
                         Response::Hello {
                             version: PROTOCOL_VERSION,
@@ -528,7 +528,7 @@ impl Conn {
             Ok(c) => c,
             Err(m) => return err(ErrorCode::Invalid, m),
         };
-        match livetrace::trace(cfg) {
+        match livetrace_runtime::trace(cfg) {
             Ok(session) => {
                 let id = self.adopt(session, tracer, spec.mode == Some(Mode::Flight));
                 (Response::Started { session: id }, false)
@@ -840,11 +840,11 @@ pub(crate) fn config(tracer: TracerKind, spec: &Spec) -> Result<Config, String> 
         .chain(&c.stop_at)
         .chain(&c.snapshot_at)
     {
-        if let livetrace::Pattern::Addr(a) = livetrace::Pattern::parse(p) {
+        if let livetrace_ftrace::Pattern::Addr(a) = livetrace_ftrace::Pattern::parse(p) {
             let sites = match &mut sites {
                 Some(s) => s,
                 None => sites.insert(
-                    livetrace::functions(None)
+                    livetrace_runtime::functions(None)
                         .map_err(|e| e.to_string())?
                         .into_iter()
                         .map(|f| f.addr as usize)
@@ -858,7 +858,11 @@ pub(crate) fn config(tracer: TracerKind, spec: &Spec) -> Result<Config, String> 
     }
     let filter: Vec<&str> = spec.filter.iter().map(String::as_str).collect();
     let mut cfg = Config::new(tracer, &filter);
-    let parse = |v: &[String]| v.iter().map(|p| livetrace::Pattern::parse(p)).collect();
+    let parse = |v: &[String]| {
+        v.iter()
+            .map(|p| livetrace_ftrace::Pattern::parse(p))
+            .collect()
+    };
     cfg.notrace = parse(&spec.notrace);
     if let Some(n) = spec.buffer_records {
         cfg.ring.records_per_thread = n as usize;
@@ -885,14 +889,14 @@ pub(crate) fn config(tracer: TracerKind, spec: &Spec) -> Result<Config, String> 
 
 fn list_functions(glob: Option<String>, enabled_only: bool) -> (Response, bool) {
     let rows = if enabled_only {
-        livetrace::init().and_then(|_| livetrace_ftrace::functions(glob.as_deref(), true))
+        livetrace_runtime::init().and_then(|_| livetrace_ftrace::functions(glob.as_deref(), true))
     } else {
-        livetrace::functions(glob.as_deref()).and_then(|rows| {
+        livetrace_runtime::functions(glob.as_deref()).and_then(|rows| {
             // Nothing with a site matches: what a filter naming them would
             // trace is the functions relocation can give one (`trace` does
             // that on demand), listed as such without touching them.
             if rows.is_empty() {
-                livetrace::relocatable(glob.as_deref())
+                livetrace_runtime::relocatable(glob.as_deref())
             } else {
                 Ok(rows)
             }
@@ -909,10 +913,10 @@ fn list_functions(glob: Option<String>, enabled_only: bool) -> (Response, bool) 
 
 /// The functions `glob` names that have no site and cannot be given one.
 fn why_not(glob: &str) -> (Response, bool) {
-    if let Err(e) = livetrace::init() {
+    if let Err(e) = livetrace_runtime::init() {
         return tracing_error(e);
     }
-    match livetrace_ftrace::why_not(&livetrace::Pattern::parse(glob)) {
+    match livetrace_ftrace::why_not(&livetrace_ftrace::Pattern::parse(glob)) {
         Ok(list) => {
             let mut functions: Vec<Refusal> = list
                 .into_iter()
@@ -932,18 +936,18 @@ fn why_not(glob: &str) -> (Response, bool) {
 }
 
 fn enabled() -> (Response, bool) {
-    match livetrace::enabled_functions() {
+    match livetrace_runtime::enabled_functions() {
         Ok(list) => {
             let mut functions: Vec<EnabledInfo> = list
                 .into_iter()
                 .map(|f| EnabledInfo {
                     trampoline: match &f.trampoline {
-                        livetrace::Trampoline::Dedicated { ops, addr } => {
+                        livetrace_ftrace::Trampoline::Dedicated { ops, addr } => {
                             format!("{addr:#x} (dedicated to {ops})")
                         }
-                        livetrace::Trampoline::List(a) => format!("{a:#x} (list caller)"),
-                        livetrace::Trampoline::Regs(a) => format!("{a:#x} (regs caller)"),
-                        livetrace::Trampoline::Other(i) => format!("{i} (not livetrace's)"),
+                        livetrace_ftrace::Trampoline::List(a) => format!("{a:#x} (list caller)"),
+                        livetrace_ftrace::Trampoline::Regs(a) => format!("{a:#x} (regs caller)"),
+                        livetrace_ftrace::Trampoline::Other(i) => format!("{i} (not livetrace's)"),
                     },
                     name: f.name,
                     ip: f.ip as u64,
@@ -961,11 +965,11 @@ fn enabled() -> (Response, bool) {
 /// or the `0x…` address of its site. Anything else, including a
 /// compiler-emitted site (whose type nobody recorded), is refused.
 fn known(what: &str) -> Result<Known, String> {
-    let by_addr = match livetrace::Pattern::parse(what) {
-        livetrace::Pattern::Addr(a) => Some(a),
+    let by_addr = match livetrace_ftrace::Pattern::parse(what) {
+        livetrace_ftrace::Pattern::Addr(a) => Some(a),
         _ => None,
     };
-    let found: Vec<livetrace::MacroSite> = livetrace::macro_sites()
+    let found: Vec<livetrace_runtime::MacroSite> = livetrace_runtime::macro_sites()
         .filter(|s| match by_addr {
             Some(a) => s.addr == a,
             None => s.path == what,
@@ -980,7 +984,7 @@ fn known(what: &str) -> Result<Known, String> {
         [] => {
             let traceable = match by_addr {
                 Some(_) => false,
-                None => livetrace::functions(Some(what)).is_ok_and(|f| !f.is_empty()),
+                None => livetrace_runtime::functions(Some(what)).is_ok_and(|f| !f.is_empty()),
             };
             Err(if traceable {
                 format!("{what} has no known signature (not a #[traced] function), so it cannot be patched")

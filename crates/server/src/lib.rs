@@ -287,7 +287,7 @@ extern "C" fn at_exit() {
 
 fn accept_loop(listener: UnixListener, stop: Arc<AtomicBool>) {
     // Built before the first client can ask, and off the program's threads.
-    if let Err(e) = livetrace::init() {
+    if let Err(e) = livetrace_runtime::init() {
         eprintln!("livetrace: control socket: {e}");
     }
     let fd = listener.as_raw_fd();

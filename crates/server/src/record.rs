@@ -33,8 +33,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use livetrace::Session;
 use livetrace_proto::{Mode, RecordSpec, TracerKind, RECORD_ENV};
+use livetrace_tracers::Session;
 
 /// The session started before `main`, until the connection takes it: the
 /// session, its tracer, whether it is a flight recorder; or why it could
@@ -115,7 +115,7 @@ pub(crate) fn start_from_env() {
         controls: spec.controls,
     };
     let pending = crate::conn::config(spec.tracer, &s)
-        .and_then(|cfg| livetrace::trace(cfg).map_err(|e| e.to_string()))
+        .and_then(|cfg| livetrace_runtime::trace(cfg).map_err(|e| e.to_string()))
         .map(|session| (session, spec.tracer, flight));
     *RECORDING.lock().unwrap_or_else(|e| e.into_inner()) = Some(Recording {
         pid: std::process::id(),

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use livetrace::output::{chrome, folded, profile, text, uftrace};
+use livetrace::raw::output::{chrome, folded, profile, text, uftrace};
 use livetrace::{traced, Config, Tracer};
 
 /// One line of an order: an item code and a quantity.
@@ -115,7 +115,7 @@ fn show(path: &Path, lines: usize) {
 /// attaches.
 fn serve(seconds: u64) -> Result<(), Box<dyn std::error::Error>> {
     livetrace::init()?;
-    livetrace_server::serve()?;
+    livetrace::serve()?;
     let stop = AtomicBool::new(false);
     let (orders, revenue) = (AtomicU64::new(0), AtomicU64::new(0));
     std::thread::scope(|s| {
