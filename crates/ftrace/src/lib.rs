@@ -151,11 +151,20 @@ impl fmt::Display for EnabledFunction {
             self.ops.join(",")
         )?;
         match &self.trampoline {
-            Trampoline::Dedicated { ops, addr } => {
-                write!(f, "tramp: {addr:#x} (dedicated to {ops})")
-            }
-            Trampoline::List(a) => write!(f, "tramp: {a:#x} (list caller)"),
-            Trampoline::Regs(a) => write!(f, "tramp: {a:#x} (regs caller)"),
+            Trampoline::Other(_) => write!(f, "{}", self.trampoline),
+            t => write!(f, "tramp: {t}"),
+        }
+    }
+}
+
+/// `0x… (dedicated to OPS)`, `0x… (list caller)`, `0x… (regs caller)`, or
+/// the instruction and `(not livetrace's)`.
+impl fmt::Display for Trampoline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Trampoline::Dedicated { ops, addr } => write!(f, "{addr:#x} (dedicated to {ops})"),
+            Trampoline::List(a) => write!(f, "{a:#x} (list caller)"),
+            Trampoline::Regs(a) => write!(f, "{a:#x} (regs caller)"),
             Trampoline::Other(i) => write!(f, "{i} (not livetrace's)"),
         }
     }

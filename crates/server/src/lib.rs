@@ -73,6 +73,9 @@
 
 mod conn;
 mod creds;
+mod error;
+
+pub use error::Error;
 pub mod record;
 
 use std::io;
@@ -222,7 +225,7 @@ pub fn shutdown(timeout: Duration) {
 /// Reverts every live patch, persistent ones included: what detaching
 /// from a process needs after [`shutdown`] (which leaves persistent patches
 /// in place). Returns how many were reverted.
-pub fn revert_all_patches() -> Result<usize, String> {
+pub fn revert_all_patches() -> Result<usize, Error> {
     conn::revert_all_patches()
 }
 

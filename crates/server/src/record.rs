@@ -39,7 +39,7 @@ use livetrace_tracers::Session;
 /// The session started before `main`, until the connection takes it: the
 /// session, its tracer, whether it is a flight recorder; or why it could
 /// not start.
-type Pending = Result<(Session, TracerKind, bool), String>;
+type Pending = Result<(Session, TracerKind, bool), crate::Error>;
 
 struct Recording {
     /// The recorded process: a forked child inherits the `atexit` handler
@@ -115,7 +115,7 @@ pub(crate) fn start_from_env() {
         controls: spec.controls,
     };
     let pending = crate::conn::config(spec.tracer, &s)
-        .and_then(|cfg| livetrace_runtime::trace(cfg).map_err(|e| e.to_string()))
+        .and_then(|cfg| Ok(livetrace_runtime::trace(cfg)?))
         .map(|session| (session, spec.tracer, flight));
     *RECORDING.lock().unwrap_or_else(|e| e.into_inner()) = Some(Recording {
         pid: std::process::id(),
