@@ -346,25 +346,10 @@ impl Library {
         self.state(p)
     }
 
-    /// Waits (the process running) until the state is one of `want`.
+    /// Waits (the process running) until the state is one of `want`; a
+    /// failure is the library's.
     fn wait_for(&self, p: &mut Process, want: &[u32], what: &'static str) -> Result<u32, Error> {
-        let mut last = 0;
-        let ok = p.wait_until(STEP, |p| {
-            let mut b = [0u8; 4];
-            if p.read(self.state, &mut b).is_err() {
-                return true;
-            }
-            last = u32::from_le_bytes(b);
-            want.contains(&last) || last == protocol::FAILED
-        })?;
-        if !ok {
-            return Err(Error::Timeout {
-                step: what,
-                state: last,
-                secs: STEP.as_secs(),
-            });
-        }
-        let s = self.state(p)?;
+        let s = self.wait_any(p, want, what)?;
         if s == protocol::FAILED {
             return Err(Error::LibraryFailed(self.message(p)));
         }
