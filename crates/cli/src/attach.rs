@@ -20,9 +20,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use livetrace_inject::{procfs, Arg, Error, Module, Process, Safety, Target};
+use livetrace_inject::{procfs, Arg, Module, Process, Safety, Target};
 
 use crate::ui::Style;
+use crate::Error;
 
 /// The attach protocol's constants (the preload crate's `attach` module).
 mod protocol {
@@ -37,6 +38,9 @@ mod protocol {
     pub const FAILED: u32 = 100;
     pub const CONVERT_BY_CALLER: u64 = 1;
 }
+
+/// The attach protocol this command speaks.
+pub const ABI: u32 = protocol::ABI;
 
 /// How long the process gets for each step of attaching.
 const STEP: Duration = Duration::from_secs(60);
@@ -84,7 +88,7 @@ fn config() -> AttachArgs {
 
 /// The control socket of `pid`, loading livetrace into it first when it
 /// has none and the options allow.
-pub fn socket(dir: &Path, pid: u32) -> Result<PathBuf, String> {
+pub fn socket(dir: &Path, pid: u32) -> Result<PathBuf, Error> {
     let direct = dir.join(format!("{pid}.sock"));
     // A socket we may not even look at is still the process's: connecting
     // says why we may not use it (never try to attach past it).
@@ -98,21 +102,20 @@ pub fn socket(dir: &Path, pid: u32) -> Result<PathBuf, String> {
     }
     let cfg = config();
     if cfg.no_attach {
-        return Err(format!(
-            "process {pid} runs no livetrace control socket (looked in {} and its open \
-             sockets); drop --no-attach to load livetrace into it",
-            dir.display()
-        ));
+        return Err(Error::NoSocket {
+            pid,
+            dir: dir.to_path_buf(),
+        });
     }
     match attach_process(pid as i32, cfg.lib.as_deref()) {
         Ok(a) => {
             eprintln!("livetrace: {}", a.summary(pid));
             Ok(a.socket)
         }
-        Err(e) => Err(format!(
-            "process {pid} runs no livetrace control socket, and livetrace cannot be loaded \
-             into it: {e}"
-        )),
+        Err(e) => Err(Error::CannotAttach {
+            pid,
+            source: Box::new(e),
+        }),
     }
 }
 
@@ -278,17 +281,18 @@ struct Library {
 }
 
 impl Library {
-    fn of(module: Module) -> Result<Library, String> {
-        let sym = |n: &str| -> Result<u64, String> {
+    fn of(module: Module) -> Result<Library, Error> {
+        let sym = |n: &str| -> Result<u64, Error> {
             module
                 .symbol(n)
-                .map_err(|e| format!("{}: {e}", module.path))?
+                .map_err(|source| Error::LibrarySymbols {
+                    path: module.path.clone(),
+                    source,
+                })?
                 .map(|s| s.addr)
-                .ok_or_else(|| {
-                    format!(
-                        "{} has no {n}: it is not a liblivetrace.so of this version",
-                        module.path
-                    )
+                .ok_or_else(|| Error::NotOurLibrary {
+                    path: module.path.clone(),
+                    symbol: n.to_string(),
                 })
         };
         Ok(Library {
@@ -310,9 +314,9 @@ impl Library {
         modules.iter().find(|m| is_livetrace_lib(m)).cloned()
     }
 
-    fn state(&self, p: &Process) -> Result<u32, String> {
+    fn state(&self, p: &Process) -> Result<u32, Error> {
         let mut b = [0u8; 4];
-        p.read(self.state, &mut b).map_err(|e| e.to_string())?;
+        p.read(self.state, &mut b)?;
         Ok(u32::from_le_bytes(b))
     }
 
@@ -322,49 +326,32 @@ impl Library {
 
     /// Waits (the process running) until the state is one of `want` (or
     /// failed); returns it.
-    fn wait_any(&self, p: &mut Process, want: &[u32], what: &str) -> Result<u32, String> {
+    fn wait_any(&self, p: &mut Process, want: &[u32], what: &'static str) -> Result<u32, Error> {
         let mut last = 0;
-        let ok = p
-            .wait_until(STEP, |p| {
-                let mut b = [0u8; 4];
-                if p.read(self.state, &mut b).is_err() {
-                    return true;
-                }
-                last = u32::from_le_bytes(b);
-                want.contains(&last) || last == protocol::FAILED
-            })
-            .map_err(|e| e.to_string())?;
+        let ok = p.wait_until(STEP, |p| {
+            let mut b = [0u8; 4];
+            if p.read(self.state, &mut b).is_err() {
+                return true;
+            }
+            last = u32::from_le_bytes(b);
+            want.contains(&last) || last == protocol::FAILED
+        })?;
         if !ok {
-            return Err(format!(
-                "livetrace did not finish {what} in {}s (state {last})",
-                STEP.as_secs()
-            ));
+            return Err(Error::Timeout {
+                step: what,
+                state: last,
+                secs: STEP.as_secs(),
+            });
         }
         self.state(p)
     }
 
-    /// Waits (the process running) until the state is one of `want`.
-    fn wait_for(&self, p: &mut Process, want: &[u32], what: &str) -> Result<u32, String> {
-        let mut last = 0;
-        let ok = p
-            .wait_until(STEP, |p| {
-                let mut b = [0u8; 4];
-                if p.read(self.state, &mut b).is_err() {
-                    return true;
-                }
-                last = u32::from_le_bytes(b);
-                want.contains(&last) || last == protocol::FAILED
-            })
-            .map_err(|e| e.to_string())?;
-        if !ok {
-            return Err(format!(
-                "livetrace did not finish {what} in {}s (state {last})",
-                STEP.as_secs()
-            ));
-        }
-        let s = self.state(p)?;
+    /// Waits (the process running) until the state is one of `want`; a
+    /// failure is the library's.
+    fn wait_for(&self, p: &mut Process, want: &[u32], what: &'static str) -> Result<u32, Error> {
+        let s = self.wait_any(p, want, what)?;
         if s == protocol::FAILED {
-            return Err(self.message(p));
+            return Err(Error::LibraryFailed(self.message(p)));
         }
         Ok(s)
     }
@@ -372,24 +359,18 @@ impl Library {
 
 /// The library to load: `--lib`, `$LIVETRACE_PRELOAD_LIB`, or the one
 /// next to this command.
-fn library_file(lib: Option<&Path>) -> Result<PathBuf, String> {
+fn library_file(lib: Option<&Path>) -> Result<PathBuf, Error> {
     let path = match lib {
         Some(p) => p.to_path_buf(),
         None => match std::env::var_os("LIVETRACE_PRELOAD_LIB") {
             Some(p) => PathBuf::from(p),
             None => std::env::current_exe()
-                .map_err(|e| format!("cannot find this command's directory: {e}"))?
+                .map_err(|e| Error::io("cannot find this command's directory", e))?
                 .with_file_name("liblivetrace.so"),
         },
     };
-    let path = path.canonicalize().map_err(|e| {
-        format!(
-            "the library to load, {}, is missing ({e}): build it with `cargo build --release -p \
-             livetrace-preload`, or name it with --lib or LIVETRACE_PRELOAD_LIB",
-            path.display()
-        )
-    })?;
-    Ok(path)
+    path.canonicalize()
+        .map_err(|source| Error::LibraryMissing { path, source })
 }
 
 /// The library as the process will open it: our file when the process
@@ -403,8 +384,8 @@ struct Staged {
 }
 
 impl Staged {
-    fn new(pid: i32, target_uid: u32, lib: &Path) -> Result<Staged, String> {
-        let ours = std::fs::metadata(lib).map_err(|e| format!("{}: {e}", lib.display()))?;
+    fn new(pid: i32, target_uid: u32, lib: &Path) -> Result<Staged, Error> {
+        let ours = std::fs::metadata(lib).map_err(|e| Error::io(lib.display().to_string(), e))?;
         let lib_s = lib.display().to_string();
         let theirs = std::fs::metadata(procfs::in_root(&procfs::root_of(pid), &lib_s));
         let same_file = theirs.is_ok_and(|m| m.dev() == ours.dev() && m.ino() == ours.ino());
@@ -423,7 +404,7 @@ impl Staged {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.subsec_nanos())
         );
-        let mut last_err = String::new();
+        let mut last_err = None;
         for dir in ["/dev/shm", "/tmp", "/var/tmp"] {
             let inside = format!("{dir}/{name}");
             let here = procfs::in_root(&root, &inside);
@@ -436,13 +417,15 @@ impl Staged {
                         copy: Some(here),
                     });
                 }
-                Err(e) => last_err = format!("{}: {e}", here.display()),
+                Err(e) => last_err = Some((here, e)),
             }
         }
-        Err(format!(
-            "the process cannot open {} and no copy could be placed where it can ({last_err})",
-            lib.display()
-        ))
+        let (place, source) = last_err.expect("a copy was tried");
+        Err(Error::CannotStage {
+            lib: lib.to_path_buf(),
+            place,
+            source,
+        })
     }
 }
 
@@ -469,18 +452,14 @@ fn readable_by_all(path: &Path) -> bool {
 }
 
 /// Explains a failed `dlopen` of liblivetrace.so.
-fn explain_load(msg: &str, lib: &Path) -> String {
+fn explain_load(msg: String, lib: &Path) -> Error {
     if msg.contains("static TLS") {
-        let need = tls_size(lib)
-            .map(|n| format!(" ({n} bytes)"))
-            .unwrap_or_default();
-        return format!(
-            "{msg}: the process has too little static TLS left for livetrace's thread-local \
-             state{need}; start the program with \
-             GLIBC_TUNABLES=glibc.rtld.optional_static_tls=16384 to reserve more"
-        );
+        return Error::StaticTls {
+            message: msg,
+            need: tls_size(lib),
+        };
     }
-    msg.to_string()
+    Error::Load(msg)
 }
 
 /// The size of a library's TLS segment.
@@ -542,10 +521,10 @@ pub fn will_not_relocate() {
 }
 
 /// Loads livetrace into `pid` and waits for its control socket.
-pub fn attach_process(pid: i32, lib: Option<&Path>) -> Result<Attached, String> {
+pub fn attach_process(pid: i32, lib: Option<&Path>) -> Result<Attached, Error> {
     let _hold_signals = Uninterruptible::new();
     let t0 = Instant::now();
-    let target = Target::inspect(pid).map_err(|r| r.to_string())?;
+    let target = Target::inspect(pid)?;
     if let Some(m) = Library::find(&target.modules) {
         return already_loaded(pid, m, t0);
     }
@@ -554,17 +533,11 @@ pub fn attach_process(pid: i32, lib: Option<&Path>) -> Result<Attached, String> 
     let sites = count_sites(&target.modules);
     step_done(t0, &format!("{sites} compiler-emitted sites counted"));
     if sites == 0 && NO_RELOCATE.load(std::sync::atomic::Ordering::Relaxed) {
-        return Err(format!(
-            "{} has no traceable functions yet: no object it has loaded was built with \
-             sites. `livetrace trace` (without --no-relocate) gives the functions a filter \
-             names one by prologue relocation; `livetrace ls --why-not GLOB` lists those it \
-             cannot",
-            target.exe
-        ));
+        return Err(Error::NoSites { exe: target.exe });
     }
     let lib = library_file(lib)?;
     let staged = Staged::new(pid, target.status.uids[1], &lib)?;
-    let mut p = Process::seize(target).map_err(|e| e.to_string())?;
+    let mut p = Process::seize(target)?;
     let r = load_and_start(&mut p, &staged, &lib);
     drop(staged);
     let socket = match r {
@@ -573,13 +546,16 @@ pub fn attach_process(pid: i32, lib: Option<&Path>) -> Result<Attached, String> 
             if let Some(l) = loaded {
                 // Leave the process as it was.
                 if let Err(u) = unload(&mut p, &l) {
-                    return Err(format!("{e} (and unloading the library failed: {u})"));
+                    return Err(Error::UndoFailed {
+                        source: Box::new(e),
+                        undo: Box::new(u),
+                    });
                 }
             }
             return Err(e);
         }
     };
-    let stats = p.detach().map_err(|e| e.to_string())?;
+    let stats = p.detach()?;
     Ok(Attached {
         socket: reachable(pid, &socket),
         sites,
@@ -589,7 +565,7 @@ pub fn attach_process(pid: i32, lib: Option<&Path>) -> Result<Attached, String> 
     })
 }
 
-type Failure = (String, Option<Box<Library>>);
+type Failure = (Error, Option<Box<Library>>);
 
 /// LIVETRACE_VERBOSE=1: attach's steps on stderr.
 fn verbose() -> bool {
@@ -607,11 +583,11 @@ fn step_done(t0: Instant, what: &str) {
 }
 
 fn load_and_start(p: &mut Process, staged: &Staged, lib: &Path) -> Result<String, Failure> {
-    let e = |e: Error| -> String { e.to_string() };
+    let e = Error::from;
     let t0 = Instant::now();
     let handle = match p.dlopen(&staged.path, libc::RTLD_NOW, STEP) {
         Ok(h) => h,
-        Err(Error::Load(msg)) => return Err((explain_load(&msg, lib), None)),
+        Err(livetrace_inject::Error::Load(msg)) => return Err((explain_load(msg, lib), None)),
         Err(x) => return Err((e(x), None)),
     };
     let _ = handle;
@@ -619,9 +595,14 @@ fn load_and_start(p: &mut Process, staged: &Staged, lib: &Path) -> Result<String
     let module = p
         .module(&staged.path)
         .map_err(|x| (e(x), None))?
-        .ok_or_else(|| ("the library is not mapped after dlopen".to_string(), None))?;
+        .ok_or_else(|| {
+            (
+                Error::AttachProtocol("the library is not mapped after dlopen".into()),
+                None,
+            )
+        })?;
     let l = Library::of(module).map_err(|m| (m, None))?;
-    let fail = |m: String, l: Library| -> Result<String, Failure> { Err((m, Some(Box::new(l)))) };
+    let fail = |m: Error, l: Library| -> Result<String, Failure> { Err((m, Some(Box::new(l)))) };
     let abi = {
         let mut b = [0u8; 4];
         match l
@@ -636,17 +617,16 @@ fn load_and_start(p: &mut Process, staged: &Staged, lib: &Path) -> Result<String
         }
     };
     if abi != protocol::ABI {
-        return fail(
-            format!(
-                "the library speaks attach protocol {abi}, this command {}",
-                protocol::ABI
-            ),
-            l,
-        );
+        return fail(Error::AbiMismatch { library: abi }, l);
     }
     match l.state(p) {
         Ok(protocol::IDLE) => {}
-        Ok(s) => return fail(format!("livetrace is in state {s} in the process"), l),
+        Ok(s) => {
+            return fail(
+                Error::AttachProtocol(format!("livetrace is in state {s} in the process")),
+                l,
+            )
+        }
         Err(m) => return fail(m, l),
     }
     let rc = match p.call(
@@ -660,10 +640,10 @@ fn load_and_start(p: &mut Process, staged: &Staged, lib: &Path) -> Result<String
     };
     if rc != 0 {
         return fail(
-            format!(
-                "starting livetrace failed: {}",
-                std::io::Error::from_raw_os_error(-rc as i32)
-            ),
+            Error::LibraryRefused {
+                what: "starting livetrace failed".into(),
+                source: std::io::Error::from_raw_os_error(-rc as i32),
+            },
             l,
         );
     }
@@ -687,17 +667,17 @@ fn load_and_start(p: &mut Process, staged: &Staged, lib: &Path) -> Result<String
     Ok(l.message(p))
 }
 
-fn read_sleds(p: &Process, l: &Library) -> Result<Vec<u64>, String> {
-    let ptr = p.read_u64(l.sleds).map_err(|e| e.to_string())?;
-    let n = p.read_u64(l.sleds + 8).map_err(|e| e.to_string())? as usize;
+fn read_sleds(p: &Process, l: &Library) -> Result<Vec<u64>, Error> {
+    let ptr = p.read_u64(l.sleds)?;
+    let n = p.read_u64(l.sleds + 8)? as usize;
     if n == 0 {
         return Ok(Vec::new());
     }
     if n > 1 << 26 {
-        return Err(format!("implausible sled count {n}"));
+        return Err(Error::AttachProtocol(format!("implausible sled count {n}")));
     }
     let mut raw = vec![0u8; n * 8];
-    p.read(ptr, &mut raw).map_err(|e| e.to_string())?;
+    p.read(ptr, &mut raw)?;
     let mut v: Vec<u64> = raw
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
@@ -708,39 +688,39 @@ fn read_sleds(p: &Process, l: &Library) -> Result<Vec<u64>, String> {
 
 /// Holds every thread, checks none is inside a sled, has the library
 /// convert them, releases. Retries while some thread is inside one.
-fn convert_held(p: &mut Process, l: &Library, sleds: &[u64]) -> Result<(), String> {
-    let e = |e: Error| e.to_string();
+fn convert_held(p: &mut Process, l: &Library, sleds: &[u64]) -> Result<(), Error> {
     let mut last = None;
     for attempt in 1..=HOLD_ATTEMPTS {
-        p.hold().map_err(e)?;
+        p.hold()?;
         let busy = if sleds.is_empty() {
             None
         } else {
-            p.find_inside(|a| inside_sled(sleds, a)).map_err(e)?
+            p.find_inside(|a| inside_sled(sleds, a))?
         };
         if busy.is_none() {
             let r = p.call(l.convert, &[], Safety::LockFree, STEP);
-            let r = r.map_err(e).and_then(|n| {
+            let r = r.map_err(Error::from).and_then(|n| {
                 if (n as i64) < 0 {
-                    return Err("the library had nothing prepared to convert".into());
+                    return Err(Error::AttachProtocol(
+                        "the library had nothing prepared to convert".into(),
+                    ));
                 }
                 unblock_held(p, l)
             });
-            p.release().map_err(e)?;
+            p.release()?;
             return r;
         }
         last = busy;
-        p.release().map_err(e)?;
+        p.release()?;
         let _ = p.wait_until(Duration::from_micros(200 * u64::from(attempt)), |_| false);
     }
     let b = last.expect("set when retrying");
-    Err(format!(
-        "thread {} stayed inside a function's entry sled ({} {:#x}) for {HOLD_ATTEMPTS} \
-         attempts; try again",
-        b.tid,
-        if b.in_rip { "at" } else { "returning to" },
-        b.addr
-    ))
+    Err(Error::InsideSled {
+        tid: b.tid,
+        in_rip: b.in_rip,
+        addr: b.addr,
+        attempts: HOLD_ATTEMPTS,
+    })
 }
 
 /// A thread's start time (field 22 of its `stat`), which tells a reused
@@ -760,11 +740,12 @@ fn start_time(pid: i32, tid: i32) -> Option<u64> {
 /// livetrace refuses to patch while one does: its `int3`s would kill the
 /// thread. Threads created later inherit a mask from a thread cleared
 /// here, and from then on livetrace checks masks before every batch.
-fn unblock_held(p: &mut Process, l: &Library) -> Result<(), String> {
-    let e = |e: Error| e.to_string();
-    let need = p.read_u64(l.signals).map_err(e)?;
+fn unblock_held(p: &mut Process, l: &Library) -> Result<(), Error> {
+    let need = p.read_u64(l.signals)?;
     if need == 0 {
-        return Err("the library did not say which signals it needs".into());
+        return Err(Error::AttachProtocol(
+            "the library did not say which signals it needs".into(),
+        ));
     }
     let mut log = Vec::new();
     for tid in p.tids() {
@@ -772,12 +753,12 @@ fn unblock_held(p: &mut Process, l: &Library) -> Result<(), String> {
             Ok(m) => m,
             // Exited while held (a zombie no longer answers).
             Err(_) if start_time(p.pid(), tid).is_none() => continue,
-            Err(x) => return Err(e(x)),
+            Err(x) => return Err(x.into()),
         };
         if mask & need == 0 || glibc_transient(mask) {
             continue;
         }
-        p.set_signal_mask(tid, mask & !need).map_err(e)?;
+        p.set_signal_mask(tid, mask & !need)?;
         if log.len() < protocol::MASK_SLOTS {
             let start = start_time(p.pid(), tid).unwrap_or(0);
             log.push([tid as u64, start, mask & need]);
@@ -788,7 +769,7 @@ fn unblock_held(p: &mut Process, l: &Library) -> Result<(), String> {
     for w in log.iter().flatten() {
         raw.extend_from_slice(&w.to_le_bytes());
     }
-    p.write(l.masks, &raw).map_err(e)?;
+    p.write(l.masks, &raw)?;
     if !log.is_empty() && verbose() {
         eprintln!(
             "livetrace: attach: SIGTRAP and the world signal unblocked in {} thread(s)",
@@ -817,56 +798,57 @@ fn glibc_transient(mask: u64) -> bool {
 /// cleared that still run, the signals it cleared, every thread held (a
 /// thread found in one of glibc's transient masks is let run and tried
 /// again).
-fn reblock(p: &mut Process, l: &Library) -> Result<(), String> {
-    let e = |e: Error| e.to_string();
-    let n = p.read_u64(l.masks).map_err(e)? as usize;
+fn reblock(p: &mut Process, l: &Library) -> Result<(), Error> {
+    let n = p.read_u64(l.masks)? as usize;
     if n == 0 {
         return Ok(());
     }
     if n > protocol::MASK_SLOTS {
-        return Err(format!("implausible count of thread masks {n}"));
+        return Err(Error::AttachProtocol(format!(
+            "implausible count of thread masks {n}"
+        )));
     }
     let mut raw = vec![0u8; n * 24];
-    p.read(l.masks + 8, &mut raw).map_err(e)?;
+    p.read(l.masks + 8, &mut raw)?;
     let words: Vec<u64> = raw
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
         .collect();
     let mut todo: Vec<&[u64]> = words.chunks_exact(3).collect();
     for attempt in 1..=HOLD_ATTEMPTS {
-        p.hold().map_err(e)?;
+        p.hold()?;
         let tids = p.tids();
-        let r = (|| -> Result<(), String> {
+        let r = (|| -> Result<(), Error> {
             let mut later = Vec::new();
             for &w in &todo {
                 let (tid, start, bits) = (w[0] as i32, w[1], w[2]);
                 if !tids.contains(&tid) || start_time(p.pid(), tid) != Some(start) {
                     continue;
                 }
-                let mask = p.signal_mask(tid).map_err(e)?;
+                let mask = p.signal_mask(tid)?;
                 if glibc_transient(mask) && attempt < HOLD_ATTEMPTS {
                     later.push(w);
                     continue;
                 }
-                p.set_signal_mask(tid, mask | bits).map_err(e)?;
+                p.set_signal_mask(tid, mask | bits)?;
             }
             todo = later;
             Ok(())
         })();
-        p.release().map_err(e)?;
+        p.release()?;
         r?;
         if todo.is_empty() {
             break;
         }
         let _ = p.wait_until(Duration::from_millis(1), |_| false);
     }
-    p.write(l.masks, &0u64.to_le_bytes()).map_err(e)
+    Ok(p.write(l.masks, &0u64.to_le_bytes())?)
 }
 
-fn already_loaded(pid: i32, m: Module, t0: Instant) -> Result<Attached, String> {
+fn already_loaded(pid: i32, m: Module, t0: Instant) -> Result<Attached, Error> {
     let l = Library::of(m)?;
-    let target = Target::inspect(pid).map_err(|r| r.to_string())?;
-    let p = Process::seize(target).map_err(|e| e.to_string())?;
+    let target = Target::inspect(pid)?;
+    let p = Process::seize(target)?;
     let state = l.state(&p)?;
     let msg = l.message(&p);
     drop(p);
@@ -878,18 +860,18 @@ fn already_loaded(pid: i32, m: Module, t0: Instant) -> Result<Attached, String> 
             longest_stop: Duration::ZERO,
             already: true,
         }),
-        protocol::STARTUP => Err(format!(
+        protocol::STARTUP => Err(Error::NotServing(format!(
             "liblivetrace.so was loaded at start-up in process {pid} but runs no control socket \
              (LIVETRACE_SERVE=0?)"
-        )),
-        protocol::FAILED => Err(format!(
+        ))),
+        protocol::FAILED => Err(Error::NotServing(format!(
             "livetrace is loaded in process {pid} but failed to start: {msg}; `livetrace detach \
              {pid}` unloads it"
-        )),
-        s => Err(format!(
+        ))),
+        s => Err(Error::NotServing(format!(
             "livetrace is loaded in process {pid} but not serving (state {s}): another attach \
              is under way, or one was interrupted; `livetrace detach {pid}` unloads it"
-        )),
+        ))),
     }
 }
 
@@ -904,11 +886,11 @@ fn already_loaded(pid: i32, m: Module, t0: Instant) -> Result<Attached, String> 
 /// their creation do (glibc's creation mask).
 fn untraced<T>(
     p: &mut Process,
-    f: impl FnOnce(&mut Process) -> Result<T, String>,
-) -> Result<T, String> {
-    p.let_go().map_err(|e| e.to_string())?;
+    f: impl FnOnce(&mut Process) -> Result<T, Error>,
+) -> Result<T, Error> {
+    p.let_go()?;
     let r = f(p);
-    let again = p.reseize().map_err(|e| e.to_string());
+    let again = p.reseize().map_err(Error::from);
     let v = r?;
     again?;
     Ok(v)
@@ -917,15 +899,14 @@ fn untraced<T>(
 /// Tears livetrace down in the process and unloads the library (see the
 /// module docs); the process stays attached (ptrace) by `p`, but for the
 /// teardown itself ([`untraced`]).
-fn unload(p: &mut Process, l: &Library) -> Result<(), String> {
-    let e = |e: Error| e.to_string();
+fn unload(p: &mut Process, l: &Library) -> Result<(), Error> {
     let state = l.state(p)?;
     if state == protocol::STARTUP {
-        return Err(
+        return Err(Error::NotServing(
             "liblivetrace.so was loaded at start-up (LD_PRELOAD or linked): it stays; sessions \
              end when their command does"
                 .into(),
-        );
+        ));
     }
     if state != protocol::IDLE && state != protocol::UNLOADABLE {
         // Let an attach that is starting reach a point where it can be
@@ -947,13 +928,12 @@ fn unload(p: &mut Process, l: &Library) -> Result<(), String> {
         }
     }
     if ![protocol::IDLE, protocol::UNLOADABLE].contains(&l.state(p)?) {
-        let rc = p.call(l.detach, &[], Safety::CallsLibc, STEP).map_err(e)? as i64;
+        let rc = p.call(l.detach, &[], Safety::CallsLibc, STEP)? as i64;
         if rc != 0 {
-            return Err(format!(
-                "livetrace refused to detach (state {}): {}",
-                l.state(p)?,
-                std::io::Error::from_raw_os_error(-rc as i32)
-            ));
+            return Err(Error::LibraryRefused {
+                what: format!("livetrace refused to detach (state {})", l.state(p)?),
+                source: std::io::Error::from_raw_os_error(-rc as i32),
+            });
         }
         untraced(p, |p| {
             l.wait_for(p, &[protocol::UNLOADABLE], "tearing down")
@@ -973,11 +953,10 @@ fn unload(p: &mut Process, l: &Library) -> Result<(), String> {
         let _ = p.wait_until(Duration::from_millis(u64::from(attempt).min(20)), |_| false);
     }
     if !clear {
-        return Err(format!(
-            "{last}; livetrace is stopped in the process but stays loaded: `livetrace detach \
-             {}` again unloads it once that is over",
-            p.pid()
-        ));
+        return Err(Error::StillInside {
+            why: last,
+            pid: p.pid(),
+        });
     }
     // The program's own masks, as they were.
     reblock(p, l)?;
@@ -989,16 +968,11 @@ fn unload(p: &mut Process, l: &Library) -> Result<(), String> {
         .to_string();
     // A reference of our own names the loaded object; dropping it and the
     // one attaching took unloads it.
-    let h = p
-        .dlopen(&path, libc::RTLD_NOLOAD | libc::RTLD_NOW, STEP)
-        .map_err(e)?;
-    p.dlclose(h, STEP).map_err(e)?;
-    p.dlclose(h, STEP).map_err(e)?;
-    if p.module(&path).map_err(e)?.is_some() {
-        return Err(format!(
-            "{path} is still mapped after dlclose: something else in the process holds a \
-             reference to it"
-        ));
+    let h = p.dlopen(&path, libc::RTLD_NOLOAD | libc::RTLD_NOW, STEP)?;
+    p.dlclose(h, STEP)?;
+    p.dlclose(h, STEP)?;
+    if p.module(&path)?.is_some() {
+        return Err(Error::StillMapped { path });
     }
     Ok(())
 }
@@ -1012,8 +986,7 @@ fn unload(p: &mut Process, l: &Library) -> Result<(), String> {
 /// sessions are torn down nothing else leads into the library: sites are
 /// NOPs, its signal handlers are the program's again, its thread-local
 /// destructors are forgotten.
-fn inside_library(p: &mut Process, l: &Library) -> Result<Option<String>, String> {
-    let e = |e: Error| e.to_string();
+fn inside_library(p: &mut Process, l: &Library) -> Result<Option<String>, Error> {
     for tid in p.tids() {
         let comm = std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", p.pid()))
             .unwrap_or_default();
@@ -1033,18 +1006,15 @@ fn inside_library(p: &mut Process, l: &Library) -> Result<Option<String>, String
             )));
         }
     }
-    let hook = p.read_u64(l.unload).map_err(e)?;
-    let inside_off = p.read_u64(l.unload + 8).map_err(e)? as i64;
-    let full_hook = p.read_u64(l.unload + 16).map_err(e)?;
+    let hook = p.read_u64(l.unload)?;
+    let inside_off = p.read_u64(l.unload + 8)? as i64;
+    let full_hook = p.read_u64(l.unload + 16)?;
     let mut ranges: Vec<(u64, u64)> = l.module.maps.iter().map(|m| (m.start, m.end)).collect();
     // Its trampolines and stubs, which it unmaps as it goes.
-    let (at, n) = (
-        p.read_u64(l.code).map_err(e)?,
-        p.read_u64(l.code + 8).map_err(e)? as usize,
-    );
+    let (at, n) = (p.read_u64(l.code)?, p.read_u64(l.code + 8)? as usize);
     if at != 0 && n > 0 && n < 1 << 20 {
         let mut raw = vec![0u8; n * 16];
-        p.read(at, &mut raw).map_err(e)?;
+        p.read(at, &mut raw)?;
         ranges.extend(raw.chunks_exact(16).map(|c| {
             (
                 u64::from_le_bytes(c[..8].try_into().expect("8 bytes")),
@@ -1052,8 +1022,8 @@ fn inside_library(p: &mut Process, l: &Library) -> Result<Option<String>, String
             )
         }));
     }
-    p.hold().map_err(e)?;
-    let r = (|| -> Result<Option<String>, Error> {
+    p.hold()?;
+    let r = (|| -> Result<Option<String>, livetrace_inject::Error> {
         for tid in p.tids() {
             let regs = p.registers(tid)?;
             if ranges
@@ -1089,12 +1059,12 @@ fn inside_library(p: &mut Process, l: &Library) -> Result<Option<String>, String
         }
         Ok(None)
     })();
-    p.release().map_err(e)?;
-    r.map_err(e)
+    p.release()?;
+    Ok(r?)
 }
 
 /// `livetrace attach PID`.
-pub fn cmd_attach(dir: &Path, pid: u32) -> Result<(), String> {
+pub fn cmd_attach(dir: &Path, pid: u32) -> Result<(), Error> {
     let direct = dir.join(format!("{pid}.sock"));
     if direct.exists() || find_socket(pid as i32).is_some() {
         let _ = writeln!(std::io::stdout(), "livetrace already runs in process {pid}");
@@ -1110,18 +1080,18 @@ pub fn cmd_attach(dir: &Path, pid: u32) -> Result<(), String> {
 }
 
 /// `livetrace detach PID`.
-pub fn cmd_detach(pid: u32) -> Result<(), String> {
+pub fn cmd_detach(pid: u32) -> Result<(), Error> {
     let t0 = Instant::now();
     let pid = pid as i32;
-    let target = Target::inspect(pid).map_err(|r| r.to_string())?;
+    let target = Target::inspect(pid)?;
     let Some(m) = Library::find(&target.modules) else {
-        return Err(format!("livetrace is not loaded in process {pid}"));
+        return Err(Error::NotLoaded { pid });
     };
     let l = Library::of(m)?;
     let _hold_signals = Uninterruptible::new();
-    let mut p = Process::seize(target).map_err(|e| e.to_string())?;
+    let mut p = Process::seize(target)?;
     unload(&mut p, &l)?;
-    let stats = p.detach().map_err(|e| e.to_string())?;
+    let stats = p.detach()?;
     let _ = writeln!(
         std::io::stdout(),
         "detached from process {pid} in {:.0} ms (no thread stopped longer than {:.1} ms); \
@@ -1138,7 +1108,7 @@ pub fn cmd_detach(pid: u32) -> Result<(), String> {
 /// `livetrace ps`: every process of yours that has livetrace or sites
 /// (all of them with --all): whether livetrace runs there, how many sites
 /// its objects have, whether it can be attached to.
-pub fn ps(dir: &Path, args: &PsArgs) -> Result<(), String> {
+pub fn ps(dir: &Path, args: &PsArgs) -> Result<(), Error> {
     let style = Style::stdout();
     // Sockets left by processes that died without removing them.
     if let Ok(rd) = std::fs::read_dir(dir) {
@@ -1157,7 +1127,7 @@ pub fn ps(dir: &Path, args: &PsArgs) -> Result<(), String> {
     // SAFETY: getuid cannot fail.
     let me = unsafe { libc::getuid() };
     let mut pids: Vec<i32> = std::fs::read_dir("/proc")
-        .map_err(|e| format!("cannot read /proc: {e}"))?
+        .map_err(|e| Error::io("cannot read /proc", e))?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
     pids.sort_unstable();

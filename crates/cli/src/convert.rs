@@ -3,8 +3,8 @@
 //! bounded-memory converters of `livetrace_output::convert`. The last lines
 //! say, per thread, what was kept and lost and why.
 //!
-//! Failures are `(message, exit code)`: 1 when the work failed, 2 for bad
-//! usage (a format that does not fit the recording or the destination).
+//! A format that does not fit the recording or the destination is a usage
+//! error (exit code 2); see [`crate::Error`].
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -48,28 +48,28 @@ fn parse_format(s: &str) -> Result<Format, String> {
     s.parse()
 }
 
-fn failed(e: Error) -> (String, u8) {
-    match e {
-        Error::Unsuited(m) => (m, 2),
-        other => (other.to_string(), 1),
-    }
+fn failed(source: Error) -> crate::Error {
+    crate::Error::Convert { dest: None, source }
 }
 
-fn open(path: &Path) -> Result<Recording<std::io::BufReader<std::fs::File>>, (String, u8)> {
+fn open(path: &Path) -> Result<Recording<std::io::BufReader<std::fs::File>>, crate::Error> {
     let rec = Recording::open(path).map_err(failed)?;
     Ok(rec)
 }
 
 /// Runs `livetrace convert`.
-pub fn run(args: ConvertArgs) -> Result<(), (String, u8)> {
-    let format = Format::choose(args.format, args.output.as_deref()).map_err(|m| (m, 2))?;
+pub fn run(args: ConvertArgs) -> Result<(), crate::Error> {
+    let format = Format::choose(args.format, args.output.as_deref()).map_err(crate::usage)?;
     let mut rec = open(&args.input)?;
     let dest = match &args.output {
         Some(p) => Dest::Path(p.clone()),
         None => Dest::Stdout,
     };
     let done = convert::convert(&mut rec, format, &dest).map_err(|e| match &args.output {
-        Some(p) if matches!(e, Error::Io(_)) => (format!("cannot write {}: {e}", p.display()), 1),
+        Some(p) if matches!(e, Error::Io(_)) => crate::Error::Convert {
+            dest: Some(p.clone()),
+            source: e,
+        },
         _ => failed(e),
     })?;
     let what = match &args.output {
@@ -82,7 +82,7 @@ pub fn run(args: ConvertArgs) -> Result<(), (String, u8)> {
 
 /// The offline `livetrace report FILE`: the recording's profile table on
 /// standard output.
-pub fn report_file(path: &Path) -> Result<(), (String, u8)> {
+pub fn report_file(path: &Path) -> Result<(), crate::Error> {
     let mut rec = open(path)?;
     let stdout = std::io::stdout();
     let done = convert::report(&mut rec, stdout.lock()).map_err(failed)?;

@@ -3,7 +3,8 @@
 //! trace, profile and live-patch its functions; or run a program traced
 //! from start to exit; or convert and report on recordings.
 //!
-//! Exit codes: 0 success, 1 failure (the message says why), 2 bad usage.
+//! Exit codes: 0 success, 1 failure (the message says why), 2 bad usage
+//! (see [`Error`]).
 //!
 //! Every session this command starts belongs to its connection: however
 //! the command ends (done, Ctrl-C, killed), the process detaches it and
@@ -22,6 +23,7 @@ mod attach;
 mod cmd;
 mod consume;
 mod convert;
+mod error;
 mod recorder;
 mod source;
 mod symtab;
@@ -31,7 +33,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use livetrace_proto::{Client, ClientError};
+use livetrace_proto::Client;
+
+pub use error::{usage, Error};
 
 #[derive(Parser)]
 #[command(
@@ -122,29 +126,9 @@ enum Cmd {
     Convert(convert::ConvertArgs),
 }
 
-/// A failure: what to print, and the exit code.
-pub struct Fail(pub String, pub u8);
-
-impl From<ClientError> for Fail {
-    fn from(e: ClientError) -> Fail {
-        Fail(e.to_string(), 1)
-    }
-}
-
-impl From<String> for Fail {
-    fn from(e: String) -> Fail {
-        Fail(e, 1)
-    }
-}
-
-/// A usage error (exit code 2).
-pub fn usage(msg: impl Into<String>) -> Fail {
-    Fail(msg.into(), 2)
-}
-
 /// Connects to process `pid`'s socket in `dir` (loading livetrace into it
 /// first if it runs without: see [`attach`]).
-pub fn connect(dir: &Path, pid: u32) -> Result<Client, Fail> {
+pub fn connect(dir: &Path, pid: u32) -> Result<Client, Error> {
     Ok(Client::connect_path(&attach::socket(dir, pid)?)?)
 }
 
@@ -156,22 +140,22 @@ fn main() -> ExitCode {
         .unwrap_or_else(livetrace_proto::socket_dir);
     attach::configure(cli.attach.clone());
     let r = match cli.cmd {
-        Cmd::Ps(a) => attach::ps(&dir, &a).map_err(Fail::from),
-        Cmd::Attach { pid } => attach::cmd_attach(&dir, pid).map_err(Fail::from),
-        Cmd::Detach { pid } => attach::cmd_detach(pid).map_err(Fail::from),
+        Cmd::Ps(a) => attach::ps(&dir, &a),
+        Cmd::Attach { pid } => attach::cmd_attach(&dir, pid),
+        Cmd::Detach { pid } => attach::cmd_detach(pid),
         Cmd::Ls(a) => cmd::ls::run(&dir, a),
         Cmd::Trace(a) => cmd::trace::run(&dir, a),
         Cmd::Report(a) => cmd::report::run(&dir, a),
         Cmd::Patch(a) => cmd::patch::run(&dir, a),
         Cmd::Record(a) => cmd::record::run(a),
         Cmd::Snapshot(a) => cmd::snapshot::run(&dir, a),
-        Cmd::Convert(a) => convert::run(a).map_err(|(msg, code)| Fail(msg, code)),
+        Cmd::Convert(a) => convert::run(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Fail(msg, code)) => {
-            eprintln!("livetrace: {} {msg}", ui::error_prefix());
-            ExitCode::from(code)
+        Err(e) => {
+            eprintln!("livetrace: {} {e}", ui::error_prefix());
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -16,7 +16,7 @@ use livetrace_proto::{Client, ClientError, Request, Response};
 use crate::consume::{FileOut, LiveOut, Out, Source, Stats};
 use crate::symtab::Known;
 use crate::ui::{self, Progress};
-use crate::Fail;
+use crate::Error;
 
 /// Why recording ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,7 +79,7 @@ impl Attached {
         tracer: Tracer,
         flight: bool,
         snapshot: bool,
-    ) -> Result<Attached, Fail> {
+    ) -> Result<Attached, Error> {
         let pid = client.server().pid;
         // Names first: a recorded program that ends at once waits at its
         // exit only until its buffers are mapped, and its maps and function
@@ -94,7 +94,7 @@ impl Attached {
                         from,
                     })?
                 else {
-                    return Err("unexpected reply".to_string().into());
+                    return Err(Error::UnexpectedReply);
                 };
                 names.extend(functions.into_iter().map(|f| Symbol {
                     addr: f.addr,
@@ -129,11 +129,10 @@ impl Attached {
                 clock: c,
             } = resp
             else {
-                return Err("unexpected reply".to_string().into());
+                return Err(Error::UnexpectedReply);
             };
-            let [data, tails]: [std::os::fd::OwnedFd; 2] = fds
-                .try_into()
-                .map_err(|_| "the process passed no buffers".to_string())?;
+            let [data, tails]: [std::os::fd::OwnedFd; 2] =
+                fds.try_into().map_err(|_| Error::NoBuffers)?;
             let layout = livetrace_ring::Layout {
                 slots: l.slots,
                 stride: l.stride,
@@ -145,7 +144,7 @@ impl Attached {
                 overwrite: l.overwrite,
             };
             let shm = livetrace_ring::shm::Consumer::new(data, tails, layout)
-                .map_err(|e| format!("cannot map the process's buffers: {e}"))?;
+                .map_err(|e| Error::io("cannot map the process's buffers", e))?;
             clock = ClockCal {
                 tsc: c.tsc,
                 hz: c.hz,
@@ -238,7 +237,7 @@ impl Attached {
 
     /// Keeps the connection's lease, and has the process mark threads that
     /// died without their exit hook (a `Functions` request past the end).
-    fn upkeep(&mut self) -> Result<(), Fail> {
+    fn upkeep(&mut self) -> Result<(), Error> {
         let every = (self.client.server().lease / 4).max(Duration::from_millis(100));
         if self.alive && self.last_ping.elapsed() >= every {
             match self.client.call(&Request::Functions {
@@ -260,7 +259,7 @@ impl Attached {
         &mut self,
         out: &mut dyn Out,
         stop: &mut dyn FnMut(&Attached) -> Option<Stop>,
-    ) -> Result<Stop, Fail> {
+    ) -> Result<Stop, Error> {
         self.names(out).map_err(write_error)?;
         loop {
             if let Some(s) = stop(self) {
@@ -320,7 +319,7 @@ impl Attached {
     /// Ends the session's recording: detaches the tracer (if the process
     /// is still there) and moves out what is left: everything (stream), or
     /// what the buffers hold, held still (flight recorder).
-    pub fn finish(&mut self, out: &mut dyn Out) -> Result<(), Fail> {
+    pub fn finish(&mut self, out: &mut dyn Out) -> Result<(), Error> {
         self.progress.finish();
         if self.flight {
             if self.alive {
@@ -356,12 +355,12 @@ impl Attached {
     }
 
     /// The profile tracer's rows: the session's, now.
-    pub fn profile(&mut self) -> Result<Option<(Vec<ProfileRow>, bool)>, Fail> {
+    pub fn profile(&mut self) -> Result<Option<(Vec<ProfileRow>, bool)>, Error> {
         match self.client.call(&Request::Profile { session: self.id }) {
             Ok(Response::Profile { rows, last }) => {
                 Ok(Some((rows.iter().map(row).collect(), last)))
             }
-            Ok(_) => Err("unexpected reply".to_string().into()),
+            Ok(_) => Err(Error::UnexpectedReply),
             Err(e) if gone(&e) => {
                 self.alive = false;
                 Ok(None)
@@ -371,10 +370,10 @@ impl Attached {
     }
 
     /// Stops a profile session and returns its final rows.
-    pub fn stop_profile(&mut self) -> Result<Option<Vec<ProfileRow>>, Fail> {
+    pub fn stop_profile(&mut self) -> Result<Option<Vec<ProfileRow>>, Error> {
         match self.client.call(&Request::StopTrace { session: self.id }) {
             Ok(Response::Events { profile, .. }) => Ok(Some(profile.iter().map(row).collect())),
-            Ok(_) => Err("unexpected reply".to_string().into()),
+            Ok(_) => Err(Error::UnexpectedReply),
             Err(e) if gone(&e) => {
                 self.alive = false;
                 Ok(None)
@@ -384,7 +383,7 @@ impl Attached {
     }
 
     /// Waits, keeping the lease, until `stop` says or the process ends.
-    pub fn idle(&mut self, stop: &mut dyn FnMut(&Attached) -> Option<Stop>) -> Result<Stop, Fail> {
+    pub fn idle(&mut self, stop: &mut dyn FnMut(&Attached) -> Option<Stop>) -> Result<Stop, Error> {
         loop {
             if let Some(s) = stop(self) {
                 return Ok(s);
@@ -420,17 +419,10 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// A write failure, said as such (the recording holds what came before).
-/// The code a failure carries when the output's reader went away (a pipe
-/// closed, as `| head` does): the command then ends quietly, as `yes |
-/// head` or `rg … | head` do, rather than reporting an error.
-pub const READER_GONE: u8 = 141;
-
-fn write_error(e: io::Error) -> Fail {
-    if e.kind() == io::ErrorKind::BrokenPipe {
-        return Fail("the output's reader went away".to_string(), READER_GONE);
-    }
-    Fail(format!("cannot write the output: {e}"), 1)
+/// A write failure, said as such (the recording holds what came before),
+/// or [`Error::ReaderGone`].
+fn write_error(e: io::Error) -> Error {
+    Error::write(e)
 }
 
 /// Where records go, and what happens at the end.
@@ -457,12 +449,12 @@ fn part_path(dest: &Path) -> PathBuf {
 }
 
 /// A streaming writer of `livetrace-output` for `format` to `dest`.
-fn live(format: Format, dest: Option<&Path>, a: &Attached) -> Result<Output, Fail> {
+fn live(format: Format, dest: Option<&Path>, a: &Attached) -> Result<Output, Error> {
     use livetrace_output::convert::{sink_for, Dest};
     let d = dest.map_or(Dest::Stdout, |p| Dest::Path(p.to_path_buf()));
-    let (sink, _) = sink_for(format, a.tracer, &d).map_err(|e| match dest {
-        Some(p) => Fail(format!("cannot write {}: {e}", p.display()), 1),
-        None => Fail(e.to_string(), 2),
+    let (sink, _) = sink_for(format, a.tracer, &d).map_err(|source| Error::Convert {
+        dest: dest.map(Path::to_path_buf),
+        source,
     })?;
     Ok(Output::Live {
         out: LiveOut::new(sink, &a.process(), a.clock()).map_err(write_error)?,
@@ -472,10 +464,10 @@ fn live(format: Format, dest: Option<&Path>, a: &Attached) -> Result<Output, Fai
 
 impl Output {
     /// Opens the output for `format` at `dest` (the terminal when `None`).
-    pub fn open(format: Format, dest: Option<&Path>, a: &Attached) -> Result<Output, Fail> {
+    pub fn open(format: Format, dest: Option<&Path>, a: &Attached) -> Result<Output, Error> {
         let create = |p: &Path| {
             FileOut::create(p, &a.info(), &a.clock())
-                .map_err(|e| Fail(format!("cannot create {}: {e}", p.display()), 1))
+                .map_err(|e| Error::io(format!("cannot create {}", p.display()), e))
         };
         match (format, dest) {
             (Format::Lttrace, Some(p)) => Ok(Output::File {
@@ -520,19 +512,26 @@ impl Output {
 
     /// Ends the output: the END block, then the conversion if one is due.
     /// Returns where the result is.
-    pub fn close(self, end: &End) -> Result<String, Fail> {
+    pub fn close(self, end: &End) -> Result<String, Error> {
         match self {
             Output::File { out, path, convert } => {
-                out.finish(end)
-                    .map_err(|e| Fail(format!("cannot write {}: {e}", path.display()), 1))?;
+                out.finish(end).map_err(|source| Error::Write {
+                    dest: Some(path.clone()),
+                    source,
+                })?;
                 let Some((dest, format)) = convert else {
                     return Ok(path.display().to_string());
                 };
                 let converted = (|| {
                     use livetrace_output::convert as c;
-                    let mut rec = c::Recording::open(&path).map_err(|e| e.to_string())?;
-                    c::convert(&mut rec, format, &c::Dest::Path(dest.clone()))
-                        .map_err(|e| format!("cannot write {}: {e}", dest.display()))
+                    let mut rec = c::Recording::open(&path)
+                        .map_err(|source| Error::Convert { dest: None, source })?;
+                    c::convert(&mut rec, format, &c::Dest::Path(dest.clone())).map_err(|source| {
+                        Error::Convert {
+                            dest: Some(dest.clone()),
+                            source,
+                        }
+                    })
                 })();
                 let _ = std::fs::remove_file(&path);
                 converted?;
@@ -558,13 +557,13 @@ pub fn write_profile(
     dest: Option<&Path>,
     info: &Info,
     end: &End,
-) -> Result<(), Fail> {
-    let what = |e: String| match dest {
-        Some(p) => Fail(format!("cannot write {}: {e}", p.display()), 1),
-        None => Fail(format!("cannot write the output: {e}"), 1),
-    };
+) -> Result<(), Error> {
+    let dest_buf = dest.map(Path::to_path_buf);
     if let (Format::Lttrace, Some(p)) = (format, dest) {
-        let io = |e: io::Error| what(e.to_string());
+        let io = |source| crate::Error::Write {
+            dest: dest_buf.clone(),
+            source,
+        };
         let mut out = FileOut::create(p, info, &ClockCal::default()).map_err(io)?;
         out.profile(rows).map_err(io)?;
         return out.finish(end).map_err(io);
@@ -585,7 +584,14 @@ pub fn write_profile(
     match write(&out_rows, format, &d) {
         Ok(()) => Ok(()),
         Err(Error::Io(e)) if dest.is_none() && e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(what(e.to_string())),
+        Err(Error::Io(source)) => Err(crate::Error::Write {
+            dest: dest_buf,
+            source,
+        }),
+        Err(source) => Err(crate::Error::Convert {
+            dest: dest_buf,
+            source,
+        }),
     }
 }
 

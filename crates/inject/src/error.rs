@@ -96,7 +96,17 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Refused(r) => Some(r),
+            Error::Ptrace { source, .. } | Error::Memory { source, .. } | Error::Io(source) => {
+                Some(source)
+            }
+            _ => None,
+        }
+    }
+}
 
 impl From<Refusal> for Error {
     fn from(r: Refusal) -> Error {

@@ -71,6 +71,8 @@
 //!   RIP and the RIPs saved in signal frames on its stacks, read without a
 //!   signal for the threads the kernel shows blocked. The tracing core's
 //!   quiescence wait is built on it.
+//! - [`map_near`] maps executable memory within rel32 reach of given code,
+//!   for trampolines and detours.
 //! - [`convert_sleds`] makes GCC's five one-byte NOPs one 5-byte NOP, all
 //!   of an object's under one stop of the world.
 //!
@@ -95,6 +97,7 @@ mod convert;
 mod insn;
 mod lock;
 mod maps;
+mod near;
 pub mod relocation;
 pub mod signals;
 mod sync;
@@ -111,6 +114,7 @@ pub use batch::{
 pub use convert::{convert_sleds, ConvertError, Converted, Quiet};
 pub use insn::{rel32, EncodeError, Insn, INT3, NOP1X5, NOP5};
 pub use lock::register_atfork;
+pub use near::map_near;
 pub use signals::BlockedThread;
 pub use trap::{trap_stats, TrapStats};
 pub use world::probe::{sample_threads, sample_threads_marking, tls_offset_of, ThreadSample};
@@ -173,9 +177,11 @@ pub enum Error {
         /// The threads, and why each is not clear.
         threads: Vec<world::Inside>,
     },
-    /// No free address space for detour memory within reach.
+    /// No free address space within reach for executable memory
+    /// ([`map_near`], detour memory).
     NoRoom {
-        /// The function the detour would serve.
+        /// The address the memory was to be near (the function a detour
+        /// serves).
         near: usize,
         /// Bytes asked for.
         len: usize,
@@ -243,7 +249,7 @@ impl fmt::Display for Error {
             }
             Error::NoRoom { near, len } => write!(
                 f,
-                "no free address space for {len} bytes of detour memory within reach of {near:#x}"
+                "no free address space for {len} bytes of executable memory within reach of {near:#x}"
             ),
             Error::Detour { addr, why } => write!(f, "detour memory {addr:#x}: {why}"),
         }

@@ -1,9 +1,12 @@
-//! What is mapped where, from `/proc/self/maps`.
+//! What is mapped where, from `/proc/self/maps`: the crate's one parser of
+//! it.
 //!
 //! The batch reads the map once per `apply()` for two reasons: a site must be
 //! validated without faulting (an unmapped or non-executable address is a
 //! clear error, not a SIGSEGV), and the exact protection of every page it
-//! makes writable must be restored afterwards.
+//! makes writable must be restored afterwards. The world's stack scans
+//! read it for the readable regions, and [`crate::near`] for the holes
+//! between mappings.
 
 use std::io::Read;
 
@@ -15,6 +18,9 @@ pub(crate) struct Region {
     pub prot: i32,
     /// `MAP_SHARED`: a write would reach the file (or the other mappers).
     pub shared: bool,
+    /// The heap (`[heap]`, grows up into the space above it) or the main
+    /// thread's stack (`[stack]`, grows down into the space below it).
+    pub grows: bool,
 }
 
 /// The process's mappings, sorted by address.
@@ -55,15 +61,24 @@ impl Maps {
                 prot |= libc::PROT_EXEC;
             }
             let shared = p.get(3) == Some(&b's');
+            // Offset, device and inode, then the name (if any).
+            let name = fields.nth(3).unwrap_or("");
+            let grows = name == "[heap]" || name.starts_with("[stack");
             regions.push(Region {
                 start,
                 end,
                 prot,
                 shared,
+                grows,
             });
         }
         regions.sort_by_key(|r| r.start);
         Maps { regions }
+    }
+
+    /// Every mapping, sorted by start address.
+    pub fn regions(&self) -> &[Region] {
+        &self.regions
     }
 
     /// The region containing `addr`.
@@ -141,13 +156,21 @@ mod tests {
 55d0c0a02000-55d0c0a05000 r-xp 00002000 08:01 123 /bin/x
 55d0c0a05000-55d0c0a06000 rwxp 00005000 08:01 123 /bin/x
 55d0c0a06000-55d0c0a07000 r-xs 00000000 08:01 124 /tmp/shared
+55d0c1a00000-55d0c1a21000 rw-p 00000000 00:00 0                          [heap]
 7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
 ";
 
     #[test]
     fn parses_and_finds() {
         let m = Maps::parse(SAMPLE);
-        assert_eq!(m.regions.len(), 5);
+        assert_eq!(m.regions.len(), 6);
+        let grows: Vec<usize> = m
+            .regions()
+            .iter()
+            .filter(|r| r.grows)
+            .map(|r| r.start)
+            .collect();
+        assert_eq!(grows, [0x55d0c1a00000, 0x7ffd00000000]);
         assert!(m.is_shared(0x55d0c0a06010, 5));
         assert!(!m.is_shared(0x55d0c0a02abc, 5));
         let r = m.find(0x55d0c0a02abc).unwrap();

@@ -55,7 +55,16 @@ impl std::fmt::Display for ClientError {
     }
 }
 
-impl std::error::Error for ClientError {}
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClientError::Connect(_, e) => Some(e),
+            ClientError::Frame(e) => Some(e),
+            ClientError::Decode(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// The process at the other end, from its hello.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -640,7 +640,14 @@ impl std::fmt::Display for FrameError {
     }
 }
 
-impl std::error::Error for FrameError {}
+impl std::error::Error for FrameError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FrameError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// Reads one frame's payload. Refuses a length over `max` before reading
 /// or allocating anything more; allocates as the bytes arrive, so a short

@@ -7,7 +7,7 @@ use std::path::Path;
 use livetrace_proto::{Request, Response};
 
 use crate::ui::{Progress, Style};
-use crate::{connect, Fail};
+use crate::{connect, Error};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -111,7 +111,7 @@ fn disambiguated<'a>(rows: impl Iterator<Item = (&'a str, u64, Option<&'a str>)>
         .collect()
 }
 
-pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
+pub fn run(dir: &Path, a: Args) -> Result<(), Error> {
     let Args {
         pid,
         glob,
@@ -145,7 +145,7 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
         let Response::NotRelocatable { functions } =
             c.call_with_progress(&Request::WhyNot { glob: glob.clone() }, &mut report)?
         else {
-            return Err("unexpected reply".to_string().into());
+            return Err(Error::UnexpectedReply);
         };
         if functions.is_empty() {
             let _ = writeln!(
@@ -190,7 +190,7 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
         let Response::Enabled { functions } =
             c.call_with_progress(&Request::EnabledFunctions, &mut report)?
         else {
-            return Err("unexpected reply".to_string().into());
+            return Err(Error::UnexpectedReply);
         };
         let rows: Vec<_> = functions
             .into_iter()
@@ -240,7 +240,7 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
         &mut report,
     )?
     else {
-        return Err("unexpected reply".to_string().into());
+        return Err(Error::UnexpectedReply);
     };
     drop(progress);
     // Where the target recorded no `file:line` (C and C++ functions, Rust
@@ -297,7 +297,7 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
     }
     if functions.is_empty() {
         if let Some(g) = &glob {
-            return Err(format!("no traceable function matches '{g}'").into());
+            return Err(Error::NoMatch { glob: g.clone() });
         }
     }
     Ok(())

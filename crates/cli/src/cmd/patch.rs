@@ -5,7 +5,7 @@ use std::path::Path;
 use livetrace_proto::{Request, Response};
 
 use crate::ui::Style;
-use crate::{connect, Fail};
+use crate::{connect, Error};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -20,7 +20,7 @@ pub struct Args {
     revert: bool,
 }
 
-pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
+pub fn run(dir: &Path, a: Args) -> Result<(), Error> {
     let Args {
         pid,
         original,
@@ -32,25 +32,21 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
     let mut c = connect(dir, pid)?;
     if revert {
         let Response::Patches { patches } = c.call(&Request::ListPatches)? else {
-            return Err("unexpected reply".to_string().into());
+            return Err(Error::UnexpectedReply);
         };
         let Some(p) = patches
             .iter()
             .find(|p| p.original == original && p.replacement == replacement)
         else {
-            let list: Vec<String> = patches
-                .iter()
-                .map(|p| format!("{} -> {}", p.original, p.replacement))
-                .collect();
-            return Err(format!(
-                "no patch {original} -> {replacement} in process {pid}{}",
-                if list.is_empty() {
-                    " (it has none)".to_string()
-                } else {
-                    format!(" (it has: {})", list.join("; "))
-                }
-            )
-            .into());
+            return Err(Error::NoPatch {
+                pid,
+                original: original.to_string(),
+                replacement: replacement.to_string(),
+                existing: patches
+                    .iter()
+                    .map(|p| format!("{} -> {}", p.original, p.replacement))
+                    .collect(),
+            });
         };
         c.call(&Request::Revert { patch: p.id })?;
         println!(
@@ -67,7 +63,7 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
         persist: true,
     })?
     else {
-        return Err("unexpected reply".to_string().into());
+        return Err(Error::UnexpectedReply);
     };
     println!(
         "patched {} -> {} ({}), patch {}; it stays until `livetrace patch {pid} {} {} --revert`",

@@ -14,7 +14,7 @@ use crate::args::{OutputArgs, Selection};
 use crate::cmd::trace::STREAM_RECORDS;
 use crate::recorder::{end, write_profile, Attached, Output, Stop};
 use crate::ui;
-use crate::{usage, Fail};
+use crate::{usage, Error};
 
 /// How long the program may take to answer on its control connection
 /// (livetrace sets itself up before `main`: finding and converting its
@@ -44,7 +44,7 @@ fn describe(status: ExitStatus) -> (EndReason, i32, String) {
     }
 }
 
-pub fn run(a: Args) -> Result<(), Fail> {
+pub fn run(a: Args) -> Result<(), Error> {
     let tracer = a.sel.tracer;
     let Some(dest) = a.out.output.clone() else {
         return Err(usage("record needs -o FILE"));
@@ -56,7 +56,7 @@ pub fn run(a: Args) -> Result<(), Fail> {
         ));
     }
     let (ours, theirs) =
-        UnixStream::pair().map_err(|e| format!("cannot make the control socket: {e}"))?;
+        UnixStream::pair().map_err(|e| Error::io("cannot make the control socket", e))?;
     // The program's end must survive its exec: not close-on-exec.
     // SAFETY: F_SETFD on a descriptor we own.
     unsafe { libc::fcntl(theirs.as_raw_fd(), libc::F_SETFD, 0) };
@@ -109,7 +109,7 @@ pub fn run(a: Args) -> Result<(), Fail> {
             serde_json::to_string(&spec).expect("serialisable"),
         )
         .spawn()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
+        .map_err(|e| Error::io(format!("cannot run {program}"), e))?;
     drop(theirs);
     let r = record(a, &dest, format, ours, &mut child);
     if r.is_err() {
@@ -126,16 +126,11 @@ fn record(
     format: livetrace_format::Format,
     ours: UnixStream,
     child: &mut Child,
-) -> Result<(), Fail> {
+) -> Result<(), Error> {
     let program = a.cmd[0].clone();
-    let no_recording = |why: String| -> Fail {
-        Fail(
-            format!(
-                "{program} {why}: it must link livetrace-server (and name it, e.g. `use \
-                 livetrace_server as _;`), or be a C/C++ program with patchable function entries"
-            ),
-            1,
-        )
+    let no_recording = |why: String| Error::NotRecordable {
+        program: program.clone(),
+        why,
     };
     let mut client = match Client::from_stream(ours, HELLO_TIMEOUT) {
         Ok(c) => c,
@@ -149,8 +144,8 @@ fn record(
     };
     let session = match client.call(&Request::Recording) {
         Ok(Response::Started { session }) => session,
-        Ok(_) => return Err("unexpected reply".to_string().into()),
-        Err(e) => return Err(format!("tracing could not start in {program}: {e}").into()),
+        Ok(_) => return Err(Error::UnexpectedReply),
+        Err(source) => return Err(Error::StartFailed { program, source }),
     };
     let tracer = a.sel.tracer;
     let mut at = Attached::new(client, Some(session), tracer, a.flight, false)?;
@@ -197,21 +192,21 @@ fn record(
         at.finish(output.out())?;
         Ok(h)
     });
-    if let Err(Fail(msg, code)) = run {
+    if let Err(e) = run {
         output.abandon();
-        return Err(Fail(
-            format!(
-                "{msg}; recording stopped there, the output holds what came before ({program} \
-                 goes on, untraced)"
+        return Err(Error::Stopped {
+            source: Box::new(e),
+            note: format!(
+                "recording stopped there, the output holds what came before ({program} goes on, \
+                 untraced)"
             ),
-            code,
-        ));
+        });
     }
     let s = match status {
         Some(s) => s,
         None => child
             .wait()
-            .map_err(|e| format!("cannot wait for {program}: {e}"))?,
+            .map_err(|e| Error::io(format!("cannot wait for {program}"), e))?,
     };
     let (reason, code, said) = describe(s);
     let stats = at.stats();
@@ -226,7 +221,7 @@ fn record(
 
 /// The preload library `program` needs, or `None` when it links livetrace
 /// itself (preloading it too would start a second server in the process).
-fn preload_for(program: &str) -> Result<Option<std::path::PathBuf>, Fail> {
+fn preload_for(program: &str) -> Result<Option<std::path::PathBuf>, Error> {
     let path = if program.contains('/') {
         Some(std::path::PathBuf::from(program))
     } else {
@@ -237,9 +232,12 @@ fn preload_for(program: &str) -> Result<Option<std::path::PathBuf>, Fail> {
         })
     };
     let Some(path) = path else {
-        return Err(format!("cannot find {program}").into());
+        return Err(Error::ProgramNotFound {
+            program: program.to_string(),
+        });
     };
-    let data = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let data = std::fs::read(&path)
+        .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
     use object::{Object, ObjectSection};
     let links_livetrace = object::File::parse(&*data)
         .map(|f| f.sections().any(|s| s.name() == Ok("livetrace_sites")))
@@ -250,15 +248,14 @@ fn preload_for(program: &str) -> Result<Option<std::path::PathBuf>, Fail> {
     let lib = match std::env::var_os("LIVETRACE_PRELOAD_LIB") {
         Some(p) => std::path::PathBuf::from(p),
         None => std::env::current_exe()
-            .map_err(|e| format!("cannot find this command's directory: {e}"))?
+            .map_err(|e| Error::io("cannot find this command's directory", e))?
             .with_file_name("liblivetrace.so"),
     };
     if !lib.is_file() {
-        return Err(format!(
-            "{program} does not link livetrace, and the preload library {} is missing              (build it with `cargo build -p livetrace-preload`, or set LIVETRACE_PRELOAD_LIB)",
-            lib.display()
-        )
-        .into());
+        return Err(Error::NoPreloadLibrary {
+            program: program.to_string(),
+            lib,
+        });
     }
     Ok(Some(lib))
 }

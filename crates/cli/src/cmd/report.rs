@@ -10,7 +10,7 @@ use livetrace_proto::{Request, Response, TracerKind};
 
 use crate::convert::Target;
 use crate::ui::{self, Progress};
-use crate::{connect, Fail};
+use crate::{connect, Error};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -35,17 +35,15 @@ pub struct Args {
     interval: Duration,
 }
 
-pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
+pub fn run(dir: &Path, a: Args) -> Result<(), Error> {
     match a.target.clone() {
-        Target::File(path) => {
-            crate::convert::report_file(&path).map_err(|(msg, code)| Fail(msg, code))
-        }
+        Target::File(path) => crate::convert::report_file(&path),
         Target::Pid(pid) => live(dir, pid, a),
     }
 }
 
 /// Runs the live report on process `pid`.
-fn live(dir: &Path, pid: u32, a: Args) -> Result<(), Fail> {
+fn live(dir: &Path, pid: u32, a: Args) -> Result<(), Error> {
     let Args {
         filter,
         notrace,
@@ -73,7 +71,7 @@ fn live(dir: &Path, pid: u32, a: Args) -> Result<(), Fail> {
         no_relocate: false,
     })?
     else {
-        return Err("unexpected reply".to_string().into());
+        return Err(Error::UnexpectedReply);
     };
     let tty = std::io::stdout().is_terminal();
     let started = Instant::now();
@@ -85,7 +83,7 @@ fn live(dir: &Path, pid: u32, a: Args) -> Result<(), Fail> {
         ui::nap(Duration::from_millis(100));
         if watch && last_show.elapsed() >= interval {
             let Response::Profile { rows, .. } = c.call(&Request::Profile { session })? else {
-                return Err("unexpected reply".to_string().into());
+                return Err(Error::UnexpectedReply);
             };
             last_ping = Instant::now();
             last_show = Instant::now();
@@ -120,13 +118,13 @@ fn live(dir: &Path, pid: u32, a: Args) -> Result<(), Fail> {
     }
     progress.finish();
     let Response::Events { profile, .. } = c.call(&Request::StopTrace { session })? else {
-        return Err("unexpected reply".to_string().into());
+        return Err(Error::UnexpectedReply);
     };
     let rows: Vec<ProfileRow> = profile.into_iter().map(ProfileRow::from).collect();
     if watch && tty {
         let _ = write!(std::io::stdout(), "\x1b[H\x1b[2J");
     }
     livetrace_output::profile::write_table(&rows, std::io::stdout().lock())
-        .map_err(|e| format!("cannot write: {e}"))?;
+        .map_err(|source| Error::Write { dest: None, source })?;
     Ok(())
 }

@@ -8,7 +8,7 @@ use livetrace_proto::Request;
 
 use crate::args::OutputArgs;
 use crate::recorder::{end, Attached, Output};
-use crate::{connect, usage, Fail};
+use crate::{connect, usage, Error};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -21,16 +21,16 @@ pub struct Args {
     out: OutputArgs,
 }
 
-pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
+pub fn run(dir: &Path, a: Args) -> Result<(), Error> {
     let c = connect(dir, a.pid)?;
     let mut at = Attached::new(c, a.session, livetrace_format::Tracer::Graph, true, true)?;
     let format = a.out.format(at.tracer).map_err(usage)?;
     let mut output = Output::open(format, a.out.output.as_deref(), &at)?;
-    at.names(output.out())
-        .map_err(|e| Fail(format!("cannot write the output: {e}"), 1))?;
+    // A closed pipe is an error here too: the snapshot was asked for.
+    let write = |source| Error::Write { dest: None, source };
+    at.names(output.out()).map_err(write)?;
     if let Some(src) = at.source.as_mut() {
-        src.pass(output.out(), false)
-            .map_err(|e| Fail(format!("cannot write the output: {e}"), 1))?;
+        src.pass(output.out(), false).map_err(write)?;
     }
     // Recording goes on in the process.
     let _ = at.client.call(&Request::Thaw { session: at.id });

@@ -10,7 +10,7 @@ use livetrace_proto::{Mode, Request, Response};
 use crate::args::{OutputArgs, Selection};
 use crate::recorder::{end, write_profile, Attached, Output, Stop};
 use crate::ui;
-use crate::{connect, usage, Fail};
+use crate::{connect, usage, Error};
 
 /// Records per thread of a stream's buffers unless --buffer says (8 MiB:
 /// several milliseconds of a thread's records at full speed, while the
@@ -39,7 +39,7 @@ pub struct Args {
     out: OutputArgs,
 }
 
-pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
+pub fn run(dir: &Path, a: Args) -> Result<(), Error> {
     let tracer = a.sel.tracer;
     let format = a.out.format(tracer).map_err(usage)?;
     if a.flight && tracer == Tracer::Profile {
@@ -68,7 +68,7 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
     ui::catch_interrupts();
     let mut c = connect(dir, a.pid)?;
     let Response::Started { session } = c.call(&start)? else {
-        return Err("unexpected reply".to_string().into());
+        return Err(Error::UnexpectedReply);
     };
     let mut at = Attached::new(c, Some(session), tracer, a.flight, false)?;
     let started = Instant::now();
@@ -81,7 +81,7 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
     if tracer == Tracer::Profile {
         let how = at.idle(&mut stop)?;
         let Some(rows) = at.stop_profile()? else {
-            return Err(format!("process {} ended before its profile could be read", a.pid).into());
+            return Err(Error::ProcessEnded { pid: a.pid });
         };
         let e = end(EndReason::Stopped, 0, "");
         write_profile(&rows, format, dest, &at.info(), &e)?;
@@ -105,19 +105,18 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Fail> {
         Ok(h) => h,
         // Written to a pipe whose reader has all it wanted: stop tracing
         // (the session ends with `at`) and say nothing.
-        Err(Fail(_, crate::recorder::READER_GONE)) if dest.is_none() => {
+        Err(Error::ReaderGone) if dest.is_none() => {
             output.abandon();
             return Ok(());
         }
-        Err(Fail(msg, code)) => {
+        Err(e) => {
             output.abandon();
-            return Err(Fail(
-                format!(
-                    "{msg}; tracing stopped there, the output holds what came before (the \
-                     process goes on, untraced)"
-                ),
-                code,
-            ));
+            return Err(Error::Stopped {
+                source: Box::new(e),
+                note: "tracing stopped there, the output holds what came before (the process \
+                       goes on, untraced)"
+                    .into(),
+            });
         }
     };
     let (reason, said) = match how {

@@ -1,5 +1,6 @@
-//! Our executable pages: mapped within reach of the sites they serve,
-//! written a word at a time while other code on them may run.
+//! Our executable pages: mapped within reach of the sites they serve
+//! (by `livetrace_poke::map_near`), written a word at a time while other
+//! code on them may run.
 
 use std::io;
 
@@ -38,67 +39,20 @@ pub(super) fn write_text(at: usize, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Maps one page within reach of every address in `window`.
+/// Maps one page within reach of every address in `window` (a 1 GiB
+/// window of sites, [`super::window_of`]): within [`REACH`] of its ends,
+/// so every site in it reaches every trampoline on the page, and nearest
+/// its middle (see [`livetrace_poke::map_near`] for how holes are found).
 pub(super) fn map_near(window: usize) -> io::Result<usize> {
-    let lo = (window << WINDOW_SHIFT)
-        .saturating_sub(REACH)
-        .max(PAGE * 16);
-    let hi = ((window + 1) << WINDOW_SHIFT)
-        .saturating_add(REACH)
-        .min(0x7fff_ffff_f000);
-    let maps = std::fs::read_to_string("/proc/self/maps")?;
-    let mut used: Vec<(usize, usize)> = maps
-        .lines()
-        .filter_map(|l| {
-            let (a, b) = l.split_whitespace().next()?.split_once('-')?;
-            Some((
-                usize::from_str_radix(a, 16).ok()?,
-                usize::from_str_radix(b, 16).ok()?,
-            ))
-        })
-        .collect();
-    used.sort_unstable();
-    // Candidate addresses: just below and just above each mapping in range,
-    // nearest to the window's middle first.
-    let mid = (window << WINDOW_SHIFT) + (1 << (WINDOW_SHIFT - 1));
-    let mut candidates: Vec<usize> = Vec::new();
-    for &(s, e) in &used {
-        if s >= PAGE && s - PAGE >= lo && s - PAGE < hi {
-            candidates.push(s - PAGE);
-        }
-        if e >= lo && e + PAGE <= hi {
-            candidates.push(e);
-        }
-    }
-    candidates.sort_by_key(|&c| c.abs_diff(mid));
-    for c in candidates {
-        if used.iter().any(|&(s, e)| c < e && c + PAGE > s) {
-            continue;
-        }
-        // SAFETY: MAP_FIXED_NOREPLACE maps at `c` only if nothing is there,
-        // so no existing mapping is touched.
-        let p = unsafe {
-            libc::mmap(
-                c as *mut _,
-                PAGE,
-                libc::PROT_READ | libc::PROT_EXEC,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-                -1,
-                0,
-            )
-        };
-        if p != libc::MAP_FAILED && p as usize == c {
-            return Ok(c);
-        }
-        if p != libc::MAP_FAILED {
-            // SAFETY: an old kernel ignored the flag and mapped elsewhere;
-            // undo that mapping, which is ours.
-            unsafe { libc::munmap(p, PAGE) };
-        }
-    }
-    Err(io::Error::other(format!(
-        "no free page within reach of sites at {:#x}..{:#x}",
-        window << WINDOW_SHIFT,
-        (window + 1) << WINDOW_SHIFT
-    )))
+    let (start, end) = (window << WINDOW_SHIFT, (window + 1) << WINDOW_SHIFT);
+    let lo = start.saturating_sub(REACH);
+    let hi = end.saturating_add(REACH) - PAGE;
+    let mid = start + (1 << (WINDOW_SHIFT - 1));
+    livetrace_poke::map_near(lo..=hi, mid, PAGE).map_err(|e| match e {
+        livetrace_poke::Error::Io(e) => e,
+        livetrace_poke::Error::NoRoom { .. } => io::Error::other(format!(
+            "no free page within reach of sites at {start:#x}..{end:#x}"
+        )),
+        e => io::Error::other(e.to_string()),
+    })
 }

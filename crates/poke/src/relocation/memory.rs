@@ -5,8 +5,8 @@
 //! to: the caller gives the window of acceptable start addresses
 //! (`livetrace-reloc`'s `Prologue::detour_window`). Detours are carved out
 //! of 64 KiB *chunks* mapped next to existing mappings inside the window,
-//! nearest the function first, so one library's detours share a few
-//! chunks. Chunks are mapped read+execute and filled with `int3` (a stray
+//! nearest the function first ([`crate::map_near`]), so one library's
+//! detours share a few chunks. Chunks are mapped read+execute and filled with `int3` (a stray
 //! jump into unused detour memory traps loudly); a detour is written with
 //! its pages made writable for the copy, never without `PROT_EXEC` (other
 //! detours on the page may be running), under the batch lock (a batch
@@ -113,87 +113,16 @@ fn fill_int3(addr: usize, len: usize) -> Result<(), Error> {
     })
 }
 
-/// The process's mappings, sorted: (start, end, whether nothing may be
-/// mapped right against it: the heap grows up into the space above it, a
-/// stack down into the space below).
-fn used_ranges() -> std::io::Result<Vec<(usize, usize, bool)>> {
-    let maps = std::fs::read_to_string("/proc/self/maps")?;
-    let mut used: Vec<(usize, usize, bool)> = maps
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (a, b) = f.next()?.split_once('-')?;
-            let name = f.nth(4).unwrap_or("");
-            Some((
-                usize::from_str_radix(a, 16).ok()?,
-                usize::from_str_radix(b, 16).ok()?,
-                name == "[heap]" || name.starts_with("[stack"),
-            ))
-        })
-        .collect();
-    used.sort_unstable();
-    Ok(used)
-}
-
-/// Maps a chunk whose first byte lies in `[lo, hi]`, nearest `near`.
+/// Maps a chunk whose first byte lies in `[lo, hi]`, nearest `near`, and
+/// fills it with `int3`.
 fn map_chunk(lo: usize, hi: usize, near: usize) -> Result<usize, Error> {
-    let lo = lo.max(1 << 20).next_multiple_of(PAGE);
-    let hi = hi.min(0x7fff_ffff_0000 - CHUNK);
-    for _attempt in 0..4 {
-        let used = used_ranges().map_err(Error::Io)?;
-        // Candidates: right above and right below every mapping in range.
-        // A megabyte away from the heap and the stacks: they grow.
-        let mut cands: Vec<usize> = Vec::new();
-        for &(s, e, grows) in &used {
-            let gap = if grows { 1 << 20 } else { 0 };
-            let below = s.saturating_sub(CHUNK + gap) & !(PAGE - 1);
-            for c in [(e + gap).next_multiple_of(PAGE), below] {
-                if c >= lo && c <= hi {
-                    cands.push(c);
-                }
-            }
-        }
-        cands.sort_by_key(|&c| c.abs_diff(near));
-        cands.dedup();
-        let mut raced = false;
-        for c in cands {
-            let clash = |&(s, e, grows): &(usize, usize, bool)| {
-                let gap = if grows { 1 << 20 } else { 0 };
-                c < e + gap && c + CHUNK + gap > s
-            };
-            if used.iter().any(clash) {
-                continue;
-            }
-            // SAFETY: MAP_FIXED_NOREPLACE maps at `c` only if nothing is
-            // there, so no existing mapping is touched.
-            let p = unsafe {
-                libc::mmap(
-                    c as *mut _,
-                    CHUNK,
-                    libc::PROT_READ | libc::PROT_EXEC,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-                    -1,
-                    0,
-                )
-            };
-            if p != libc::MAP_FAILED && p as usize == c {
-                fill_int3(c, CHUNK)?;
-                return Ok(c);
-            }
-            if p != libc::MAP_FAILED {
-                // SAFETY: a kernel that ignored the flag mapped elsewhere;
-                // that mapping is ours.
-                unsafe { libc::munmap(p, CHUNK) };
-            }
-            // Something was mapped there since we read the map.
-            raced = true;
-            break;
-        }
-        if !raced {
-            break;
-        }
+    let c = crate::near::map_near(lo..=hi, near, CHUNK)?;
+    if let Err(e) = fill_int3(c, CHUNK) {
+        // SAFETY: our fresh chunk; nothing points into it.
+        unsafe { libc::munmap(c as *mut _, CHUNK) };
+        return Err(e);
     }
-    Err(Error::NoRoom { near, len: CHUNK })
+    Ok(c)
 }
 
 /// Reserves `len` bytes of executable memory for a detour whose first byte

@@ -309,26 +309,15 @@ pub(crate) fn answer(token: usize, uc: *mut libc::ucontext_t) -> bool {
 /// a scan that ran on into whatever is mapped above it would read
 /// unrelated memory for return addresses.
 pub(crate) fn regions() -> std::io::Result<Vec<Region>> {
-    let text = std::fs::read_to_string("/proc/self/maps")?;
-    let mut out: Vec<Region> = Vec::new();
-    for line in text.lines() {
-        let mut f = line.split_ascii_whitespace();
-        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
-            continue;
-        };
-        let Some((a, b)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(start), Ok(end)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
-        else {
-            continue;
-        };
-        if perms.starts_with('r') {
-            out.push(Region { start, end });
-        }
-    }
-    out.sort_unstable_by_key(|r| r.start);
-    Ok(out)
+    Ok(crate::maps::Maps::read()?
+        .regions()
+        .iter()
+        .filter(|r| r.prot & libc::PROT_READ != 0)
+        .map(|r| Region {
+            start: r.start,
+            end: r.end,
+        })
+        .collect())
 }
 
 /// A caller's code ranges, checked against every stack word.
