@@ -15,7 +15,8 @@ use std::io::{self, BufWriter, Write};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use livetrace_format::{
-    ClockCal, End, Info, LossReason, Mapping, ProfileRow, Record, Symbol, Writer, MAX_BLOCK_RECORDS,
+    ClockCal, End, Info, Location, LossReason, Mapping, ProfileRow, Record, Symbol, Writer,
+    MAX_BLOCK_RECORDS,
 };
 use livetrace_output::{Event, Process, Sink, Summary, Symbols};
 use livetrace_ring::shm::Consumer;
@@ -42,6 +43,8 @@ pub trait Out {
     fn loss(&mut self, tid: u32, reason: LossReason, n: u64) -> io::Result<()>;
     /// New mappings and the symbols of what they map.
     fn names(&mut self, maps: &[Mapping], symbols: &[Symbol]) -> io::Result<()>;
+    /// Where functions are in their source.
+    fn locations(&mut self, locations: &[Location]) -> io::Result<()>;
     /// The buffers are drained for now: push out what is buffered, so a
     /// reader (a terminal, a pipe) sees the first events without waiting
     /// for a buffer to fill.
@@ -353,6 +356,13 @@ impl Out for FileOut {
         }
         Ok(())
     }
+
+    fn locations(&mut self, locations: &[Location]) -> io::Result<()> {
+        if !locations.is_empty() {
+            self.w.locations(locations)?;
+        }
+        Ok(())
+    }
 }
 
 /// Copies `pieces` (offset, records) of `fd` to `out` at its position,
@@ -478,6 +488,13 @@ impl Out for LiveOut {
     fn names(&mut self, _maps: &[Mapping], symbols: &[Symbol]) -> io::Result<()> {
         for s in symbols {
             self.symbols.insert(s.addr, s.size, s.name.clone());
+        }
+        Ok(())
+    }
+
+    fn locations(&mut self, locations: &[Location]) -> io::Result<()> {
+        for l in locations {
+            self.symbols.set_location(l.addr, l.file.clone(), l.line);
         }
         Ok(())
     }

@@ -3,13 +3,23 @@
 //! at the end (flight recorder), the process's names written alongside,
 //! until the user, the program or a trigger ends it; and the outputs it
 //! can write to.
+//!
+//! At the end the recording is told where the traced functions are in
+//! their source (a SOURCES block): what the process reports for its
+//! `#[traced]` functions, else the line their objects' debug information
+//! gives for their first instruction ([`crate::source::Sources`]). That is
+//! one lookup per function, made here, after the records are out, so
+//! neither the traced process nor the recording's pace pays for it.
 
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use livetrace_format::{ClockCal, End, EndReason, Format, Info, Mode, ProfileRow, Symbol, Tracer};
+use livetrace_format::{
+    ClockCal, End, EndReason, Format, Info, Location, Mapping, Mode, ProfileRow, Symbol, Tracer,
+};
 use livetrace_output::Process;
 use livetrace_proto::{Client, ClientError, Request, Response};
 
@@ -41,7 +51,17 @@ pub struct Attached {
     names: Vec<Symbol>,
     known: Known,
     /// Names learnt before the output was open, to write first.
-    pending: Option<(Vec<livetrace_format::Mapping>, Vec<Symbol>)>,
+    pending: Option<(Vec<Mapping>, Vec<Symbol>)>,
+    /// Every mapping written, to find functions' objects by.
+    maps: Vec<Mapping>,
+    /// Without the traced functions' names (a snapshot), the addresses of
+    /// every symbol written: the functions whose locations to find.
+    symbol_addrs: Vec<u64>,
+    /// `file:line` the process reports for its traced functions
+    /// (`#[traced]` records them), by address.
+    reported: HashMap<u64, (String, u32)>,
+    /// Functions whose location was looked for.
+    located: HashSet<u64>,
     alive: bool,
     last_ping: Instant,
     last_names: Instant,
@@ -107,6 +127,11 @@ impl Attached {
                 }
             }
         }
+        let reported = if snapshot {
+            HashMap::new()
+        } else {
+            reported_locations(&mut client, &names)?
+        };
         let mut known = Known::default();
         let pending = known.refresh(pid, &names);
         let mut source = None;
@@ -167,6 +192,10 @@ impl Attached {
             names,
             known,
             pending: Some(pending),
+            maps: Vec::new(),
+            symbol_addrs: Vec::new(),
+            reported,
+            located: HashSet::new(),
             alive: true,
             last_ping: Instant::now(),
             last_names: Instant::now(),
@@ -218,14 +247,49 @@ impl Attached {
 
     /// Writes the names of what the process maps now and did not before.
     pub fn names(&mut self, out: &mut dyn Out) -> io::Result<()> {
-        if let Some((maps, symbols)) = self.pending.take() {
+        let pending = self.pending.take();
+        let fresh = self.known.refresh(self.pid, &self.names);
+        for (maps, symbols) in pending.into_iter().chain([fresh]) {
+            if maps.is_empty() && symbols.is_empty() {
+                continue;
+            }
             out.names(&maps, &symbols)?;
-        }
-        let (maps, symbols) = self.known.refresh(self.pid, &self.names);
-        if !maps.is_empty() || !symbols.is_empty() {
-            out.names(&maps, &symbols)?;
+            self.maps.extend(maps);
+            if self.names.is_empty() {
+                self.symbol_addrs.extend(symbols.iter().map(|s| s.addr));
+            }
         }
         Ok(())
+    }
+
+    /// Writes where the traced functions not yet located are in their
+    /// source: as the process reports it, else from their objects' debug
+    /// information. Functions with neither get nothing.
+    pub fn locate(&mut self, out: &mut dyn Out) -> io::Result<()> {
+        let addrs: Vec<u64> = if self.names.is_empty() {
+            self.symbol_addrs.clone()
+        } else {
+            self.names.iter().map(|n| n.addr).collect()
+        };
+        let mut sources: Option<crate::source::Sources> = None;
+        let mut found = Vec::new();
+        for addr in addrs {
+            if !self.located.insert(addr) {
+                continue;
+            }
+            let loc = match self.reported.get(&addr) {
+                Some((file, line)) => Some((file.clone(), *line)),
+                None => sources
+                    .get_or_insert_with(|| {
+                        crate::source::Sources::with_maps(self.pid, self.maps.clone())
+                    })
+                    .locate(addr),
+            };
+            if let Some((file, line)) = loc {
+                found.push(Location { addr, line, file });
+            }
+        }
+        out.locations(&found)
     }
 
     pub fn stats(&self) -> Stats {
@@ -351,6 +415,7 @@ impl Attached {
             }
         }
         self.names(out).map_err(write_error)?;
+        self.locate(out).map_err(write_error)?;
         Ok(())
     }
 
@@ -396,6 +461,32 @@ impl Attached {
             ui::nap(Duration::from_millis(50));
         }
     }
+}
+
+/// The `file:line` the process reports for the enabled functions among
+/// `names` (a server that cannot say is taken to know none).
+fn reported_locations(
+    client: &mut Client,
+    names: &[Symbol],
+) -> Result<HashMap<u64, (String, u32)>, Fail> {
+    let ours: HashSet<u64> = names.iter().map(|n| n.addr).collect();
+    let functions = match client.call(&Request::ListFunctions {
+        glob: None,
+        enabled_only: true,
+    }) {
+        Ok(Response::Functions { functions }) => functions,
+        Ok(_) | Err(ClientError::Server { .. }) => return Ok(HashMap::new()),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(functions
+        .into_iter()
+        .filter(|f| ours.contains(&f.addr))
+        .filter_map(|f| {
+            let (file, line) = f.source.rsplit_once(':')?;
+            let line: u32 = line.parse().ok().filter(|&l| l > 0)?;
+            Some((f.addr, (file.to_string(), line)))
+        })
+        .collect())
 }
 
 fn row(r: &livetrace_proto::ProfileEntry) -> ProfileRow {

@@ -6,7 +6,9 @@
 //!
 //! This runs in the CLI, never in the traced process: reading debug
 //! information costs megabytes and milliseconds that a traced program
-//! should not pay for a listing.
+//! should not pay for a listing. `ls` shows the locations; the recorder
+//! writes those of the traced functions into the recording (its SOURCES
+//! block), once per function, for the outputs with a place for them.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -34,20 +36,33 @@ impl Sources {
     /// read (the process is gone or not ours to look into).
     pub fn new(pid: u32) -> Option<Sources> {
         let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-        let maps = Mapping::executable(&text)
-            .into_iter()
-            .filter(|m| m.path.starts_with('/'))
-            .collect();
-        Some(Sources {
+        Some(Sources::with_maps(pid, Mapping::executable(&text)))
+    }
+
+    /// Lookups through `maps`, the process's executable mappings as they
+    /// were recorded (the process may be gone by now: its objects are read
+    /// by path).
+    pub fn with_maps(pid: u32, maps: Vec<Mapping>) -> Sources {
+        Sources {
             pid,
-            maps,
+            maps: maps
+                .into_iter()
+                .filter(|m| m.path.starts_with('/'))
+                .collect(),
             objects: HashMap::new(),
-        })
+        }
     }
 
     /// `file:line` of the code at `addr`, when its object has line
     /// information for it.
     pub fn lookup(&mut self, addr: u64) -> Option<String> {
+        let (file, line) = self.locate(addr)?;
+        Some(format!("{file}:{line}"))
+    }
+
+    /// File and line of the code at `addr`, when its object has line
+    /// information for it (line 0, "no line", counts as none).
+    pub fn locate(&mut self, addr: u64) -> Option<(String, u32)> {
         let m = self.maps.iter().find(|m| m.start <= addr && addr < m.end)?;
         let file_offset = addr - m.start + m.offset;
         let pid = self.pid;
@@ -62,8 +77,8 @@ impl Sources {
             .find(|&&(o, sz, _)| o <= file_offset && file_offset < o + sz)?;
         let svma = file_offset - p_offset + p_vaddr;
         let loc = obj.loader.find_location(svma).ok()??;
-        let (file, line) = (loc.file?, loc.line?);
-        Some(format!("{file}:{line}"))
+        let (file, line) = (loc.file?, loc.line.filter(|&l| l > 0)?);
+        Some((file.to_string(), line))
     }
 }
 
@@ -109,5 +124,10 @@ mod tests {
         let here = finds_this_function as *const () as u64;
         let loc = s.lookup(here).expect("a location for the test itself");
         assert!(loc.contains("source.rs:"), "{loc}");
+        // The same through the mappings alone.
+        let maps = crate::symtab::exec_maps(std::process::id());
+        let (file, line) = Sources::with_maps(0, maps).locate(here).unwrap();
+        assert_eq!(format!("{file}:{line}"), loc);
+        assert!(s.locate(0x10).is_none());
     }
 }

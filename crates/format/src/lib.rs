@@ -37,6 +37,7 @@
 //! | 7 | MAPS | count u32, then per mapping start u64, end u64, file offset u64, path string |
 //! | 8 | PROFILE | count u32, then per row calls u64, total ns u64, self ns u64, min ns u64, max ns u64, name string (the profile tracer's table; a later block replaces an earlier one) |
 //! | 9 | END | reason u32 ([`EndReason`]), status i32 (exit status or signal, where the reason has one), message string: the recording ended cleanly |
+//! | 10 | SOURCES | count u32, then per function address u64, line u32, file string: where functions are in their source ([`Location`]) |
 //!
 //! A RECORDS block holds at most [`MAX_BLOCK_RECORDS`] records, so a reader
 //! needs little memory whatever the file's size.
@@ -46,6 +47,11 @@
 //! over SYMBOLS blocks (a program can load libraries while it is traced);
 //! a sized symbol names every address inside it, a size-less one only its
 //! own address, and at one address a later symbol replaces an earlier one.
+//! Source locations accumulate likewise over SOURCES blocks (a later one
+//! replaces an earlier one at the same address); they name function starts
+//! only, and the recorder finds them, from the objects' debug information
+//! or from what the traced process reports, once per function, outside the
+//! traced process. Readers that predate SOURCES skip it.
 //!
 //! # Records
 //!
@@ -102,6 +108,7 @@ pub(crate) mod kind {
     pub const MAPS: u32 = 7;
     pub const PROFILE: u32 = 8;
     pub const END: u32 = 9;
+    pub const SOURCES: u32 = 10;
 }
 
 /// What the recorded process was, from the INFO block.
@@ -170,6 +177,19 @@ pub struct Symbol {
     pub size: u64,
     /// Name, demangled.
     pub name: String,
+}
+
+/// Where a function is in its source: the `file:line` of its first
+/// instruction (debug information's line table, or what `#[traced]`
+/// recorded).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    /// The function's address (a symbol's `addr`).
+    pub addr: u64,
+    /// Line, from 1.
+    pub line: u32,
+    /// Source file, as the debug information names it (usually absolute).
+    pub file: String,
 }
 
 /// One executable mapping of a loaded object.

@@ -9,8 +9,8 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use crate::{
-    kind, ClockCal, End, EndReason, Info, LossReason, Losses, Mapping, Mode, ProfileRow, Record,
-    Symbol, ThreadInfo, Tracer, BLOCK_HEADER_BYTES, HEADER_BYTES, MAGIC, MAX_BLOCK_RECORDS,
+    kind, ClockCal, End, EndReason, Info, Location, LossReason, Losses, Mapping, Mode, ProfileRow,
+    Record, Symbol, ThreadInfo, Tracer, BLOCK_HEADER_BYTES, HEADER_BYTES, MAGIC, MAX_BLOCK_RECORDS,
     VERSION,
 };
 
@@ -77,6 +77,7 @@ pub struct Reader<R> {
     by_tid: HashMap<u32, usize>,
     unattributed: Losses,
     symbols: Vec<Symbol>,
+    locations: Vec<Location>,
     maps: Vec<Mapping>,
     profile: Vec<ProfileRow>,
     blocks: Vec<BlockRef>,
@@ -154,6 +155,7 @@ impl<R: Read + Seek> Reader<R> {
             by_tid: HashMap::new(),
             unattributed: Losses::default(),
             symbols: Vec::new(),
+            locations: Vec::new(),
             maps: Vec::new(),
             profile: Vec::new(),
             blocks: Vec::new(),
@@ -178,6 +180,7 @@ impl<R: Read + Seek> Reader<R> {
 
     fn scan(&mut self, mut at: u64, len: u64) -> io::Result<()> {
         let mut symbol_at: HashMap<u64, usize> = HashMap::new();
+        let mut location_at: HashMap<u64, usize> = HashMap::new();
         while at < len {
             if len - at < BLOCK_HEADER_BYTES {
                 self.truncated = Some(format!("a block header is cut short at offset {at}"));
@@ -233,6 +236,7 @@ impl<R: Read + Seek> Reader<R> {
                     | kind::MAPS
                     | kind::PROFILE
                     | kind::END
+                    | kind::SOURCES
             ) {
                 if plen > MAX_META_BLOCK {
                     self.truncated = Some(format!("the block at offset {at} is implausibly large"));
@@ -240,7 +244,10 @@ impl<R: Read + Seek> Reader<R> {
                 }
                 let mut payload = vec![0u8; plen as usize];
                 self.src.read_exact(&mut payload)?;
-                if self.meta(kind, &payload, &mut symbol_at).is_none() {
+                if self
+                    .meta(kind, &payload, &mut symbol_at, &mut location_at)
+                    .is_none()
+                {
                     self.truncated = Some(format!("the block at offset {at} is malformed"));
                     break;
                 }
@@ -248,6 +255,7 @@ impl<R: Read + Seek> Reader<R> {
             at = next;
         }
         self.symbols.sort_by_key(|s| s.addr);
+        self.locations.sort_by_key(|l| l.addr);
         Ok(())
     }
 
@@ -256,6 +264,7 @@ impl<R: Read + Seek> Reader<R> {
         kind: u32,
         payload: &[u8],
         symbol_at: &mut HashMap<u64, usize>,
+        location_at: &mut HashMap<u64, usize>,
     ) -> Option<()> {
         let mut f = Fields(payload);
         match kind {
@@ -320,6 +329,23 @@ impl<R: Read + Seek> Reader<R> {
                         None => {
                             symbol_at.insert(s.addr, self.symbols.len());
                             self.symbols.push(s);
+                        }
+                    }
+                }
+            }
+            kind::SOURCES => {
+                let n = f.count(16)?;
+                for _ in 0..n {
+                    let l = Location {
+                        addr: f.u64()?,
+                        line: f.u32()?,
+                        file: f.str()?,
+                    };
+                    match location_at.get(&l.addr) {
+                        Some(&i) => self.locations[i] = l,
+                        None => {
+                            location_at.insert(l.addr, self.locations.len());
+                            self.locations.push(l);
                         }
                     }
                 }
@@ -409,6 +435,11 @@ impl<R: Read + Seek> Reader<R> {
         let i = self.symbols.partition_point(|s| s.addr <= addr);
         let s = self.symbols.get(i.checked_sub(1)?)?;
         (addr < s.addr.saturating_add(s.size.max(1))).then_some(s)
+    }
+
+    /// Source locations of functions, by address (one per address).
+    pub fn locations(&self) -> &[Location] {
+        &self.locations
     }
 
     /// The executable mappings.

@@ -3,8 +3,8 @@
 use std::io::{self, Write};
 
 use crate::{
-    kind, ClockCal, End, Info, LossReason, Mapping, ProfileRow, Record, Symbol, BLOCK_HEADER_BYTES,
-    HEADER_BYTES, MAGIC, MAX_BLOCK_RECORDS, VERSION,
+    kind, ClockCal, End, Info, Location, LossReason, Mapping, ProfileRow, Record, Symbol,
+    BLOCK_HEADER_BYTES, HEADER_BYTES, MAGIC, MAX_BLOCK_RECORDS, VERSION,
 };
 
 /// Writes a trace file. Each call writes whole blocks, so a file cut off
@@ -178,6 +178,19 @@ impl<W: Write> Writer<W> {
                 p.u64(s.addr).u64(s.size).str(&s.name);
             }
             self.block(kind::SYMBOLS, &p.0)?;
+        }
+        Ok(())
+    }
+
+    /// Where functions are in their source.
+    pub fn locations(&mut self, locations: &[Location]) -> io::Result<()> {
+        for chunk in locations.chunks(64 * 1024) {
+            let mut p = Payload::default();
+            p.count(chunk.len());
+            for l in chunk {
+                p.u64(l.addr).u32(l.line).str(&l.file);
+            }
+            self.block(kind::SOURCES, &p.0)?;
         }
         Ok(())
     }

@@ -4,8 +4,8 @@
 use std::io::Cursor;
 
 use livetrace_format::{
-    ClockCal, End, EndReason, Error, Info, Kind, LossReason, Mapping, Mode, ProfileRow, Reader,
-    Record, Symbol, Tracer, Writer, MAX_BLOCK_RECORDS,
+    ClockCal, End, EndReason, Error, Info, Kind, Location, LossReason, Mapping, Mode, ProfileRow,
+    Reader, Record, Symbol, Tracer, Writer, MAX_BLOCK_RECORDS,
 };
 use proptest::prelude::*;
 
@@ -95,6 +95,15 @@ fn sample() -> (Vec<u8>, Vec<Record>, Vec<Record>) {
         },
     ])
     .unwrap();
+    let loc = |addr, line, file: &str| Location {
+        addr,
+        line,
+        file: file.into(),
+    };
+    w.locations(&[loc(0x2000, 9, "/src/old.c"), loc(0x1000, 3, "/src/main.c")])
+        .unwrap();
+    // A later location of the same function replaces the earlier one.
+    w.locations(&[loc(0x2000, 12, "/src/leaf.c")]).unwrap();
     w.profile(&[ProfileRow {
         name: "leaf".into(),
         calls: 3,
@@ -138,6 +147,15 @@ fn everything_written_reads_back() {
     assert_eq!(r.symbols().len(), 2);
     assert_eq!(r.maps().len(), 1);
     assert_eq!(r.profile()[0].calls, 3);
+    let locs: Vec<(u64, u32, &str)> = r
+        .locations()
+        .iter()
+        .map(|l| (l.addr, l.line, l.file.as_str()))
+        .collect();
+    assert_eq!(
+        locs,
+        [(0x1000, 3, "/src/main.c"), (0x2000, 12, "/src/leaf.c")]
+    );
 
     // One thread's records, in order, with the gap visible.
     let mut got = Vec::new();

@@ -18,7 +18,8 @@
 //!   thread whole, every other format the file's own block order (one
 //!   sequential pass).
 //! * Symbols are the file's (all of them are known before any record is
-//!   read), named as livetrace names its own (`display_symbol`).
+//!   read), named as livetrace names its own (`display_symbol`), with the
+//!   functions' source locations its SOURCES blocks hold.
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
@@ -93,6 +94,9 @@ impl<R: Read + Seek> Recording<R> {
         let mut symbols = Symbols::new();
         for s in reader.symbols() {
             symbols.insert(s.addr, s.size, lf::display_symbol(&s.name));
+        }
+        for l in reader.locations() {
+            symbols.set_location(l.addr, l.file.clone(), l.line);
         }
         let clock = reader.clock();
         // Each thread's first record, read alone.

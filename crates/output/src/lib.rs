@@ -11,8 +11,10 @@
 //!
 //! A [`Trace`] is one process: its pid, program and command line, one
 //! [`ThreadTrace`] per thread, the [`Symbols`] that name every function and
-//! caller address in the events, and the executable [`Mapping`]s of its
-//! loaded objects. A thread holds its [`Event`]s in the order they happened:
+//! caller address in the events (and say where functions are in their
+//! source, when known: [`SourceLocation`]), and the executable
+//! [`Mapping`]s of its loaded objects. A thread holds its [`Event`]s in
+//! the order they happened:
 //!
 //! * [`Event::Call`] from the *function* tracer: one per call, with the
 //!   caller's address (a return address inside the caller);

@@ -268,7 +268,21 @@ impl Symbol {
     }
 }
 
-/// Function address -> name, sorted by address, one symbol per address.
+/// Where a function is in its source: the line of its first instruction.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SourceLocation {
+    /// Source file, as the debug information names it.
+    pub file: String,
+    /// Line, from 1.
+    pub line: u32,
+}
+
+/// Function address -> name, sorted by address, one symbol per address;
+/// and, for functions whose source is known, where they are
+/// ([`Symbols::location`]), for the formats with a place for it (uftrace's
+/// `.dbg` files, Perfetto's source locations). Locations are found by
+/// whoever builds the symbols (the recorder, from debug information); the
+/// writers only carry them.
 ///
 /// Symbols may nest or overlap (a size-less label inside a function, a
 /// `.cold` part, an alias): [`Symbols::lookup`] finds the closest symbol at
@@ -281,6 +295,8 @@ pub struct Symbols {
     /// lookup knows when no symbol further down can cover an address. Built
     /// on first lookup after a change.
     max_end: std::sync::OnceLock<Vec<u64>>,
+    /// Function start address -> where it is in its source.
+    locations: std::collections::HashMap<u64, SourceLocation>,
     /// Bumped by every change, so caches of resolved names know when to
     /// start over.
     version: u64,
@@ -288,7 +304,7 @@ pub struct Symbols {
 
 impl PartialEq for Symbols {
     fn eq(&self, other: &Self) -> bool {
-        self.sorted == other.sorted
+        self.sorted == other.sorted && self.locations == other.locations
     }
 }
 
@@ -336,7 +352,8 @@ impl Symbols {
     /// Adds every symbol of `other`. Where both name the same address, the
     /// name already here stays and a size missing here is taken from
     /// `other`: pieces of one trace polled at different times name the same
-    /// functions, sometimes with and sometimes without their sizes.
+    /// functions, sometimes with and sometimes without their sizes. Source
+    /// locations likewise: one known here stays.
     pub fn merge(&mut self, other: &Symbols) {
         for s in other.iter() {
             match self.sorted.binary_search_by_key(&s.addr, |x| x.addr) {
@@ -349,6 +366,36 @@ impl Symbols {
                 Err(_) => self.insert(s.addr, s.size, s.name.clone()),
             }
         }
+        for (&addr, loc) in &other.locations {
+            if !self.locations.contains_key(&addr) {
+                self.set_location(addr, loc.file.clone(), loc.line);
+            }
+        }
+    }
+
+    /// Records where the function starting at `addr` is in its source
+    /// (replacing what was known).
+    pub fn set_location(&mut self, addr: u64, file: impl Into<String>, line: u32) {
+        let loc = SourceLocation {
+            file: file.into(),
+            line,
+        };
+        if self.locations.get(&addr) != Some(&loc) {
+            self.locations.insert(addr, loc);
+            self.version += 1;
+        }
+    }
+
+    /// Where the function starting exactly at `addr` is in its source, when
+    /// known (an address inside a function has none: callers are return
+    /// addresses, not functions).
+    pub fn location(&self, addr: u64) -> Option<&SourceLocation> {
+        self.locations.get(&addr)
+    }
+
+    /// Every known location, by function address, in no order.
+    pub fn locations(&self) -> impl Iterator<Item = (u64, &SourceLocation)> + '_ {
+        self.locations.iter().map(|(&a, l)| (a, l))
     }
 
     fn max_end(&self) -> &[u64] {

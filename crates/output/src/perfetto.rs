@@ -37,6 +37,10 @@
 //!   entry was overwritten) are not drawn, and counted.
 //! * Function-tracer calls are `TYPE_INSTANT` events with a `caller`
 //!   annotation.
+//! * A function whose source location is known ([`Symbols::location`])
+//!   has its slices and instants carry `source_location_iid`, interned
+//!   once per distinct location (`InternedData.source_locations`: file,
+//!   line, function name); the UI shows it with the slice's details.
 //! * Losses: a `lost N events` instant on the thread's track where they
 //!   happened (annotated with the count and the reason), and at the end a
 //!   `livetrace: thread summary` instant per thread carrying the events
@@ -90,6 +94,7 @@ const EVENT_TYPE: u32 = 9;
 const EVENT_NAME_IID: u32 = 10;
 const EVENT_TRACK_UUID: u32 = 11;
 const EVENT_NAME: u32 = 23;
+const EVENT_SOURCE_LOCATION_IID: u32 = 34;
 const TYPE_SLICE_BEGIN: u64 = 1;
 const TYPE_SLICE_END: u64 = 2;
 const TYPE_INSTANT: u64 = 3;
@@ -103,9 +108,13 @@ const ANNOTATION_STRING_IID: u32 = 17;
 
 const INTERNED_EVENT_NAMES: u32 = 2;
 const INTERNED_ANNOTATION_NAMES: u32 = 3;
+const INTERNED_SOURCE_LOCATIONS: u32 = 4;
 const INTERNED_ANNOTATION_STRINGS: u32 = 29;
 const INTERNED_IID: u32 = 1;
 const INTERNED_NAME: u32 = 2;
+const LOCATION_FILE: u32 = 2;
+const LOCATION_FUNCTION: u32 = 3;
+const LOCATION_LINE: u32 = 4;
 
 const SEQUENCE: u64 = 1;
 const PROCESS_TRACK: u64 = 1;
@@ -161,24 +170,38 @@ struct ThreadTrack {
 }
 
 /// Interned strings of one kind: name -> iid, and the cache of addresses
-/// resolved to an iid under the current symbols.
+/// resolved to an iid under the current symbols. For event names, also
+/// the functions' source locations: one iid per distinct location, found
+/// with the name (one lookup per event either way).
 #[derive(Default)]
 struct Interned {
     by_name: HashMap<String, u64>,
-    by_addr: HashMap<u64, u64, BuildFast>,
+    /// Address -> (name iid, source location iid or 0).
+    by_addr: HashMap<u64, (u64, u64), BuildFast>,
+    /// (file, line, function name) -> source location iid.
+    by_location: HashMap<(String, u32, String), u64>,
     version: Option<u64>,
 }
 
 impl Interned {
-    /// The iid of `addr`'s name; a new one is also added to `pending`
-    /// (interned data to write with this packet) under `field`.
-    fn iid(&mut self, addr: u64, names: &Symbols, field: u32, pending: &mut Vec<u8>) -> u64 {
+    /// The iid of `addr`'s name and, with `located`, of the function's
+    /// source location (0: none known); new ones are also added to
+    /// `pending` (interned data to write with this packet), the name under
+    /// `field`.
+    fn iid(
+        &mut self,
+        addr: u64,
+        names: &Symbols,
+        field: u32,
+        located: bool,
+        pending: &mut Vec<u8>,
+    ) -> (u64, u64) {
         if self.version != Some(names.version()) {
             self.by_addr.clear();
             self.version = Some(names.version());
         }
-        if let Some(&iid) = self.by_addr.get(&addr) {
-            return iid;
+        if let Some(&iids) = self.by_addr.get(&addr) {
+            return iids;
         }
         let name = names.display(addr);
         let iid = match self.by_name.get(name.as_ref()) {
@@ -193,8 +216,24 @@ impl Interned {
                 iid
             }
         };
-        self.by_addr.insert(addr, iid);
-        iid
+        let loc_iid = match names.location(addr).filter(|_| located) {
+            None => 0,
+            Some(loc) => {
+                let key = (loc.file.clone(), loc.line, name.to_string());
+                let next = self.by_location.len() as u64 + 1;
+                *self.by_location.entry(key).or_insert_with(|| {
+                    let mut entry = Vec::with_capacity(loc.file.len() + name.len() + 16);
+                    put_uint(&mut entry, INTERNED_IID, next);
+                    put_bytes(&mut entry, LOCATION_FILE, loc.file.as_bytes());
+                    put_bytes(&mut entry, LOCATION_FUNCTION, name.as_bytes());
+                    put_uint(&mut entry, LOCATION_LINE, u64::from(loc.line));
+                    put_bytes(pending, INTERNED_SOURCE_LOCATIONS, &entry);
+                    next
+                })
+            }
+        };
+        self.by_addr.insert(addr, (iid, loc_iid));
+        (iid, loc_iid)
     }
 }
 
@@ -426,14 +465,21 @@ impl<W: Write> Sink for PerfettoTrace<W> {
                     depth,
                     entry: ts,
                 });
-                let iid =
-                    self.event_names
-                        .iid(func, names, INTERNED_EVENT_NAMES, &mut self.interned);
+                let (iid, loc_iid) = self.event_names.iid(
+                    func,
+                    names,
+                    INTERNED_EVENT_NAMES,
+                    true,
+                    &mut self.interned,
+                );
                 let e = &mut self.event;
                 e.clear();
                 put_uint(e, EVENT_TYPE, TYPE_SLICE_BEGIN);
                 put_uint(e, EVENT_TRACK_UUID, track);
                 put_uint(e, EVENT_NAME_IID, iid);
+                if loc_iid != 0 {
+                    put_uint(e, EVENT_SOURCE_LOCATION_IID, loc_iid);
+                }
                 self.emit_event(ts)
             }
             Event::Exit { ts, func, depth } => {
@@ -456,13 +502,18 @@ impl<W: Write> Sink for PerfettoTrace<W> {
                 Ok(())
             }
             Event::Call { ts, func, caller } => {
-                let iid =
-                    self.event_names
-                        .iid(func, names, INTERNED_EVENT_NAMES, &mut self.interned);
-                let caller_iid = self.callers.iid(
+                let (iid, loc_iid) = self.event_names.iid(
+                    func,
+                    names,
+                    INTERNED_EVENT_NAMES,
+                    true,
+                    &mut self.interned,
+                );
+                let (caller_iid, _) = self.callers.iid(
                     caller,
                     names,
                     INTERNED_ANNOTATION_STRINGS,
+                    false,
                     &mut self.interned,
                 );
                 let mut a = Vec::with_capacity(8);
@@ -473,6 +524,9 @@ impl<W: Write> Sink for PerfettoTrace<W> {
                 put_uint(e, EVENT_TYPE, TYPE_INSTANT);
                 put_uint(e, EVENT_TRACK_UUID, track);
                 put_uint(e, EVENT_NAME_IID, iid);
+                if loc_iid != 0 {
+                    put_uint(e, EVENT_SOURCE_LOCATION_IID, loc_iid);
+                }
                 put_bytes(e, EVENT_DEBUG_ANNOTATIONS, &a);
                 self.emit_event(ts)
             }

@@ -26,6 +26,16 @@
 //!   by the next one. A second object with the same basename gets
 //!   `<basename>-<checksum of its path, %04x>.sym`, the name uftrace looks
 //!   for when the `path name` of `<basename>.sym` is another object's.
+//! * `<basename>.dbg` (named as the `.sym` file, `dbg` for `sym`), for the
+//!   objects with functions whose source location is known: `# path
+//!   name: PATH`, then per function `F: <hex offset> <name>` (the offset as
+//!   in the `.sym` file, which is how uftrace finds the symbol it belongs
+//!   to: an offset no `.sym` symbol covers makes the whole file invalid)
+//!   and `L: <line> <file>`, as uftrace's `save_debug_entries` writes them
+//!   (`utils/dwarf.c`). `uftrace replay --srcline` then shows `/* file:line
+//!   */` after each function, `uftrace report --srcline` a source column,
+//!   and the TUI its status line. Locations come with the symbols
+//!   ([`Symbols::location`]); nothing here reads debug information.
 //! * `<tid>.dat`: 16-byte records, `u64` time then a `u64` packing
 //!   `type:2 more:1 magic:3 depth:10 addr:48` from bit 0 up (type 0 entry,
 //!   1 exit; magic 5).
@@ -596,12 +606,13 @@ fn write_maps_and_symbols(
             m.base, m.end, m.offset, path
         ));
         let base_name = basename(&path);
-        let file = if taken.insert(base_name.to_string()) {
-            format!("{base_name}.sym")
+        let stem = if taken.insert(base_name.to_string()) {
+            base_name.to_string()
         } else {
-            format!("{base_name}-{:04x}.sym", path_checksum(&path))
+            format!("{base_name}-{:04x}", path_checksum(&path))
         };
-        write_sym_file(&dir.join(file), &path, m)?;
+        write_sym_file(&dir.join(format!("{stem}.sym")), &path, m)?;
+        write_dbg_file(&dir.join(format!("{stem}.dbg")), &path, m, symbols)?;
     }
     // uftrace takes every address at or above a kernel base for a kernel
     // address, and guesses that base from the [stack] line; without one it
@@ -623,6 +634,29 @@ fn write_sym_file(file: &Path, path: &str, m: &Module) -> io::Result<()> {
         if next.is_none_or(|next| end < next) {
             writeln!(out, "{:016x} ? __sym_end", end - m.base)?;
         }
+    }
+    out.flush()
+}
+
+/// The object's source locations in uftrace's debug-info file; none (and
+/// no stale file from an earlier write) when it has none.
+fn write_dbg_file(file: &Path, path: &str, m: &Module, symbols: &Symbols) -> io::Result<()> {
+    let mut located = m
+        .symbols
+        .iter()
+        .filter_map(|&(addr, _, name)| Some((addr, name, symbols.location(addr)?)))
+        .peekable();
+    if located.peek().is_none() {
+        return match fs::remove_file(file) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
+    let mut out = BufWriter::new(fs::File::create(file)?);
+    writeln!(out, "# path name: {path}")?;
+    for (addr, name, loc) in located {
+        writeln!(out, "F: {:x} {}", addr - m.base, one_line(name))?;
+        writeln!(out, "L: {} {}", loc.line, one_line(&loc.file))?;
     }
     out.flush()
 }

@@ -53,6 +53,16 @@ fn recording(trace: &Trace, chunk: usize, gaps: &[(u32, usize, u64)]) -> Vec<u8>
         })
         .collect();
     w.symbols(&symbols).unwrap();
+    let locations: Vec<lf::Location> = trace
+        .symbols
+        .locations()
+        .map(|(addr, l)| lf::Location {
+            addr,
+            line: l.line,
+            file: l.file.clone(),
+        })
+        .collect();
+    w.locations(&locations).unwrap();
     let maps: Vec<lf::Mapping> = trace
         .maps
         .iter()
@@ -320,4 +330,19 @@ fn every_format_writes_a_file() {
     let folded = std::fs::read_to_string(dir.join("t.folded")).unwrap();
     assert!(folded.contains("main;foo_init 200000\n"), "{folded}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The recording's source locations reach the symbols every writer is
+/// given.
+#[test]
+fn source_locations_come_with_the_symbols() {
+    let mut trace = graph();
+    trace
+        .symbols
+        .set_location(common::PARSE, "/src/demo/parse.c", 42);
+    let rec = open(recording(&trace, 4, &[]));
+    let loc = rec.symbols().location(common::PARSE).expect("a location");
+    assert_eq!((loc.file.as_str(), loc.line), ("/src/demo/parse.c", 42));
+    assert!(rec.symbols().location(common::LEX).is_none());
+    assert_eq!(rec.symbols(), &trace.symbols);
 }

@@ -164,6 +164,11 @@ struct Seen {
     instants: BTreeMap<u64, Vec<(u64, String, Vec<String>)>>,
     /// How many times each event name was interned.
     interned: BTreeMap<String, usize>,
+    /// Event name -> the source locations its events carried, as
+    /// `file:line function`.
+    sources: BTreeMap<String, std::collections::BTreeSet<String>>,
+    /// How many times each source location was interned.
+    interned_sources: BTreeMap<String, usize>,
     primary_clock: Option<String>,
 }
 
@@ -172,6 +177,7 @@ fn read(trace: &Node, t0: u64) -> Seen {
     let mut names: BTreeMap<u64, String> = BTreeMap::new();
     let mut strings: BTreeMap<u64, String> = BTreeMap::new();
     let mut annotation_names: BTreeMap<u64, String> = BTreeMap::new();
+    let mut locations: BTreeMap<u64, String> = BTreeMap::new();
     let mut open: BTreeMap<u64, Vec<(u64, String)>> = BTreeMap::new();
     for packet in trace.all("packet") {
         assert_eq!(packet.num("trusted_packet_sequence_id"), Some(1));
@@ -189,6 +195,16 @@ fn read(trace: &Node, t0: u64) -> Seen {
             }
             for n in interned.all("debug_annotation_names") {
                 annotation_names.insert(n.num("iid").unwrap(), n.string("name").unwrap());
+            }
+            for n in interned.all("source_locations") {
+                let loc = format!(
+                    "{}:{} {}",
+                    n.string("file_name").unwrap(),
+                    n.num("line_number").unwrap(),
+                    n.string("function_name").unwrap()
+                );
+                *seen.interned_sources.entry(loc.clone()).or_default() += 1;
+                assert!(locations.insert(n.num("iid").unwrap(), loc).is_none());
             }
         }
         if let Some(d) = packet.get("track_descriptor") {
@@ -217,6 +233,12 @@ fn read(trace: &Node, t0: u64) -> Seen {
                 .map(|i| names[&i].clone())
                 .or_else(|| e.string("name"))
                 .unwrap_or_default();
+            if let Some(iid) = e.num("source_location_iid") {
+                seen.sources
+                    .entry(name.clone())
+                    .or_default()
+                    .insert(locations[&iid].clone());
+            }
             let notes: Vec<String> = e
                 .all("debug_annotations")
                 .map(|a| {
@@ -404,4 +426,53 @@ fn names_needing_escapes_and_renamed_threads_decode() {
         [(10, 20, "ns::f<\"q\"\\é>(int)".to_string(), false)]
     );
     assert_eq!(seen.threads.values().next().unwrap().1, "after");
+}
+
+/// Functions with a known source location carry it: interned once per
+/// location, referenced by every slice and instant of the function, and
+/// by nothing else.
+#[test]
+fn source_locations_are_interned_once_per_function() {
+    if !have_protoc("source_locations_are_interned_once_per_function") {
+        return;
+    }
+    let mut graph = common::graph_trace();
+    graph
+        .symbols
+        .set_location(common::PARSE, "/src/demo/parse.c", 42);
+    graph
+        .symbols
+        .set_location(common::FOO, "/src/foo/foo.c", 1234);
+    let seen = read(&write(&graph), common::T0);
+    let sources: Vec<(&str, Vec<&str>)> = seen
+        .sources
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.iter().map(String::as_str).collect()))
+        .collect();
+    assert_eq!(
+        sources,
+        [
+            ("foo_init", vec!["/src/foo/foo.c:1234 foo_init"]),
+            ("parse", vec!["/src/demo/parse.c:42 parse"]),
+        ]
+    );
+    assert_eq!(
+        seen.interned_sources.values().copied().collect::<Vec<_>>(),
+        [1, 1],
+        "{:?}",
+        seen.interned_sources
+    );
+    // The slices are the same as without locations.
+    let plain = read(&write(&common::graph_trace()), common::T0);
+    assert_eq!(seen.slices, plain.slices);
+    assert!(plain.sources.is_empty() && plain.interned_sources.is_empty());
+
+    // Function-tracer instants carry them too.
+    let mut calls = common::function_trace();
+    calls
+        .symbols
+        .set_location(common::LEX, "/src/demo/lex.c", 7);
+    let seen = read(&write(&calls), common::T0);
+    assert_eq!(seen.sources.len(), 1, "{:?}", seen.sources);
+    assert!(seen.sources["lex"].contains("/src/demo/lex.c:7 lex"));
 }

@@ -618,3 +618,53 @@ fn interleaved_threads_beyond_the_open_file_limit_replay_whole() {
         assert_eq!(lines, &tree(&want), "tid {tid}");
     }
 }
+
+/// Source locations travel in `.dbg` files: uftrace's `replay --srcline`
+/// comments each located function with its `file:line`, in the
+/// executable and in a library, and `report --srcline` adds the column.
+#[test]
+fn source_lines_reach_replay_and_report() {
+    if !have_uftrace("source_lines_reach_replay_and_report") {
+        return;
+    }
+    let mut trace = common::graph_trace();
+    trace
+        .symbols
+        .set_location(common::PARSE, "/src/demo/parse.c", 42);
+    trace
+        .symbols
+        .set_location(common::LEX, "/src/demo/lex.c", 7);
+    trace
+        .symbols
+        .set_location(common::FOO, "/src/foo/foo with space.c", 1234);
+    let dir = TempDir::new("srcline");
+    uftrace::write_dir(&trace, &dir.0).unwrap();
+    let replay = run(&dir.0, &["replay", "--srcline"]);
+    for want in [
+        "  lex(); /* /src/demo/lex.c:7 */",
+        "  parse() { /* /src/demo/parse.c:42 */",
+        "  foo_init(); /* /src/foo/foo with space.c:1234 */",
+    ] {
+        assert!(replay.contains(want), "no {want:?} in\n{replay}");
+    }
+    // Functions without a location get none, and none of another's.
+    assert!(
+        replay
+            .lines()
+            .filter(|l| l.contains("fib()") || l.contains("leaf()"))
+            .all(|l| !l.contains(".c:")),
+        "{replay}"
+    );
+    let report = run(&dir.0, &["report", "--srcline"]);
+    for want in [
+        "parse [/src/demo/parse.c:42]",
+        "lex [/src/demo/lex.c:7]",
+        "foo_init [/src/foo/foo with space.c:1234]",
+    ] {
+        assert!(report.contains(want), "no {want:?} in\n{report}");
+    }
+    // Written again without locations: no stale file says otherwise.
+    uftrace::write_dir(&common::graph_trace(), &dir.0).unwrap();
+    assert!(!dir.0.join("demo.dbg").exists());
+    assert!(!run(&dir.0, &["replay", "--srcline"]).contains(".c:"));
+}
