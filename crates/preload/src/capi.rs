@@ -18,6 +18,8 @@ use livetrace::raw::output::{convert, Trace};
 use livetrace::{Call, Config, Ops, Pattern, Session, Tracer};
 use livetrace_format::Format;
 
+use crate::Error;
+
 /// Success.
 pub const LT_OK: c_int = 0;
 /// Bad argument.
@@ -36,33 +38,6 @@ pub const LT_EINTERNAL: c_int = -6;
 /// quiescence wait gave up): the callback's data must not be freed yet.
 pub const LT_EBUSY: c_int = -7;
 
-/// A failure: code and message.
-struct Fail {
-    code: c_int,
-    msg: String,
-}
-
-impl Fail {
-    fn new(code: c_int, msg: impl Into<String>) -> Fail {
-        Fail {
-            code,
-            msg: msg.into(),
-        }
-    }
-}
-
-impl From<livetrace::Error> for Fail {
-    fn from(e: livetrace::Error) -> Fail {
-        let code = match e {
-            livetrace::Error::NoMatch { .. } => LT_ENOMATCH,
-            livetrace::Error::InCallback | livetrace::Error::DynamicTls => LT_ESTATE,
-            livetrace::Error::NotQuiescent { .. } => LT_EBUSY,
-            _ => LT_ETRACE,
-        };
-        Fail::new(code, e.to_string())
-    }
-}
-
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
 }
@@ -79,7 +54,7 @@ fn set_error(msg: &str) {
 /// too: a fork never happens while a C API call is halfway through
 /// livetrace (holding, say, the tracers' sink registry or the engine's
 /// probe lock), which would leave the child a lock nobody releases.
-fn boundary<T>(on_fail: impl Fn(c_int) -> T, f: impl FnOnce() -> Result<T, Fail>) -> T {
+fn boundary<T>(on_fail: impl Fn(c_int) -> T, f: impl FnOnce() -> Result<T, Error>) -> T {
     if crate::active() && crate::interpose::in_callback() {
         // Waiting for the lock here could wait for a quiescence wait that
         // waits for this thread: refuse at once.
@@ -93,8 +68,8 @@ fn boundary<T>(on_fail: impl Fn(c_int) -> T, f: impl FnOnce() -> Result<T, Fail>
             v
         }
         Ok(Err(e)) => {
-            set_error(&e.msg);
-            on_fail(e.code)
+            set_error(&e.to_string());
+            on_fail(e.code())
         }
         Err(p) => {
             let what = p
@@ -108,14 +83,14 @@ fn boundary<T>(on_fail: impl Fn(c_int) -> T, f: impl FnOnce() -> Result<T, Fail>
     }
 }
 
-fn need_active() -> Result<(), Fail> {
+fn need_active() -> Result<(), Error> {
     if crate::active() {
         Ok(())
     } else {
-        Err(Fail::new(
-            LT_ESTATE,
-            format!("livetrace is not active: {}", crate::off_reason()),
-        ))
+        Err(Error::State(format!(
+            "livetrace is not active: {}",
+            crate::off_reason()
+        )))
     }
 }
 
@@ -123,7 +98,7 @@ fn need_active() -> Result<(), Fail> {
 ///
 /// # Safety
 /// `p` is NULL or a NUL-terminated string valid for the call.
-unsafe fn arg<'a>(p: *const c_char, what: &str) -> Result<Option<&'a str>, Fail> {
+unsafe fn arg<'a>(p: *const c_char, what: &str) -> Result<Option<&'a str>, Error> {
     if p.is_null() {
         return Ok(None);
     }
@@ -131,14 +106,14 @@ unsafe fn arg<'a>(p: *const c_char, what: &str) -> Result<Option<&'a str>, Fail>
     let s = unsafe { CStr::from_ptr(p) };
     s.to_str()
         .map(Some)
-        .map_err(|_| Fail::new(LT_EINVAL, format!("{what} is not UTF-8")))
+        .map_err(|_| Error::Argument(format!("{what} is not UTF-8")))
 }
 
 /// # Safety
 /// As for [`arg`].
-unsafe fn required<'a>(p: *const c_char, what: &str) -> Result<&'a str, Fail> {
+unsafe fn required<'a>(p: *const c_char, what: &str) -> Result<&'a str, Error> {
     // SAFETY: forwarded.
-    unsafe { arg(p, what) }?.ok_or_else(|| Fail::new(LT_EINVAL, format!("{what} is NULL")))
+    unsafe { arg(p, what) }?.ok_or_else(|| Error::Argument(format!("{what} is NULL")))
 }
 
 fn clamp(n: usize) -> c_int {
@@ -149,7 +124,7 @@ fn clamp(n: usize) -> c_int {
 /// interposers' lock: [`boundary`]); converts what is still unconverted
 /// (libraries loaded by means the interposer does not see) with the other
 /// threads stopped.
-fn rescan() -> Result<(), Fail> {
+fn rescan() -> Result<(), Error> {
     livetrace::rescan()?;
     // Best effort: what cannot be converted stays listed as `unconverted`
     // and cannot be traced.
@@ -230,9 +205,7 @@ pub unsafe extern "C" fn lt_function_name(ip: usize, buf: *mut c_char, len: usiz
         |c| c,
         || {
             need_active()?;
-            let name = livetrace_ftrace::name_of(ip)?.ok_or_else(|| {
-                Fail::new(LT_ENOMATCH, format!("no traceable function at {ip:#x}"))
-            })?;
+            let name = livetrace_ftrace::name_of(ip)?.ok_or(Error::NoFunctionAt(ip))?;
             if !buf.is_null() && len > 0 {
                 let n = name.len().min(len - 1);
                 // SAFETY: `buf` holds `len` bytes and `n < len`; the name is
@@ -281,7 +254,7 @@ pub unsafe extern "C" fn lt_ops_register(
             need_active()?;
             // SAFETY: by this function's contract.
             let glob = unsafe { required(glob, "glob") }?;
-            let cb = cb.ok_or_else(|| Fail::new(LT_EINVAL, "callback is NULL"))?;
+            let cb = cb.ok_or_else(|| Error::Argument("callback is NULL".into()))?;
             let data = Data(data);
             let ops = Ops::builder(format!("c:{glob}"))
                 .filter(Pattern::parse(glob))
@@ -331,11 +304,11 @@ impl LtSession {
     }
 }
 
-fn start(tracer: &str, patterns: Vec<&str>) -> Result<*mut LtSession, Fail> {
+fn start(tracer: &str, patterns: Vec<&str>) -> Result<*mut LtSession, Error> {
     need_active()?;
     let tracer: Tracer = tracer
         .parse()
-        .map_err(|e: String| Fail::new(LT_EINVAL, e))?;
+        .map_err(Error::Argument)?;
     let config = Config::new(tracer, &patterns);
     rescan()?;
     let session = livetrace::trace(config)?;
@@ -383,7 +356,7 @@ pub unsafe extern "C" fn lt_trace_start_n(
             // SAFETY: by this function's contract.
             let tracer = unsafe { required(tracer, "tracer") }?;
             if patterns.is_null() && count > 0 {
-                return Err(Fail::new(LT_EINVAL, "patterns is NULL"));
+                return Err(Error::Argument("patterns is NULL".into()));
             }
             let mut pats = Vec::with_capacity(count);
             for i in 0..count {
@@ -393,9 +366,8 @@ pub unsafe extern "C" fn lt_trace_start_n(
                 pats.push(unsafe { required(p, "pattern") }?);
             }
             if pats.is_empty() {
-                return Err(Fail::new(
-                    LT_EINVAL,
-                    "no pattern (use lt_trace_start(tracer, NULL) to trace every function)",
+                return Err(Error::Argument(
+                    "no pattern (use lt_trace_start(tracer, NULL) to trace every function)".into(),
                 ));
             }
             start(tracer, pats)
@@ -414,7 +386,7 @@ pub unsafe extern "C" fn lt_trace_stop(session: *mut LtSession) -> c_int {
         || {
             // SAFETY: by this function's contract.
             let s = unsafe { session.as_ref() }
-                .ok_or_else(|| Fail::new(LT_EINVAL, "session is NULL"))?;
+                .ok_or_else(|| Error::Argument("session is NULL".into()))?;
             s.session().stop()?;
             Ok(LT_OK)
         },
@@ -428,14 +400,17 @@ fn event_count(t: &Trace) -> usize {
 /// Writes what the session holds to `path` in `format`, the way `livetrace
 /// convert` does (one vocabulary of formats, one writer per format): the
 /// session's records as a trace file in memory, converted.
-fn write(s: &LtSession, path: &str, format: &str) -> Result<usize, Fail> {
+fn write(s: &LtSession, path: &str, format: &str) -> Result<usize, Error> {
     let format: Format = format
         .parse()
-        .map_err(|e: String| Fail::new(LT_EINVAL, e))?;
+        .map_err(Error::Argument)?;
     format
         .suits(s.tracer)
-        .map_err(|e| Fail::new(LT_EINVAL, e))?;
-    let io = |e: std::io::Error| Fail::new(LT_EIO, format!("writing {path}: {e}"));
+        .map_err(Error::Argument)?;
+    let io = |source| Error::Write {
+        path: path.to_string(),
+        source,
+    };
     let mut recording = Vec::new();
     let records = s.session().write_recording(&mut recording).map_err(io)?;
     if format == Format::Lttrace {
@@ -443,13 +418,12 @@ fn write(s: &LtSession, path: &str, format: &str) -> Result<usize, Fail> {
         return Ok(records as usize);
     }
     let reader = livetrace_format::Reader::new(std::io::Cursor::new(recording))
-        .map_err(|e| Fail::new(LT_EINTERNAL, e.to_string()))?;
-    let mut rec =
-        convert::Recording::new(reader).map_err(|e| Fail::new(LT_EINTERNAL, e.to_string()))?;
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let mut rec = convert::Recording::new(reader).map_err(|e| Error::Internal(e.to_string()))?;
     let done = convert::convert(&mut rec, format, &convert::Dest::Path(path.into())).map_err(
-        |e| match e {
-            convert::Error::Unsuited(m) => Fail::new(LT_EINVAL, m),
-            e => Fail::new(LT_EIO, format!("writing {path}: {e}")),
+        |source| Error::Convert {
+            path: path.to_string(),
+            source,
         },
     )?;
     Ok(if s.tracer == Tracer::Profile {
@@ -475,7 +449,7 @@ pub unsafe extern "C" fn lt_trace_write(
         || {
             // SAFETY: by this function's contract.
             let s = unsafe { session.as_ref() }
-                .ok_or_else(|| Fail::new(LT_EINVAL, "session is NULL"))?;
+                .ok_or_else(|| Error::Argument("session is NULL".into()))?;
             // SAFETY: by this function's contract.
             let path = unsafe { required(path, "path") }?;
             // SAFETY: by this function's contract.
@@ -496,7 +470,7 @@ pub unsafe extern "C" fn lt_trace_count(session: *mut LtSession) -> c_long {
         || {
             // SAFETY: by this function's contract.
             let s = unsafe { session.as_ref() }
-                .ok_or_else(|| Fail::new(LT_EINVAL, "session is NULL"))?;
+                .ok_or_else(|| Error::Argument("session is NULL".into()))?;
             let g = s.session();
             let n = match s.tracer {
                 Tracer::Profile => g.profile().len(),

@@ -113,7 +113,10 @@ pub mod attach;
 pub mod capi;
 mod code;
 mod ctor;
+mod error;
 mod interpose;
+
+pub use error::Error;
 mod tls;
 
 use std::sync::atomic::{AtomicU8, Ordering};
