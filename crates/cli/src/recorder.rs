@@ -468,7 +468,7 @@ impl Attached {
 fn reported_locations(
     client: &mut Client,
     names: &[Symbol],
-) -> Result<HashMap<u64, (String, u32)>, Fail> {
+) -> Result<HashMap<u64, (String, u32)>, Error> {
     let ours: HashSet<u64> = names.iter().map(|n| n.addr).collect();
     let functions = match client.call(&Request::ListFunctions {
         glob: None,

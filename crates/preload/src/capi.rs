@@ -306,9 +306,7 @@ impl LtSession {
 
 fn start(tracer: &str, patterns: Vec<&str>) -> Result<*mut LtSession, Error> {
     need_active()?;
-    let tracer: Tracer = tracer
-        .parse()
-        .map_err(Error::Argument)?;
+    let tracer: Tracer = tracer.parse().map_err(Error::Argument)?;
     let config = Config::new(tracer, &patterns);
     rescan()?;
     let session = livetrace::trace(config)?;
@@ -401,12 +399,8 @@ fn event_count(t: &Trace) -> usize {
 /// convert` does (one vocabulary of formats, one writer per format): the
 /// session's records as a trace file in memory, converted.
 fn write(s: &LtSession, path: &str, format: &str) -> Result<usize, Error> {
-    let format: Format = format
-        .parse()
-        .map_err(Error::Argument)?;
-    format
-        .suits(s.tracer)
-        .map_err(Error::Argument)?;
+    let format: Format = format.parse().map_err(Error::Argument)?;
+    format.suits(s.tracer).map_err(Error::Argument)?;
     let io = |source| Error::Write {
         path: path.to_string(),
         source,

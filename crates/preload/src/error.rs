@@ -116,14 +116,20 @@ mod tests {
             .code(),
             LT_EBUSY
         );
-        assert_eq!(Error::Tracing(livetrace::Error::InCallback).code(), LT_ESTATE);
+        assert_eq!(
+            Error::Tracing(livetrace::Error::InCallback).code(),
+            LT_ESTATE
+        );
         assert_eq!(Error::NoFunctionAt(1).code(), LT_ENOMATCH);
         assert_eq!(Error::Argument("x".into()).code(), LT_EINVAL);
         let unsuited = Error::Convert {
             path: "p".into(),
             source: livetrace::raw::output::convert::Error::Unsuited("no".into()),
         };
-        assert_eq!((unsuited.code(), unsuited.to_string().as_str()), (LT_EINVAL, "no"));
+        assert_eq!(
+            (unsuited.code(), unsuited.to_string().as_str()),
+            (LT_EINVAL, "no")
+        );
     }
 
     #[test]
@@ -135,6 +141,8 @@ mod tests {
         assert_eq!(e.code(), LT_EIO);
         assert!(e.to_string().starts_with("writing /x: "), "{e}");
         assert!(e.source().is_some());
-        assert!(Error::Tracing(livetrace::Error::InCallback).source().is_some());
+        assert!(Error::Tracing(livetrace::Error::InCallback)
+            .source()
+            .is_some());
     }
 }

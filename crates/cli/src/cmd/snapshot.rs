@@ -34,8 +34,7 @@ pub fn run(dir: &Path, a: Args) -> Result<(), Error> {
     }
     // Recording goes on in the process.
     let _ = at.client.call(&Request::Thaw { session: at.id });
-    at.locate(output.out())
-        .map_err(|e| Fail(format!("cannot write the output: {e}"), 1))?;
+    at.locate(output.out()).map_err(write)?;
     let stats = at.stats();
     let place = output.close(&end(EndReason::Snapshot, 0, "snapshot"))?;
     for line in stats.report(&place) {
