@@ -412,3 +412,25 @@ fn graph_backtrace(fast: bool) {
         );
     }
 }
+
+/// A trigger and the filter name the same function through a
+/// disambiguator (`NAME@0xADDR`): the function is traced, and its own call
+/// starts the recording and is recorded. (Judged by comparing the pattern
+/// with the function's name as text, it was taken for a trigger the filter
+/// leaves out, and its calls were never recorded.)
+#[test]
+fn a_trigger_named_with_a_disambiguator_is_traced_by_the_same_filter() {
+    let _serial = setup();
+    let i = 50;
+    let name = format!("fx::f{i:05}@{:#x}", fx::site(i));
+    let mut cfg = config(Tracer::Function, &[&name], false);
+    cfg.controls.start_at = vec![livetrace_ftrace::Pattern::parse(&name)];
+    let mut s = Session::start(cfg).unwrap();
+    for _ in 0..3 {
+        assert_eq!(fx::call(i), fx::value_of(i));
+    }
+    s.stop().unwrap();
+    let trace = s.snapshot();
+    let got = names(&trace, &mine(&trace).events);
+    assert_eq!(got, vec![format!("call fx::f{i:05}"); 3]);
+}
