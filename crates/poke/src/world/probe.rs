@@ -25,6 +25,22 @@
 //! the token it carries is the published one, counts itself in flight
 //! while it writes, and the caller unpublishes and drains before the
 //! request goes away.
+//!
+//! This module holds the request and [`observe`]; its children hold the
+//! probed thread's side (`handler`, `tls`), passive observation
+//! (`passive`), and [`sample_threads`] on top (`sample`).
+
+mod handler;
+mod passive;
+mod sample;
+mod tls;
+
+pub(crate) use handler::answer;
+use passive::{passive, InRanges};
+pub(crate) use passive::{reason, regions};
+pub use sample::{sample_threads, sample_threads_marking, ThreadSample};
+pub use tls::tls_offset_of;
+use tls::{mark_tls_byte, tls_word};
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
@@ -190,206 +206,6 @@ struct Request {
 
 fn token_of(req: &Request) -> usize {
     req as *const Request as usize | TOKEN_TAG
-}
-
-/// Reads the 8 bytes at `fs:[offset]` for the current thread.
-fn tls_word(offset: isize) -> u64 {
-    let v: u64;
-    // SAFETY: `offset` names a static-TLS variable of at least 8 bytes (the
-    // contract of `Observe::tls_offset`), which exists in every thread at
-    // the same offset from the thread pointer.
-    unsafe {
-        std::arch::asm!("mov {v}, qword ptr fs:[{o}]", o = in(reg) offset, v = out(reg) v, options(nostack, readonly, preserves_flags))
-    };
-    v
-}
-
-/// Turns the byte at `fs:[offset]` from `from` into `to` on this thread.
-fn mark_tls_byte(offset: isize, from: u8, to: u8) {
-    // SAFETY: as in `tls_word`: a static-TLS variable of this thread.
-    unsafe {
-        std::arch::asm!(
-            "cmp byte ptr fs:[{o}], {f}",
-            "jne 2f",
-            "mov byte ptr fs:[{o}], {t}",
-            "2:",
-            o = in(reg) offset,
-            f = in(reg_byte) from,
-            t = in(reg_byte) to,
-            options(nostack)
-        )
-    };
-}
-
-/// The offset from the thread pointer of `addr`, an address inside a
-/// static-TLS variable of the calling thread.
-pub fn tls_offset_of(addr: usize) -> isize {
-    let fs_base: usize;
-    // SAFETY: on x86-64 Linux, fs:0 holds the thread pointer itself (the
-    // TCB's self pointer, which the psABI requires).
-    unsafe {
-        std::arch::asm!("mov {}, qword ptr fs:0", out(reg) fs_base, options(nostack, readonly, preserves_flags))
-    };
-    addr.wrapping_sub(fs_base) as isize
-}
-
-/// The alternate signal stack of the calling thread, if it has one.
-fn altstack() -> Option<Range<usize>> {
-    let mut ss = std::mem::MaybeUninit::<libc::stack_t>::zeroed();
-    // SAFETY: sigaltstack with a null new stack only reads the current one;
-    // async-signal-safe.
-    if unsafe { libc::sigaltstack(std::ptr::null(), ss.as_mut_ptr()) } != 0 {
-        return None;
-    }
-    // SAFETY: filled by sigaltstack.
-    let ss = unsafe { ss.assume_init() };
-    (ss.ss_flags & libc::SS_DISABLE == 0 && ss.ss_size > 0)
-        .then(|| ss.ss_sp as usize..ss.ss_sp as usize + ss.ss_size)
-}
-
-/// Called by the world signal's handler. Returns whether the token was
-/// this module's current request (and answered it).
-pub(crate) fn answer(token: usize, uc: *mut libc::ucontext_t) -> bool {
-    IN_FLIGHT.fetch_add(1, SeqCst);
-    let req = ACTIVE.load(SeqCst);
-    // SAFETY: a published request stays alive until the prober has
-    // unpublished it and drained IN_FLIGHT, and we are counted.
-    let ours = !req.is_null() && token_of(unsafe { &*req }) == token;
-    if ours {
-        // SAFETY: as above.
-        let req = unsafe { &*req };
-        let tid = proc::gettid();
-        if let Some(slot) = req.slots.iter().find(|s| s.tid.load(SeqCst) == tid) {
-            // SAFETY: the kernel passes a valid ucontext to an SA_SIGINFO
-            // handler; it lives on this handler's frame.
-            let g = unsafe { &mut (*uc).uc_mcontext.gregs };
-            let start = Context {
-                rip: g[libc::REG_RIP as usize] as usize,
-                rsp: g[libc::REG_RSP as usize] as usize,
-            };
-            let mut out = [Context::default(); MAX_CONTEXTS];
-            let mut v = InRanges {
-                ranges: &req.scan,
-                hit: None,
-            };
-            let w = frames::walk(
-                start,
-                &req.regions,
-                altstack(),
-                &req.restorers[..req.nrestorers],
-                &mut v,
-                &mut out,
-            );
-            slot.hit.store(v.hit.unwrap_or(0), SeqCst);
-            for (i, c) in out[..w.n].iter().enumerate() {
-                slot.rips[i].store(c.rip, SeqCst);
-                slot.rsps[i].store(c.rsp, SeqCst);
-            }
-            slot.n.store(w.n, SeqCst);
-            slot.complete.store(u8::from(w.complete), SeqCst);
-            slot.word.store(tls_word(req.tls_offset), SeqCst);
-            if slot.mark.load(SeqCst) != 0 {
-                mark_tls_byte(req.tls_offset, req.mark.0, req.mark.1);
-            }
-            if req.unblock {
-                // The mask sigreturn restores: the thread resumes with
-                // SIGTRAP and the world signal deliverable.
-                // SAFETY: as above; the ucontext's mask is plain memory.
-                unsafe { crate::signals::strip(&mut (*uc).uc_sigmask) };
-            }
-            slot.done.store(1, SeqCst);
-        }
-    }
-    IN_FLIGHT.fetch_sub(1, SeqCst);
-    ours
-}
-
-/// The readable mappings of the process, sorted. Not merged: a thread's
-/// stack is one mapping (its guard page below is another, unreadable), and
-/// a scan that ran on into whatever is mapped above it would read
-/// unrelated memory for return addresses.
-pub(crate) fn regions() -> std::io::Result<Vec<Region>> {
-    Ok(crate::maps::Maps::read()?
-        .regions()
-        .iter()
-        .filter(|r| r.prot & libc::PROT_READ != 0)
-        .map(|r| Region {
-            start: r.start,
-            end: r.end,
-        })
-        .collect())
-}
-
-/// A caller's code ranges, checked against every stack word.
-struct InRanges<'a> {
-    ranges: &'a [Range<usize>],
-    hit: Option<usize>,
-}
-
-impl WordVisitor for InRanges<'_> {
-    fn word(&mut self, _: usize, v: usize) -> bool {
-        if self.ranges.is_empty() {
-            return true;
-        }
-        let i = self.ranges.partition_point(|r| r.end <= v);
-        if self.ranges.get(i).is_some_and(|r| r.start <= v) {
-            self.hit = Some(v);
-            return false;
-        }
-        true
-    }
-}
-
-/// Observes `tid` without signalling it, if it is blocked in the kernel
-/// throughout.
-fn passive(
-    tid: i32,
-    regions: &[Region],
-    restorers: &[usize],
-    stack_code: &[Range<usize>],
-) -> Option<Observation> {
-    let b = proc::blocked(tid)?;
-    let mut out = [Context::default(); MAX_CONTEXTS];
-    let mut v = InRanges {
-        ranges: stack_code,
-        hit: None,
-    };
-    let w = frames::walk(
-        Context {
-            rip: b.pc,
-            rsp: b.sp,
-        },
-        regions,
-        None,
-        restorers,
-        &mut v,
-        &mut out,
-    );
-    if !b.still() {
-        return None;
-    }
-    PASSIVE_SEEN.fetch_add(1, Relaxed);
-    Some(Observation {
-        tid,
-        seen: Seen::Passive,
-        word: 0,
-        contexts: out[..w.n].to_vec(),
-        complete: w.complete || v.hit.is_some(),
-        stack_hit: v.hit,
-    })
-}
-
-/// Why thread `tid` does not answer, as far as `/proc` tells.
-pub(crate) fn reason(tid: i32) -> Unresponsive {
-    let sig = wsig::signal();
-    if proc::blocked_signals(tid).is_some_and(|m| m & (1u64 << (sig - 1)) != 0) {
-        return Unresponsive::BlocksSignal;
-    }
-    match proc::state(tid) {
-        Some(b'T' | b't') => Unresponsive::Stopped,
-        Some(b'D') => Unresponsive::DiskSleep,
-        _ => Unresponsive::Unknown,
-    }
 }
 
 /// Observes `targets` (threads of this process other than the caller; the
@@ -601,97 +417,4 @@ pub(crate) fn unblock(tid: i32) -> bool {
         scan: Vec::new(),
     });
     run(&req, Duration::from_millis(200))[0] == Answer::Done
-}
-
-// ---------------------------------------------------------------------------
-// The simple interface: every thread, probed.
-
-/// One thread's answer to [`sample_threads`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ThreadSample {
-    /// The thread id.
-    pub tid: i32,
-    /// Where it was interrupted; `None` for the calling thread, which is
-    /// running `sample_threads`.
-    pub rip: Option<usize>,
-    /// The 8 bytes at the thread pointer plus the offset given.
-    pub word: u64,
-}
-
-/// Samples every thread of the process by probing it: where it is
-/// executing and the 8-byte word at `tls_offset` from its thread pointer.
-/// Threads that exit meanwhile are left out; threads that do not answer
-/// within `timeout` (the world signal blocked, or stopped by a debugger)
-/// make it an error.
-///
-/// `tls_offset` must come from [`tls_offset_of`] applied to a static-TLS
-/// variable (one of the executable or of a library loaded at start-up) of
-/// at least 8 bytes.
-pub fn sample_threads(
-    tls_offset: isize,
-    timeout: Duration,
-) -> Result<Vec<ThreadSample>, crate::Error> {
-    sample(tls_offset, timeout, None)
-}
-
-/// [`sample_threads`], and each other thread, in its handler, right after
-/// reading its word, also turns the byte at `tls_offset` from `from` into
-/// `to` (a thread can write that byte from its own code only, so there is
-/// no race). The reported words are the values before the marking.
-///
-/// This is how a waiter tells a busy span it saw from a later one without
-/// a counter the thread must bump: the thread sets the byte to `from` when
-/// a span starts and clears it when it ends; the waiter marks, and a later
-/// sample that does not find `to` any more proves the marked span ended.
-pub fn sample_threads_marking(
-    tls_offset: isize,
-    timeout: Duration,
-    from: u8,
-    to: u8,
-) -> Result<Vec<ThreadSample>, crate::Error> {
-    sample(tls_offset, timeout, Some((from, to)))
-}
-
-fn sample(
-    tls_offset: isize,
-    timeout: Duration,
-    mark: Option<(u8, u8)>,
-) -> Result<Vec<ThreadSample>, crate::Error> {
-    let me = proc::gettid();
-    let targets: Vec<Target> = super::threads()
-        .map_err(crate::Error::Io)?
-        .into_iter()
-        .map(|tid| Target {
-            tid,
-            mark: mark.is_some() && tid != me,
-        })
-        .collect();
-    let obs = observe(
-        &targets,
-        &Observe {
-            tls_offset,
-            mark: mark.unwrap_or((0, 0)),
-            passive: false,
-            stack_code: &[],
-            probe_scan: false,
-            timeout,
-        },
-    )?;
-    let silent: Vec<i32> = obs
-        .iter()
-        .filter(|o| matches!(o.seen, Seen::Unresponsive(_)))
-        .map(|o| o.tid)
-        .collect();
-    if !silent.is_empty() {
-        return Err(crate::Error::Unresponsive(silent));
-    }
-    Ok(obs
-        .into_iter()
-        .filter(|o| o.seen != Seen::Gone)
-        .map(|o| ThreadSample {
-            tid: o.tid,
-            rip: (o.tid != me).then(|| o.contexts.first().map_or(0, |c| c.rip)),
-            word: o.word,
-        })
-        .collect())
 }

@@ -1,8 +1,101 @@
 //! Scanning: bringing the table up to date with the loaded objects (read
 //! new ones, drop unloaded ones, notice one reloaded at the same address)
-//! and adding sites found by others (`#[traced]` stubs, external tables).
+//! and adding sites found by others (`#[traced]` stubs, external tables);
+//! with what a scan reports, refused sites included.
 
 use super::*;
+
+/// Why a site was refused. Refused sites are not in the table, so nothing
+/// can ever patch them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    /// The site address.
+    pub addr: usize,
+    /// The object's file.
+    pub object: String,
+    /// The function containing it, as `name+0xoff`, if any.
+    pub symbol: Option<String>,
+    /// The bytes found there, when readable.
+    pub found: Option<[u8; 5]>,
+    /// The check that failed.
+    pub reason: RejectReason,
+}
+
+/// The check a refused site failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The bytes are none of the accepted NOP forms.
+    UnexpectedBytes,
+    /// The five bytes are not inside an executable segment of the object.
+    NotText,
+    /// The address is in no loaded object (externally described sites).
+    NoObject,
+}
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "livetrace: refused site at {:#x}", self.addr)?;
+        if let Some(s) = &self.symbol {
+            write!(f, " <{s}>")?;
+        }
+        write!(f, " in {}: ", self.object)?;
+        match self.reason {
+            RejectReason::UnexpectedBytes => {
+                f.write_str("expected nop (0f 1f 44 00 00, or 90 90 90 90 90)")?
+            }
+            RejectReason::NotText => f.write_str("not inside an executable segment")?,
+            RejectReason::NoObject => f.write_str("not inside any loaded object")?,
+        }
+        match self.found {
+            Some(b) => write!(f, ", found {}", hex5(b)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// An externally described site (the `#[traced]` macro's), for
+/// [`Table::insert_external`].
+#[derive(Clone, Copy, Debug)]
+pub struct ExternalSite<'a> {
+    /// The site address (five bytes holding the 5-byte NOP).
+    pub addr: usize,
+    /// The function's full path, e.g. `mycrate::parser::parse_expr`.
+    pub name: &'a str,
+    /// Source file.
+    pub file: &'a str,
+    /// Source line.
+    pub line: u32,
+}
+
+/// What one scan found.
+#[derive(Debug, Default)]
+pub struct ScanReport {
+    /// Objects seen for the first time.
+    pub added_objects: Vec<ObjectId>,
+    /// Objects no longer loaded, whose records were dropped.
+    pub removed_objects: usize,
+    /// Sites added to the table.
+    pub added_sites: usize,
+    /// Sites refused by this scan (also kept in [`Table::rejected`]).
+    pub rejected: Vec<Rejected>,
+    /// Objects whose file could not be used: (object, why).
+    pub errors: Vec<(String, String)>,
+    /// Sites left out because they are livetrace's own or the Rust
+    /// runtime's (never traced; see `notrace.rs`).
+    pub notrace: usize,
+}
+
+/// What [`Table::insert_external`] did.
+#[derive(Debug, Default)]
+pub struct InsertReport {
+    /// New records.
+    pub inserted: usize,
+    /// Sites already in the table (their file:line was filled in if it
+    /// was unknown).
+    pub already_known: usize,
+    /// Refused sites.
+    pub rejected: Vec<Rejected>,
+}
 
 impl Table {
     /// Brings the table up to date with the loaded objects: objects loaded
