@@ -422,9 +422,7 @@ impl Attached {
     /// The profile tracer's rows: the session's, now.
     pub fn profile(&mut self) -> Result<Option<(Vec<ProfileRow>, bool)>, Error> {
         match self.client.call(&Request::Profile { session: self.id }) {
-            Ok(Response::Profile { rows, last }) => {
-                Ok(Some((rows.iter().map(row).collect(), last)))
-            }
+            Ok(Response::Profile { rows, last }) => Ok(Some((rows, last))),
             Ok(_) => Err(Error::UnexpectedReply),
             Err(e) if gone(&e) => {
                 self.alive = false;
@@ -437,7 +435,7 @@ impl Attached {
     /// Stops a profile session and returns its final rows.
     pub fn stop_profile(&mut self) -> Result<Option<Vec<ProfileRow>>, Error> {
         match self.client.call(&Request::StopTrace { session: self.id }) {
-            Ok(Response::Events { profile, .. }) => Ok(Some(profile.iter().map(row).collect())),
+            Ok(Response::Events { profile, .. }) => Ok(Some(profile)),
             Ok(_) => Err(Error::UnexpectedReply),
             Err(e) if gone(&e) => {
                 self.alive = false;
@@ -487,17 +485,6 @@ fn reported_locations(
             Some((f.addr, (file.to_string(), line)))
         })
         .collect())
-}
-
-fn row(r: &livetrace_proto::ProfileEntry) -> ProfileRow {
-    ProfileRow {
-        name: r.name.clone(),
-        calls: r.calls,
-        total_ns: r.total_ns,
-        self_ns: r.self_ns,
-        min_ns: r.min_ns,
-        max_ns: r.max_ns,
-    }
 }
 
 fn monotonic_ns() -> u64 {

@@ -230,8 +230,11 @@ impl Mapping {
     }
 }
 
-/// One row of the profile tracer's table.
+/// One row of the profile tracer's table: what the in-process profiler
+/// computes, the control socket carries, a recording stores and the
+/// profile writers print (one type for all of them).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ProfileRow {
     /// Function name.
     pub name: String,

@@ -487,15 +487,7 @@ pub use livetrace_format::Mapping;
 
 /// One profile row (also computed by the in-process profiler, which does not
 /// keep events).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ProfileRow {
-    pub name: String,
-    pub calls: u64,
-    pub total_ns: u64,
-    pub self_ns: u64,
-    pub min_ns: u64,
-    pub max_ns: u64,
-}
+pub use livetrace_format::ProfileRow;
 
 #[cfg(test)]
 mod tests {

@@ -64,9 +64,7 @@ pub use frame::{
     decode_request, decode_response, encode, read_frame, write_frame, DecodeError, FrameError,
 };
 pub use request::{Controls, Request};
-pub use response::{
-    BufferLayout, ClockInfo, EnabledInfo, ErrorCode, PatchInfo, ProfileEntry, Refusal, Response,
-};
+pub use response::{BufferLayout, ClockInfo, EnabledInfo, ErrorCode, PatchInfo, Refusal, Response};
 pub use wire::{merge_trace, WireEvent, WireMapping, WireSymbol, WireThread, WireTrace};
 
 /// The protocol version; [`Request::Hello`] must carry exactly this one.
@@ -98,7 +96,7 @@ pub const MAX_FUNCTIONS_PER_REPLY: usize = 20_000;
 
 /// Which tracer a session runs (the shared vocabulary's [`Tracer`]).
 pub use livetrace_format::Tracer as TracerKind;
-pub use livetrace_format::{Function, Mode, Tracer};
+pub use livetrace_format::{Function, Mode, ProfileRow, Tracer};
 
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Function, TracerKind, WireSymbol, WireTrace};
+use crate::{Function, ProfileRow, TracerKind, WireSymbol, WireTrace};
 
 /// Where a session's buffers are in the two memory files that
 /// [`Response::Buffers`] passes (see `livetrace_ring::shm`).
@@ -117,49 +117,6 @@ pub struct PatchInfo {
     pub persistent: bool,
 }
 
-/// One profile row (mirrors [`livetrace_output::ProfileRow`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProfileEntry {
-    /// Function name.
-    pub name: String,
-    /// Calls.
-    pub calls: u64,
-    /// Total time, ns.
-    pub total_ns: u64,
-    /// Self time, ns.
-    pub self_ns: u64,
-    /// Shortest call, ns.
-    pub min_ns: u64,
-    /// Longest call, ns.
-    pub max_ns: u64,
-}
-
-impl From<&livetrace_output::ProfileRow> for ProfileEntry {
-    fn from(r: &livetrace_output::ProfileRow) -> ProfileEntry {
-        ProfileEntry {
-            name: r.name.clone(),
-            calls: r.calls,
-            total_ns: r.total_ns,
-            self_ns: r.self_ns,
-            min_ns: r.min_ns,
-            max_ns: r.max_ns,
-        }
-    }
-}
-
-impl From<ProfileEntry> for livetrace_output::ProfileRow {
-    fn from(r: ProfileEntry) -> livetrace_output::ProfileRow {
-        livetrace_output::ProfileRow {
-            name: r.name,
-            calls: r.calls,
-            total_ns: r.total_ns,
-            self_ns: r.self_ns,
-            min_ns: r.min_ns,
-            max_ns: r.max_ns,
-        }
-    }
-}
-
 /// What the server answers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "reply", deny_unknown_fields)]
@@ -209,12 +166,12 @@ pub enum Response {
         /// The session's tracer is detached.
         stopped: bool,
         /// The final profile, on `StopTrace` of a profile session.
-        profile: Vec<ProfileEntry>,
+        profile: Vec<ProfileRow>,
     },
     /// Answers `Profile`.
     Profile {
         /// One row per function, by total time.
-        rows: Vec<ProfileEntry>,
+        rows: Vec<ProfileRow>,
         /// The session's process is exiting and these rows are final.
         #[serde(default)]
         last: bool,

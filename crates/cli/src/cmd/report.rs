@@ -87,7 +87,6 @@ fn live(dir: &Path, pid: u32, a: Args) -> Result<(), Error> {
             };
             last_ping = Instant::now();
             last_show = Instant::now();
-            let rows: Vec<ProfileRow> = rows.into_iter().map(ProfileRow::from).collect();
             let mut out = std::io::stdout().lock();
             if tty {
                 let _ = write!(out, "\x1b[H\x1b[2J");
@@ -120,7 +119,7 @@ fn live(dir: &Path, pid: u32, a: Args) -> Result<(), Error> {
     let Response::Events { profile, .. } = c.call(&Request::StopTrace { session })? else {
         return Err(Error::UnexpectedReply);
     };
-    let rows: Vec<ProfileRow> = profile.into_iter().map(ProfileRow::from).collect();
+    let rows: Vec<ProfileRow> = profile;
     if watch && tty {
         let _ = write!(std::io::stdout(), "\x1b[H\x1b[2J");
     }

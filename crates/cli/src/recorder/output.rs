@@ -134,20 +134,9 @@ pub fn write_profile(
         out.profile(rows).map_err(io)?;
         return out.finish(end).map_err(io);
     }
-    let out_rows: Vec<livetrace_output::ProfileRow> = rows
-        .iter()
-        .map(|r| livetrace_output::ProfileRow {
-            name: r.name.clone(),
-            calls: r.calls,
-            total_ns: r.total_ns,
-            self_ns: r.self_ns,
-            min_ns: r.min_ns,
-            max_ns: r.max_ns,
-        })
-        .collect();
     use livetrace_output::convert::{write_profile as write, Dest, Error};
     let d = dest.map_or(Dest::Stdout, |p| Dest::Path(p.to_path_buf()));
-    match write(&out_rows, format, &d) {
+    match write(rows, format, &d) {
         Ok(()) => Ok(()),
         Err(Error::Io(e)) if dest.is_none() && e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         Err(Error::Io(source)) => Err(crate::Error::Write {

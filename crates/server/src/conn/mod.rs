@@ -13,7 +13,7 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use livetrace_proto::{
     decode_request, encode, read_frame, write_frame, write_frame_with_fds, ErrorCode, FrameError,
-    ProfileEntry, Request, Response, TracerKind, WireTrace, MAX_FRAME, PROTOCOL_VERSION,
+    Request, Response, TracerKind, WireTrace, MAX_FRAME, PROTOCOL_VERSION,
 };
 use livetrace_tracers::Session;
 
@@ -419,7 +419,7 @@ impl Conn {
                 // The process is exiting: these rows are the last (and the
                 // exit handler waiting for them may go on).
                 let last = self.record && crate::record::exiting();
-                let rows = s.session.profile().iter().map(ProfileEntry::from).collect();
+                let rows = s.session.profile().to_vec();
                 Ok(Response::Profile { rows, last })
             }
             Request::Patch {

@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use livetrace_proto::{
-    BufferLayout, ClockInfo, Controls, Mode, ProfileEntry, Response, TracerKind, WireSymbol,
-    WireTrace, MAX_EVENTS_PER_REPLY, MAX_FUNCTIONS_PER_REPLY,
+    BufferLayout, ClockInfo, Controls, Mode, Response, TracerKind, WireSymbol, WireTrace,
+    MAX_EVENTS_PER_REPLY, MAX_FUNCTIONS_PER_REPLY,
 };
 use livetrace_tracers::{Config, Session};
 
@@ -172,12 +172,7 @@ impl Conn {
             slot.session.stop()?;
             slot.stopped = true;
             if slot.tracer == TracerKind::Profile {
-                profile = slot
-                    .session
-                    .profile()
-                    .iter()
-                    .map(ProfileEntry::from)
-                    .collect();
+                profile = slot.session.profile().to_vec();
             }
         }
         if slot.tracer != TracerKind::Profile && !slot.mapped {
