@@ -7,8 +7,11 @@
 //! - Call [`serve`] (idempotent), or
 //! - set `LIVETRACE=1` in the environment of a program that links this
 //!   crate: a constructor in `.init_array` starts the server before `main`.
-//!   The crate must actually be linked: a dependency that no code names is
-//!   dropped by rustc, so name it once (`use livetrace_server as _;`).
+//!   The crate must actually be linked: the `livetrace` facade links it
+//!   (its default `serve` feature re-exports [`serve`]); a program that
+//!   depends on this crate alone and never calls it names it once
+//!   (`use livetrace_server as _;`), since rustc drops a dependency no
+//!   code names.
 //!   With `LIVETRACE_RECORD` also set (by `livetrace record`), the
 //!   constructor starts tracing before `main` and serves the connection the
 //!   command passed it, which streams the records out (see [`record`]).
