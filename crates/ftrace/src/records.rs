@@ -120,20 +120,17 @@ pub fn unrelocate_all(timeout: Duration) -> Result<usize, Error> {
     Ok(relocated(t).len())
 }
 
-/// The live sites `patterns` name, with their functions' names, sorted by
-/// address: by the rules an ops' filter follows (globs, names with their
-/// `[hHASH]` or `@0xADDR` disambiguators, sites, relocated entries,
-/// entries before a site). A pattern that names nothing adds nothing.
-pub fn named_by(patterns: &[Pattern]) -> Result<Vec<(usize, String)>, Error> {
+/// The live sites `patterns` name, sorted by address: by the rules an
+/// ops' filter follows (globs, names with their `[hHASH]` or `@0xADDR`
+/// disambiguators, sites, relocated entries, entries before a site). A
+/// pattern that names nothing adds nothing.
+pub fn named_by(patterns: &[Pattern]) -> Result<Vec<usize>, Error> {
     let g = core()?;
     let c = g.as_ref().expect("initialised");
     let mut ips: Vec<usize> = patterns.iter().flat_map(|p| c.matching(p)).collect();
     ips.sort_unstable();
     ips.dedup();
-    Ok(ips
-        .into_iter()
-        .filter_map(|ip| Some((ip, c.table.name(c.table.find(ip)?).to_owned())))
-        .collect())
+    Ok(ips)
 }
 
 /// The name of the function whose site is `ip`.

@@ -143,8 +143,14 @@ pub fn trace(config: Config) -> Result<Session, Error> {
 /// Every traceable function whose name matches `glob` (all when `None`),
 /// with the signature of each `#[traced]` one.
 pub fn functions(glob: Option<&str>) -> Result<Vec<Function>, Error> {
+    function_rows(glob, false)
+}
+
+/// [`functions`], or with `enabled_only` those whose site is not a NOP
+/// (`livetrace ls --enabled`).
+pub fn function_rows(glob: Option<&str>, enabled_only: bool) -> Result<Vec<Function>, Error> {
     init()?;
-    let mut rows = livetrace_ftrace::functions(glob, false)?;
+    let mut rows = livetrace_ftrace::functions(glob, enabled_only)?;
     add_signatures(&mut rows);
     Ok(rows)
 }

@@ -8,21 +8,14 @@ use crate::Error;
 /// The traceable functions `glob` names (all when `None`); with
 /// `enabled_only`, those whose site is not a NOP.
 pub(super) fn list_functions(glob: Option<String>, enabled_only: bool) -> Result<Response, Error> {
-    livetrace_runtime::init()?;
     let glob = glob.as_deref();
-    let mut functions = if enabled_only {
-        livetrace_ftrace::functions(glob, true)?
-    } else {
-        let rows = livetrace_runtime::functions(glob)?;
-        if rows.is_empty() {
-            // Nothing with a site matches: what a filter naming them would
-            // trace is the functions relocation can give one (`trace` does
-            // that on demand), listed as such without touching them.
-            livetrace_runtime::relocatable(glob)?
-        } else {
-            rows
-        }
-    };
+    let mut functions = livetrace_runtime::function_rows(glob, enabled_only)?;
+    if functions.is_empty() && !enabled_only {
+        // Nothing with a site matches: what a filter naming them would
+        // trace is the functions relocation can give one (`trace` does
+        // that on demand), listed as such without touching them.
+        functions = livetrace_runtime::relocatable(glob)?;
+    }
     functions.sort_by(|a, b| a.name.cmp(&b.name).then(a.addr.cmp(&b.addr)));
     Ok(Response::Functions { functions })
 }

@@ -22,15 +22,16 @@ pub(super) struct Trigger {
 /// filter would not trace the function itself.
 pub(super) fn resolve_triggers(cfg: &Config) -> Result<Vec<Trigger>, livetrace_ftrace::Error> {
     let c = &cfg.controls;
+    if c.start_at.is_empty() && c.stop_at.is_empty() && c.snapshot_at.is_empty() {
+        return Ok(Vec::new());
+    }
     // What the session's filter traces, by the core's own rules (a name
     // with a disambiguator, an entry, a relocated function's entry).
     let filtered: HashSet<usize> = livetrace_ftrace::named_by(&cfg.filter)?
         .into_iter()
-        .map(|(ip, _)| ip)
         .collect();
     let skipped: HashSet<usize> = livetrace_ftrace::named_by(&cfg.notrace)?
         .into_iter()
-        .map(|(ip, _)| ip)
         .collect();
     let mut out: Vec<Trigger> = Vec::new();
     for (list, which) in [(&c.start_at, 0), (&c.stop_at, 1), (&c.snapshot_at, 2)] {
@@ -42,7 +43,7 @@ pub(super) fn resolve_triggers(cfg: &Config) -> Result<Vec<Trigger>, livetrace_f
                     set: "trigger",
                 });
             }
-            for (ip, _) in found {
+            for ip in found {
                 let traced =
                     (cfg.filter.is_empty() || filtered.contains(&ip)) && !skipped.contains(&ip);
                 let t = match out.iter_mut().find(|t| t.ip == ip) {
